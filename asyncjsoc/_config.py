@@ -1,0 +1,187 @@
+"""The options of a :class:`~asyncjsoc.Client`, as one frozen, validated dataclass.
+
+Vary a configuration with :func:`dataclasses.replace`; every change is validated again.
+Nothing here reads environment variables: only the command line does that.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, get_args
+
+from asyncjsoc._models import ExportMethod, ExportProtocol
+from asyncjsoc.exceptions import InvalidInputError
+
+if TYPE_CHECKING:
+    from asyncjsoc._retry import RetryPolicy
+
+__all__ = ["IP_PENDING_LIMIT", "ClientConfig"]
+
+IP_PENDING_LIMIT = 10
+"""The JSOC refuses an export when one IP address has more than this many pending."""
+
+_EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientConfig:
+    """How a :class:`~asyncjsoc.Client` talks to the JSOC.
+
+    Every field has a polite default; only ``emails`` must be given before exporting.
+
+    Parameters
+    ----------
+    server
+        Base URL of the JSOC (or a NetDRMS site with the same CGIs). Plain ``http`` is what
+        drms and sunpy use; ``https://jsoc1.stanford.edu`` works too.
+    emails
+        Notify addresses registered at http://jsoc.stanford.edu/ajax/register_email.html.
+        The JSOC allows one pending export per address, so each address is one export slot;
+        several addresses stage several exports at once (opt-in; mind the JSOC's goodwill).
+    method
+        ``"url"`` (default) stages one file per segment; ``"url-tar"`` one tar per export.
+        With ``protocol="as-is"`` the immediate ``"url_quick"`` path is tried automatically
+        (it falls back to staging when data are offline); asking for ``"url_quick"`` with
+        ``protocol="fits"`` is the same as ``"url"``.
+    protocol
+        ``"fits"`` (default) writes FITS files with the DRMS keywords in the header, which is
+        what SHARP and most science users want. ``"as-is"`` ships the stored files (headers
+        without keywords), and is fast: usually no staging at all.
+    filenamefmt
+        The server-side file name template. ``None`` builds a readable one from the series'
+        prime keys, e.g. ``hmi.sharp_cea_720s.{HARPNUM}.{T_REC:A}.{segment}``.
+    max_files_per_export
+        At most this many files per export request; ``None`` uses the per-series default
+        (15 000 for ``aia.*``, 30 000 otherwise). Larger queries are split into chunks.
+    max_pending_exports
+        Exports this client keeps pending at once over all emails. The JSOC refuses more
+        than 10 per IP address, so this must stay below 10; leave room for other users.
+    connections
+        Concurrent file downloads from the JSOC host. The JSOC asked tool authors for very
+        few (sunpy uses 1); 2 overlaps one file's latency with another's transfer.
+    requests_per_second
+        Sustained rate of HTTP requests of every kind (CGI calls, polls, file GETs, retries).
+    burst
+        How many requests may go out back to back before ``requests_per_second`` applies.
+    verify_checksums
+        Check FITS ``DATASUM``/``CHECKSUM`` of downloaded files when present (the JSOC sends
+        no HTTP digest). The size is always checked.
+    chunk_size
+        Bytes read from the network at a time while downloading.
+    state_path
+        The SQLite file that makes a pull resumable; ``None`` means
+        ``<out_dir>/.asyncjsoc/state.sqlite``.
+    ca_bundle
+        A PEM file of extra CA certificates for HTTPS; ``None`` uses the system's. TLS is
+        always verified.
+    sock_connect
+        Seconds to wait for a TCP connection. There is no total timeout: large files take
+        as long as they take; the caller owns overall deadlines.
+    sock_read
+        Seconds a connection may stay silent before it counts as dropped (and is retried).
+    poll_min
+        Shortest pause between status polls of a staging export, in seconds.
+    poll_max
+        Longest pause between status polls. The server's ``wait`` hint is honoured within
+        ``[poll_min, poll_max]``; without a hint the pause grows from ``poll_min``.
+    status6_retries
+        How many times the legacy status 6 ("not found yet") counts as still pending.
+    retry
+        Backoff policy for transient failures (HTTP 5xx/429, dropped connections, the JSOC's
+        transient status 4); ``None`` uses the default :class:`~asyncjsoc._retry.RetryPolicy`.
+    download_buffer
+        Files staged ahead of the downloaders; a bounded queue, so exports are not staged
+        far faster than they are fetched.
+    """
+
+    server: str = "http://jsoc.stanford.edu"
+    emails: tuple[str, ...] = ()
+    method: ExportMethod = "url"
+    protocol: ExportProtocol = "fits"
+    filenamefmt: str | None = None
+    max_files_per_export: int | None = None
+    max_pending_exports: int = 8
+    connections: int = 2
+    requests_per_second: float = 5.0
+    burst: int = 10
+    verify_checksums: bool = True
+    chunk_size: int = 1 << 20
+    state_path: Path | None = None
+    ca_bundle: Path | None = None
+    sock_connect: float = 30.0
+    sock_read: float = 120.0
+    poll_min: float = 2.0
+    poll_max: float = 30.0
+    status6_retries: int = 5
+    retry: RetryPolicy | None = field(default=None, compare=False)
+    download_buffer: int = 32
+
+    def __post_init__(self) -> None:
+        """Normalise the emails and refuse impossible values."""
+        # A lone string is a common slip; iterating it would give one "email" per letter.
+        emails: tuple[str, ...] = (
+            (self.emails,) if isinstance(self.emails, str) else tuple(self.emails)  # type: ignore[unreachable]
+        )
+        cleaned: list[str] = []
+        for email in emails:
+            address = email.strip()
+            if not _EMAIL.match(address):
+                raise InvalidInputError(
+                    f"not an email address: {email!r}",
+                    hint="give the address you registered with the JSOC",
+                )
+            if address.lower() not in (e.lower() for e in cleaned):
+                cleaned.append(address)
+        object.__setattr__(self, "emails", tuple(cleaned))
+
+        server = self.server.rstrip("/")
+        if not server.startswith(("http://", "https://")):
+            raise InvalidInputError(f"server must be an http(s) URL, not {self.server!r}")
+        object.__setattr__(self, "server", server)
+        if self.method not in get_args(ExportMethod):
+            raise InvalidInputError(f"unknown export method {self.method!r}")
+        if self.protocol not in get_args(ExportProtocol):
+            raise InvalidInputError(f"unknown export protocol {self.protocol!r}")
+        if self.max_files_per_export is not None and self.max_files_per_export < 1:
+            raise InvalidInputError("max_files_per_export must be at least 1")
+        if not 1 <= self.max_pending_exports < IP_PENDING_LIMIT:
+            raise InvalidInputError(
+                f"max_pending_exports must be between 1 and {IP_PENDING_LIMIT - 1}",
+                hint=f"the JSOC refuses more than {IP_PENDING_LIMIT} pending exports per IP",
+            )
+        _positive_int(self.connections, "connections")
+        _positive_int(self.burst, "burst")
+        _positive_int(self.chunk_size, "chunk_size")
+        _positive_int(self.download_buffer, "download_buffer")
+        if self.status6_retries < 0:
+            raise InvalidInputError("status6_retries must not be negative")
+        for name in ("requests_per_second", "sock_connect", "sock_read", "poll_max"):
+            _positive_float(getattr(self, name), name)
+        if not (math.isfinite(self.poll_min) and 0 <= self.poll_min <= self.poll_max):
+            raise InvalidInputError("poll_min must be between 0 and poll_max")
+        if self.state_path is not None:
+            object.__setattr__(self, "state_path", Path(self.state_path))
+        if self.ca_bundle is not None:
+            object.__setattr__(self, "ca_bundle", Path(self.ca_bundle))
+
+    @property
+    def export_method(self) -> ExportMethod:
+        """The method actually sent: ``url_quick`` exactly when the protocol is ``as-is``."""
+        if self.method == "url-tar":
+            return "url-tar"
+        return "url_quick" if self.protocol == "as-is" else "url"
+
+
+def _positive_int(value: int, name: str) -> None:
+    """Refuse a count below one."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInputError(f"{name} must be a whole number of at least 1, not {value!r}")
+
+
+def _positive_float(value: float, name: str) -> None:
+    """Refuse a non-positive or non-finite number."""
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise InvalidInputError(f"{name} must be a positive number, not {value!r}")

@@ -1,0 +1,228 @@
+"""The pool of notify addresses: one pending export per email, and a cap for the whole IP.
+
+The JSOC refuses a second pending export for an address (status 7) and more than ten pending
+exports from one IP address. The pool turns both rules into slots. A free address travels as
+a token on a memory stream; taking a slot takes a token and one place of the IP-wide limiter.
+The scheduler gives the slot back as soon as its export is staged, not when its files are
+downloaded, so the next chunk is staged while the previous one downloads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import NoReturn, Protocol
+
+import anyio
+
+from asyncjsoc._events import EmailChecked, EmailDropped, NullReporter, Reporter
+from asyncjsoc._models import EmailStatus
+from asyncjsoc.exceptions import EmailNotRegisteredError, InvalidInputError
+
+__all__ = [
+    "REGISTER_URL",
+    "EmailChecker",
+    "EmailPool",
+    "EmailPoolStatistics",
+    "EmailSlot",
+    "mask_email",
+]
+
+REGISTER_URL = "http://jsoc.stanford.edu/ajax/register_email.html"
+"""Where an address is registered for JSOC exports."""
+
+
+class EmailChecker(Protocol):
+    """What the pool needs from the JSOC API: the ``checkAddress`` call."""
+
+    async def check_email(self, email: str) -> EmailStatus:
+        """Ask the JSOC whether ``email`` is registered."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class EmailPoolStatistics:
+    """A snapshot of the pool.
+
+    ``busy`` maps each usable address to whether it holds a slot; ``dropped`` lists addresses
+    the JSOC refused; ``ip_borrowed`` of ``ip_limit`` IP-wide slots are taken.
+    """
+
+    busy: dict[str, bool]
+    dropped: tuple[str, ...]
+    ip_borrowed: int
+    ip_limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class EmailSlot:
+    """One held export slot: the address to put in ``notify``."""
+
+    email: str
+
+
+def mask_email(email: str) -> str:
+    """``jane.doe@example.org`` → ``j***@example.org``, for logs that others may read."""
+    local, _, domain = email.partition("@")
+    return f"{local[:1]}***@{domain}" if domain else "***"
+
+
+class EmailPool:
+    """Export slots over several notify addresses.
+
+    Parameters
+    ----------
+    checker
+        Something with ``check_email`` (normally the :class:`~asyncjsoc._api.JsocApi`).
+    emails
+        The addresses to use, in order of preference.
+    max_pending
+        The IP-wide cap: slots held at once over all addresses.
+    reporter
+        Receives :class:`~asyncjsoc._events.EmailChecked` and
+        :class:`~asyncjsoc._events.EmailDropped`.
+    """
+
+    def __init__(
+        self,
+        checker: EmailChecker,
+        emails: Iterable[str],
+        *,
+        max_pending: int,
+        reporter: Reporter | None = None,
+    ) -> None:
+        self._checker = checker
+        self._emails = tuple(dict.fromkeys(emails))
+        self._reporter: Reporter = reporter if reporter is not None else NullReporter()
+        self._ip = anyio.CapacityLimiter(max_pending)
+        self._statuses: dict[str, EmailStatus] | None = None
+        self._usable: list[str] = []
+        self._busy: set[str] = set()
+        self._dropped: dict[str, str] = {}
+        self._free_send, self._free_receive = anyio.create_memory_object_stream[str](math.inf)
+        self._check_lock = anyio.Lock()
+
+    @property
+    def emails(self) -> tuple[str, ...]:
+        """Addresses still usable (after :meth:`check`, only the registered ones)."""
+        return tuple(e for e in self._usable if e not in self._dropped)
+
+    @property
+    def capacity(self) -> int:
+        """How many exports can be pending at once: usable addresses, bounded by the IP cap."""
+        return max(1, min(len(self.emails), int(self._ip.total_tokens)))
+
+    async def check(self) -> list[EmailStatus]:
+        """Check every address with the JSOC once and keep the registered ones.
+
+        Later calls return the first answers without asking again.
+
+        Returns
+        -------
+        list of EmailStatus
+            One status per address, in the given order.
+
+        Raises
+        ------
+        EmailNotRegisteredError
+            When no address is registered.
+        InvalidInputError
+            When no address was given.
+        """
+        async with self._check_lock:
+            if self._statuses is None:
+                if not self._emails:
+                    raise InvalidInputError(
+                        "no notify email given; the JSOC needs a registered address to export",
+                        hint=f"register one at {REGISTER_URL} and pass it as emails=",
+                    )
+                statuses: dict[str, EmailStatus] = {}
+                for email in self._emails:
+                    status = await self._checker.check_email(email)
+                    statuses[email] = status
+                    self._reporter(EmailChecked(status))
+                self._statuses = statuses
+                self._usable = [e for e, s in statuses.items() if s.registered]
+                for email in self._usable:
+                    self._free_send.send_nowait(email)
+            statuses_now = list(self._statuses.values())
+        if not self.emails:
+            self._raise_none_usable()
+        return statuses_now
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[EmailSlot]:
+        """Hold one export slot: a free address plus one place under the IP cap.
+
+        Waits until both are free. The address becomes free again when the block exits,
+        unless it was :meth:`drop`-ped meanwhile.
+
+        Raises
+        ------
+        EmailNotRegisteredError
+            When every address has been dropped.
+        """
+        await self.check()
+        async with self._ip:
+            email = await self._take_email()
+            self._busy.add(email)
+            try:
+                yield EmailSlot(email)
+            finally:
+                self._busy.discard(email)
+                if email not in self._dropped:
+                    with contextlib.suppress(anyio.ClosedResourceError):
+                        self._free_send.send_nowait(email)
+
+    def drop(self, email: str, reason: str) -> None:
+        """Stop using ``email`` (the JSOC refused it mid-run); waiting slot-takers move on."""
+        if email in self._dropped:
+            return
+        self._dropped[email] = reason
+        self._reporter(EmailDropped(email, reason))
+        if not self.emails:
+            # Nobody will ever hand a token back: wake the waiters so they can fail.
+            self._free_send.close()
+
+    def statistics(self) -> EmailPoolStatistics:
+        """Which addresses hold a slot, which were dropped, and how full the IP cap is."""
+        return EmailPoolStatistics(
+            busy={e: e in self._busy for e in self.emails},
+            dropped=tuple(self._dropped),
+            ip_borrowed=int(self._ip.borrowed_tokens),
+            ip_limit=int(self._ip.total_tokens),
+        )
+
+    def close(self) -> None:
+        """Release the token streams; the pool cannot hand out slots afterwards."""
+        self._free_send.close()
+        self._free_receive.close()
+
+    async def _take_email(self) -> str:
+        """Receive a free address, skipping ones dropped while they waited in the queue."""
+        while True:
+            try:
+                email = await self._free_receive.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                self._raise_none_usable()
+            if email not in self._dropped:
+                return email
+
+    def _raise_none_usable(self) -> NoReturn:
+        """Raise the error for 'no address can be used', naming what the JSOC said."""
+        assert self._statuses is not None
+        reasons = [
+            f"{e}: {self._dropped.get(e) or self._statuses[e].message or 'not registered'}"
+            for e in self._emails
+        ]
+        first = self._emails[0] if self._emails else ""
+        code = self._statuses[first].code if first in self._statuses else None
+        raise EmailNotRegisteredError(
+            "no usable notify email: " + "; ".join(reasons),
+            email=first,
+            status=code,
+            hint=f"register the address at {REGISTER_URL} (confirm the reply within 15 "
+            "minutes), then try again",
+        )

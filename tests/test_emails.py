@@ -1,0 +1,143 @@
+"""EmailPool: checks addresses once, one slot per email, an IP-wide cap, drops refused ones."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import anyio
+import pytest
+
+from asyncjsoc._emails import REGISTER_URL, EmailPool, mask_email
+from asyncjsoc._events import EmailChecked, EmailDropped, Event
+from asyncjsoc._models import EmailStatus
+from asyncjsoc.exceptions import EmailNotRegisteredError, InvalidInputError
+
+pytestmark = pytest.mark.anyio
+
+
+class FakeChecker:
+    """A checkAddress stand-in: listed addresses are registered, others unknown (code 4)."""
+
+    def __init__(self, registered: set[str], pending: Collection[str] = ()) -> None:
+        self.registered = registered
+        self.pending = pending
+        self.calls: list[str] = []
+
+    async def check_email(self, email: str) -> EmailStatus:
+        """Answer like the JSOC's checkAddress.sh."""
+        self.calls.append(email)
+        if email in self.registered:
+            return EmailStatus(email, 2, "Email address is valid and registered.")
+        if email in self.pending:
+            return EmailStatus(email, 3, "Email address registration is pending.")
+        return EmailStatus(email, 4, "Email address has been neither validated nor registered.")
+
+
+async def test_check_keeps_registered_and_reports_each() -> None:
+    """Unregistered and pending addresses are dropped; each is checked exactly once."""
+    events: list[Event] = []
+    checker = FakeChecker({"a@x.org"}, {"p@x.org"})
+    pool = EmailPool(checker, ["a@x.org", "p@x.org", "u@x.org"], max_pending=8,
+                     reporter=events.append)
+    statuses = await pool.check()
+    await pool.check()
+    assert [s.code for s in statuses] == [2, 3, 4]
+    assert pool.emails == ("a@x.org",)
+    assert checker.calls == ["a@x.org", "p@x.org", "u@x.org"]
+    assert [type(e) for e in events] == [EmailChecked] * 3
+    pool.close()
+
+
+async def test_all_bad_raises_with_register_hint() -> None:
+    """With no registered address the error names them and points at the register page."""
+    pool = EmailPool(FakeChecker(set()), ["u@x.org"], max_pending=8)
+    with pytest.raises(EmailNotRegisteredError) as info:
+        await pool.check()
+    assert "u@x.org" in str(info.value)
+    assert info.value.hint is not None
+    assert REGISTER_URL in info.value.hint
+    pool.close()
+
+
+async def test_no_email_is_invalid_input() -> None:
+    """A pool without addresses cannot export."""
+    pool = EmailPool(FakeChecker(set()), [], max_pending=8)
+    with pytest.raises(InvalidInputError):
+        await pool.check()
+    pool.close()
+
+
+async def test_one_slot_per_email_and_ip_cap() -> None:
+    """Concurrent holders never share an email, and never exceed the IP cap."""
+    emails = [f"e{i}@x.org" for i in range(4)]
+    pool = EmailPool(FakeChecker(set(emails)), emails, max_pending=3)
+    holding: set[str] = set()
+    peak = 0
+    seen: set[str] = set()
+
+    async def worker() -> None:
+        nonlocal peak
+        async with pool.slot() as slot:
+            assert slot.email not in holding
+            holding.add(slot.email)
+            seen.add(slot.email)
+            peak = max(peak, len(holding))
+            stats = pool.statistics()
+            assert stats.busy[slot.email]
+            assert sum(stats.busy.values()) <= 3
+            await anyio.sleep(0.01)
+            holding.discard(slot.email)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(12):
+            tg.start_soon(worker)
+    assert peak == 3
+    assert seen == set(emails)
+    assert pool.capacity == 3
+    assert not any(pool.statistics().busy.values())
+    pool.close()
+
+
+async def test_drop_moves_waiters_to_other_emails_then_fails() -> None:
+    """A dropped email is never handed out again; dropping the last one fails the waiters."""
+    events: list[Event] = []
+    pool = EmailPool(FakeChecker({"a@x.org", "b@x.org"}), ["a@x.org", "b@x.org"],
+                     max_pending=8, reporter=events.append)
+    async with pool.slot() as slot:
+        pool.drop(slot.email, "Cannot process your request.")
+    async with pool.slot() as other:
+        assert other.email != slot.email
+    assert pool.emails == (other.email,)
+    assert any(isinstance(e, EmailDropped) and e.email == slot.email for e in events)
+
+    pool.drop(other.email, "lapsed")
+    with pytest.raises(EmailNotRegisteredError, match="lapsed"):
+        async with pool.slot():
+            pass
+    pool.close()
+
+
+async def test_waiter_fails_when_last_email_is_dropped() -> None:
+    """A task waiting for a slot is woken with an error when the holder's email is dropped."""
+    pool = EmailPool(FakeChecker({"a@x.org"}), ["a@x.org"], max_pending=8)
+    failures: list[BaseException] = []
+
+    async def waiter() -> None:
+        try:
+            async with pool.slot():
+                pass
+        except EmailNotRegisteredError as exc:
+            failures.append(exc)
+
+    async with anyio.create_task_group() as tg, pool.slot() as slot:
+        tg.start_soon(waiter)
+        await anyio.wait_all_tasks_blocked()
+        pool.drop(slot.email, "refused")
+    assert len(failures) == 1
+    pool.close()
+
+
+def test_mask_email() -> None:
+    """Masking keeps the first letter and the domain."""
+    assert mask_email("jane.doe@example.org") == "j***@example.org"
+    assert mask_email("nonsense") == "***"
