@@ -156,7 +156,27 @@ class ExportTooLargeError(ServerRefusedError):
 
 
 class ExportFailedError(ServerRefusedError):
-    """The export failed on the server (status 4, or another status that is not success)."""
+    """The export failed on the server (status 4, or another status that is not success).
+
+    ``transient`` is true for failures the server is known to recover from by itself (such
+    as "Cant save new export-request hash."), so the same request may simply be sent again.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        server_message: str | None = None,
+        request_id: str | None = None,
+        transient: bool = False,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(
+            message, status=status, server_message=server_message, request_id=request_id,
+            hint=hint,
+        )
+        self.transient = transient
 
 
 class ExportExpiredError(ServerRefusedError):
@@ -168,7 +188,24 @@ class OfflineDataError(ServerRefusedError):
 
 
 class IpBlockedError(ServerRefusedError):
-    """The server refuses this IP address (rate budget exceeded or a block)."""
+    """The server refuses this IP address (rate budget exceeded or a block).
+
+    ``retry_after`` is how long the server said the block lasts, in seconds, when it said.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        url: str | None = None,
+        status: int | None = None,
+        server_message: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, status=status, server_message=server_message, hint=hint)
+        self.retry_after = retry_after
+        self.url = url
 
 
 class ProtocolError(JsocError):
