@@ -1,0 +1,126 @@
+"""Turn server-sent file names into paths that cannot escape the output directory.
+
+Names in an export come from the server (``filenamefmt`` expansions, SUMS paths) and are
+untrusted: :func:`safe_relpath` normalizes one into a relative POSIX path or refuses it, and
+:func:`resolve_inside` joins it to the output directory, refusing anything that lands outside
+it once existing symlinks are followed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePosixPath
+
+from .exceptions import UnsafePathError
+
+__all__ = ["PART_SUFFIX", "STATE_DIRNAME", "resolve_inside", "safe_relpath"]
+
+STATE_DIRNAME = ".asyncjsoc"
+"""The directory under the output directory that holds asyncjsoc's own state."""
+
+PART_SUFFIX = ".part"
+"""Suffix of a file that is still being downloaded (its resume sidecar adds ``.meta``)."""
+
+_MAX_COMPONENT_BYTES = 255
+_DRIVE = re.compile(r"^[A-Za-z]:")
+# C0 controls, DEL and C1 controls: never part of a sane file name, and dangerous on terminals.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_HINT = "the server sent a file name asyncjsoc will not write; report it if it looks legitimate"
+
+
+def _refuse(name: str, why: str) -> UnsafePathError:
+    """The error for a refused name."""
+    return UnsafePathError(f"refusing file name {name!r}: {why}", hint=_HINT)
+
+
+def safe_relpath(name: str) -> str:
+    """Normalize a server-sent file name into a safe relative POSIX path.
+
+    Empty and ``.`` components are dropped (``a//./b`` becomes ``a/b``). Everything that could
+    land outside the output directory, or collide with asyncjsoc's own files, is refused.
+
+    Parameters
+    ----------
+    name
+        The name as the server sent it.
+
+    Returns
+    -------
+    str
+        A relative path with ``/`` separators, no ``.``/``..`` components and no empty ones.
+
+    Raises
+    ------
+    UnsafePathError
+        For an empty or ``.``-only name, an absolute path, a drive letter, a backslash, a NUL
+        or other control character, a ``..`` component, a component longer than 255 bytes,
+        a name under the state directory ``.asyncjsoc``, or a name ending in ``.part`` or
+        ``.part.meta`` (the downloader's temporary files).
+    """
+    if not name:
+        raise _refuse(name, "empty name")
+    if _CONTROL.search(name):
+        raise _refuse(name, "control character in name")
+    if "\\" in name:
+        raise _refuse(name, "backslash in name")
+    if name.startswith("/"):
+        raise _refuse(name, "absolute path")
+    if _DRIVE.match(name):
+        raise _refuse(name, "drive letter")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if not parts:
+        raise _refuse(name, "no file name left after normalization")
+    for part in parts:
+        if part == "..":
+            raise _refuse(name, "'..' component")
+        try:
+            encoded = part.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _refuse(name, "not encodable as UTF-8") from None
+        if len(encoded) > _MAX_COMPONENT_BYTES:
+            raise _refuse(name, "component longer than 255 bytes")
+    if parts[0] == STATE_DIRNAME:
+        raise _refuse(name, f"inside asyncjsoc's state directory {STATE_DIRNAME}")
+    last = parts[-1]
+    if last.endswith((PART_SUFFIX, PART_SUFFIX + ".meta")):
+        raise _refuse(name, "collides with asyncjsoc's temporary files")
+    return str(PurePosixPath(*parts))
+
+
+def resolve_inside(out_dir: Path, relpath: str) -> Path:
+    """Join ``relpath`` to ``out_dir`` and prove the result stays inside it.
+
+    The parent directory is resolved (following symlinks that already exist); it must be
+    ``out_dir`` or below it. If the final name already exists as a symlink, its target must be
+    inside ``out_dir`` too. The returned path keeps the final component unresolved, so an
+    atomic rename onto it replaces that entry and nothing else.
+
+    This touches the filesystem (``resolve``); call it from a worker thread in async code.
+
+    Parameters
+    ----------
+    out_dir
+        The output directory (it need not exist yet).
+    relpath
+        A server-sent name; it is passed through :func:`safe_relpath` first.
+
+    Returns
+    -------
+    Path
+        An absolute path inside the resolved ``out_dir``.
+
+    Raises
+    ------
+    UnsafePathError
+        If the name is unsafe or resolves outside ``out_dir``.
+    """
+    clean = safe_relpath(relpath)
+    base = out_dir.resolve()
+    joined = base.joinpath(*clean.split("/"))
+    parent = joined.parent.resolve()
+    if not parent.is_relative_to(base):
+        raise _refuse(relpath, f"resolves outside {base} (through a symlink)")
+    final = parent / joined.name
+    if final.is_symlink() and not final.resolve().is_relative_to(base):
+        raise _refuse(relpath, f"is a symlink pointing outside {base}")
+    return final

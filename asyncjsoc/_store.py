@@ -1,0 +1,655 @@
+"""The state store: what a pull planned, exported and downloaded, kept on disk (SQLite).
+
+A rerun of the same pull into the same directory reads it back and only does what is left.
+The store lives in ``<out_dir>/.asyncjsoc/state.sqlite`` by default, next to a lock file that
+one run holds for the store's whole lifetime. SQLite runs in WAL mode with
+``synchronous=NORMAL``: a committed change survives the process being killed.
+
+All SQLite work runs in worker threads, one call at a time, on a single connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, TypeVar, cast
+
+import anyio
+import anyio.to_thread
+
+from ._models import Chunk, Plan, RemoteFile
+from ._paths import STATE_DIRNAME
+from .exceptions import StateError, StateLockedError
+
+__all__ = [
+    "ChunkState",
+    "FileRecord",
+    "FileState",
+    "StateStore",
+    "StoreSummary",
+    "StoredExport",
+    "default_state_path",
+]
+
+T = TypeVar("T")
+
+ChunkState = Literal["planned", "exporting", "ready", "done", "failed"]
+"""Where one chunk (one export request) stands."""
+
+FileState = Literal["pending", "partial", "done", "failed"]
+"""Where one file stands."""
+
+_CHUNK_STATES = ("planned", "exporting", "ready", "done", "failed")
+_FILE_STATES = ("pending", "partial", "done", "failed")
+SCHEMA_VERSION = 1
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    idx       INTEGER PRIMARY KEY,
+    recordset TEXT NOT NULL,
+    n_records INTEGER NOT NULL,
+    n_files   INTEGER NOT NULL,
+    state     TEXT NOT NULL DEFAULT 'planned' CHECK (state IN {_CHUNK_STATES!r}),
+    error     TEXT
+);
+CREATE TABLE IF NOT EXISTS exports (
+    chunk_idx    INTEGER PRIMARY KEY,
+    email        TEXT,
+    request_id   TEXT,
+    method       TEXT,
+    protocol     TEXT,
+    status       INTEGER,
+    dir          TEXT,
+    submitted_at REAL,
+    ready_at     REAL,
+    expires_at   REAL
+);
+CREATE TABLE IF NOT EXISTS files (
+    relpath       TEXT PRIMARY KEY,
+    url           TEXT NOT NULL,
+    record        TEXT NOT NULL,
+    request_id    TEXT,
+    chunk_idx     INTEGER NOT NULL,
+    expected_size INTEGER,
+    etag          TEXT,
+    state         TEXT NOT NULL DEFAULT 'pending' CHECK (state IN {_FILE_STATES!r}),
+    bytes         INTEGER NOT NULL DEFAULT 0,
+    error         TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS files_by_chunk_state ON files (chunk_idx, state);
+CREATE INDEX IF NOT EXISTS files_by_state ON files (state);
+
+"""
+
+
+def default_state_path(out_dir: Path) -> Path:
+    """Where the state database of ``out_dir`` lives by default.
+
+    Parameters
+    ----------
+    out_dir
+        The output directory of a pull.
+
+    Returns
+    -------
+    Path
+        ``<out_dir>/.asyncjsoc/state.sqlite``.
+    """
+    return out_dir / STATE_DIRNAME / "state.sqlite"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredExport:
+    """The export request made for one chunk, as far as the store knows.
+
+    Times are POSIX timestamps (seconds). Callers judge whether it is still usable, usually by
+    ``expires_at``.
+    """
+
+    chunk_index: int
+    request_id: str | None
+    email: str | None = None
+    method: str | None = None
+    protocol: str | None = None
+    status: int | None = None
+    dir: str | None = None
+    submitted_at: float | None = None
+    ready_at: float | None = None
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    """One file row: what to fetch, where it goes, and how far it got."""
+
+    relpath: str
+    url: str
+    record: str
+    chunk_index: int
+    state: FileState
+    bytes: int = 0
+    request_id: str | None = None
+    expected_size: int | None = None
+    etag: str | None = None
+    error: str | None = None
+
+    def remote(self) -> RemoteFile:
+        """The file as a :class:`~asyncjsoc._models.RemoteFile` to hand to a downloader."""
+        return RemoteFile(url=self.url, relpath=self.relpath, record=self.record,
+                          request_id=self.request_id, expected_size=self.expected_size)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSummary:
+    """Counts of chunks and files by state, and bytes of finished files."""
+
+    chunks: dict[str, int] = field(default_factory=dict)
+    files: dict[str, int] = field(default_factory=dict)
+    bytes_done: int = 0
+
+    @property
+    def files_total(self) -> int:
+        """All file rows, whatever their state."""
+        return sum(self.files.values())
+
+
+_FILE_COLUMNS = ("relpath, url, record, chunk_idx, state, bytes, request_id, expected_size, "
+                 "etag, error")
+
+
+def _file_record(row: tuple[object, ...]) -> FileRecord:
+    """A FileRecord from a row selected with ``_FILE_COLUMNS``."""
+    relpath, url, record, chunk_idx, state, nbytes, request_id, size, etag, error = row
+    return FileRecord(
+        relpath=str(relpath), url=str(url), record=str(record),
+        chunk_index=_int(chunk_idx), state=cast(FileState, state), bytes=_int(nbytes),
+        request_id=_opt_str(request_id), expected_size=None if size is None else _int(size),
+        etag=_opt_str(etag), error=_opt_str(error),
+    )
+
+
+def _int(value: object) -> int:
+    """An SQLite integer column value."""
+    assert isinstance(value, int)
+    return value
+
+
+def _opt_str(value: object) -> str | None:
+    """An SQLite nullable text column value."""
+    return None if value is None else str(value)
+
+
+class StateStore:
+    """The persistent state of one pull into one output directory.
+
+    Use it as an async context manager; :meth:`open` takes the directory lock and
+    :meth:`close` releases it. A second store on the same database (in this process or
+    another) is refused with :class:`~asyncjsoc.exceptions.StateLockedError` while the first
+    is open.
+
+    Parameters
+    ----------
+    path
+        The SQLite database file; see :func:`default_state_path`. Its directory is created.
+    fingerprint
+        What this pull is (a digest of the query and the options that change its files). If the
+        store was made by a different pull, :meth:`open` raises
+        :class:`~asyncjsoc.exceptions.StateError`, unless ``reset`` is true.
+    reset
+        Throw away stored state made by a different pull instead of refusing.
+    """
+
+    def __init__(self, path: Path, *, fingerprint: str | None = None, reset: bool = False) -> None:
+        self.path = path
+        self.fingerprint = fingerprint
+        self.reset = reset
+        self._lock_path = path.with_name(path.name + ".lock")
+        self._conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+        self._limiter = anyio.CapacityLimiter(1)
+        self._closed = False
+
+    @classmethod
+    def for_output(cls, out_dir: Path, *, fingerprint: str | None = None,
+                   reset: bool = False) -> StateStore:
+        """The store at the default location under ``out_dir``.
+
+        Parameters
+        ----------
+        out_dir
+            The output directory.
+        fingerprint, reset
+            As for the constructor.
+
+        Returns
+        -------
+        StateStore
+            A store that is not open yet.
+        """
+        return cls(default_state_path(out_dir), fingerprint=fingerprint, reset=reset)
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> StateStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Take the lock, open (or create) the database and check the fingerprint.
+
+        Raises
+        ------
+        StateLockedError
+            If another store holds the lock.
+        StateError
+            If the database is unusable, from a newer asyncjsoc, or from a different pull.
+        """
+        if self._conn is not None or self._closed:
+            raise RuntimeError("a StateStore can be opened once")
+        await anyio.to_thread.run_sync(self._open_sync, limiter=self._limiter)
+
+    async def close(self) -> None:
+        """Close the database and release the lock. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._close_sync, limiter=self._limiter)
+
+    def _open_sync(self) -> None:
+        """Blocking body of :meth:`open`."""
+        self._take_lock()
+        try:
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            self._release_lock()
+            raise StateError(f"cannot open the state database {self.path}: {exc}") from exc
+        self._conn = conn
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=OFF")
+            with self._transaction(conn):
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                version = self._meta_get(conn, "schema_version")
+                if version is None:
+                    self._meta_set(conn, "schema_version", str(SCHEMA_VERSION))
+                elif int(version) > SCHEMA_VERSION:
+                    raise StateError(
+                        f"{self.path} was written by a newer asyncjsoc (schema {version})",
+                        hint="upgrade asyncjsoc, or use another output directory",
+                    )
+                if self.fingerprint is not None:
+                    self._check_fingerprint(conn, self.fingerprint, reset=self.reset)
+        except sqlite3.DatabaseError as exc:
+            self._close_sync()
+            raise StateError(
+                f"the state database {self.path} is unusable: {exc}",
+                hint=f"move {self.path.parent} away to start this pull afresh",
+            ) from exc
+        except BaseException:
+            self._close_sync()
+            raise
+
+    def _close_sync(self) -> None:
+        """Blocking body of :meth:`close`."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._release_lock()
+
+    def _take_lock(self) -> None:
+        """Create the state directory and hold an exclusive flock on the lock file."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StateError(f"cannot create the state lock {self._lock_path}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+            finally:
+                os.close(fd)
+            raise StateLockedError(
+                f"another asyncjsoc run is using {self.path.parent.parent} (pid {holder})",
+                hint="wait for it to finish, or use a different output directory",
+            ) from None
+        except OSError as exc:
+            os.close(fd)
+            raise StateError(f"cannot lock {self._lock_path}: {exc}") from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        """Drop the flock (closing the descriptor releases it)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` in a worker thread, one call at a time."""
+        conn = self._conn
+        if conn is None:
+            raise StateError("the state store is not open")
+        return await anyio.to_thread.run_sync(fn, conn, limiter=self._limiter)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+        """BEGIN IMMEDIATE … COMMIT, rolled back on any error."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @staticmethod
+    def _meta_get(conn: sqlite3.Connection, key: str) -> str | None:
+        """One value of the meta table."""
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    @staticmethod
+    def _meta_set(conn: sqlite3.Connection, key: str, value: str) -> None:
+        """Set one value of the meta table."""
+        conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def _check_fingerprint(self, conn: sqlite3.Connection, fingerprint: str, *,
+                           reset: bool) -> None:
+        """Adopt ``fingerprint`` if none is stored; refuse (or reset) on a different one."""
+        stored = self._meta_get(conn, "fingerprint")
+        if stored == fingerprint:
+            return
+        if stored is not None:
+            if not reset:
+                raise StateError(
+                    f"{self.path.parent.parent} holds the state of a different pull",
+                    hint="use another output directory for this query, or pass reset to "
+                         "discard the stored state (downloaded files are kept)",
+                )
+            self._wipe(conn)
+        self._meta_set(conn, "fingerprint", fingerprint)
+
+    @staticmethod
+    def _wipe(conn: sqlite3.Connection) -> None:
+        """Forget the plan, exports and files of a previous pull."""
+        for table in ("chunks", "exports", "files"):
+            conn.execute(f"DELETE FROM {table}")
+        conn.execute("DELETE FROM meta WHERE key = 'plan'")
+
+    # -- plan -------------------------------------------------------------------------------
+
+    async def save_plan(self, plan: Plan, fingerprint: str | None = None) -> None:
+        """Store a plan and its chunks, keeping the progress of chunks that did not change.
+
+        Parameters
+        ----------
+        plan
+            The plan.
+        fingerprint
+            If given, checked (and adopted) like the constructor's ``fingerprint``.
+
+        Raises
+        ------
+        StateError
+            If ``fingerprint`` differs from the stored one and the store was not opened with
+            ``reset``.
+        """
+        head = json.dumps({"series": plan.series, "n_records": plan.n_records,
+                           "n_files": plan.n_files, "estimated_bytes": plan.estimated_bytes})
+        rows = [(c.index, c.recordset, c.n_records, c.n_files) for c in plan.chunks]
+
+        def work(conn: sqlite3.Connection) -> None:
+            with self._transaction(conn):
+                if fingerprint is not None:
+                    self._check_fingerprint(conn, fingerprint, reset=self.reset)
+                self._meta_set(conn, "plan", head)
+                conn.execute("CREATE TEMP TABLE IF NOT EXISTS keep (idx INTEGER PRIMARY KEY)")
+                conn.execute("DELETE FROM keep")
+                conn.executemany("INSERT INTO keep (idx) VALUES (?)", [(r[0],) for r in rows])
+                conn.execute("DELETE FROM exports WHERE chunk_idx NOT IN (SELECT idx FROM keep)")
+                conn.execute("DELETE FROM chunks WHERE idx NOT IN (SELECT idx FROM keep)")
+                # A chunk whose record set changed starts over; its old export is useless.
+                conn.executemany(
+                    "DELETE FROM exports WHERE chunk_idx = ? AND chunk_idx IN "
+                    "(SELECT idx FROM chunks WHERE idx = ? AND recordset != ?)",
+                    [(r[0], r[0], r[1]) for r in rows])
+                conn.executemany(
+                    "INSERT INTO chunks (idx, recordset, n_records, n_files) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (idx) DO UPDATE SET "
+                    "state = CASE WHEN recordset = excluded.recordset THEN state "
+                    "ELSE 'planned' END, "
+                    "error = CASE WHEN recordset = excluded.recordset THEN error ELSE NULL END, "
+                    "recordset = excluded.recordset, n_records = excluded.n_records, "
+                    "n_files = excluded.n_files", rows)
+
+        await self._run(work)
+
+    async def load_plan(self) -> Plan | None:
+        """The stored plan, or ``None`` if none was saved.
+
+        Returns
+        -------
+        Plan or None
+            The plan as saved, chunks in index order.
+        """
+
+        def work(conn: sqlite3.Connection) -> Plan | None:
+            head = self._meta_get(conn, "plan")
+            if head is None:
+                return None
+            fields = json.loads(head)
+            chunks = tuple(
+                Chunk(index=i, recordset=rs, n_records=nr, n_files=nf)
+                for i, rs, nr, nf in conn.execute(
+                    "SELECT idx, recordset, n_records, n_files FROM chunks ORDER BY idx"))
+            return Plan(series=fields["series"], chunks=chunks, n_records=fields["n_records"],
+                        n_files=fields["n_files"], estimated_bytes=fields["estimated_bytes"])
+
+        return await self._run(work)
+
+    async def stored_fingerprint(self) -> str | None:
+        """The fingerprint of the pull this store belongs to, if one was recorded."""
+        return await self._run(lambda conn: self._meta_get(conn, "fingerprint"))
+
+    # -- chunks and exports -----------------------------------------------------------------
+
+    async def set_chunk_state(self, index: int, state: ChunkState,
+                              error: str | None = None) -> None:
+        """Record where chunk ``index`` stands (and why it failed, for ``failed``).
+
+        Raises
+        ------
+        StateError
+            If the chunk is not part of the stored plan.
+        """
+
+        def work(conn: sqlite3.Connection) -> None:
+            with self._transaction(conn):
+                cur = conn.execute("UPDATE chunks SET state = ?, error = ? WHERE idx = ?",
+                                   (state, error, index))
+                if cur.rowcount == 0:
+                    raise StateError(f"chunk {index} is not in the stored plan")
+
+        await self._run(work)
+
+    async def chunk_states(self) -> dict[int, ChunkState]:
+        """The state of every chunk of the stored plan, by index."""
+
+        def work(conn: sqlite3.Connection) -> dict[int, ChunkState]:
+            return {int(i): s for i, s in conn.execute("SELECT idx, state FROM chunks")}
+
+        return await self._run(work)
+
+    async def record_export(self, export: StoredExport) -> None:
+        """Store (or replace) the export request of a chunk."""
+        row = (export.chunk_index, export.email, export.request_id, export.method,
+               export.protocol, export.status, export.dir, export.submitted_at,
+               export.ready_at, export.expires_at)
+
+        def work(conn: sqlite3.Connection) -> None:
+            with self._transaction(conn):
+                conn.execute("INSERT OR REPLACE INTO exports (chunk_idx, email, request_id, "
+                             "method, protocol, status, dir, submitted_at, ready_at, expires_at) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+
+        await self._run(work)
+
+    async def export_for_chunk(self, index: int) -> StoredExport | None:
+        """The stored export request of chunk ``index``, or ``None``."""
+
+        def work(conn: sqlite3.Connection) -> StoredExport | None:
+            row = conn.execute(
+                "SELECT chunk_idx, request_id, email, method, protocol, status, dir, "
+                "submitted_at, ready_at, expires_at FROM exports WHERE chunk_idx = ?",
+                (index,)).fetchone()
+            return None if row is None else StoredExport(*row)
+
+        return await self._run(work)
+
+    async def forget_export(self, index: int) -> None:
+        """Drop the stored export request of chunk ``index`` (it expired or failed)."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            with self._transaction(conn):
+                conn.execute("DELETE FROM exports WHERE chunk_idx = ?", (index,))
+
+        await self._run(work)
+
+    # -- files ------------------------------------------------------------------------------
+
+    async def add_files(self, chunk_index: int, files: Sequence[RemoteFile]) -> None:
+        """Add the files of a chunk's export, in one transaction; idempotent.
+
+        A file already known keeps its state and byte count; its URL, request id, chunk and
+        expected size are updated (a new export of the same data has new URLs).
+
+        Parameters
+        ----------
+        chunk_index
+            The chunk the files belong to.
+        files
+            The files; their ``relpath`` is the key.
+        """
+        rows = [(f.relpath, f.url, f.record, f.request_id, chunk_index, f.expected_size)
+                for f in files]
+
+        def work(conn: sqlite3.Connection) -> None:
+            with self._transaction(conn):
+                conn.executemany(
+                    "INSERT INTO files (relpath, url, record, request_id, chunk_idx, "
+                    "expected_size) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (relpath) DO UPDATE SET url = excluded.url, "
+                    "record = excluded.record, request_id = excluded.request_id, "
+                    "chunk_idx = excluded.chunk_idx, "
+                    "expected_size = coalesce(excluded.expected_size, expected_size)", rows)
+
+        await self._run(work)
+
+    async def _update_file(self, relpath: str, sql: str, params: tuple[object, ...]) -> None:
+        """Run an UPDATE on one file row; an unknown relpath is an error."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            with self._transaction(conn):
+                if conn.execute(sql, (*params, relpath)).rowcount == 0:
+                    raise StateError(f"{relpath!r} is not a known file of this pull")
+
+        await self._run(work)
+
+    async def mark_done(self, relpath: str, nbytes: int, *, etag: str | None = None) -> None:
+        """Record that ``relpath`` is complete on disk with ``nbytes`` bytes."""
+        await self._update_file(
+            relpath, "UPDATE files SET state = 'done', bytes = ?, etag = coalesce(?, etag), "
+                     "error = NULL WHERE relpath = ?", (nbytes, etag))
+
+    async def mark_partial(self, relpath: str, nbytes: int) -> None:
+        """Record that ``relpath`` has ``nbytes`` bytes in its ``.part`` file."""
+        await self._update_file(
+            relpath, "UPDATE files SET state = 'partial', bytes = ? WHERE relpath = ? "
+                     "AND state != 'done'", (nbytes,))
+
+    async def mark_failed(self, relpath: str, error: str) -> None:
+        """Record that ``relpath`` failed, and why."""
+        await self._update_file(
+            relpath, "UPDATE files SET state = 'failed', error = ? WHERE relpath = ?", (error,))
+
+    async def mark_pending(self, relpath: str) -> None:
+        """Put ``relpath`` back in the queue (its final file is missing after all)."""
+        await self._update_file(
+            relpath, "UPDATE files SET state = 'pending', bytes = 0, error = NULL "
+                     "WHERE relpath = ?", ())
+
+    async def file_state(self, relpath: str) -> FileRecord | None:
+        """The row of ``relpath``, or ``None`` if the file is unknown."""
+
+        def work(conn: sqlite3.Connection) -> FileRecord | None:
+            row = conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE relpath = ?",
+                               (relpath,)).fetchone()
+            return None if row is None else _file_record(row)
+
+        return await self._run(work)
+
+    async def done_relpaths(self) -> set[str]:
+        """The relative paths of every finished file."""
+
+        def work(conn: sqlite3.Connection) -> set[str]:
+            return {r for (r,) in conn.execute("SELECT relpath FROM files WHERE state = 'done'")}
+
+        return await self._run(work)
+
+    async def pending_files(self, chunk_index: int | None = None) -> list[FileRecord]:
+        """Files not finished yet (pending, partial or failed), optionally of one chunk.
+
+        Returns
+        -------
+        list of FileRecord
+            In relpath order.
+        """
+
+        def work(conn: sqlite3.Connection) -> list[FileRecord]:
+            if chunk_index is None:
+                cur = conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE state != 'done' "
+                                   "ORDER BY relpath")
+            else:
+                cur = conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE chunk_idx = ? "
+                                   "AND state != 'done' ORDER BY relpath", (chunk_index,))
+            return [_file_record(r) for r in cur]
+
+        return await self._run(work)
+
+    async def summary(self) -> StoreSummary:
+        """Counts of chunks and files by state, and the bytes of finished files."""
+
+        def work(conn: sqlite3.Connection) -> StoreSummary:
+            chunks = dict(conn.execute("SELECT state, count(*) FROM chunks GROUP BY state"))
+            files = dict(conn.execute("SELECT state, count(*) FROM files GROUP BY state"))
+            (done,) = conn.execute(
+                "SELECT coalesce(sum(bytes), 0) FROM files WHERE state = 'done'").fetchone()
+            return StoreSummary(chunks=chunks, files=files, bytes_done=int(done))
+
+        return await self._run(work)

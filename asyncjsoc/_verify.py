@@ -1,0 +1,126 @@
+"""Check downloaded files before they get their final name: size, and FITS checksums.
+
+The JSOC's export index carries no sizes or checksums, but FITS files written by DRMS carry
+``CHECKSUM``/``DATASUM`` cards in every HDU; when present they catch corruption in transit.
+All file work runs in a worker thread so the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import anyio.to_thread
+
+from .exceptions import IntegrityError
+
+__all__ = ["FITS_BLOCK", "FITS_MAGIC", "check_size", "verify_fits"]
+
+FITS_MAGIC = b"SIMPLE  ="
+"""How every FITS file starts: the first card of the primary header."""
+
+FITS_BLOCK = 2880
+"""FITS files are a whole number of 2880-byte blocks."""
+
+_HINT = "the file was not kept under its final name; asyncjsoc fetches it again on the next run"
+
+# warnings.catch_warnings swaps process-wide state: one verification at a time keeps the
+# capture from mixing with another verification's.
+_warnings_lock = threading.Lock()
+
+
+async def check_size(path: Path, expected: int) -> int:
+    """Check that ``path`` holds exactly ``expected`` bytes.
+
+    Parameters
+    ----------
+    path
+        The file to check.
+    expected
+        The size the server announced.
+
+    Returns
+    -------
+    int
+        The size (equal to ``expected``).
+
+    Raises
+    ------
+    IntegrityError
+        If the size differs.
+    """
+    size = (await anyio.to_thread.run_sync(os.stat, path)).st_size
+    if size != expected:
+        raise IntegrityError(
+            f"{path.name}: {size} bytes on disk, the server announced {expected}", hint=_HINT
+        )
+    return size
+
+
+async def verify_fits(path: Path) -> None:
+    """Verify a FITS file's ``CHECKSUM`` and ``DATASUM`` cards, if it is a FITS file.
+
+    A file that does not start with a FITS primary header passes (there is nothing to check).
+    A FITS file passes when every HDU's ``CHECKSUM`` and ``DATASUM`` match, or are absent.
+    Compressed image HDUs are checked as stored (their binary table), which is what the
+    transfer must preserve.
+
+    Parameters
+    ----------
+    path
+        The file to verify.
+
+    Raises
+    ------
+    IntegrityError
+        If a checksum does not match, the file is truncated, or it does not parse as FITS.
+    """
+    await anyio.to_thread.run_sync(_verify_fits_sync, path)
+
+
+def _verify_fits_sync(path: Path) -> None:
+    """Blocking body of :func:`verify_fits`."""
+    with open(path, "rb") as f:
+        head = f.read(len(FITS_MAGIC))
+        size = os.fstat(f.fileno()).st_size
+    if head != FITS_MAGIC:
+        return
+    if size % FITS_BLOCK:
+        raise IntegrityError(
+            f"{path.name}: {size} bytes is not a whole number of FITS blocks (truncated?)",
+            hint=_HINT,
+        )
+    from astropy.io import fits  # deferred: astropy is slow to import and only needed here
+
+    with _warnings_lock, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with fits.open(path, memmap=False, disable_image_compression=True,
+                           do_not_scale_image_data=True, lazy_load_hdus=False) as hdul:
+                problems = [_check_hdu(i, hdu) for i, hdu in enumerate(hdul)]
+        except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
+            raise IntegrityError(f"{path.name}: not a readable FITS file ({exc})",
+                                 hint=_HINT) from exc
+    for w in caught:
+        text = str(w.message).lower()
+        if "truncated" in text or "checksum" in text or "datasum" in text:
+            raise IntegrityError(f"{path.name}: {w.message}", hint=_HINT)
+    bad = [p for p in problems if p]
+    if bad:
+        raise IntegrityError(f"{path.name}: {'; '.join(bad)}", hint=_HINT)
+
+
+def _check_hdu(index: int, hdu: object) -> str:
+    """An empty string when the HDU's checksums match or are absent, else what is wrong."""
+    header = getattr(hdu, "header", None)
+    if header is None:
+        return ""
+    wrong = []
+    # verify_*: 0 = mismatch, 1 = match, 2 = keyword absent
+    if "DATASUM" in header and hdu.verify_datasum() == 0:  # type: ignore[attr-defined]
+        wrong.append("DATASUM")
+    if "CHECKSUM" in header and hdu.verify_checksum() == 0:  # type: ignore[attr-defined]
+        wrong.append("CHECKSUM")
+    return f"HDU {index} {' and '.join(wrong)} mismatch" if wrong else ""

@@ -1,0 +1,134 @@
+"""Tests for asyncjsoc._paths: server-sent names never escape the output directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from asyncjsoc._paths import resolve_inside, safe_relpath
+from asyncjsoc.exceptions import UnsafePathError
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("hmi.sharp_cea_720s.7310.20180930_092400_TAI.Br.fits",
+         "hmi.sharp_cea_720s.7310.20180930_092400_TAI.Br.fits"),
+        ("a/b/c.fits", "a/b/c.fits"),
+        ("a//b/./c.fits", "a/b/c.fits"),
+        ("./x.fits", "x.fits"),
+        ("dir/", "dir"),
+        ("2017.05.24_22:24:00_TAI.fits", "2017.05.24_22:24:00_TAI.fits"),
+        ("...", "..."),
+        ("..x/y..", "..x/y.."),
+        ("ünïcode.fits", "ünïcode.fits"),
+    ],
+)
+def test_safe_relpath_normalizes(name: str, expected: str) -> None:
+    """Good names come back normalized to a relative POSIX path."""
+    assert safe_relpath(name) == expected
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        ".",
+        "./.",
+        "//",
+        "..",
+        "../x",
+        "a/../../x",
+        "a/..",
+        "/etc/passwd",
+        "/SUM1/D2/S00000/x.fits",
+        "C:x.fits",
+        "c:/windows/x",
+        "a\\b",
+        "..\\x",
+        "a\x00b",
+        "a\nb",
+        "a\x1bb",
+        "a\x7f",
+        "a\x85b",
+        ".asyncjsoc/state.sqlite",
+        "x.fits.part",
+        "x.fits.part.meta",
+        "a" * 256,
+        "a/\udcff",
+    ],
+)
+def test_safe_relpath_refuses(name: str) -> None:
+    """Escapes, absolute paths, control characters and reserved names are refused."""
+    with pytest.raises(UnsafePathError):
+        safe_relpath(name)
+
+
+def test_resolve_inside_plain(tmp_path: Path) -> None:
+    """A plain name resolves below the output directory, even before it exists."""
+    out = tmp_path / "out"
+    p = resolve_inside(out, "a/b/c.fits")
+    assert p == out.resolve() / "a" / "b" / "c.fits"
+
+
+def test_resolve_inside_refuses_symlinked_dir(tmp_path: Path) -> None:
+    """A directory symlink that points outside the output directory is refused."""
+    out = tmp_path / "out"
+    out.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / "link").symlink_to(elsewhere)
+    with pytest.raises(UnsafePathError, match="outside"):
+        resolve_inside(out, "link/x.fits")
+
+
+def test_resolve_inside_refuses_symlinked_file(tmp_path: Path) -> None:
+    """A final-name symlink that points outside the output directory is refused."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x.fits").symlink_to(tmp_path / "victim")
+    with pytest.raises(UnsafePathError, match="symlink"):
+        resolve_inside(out, "x.fits")
+
+
+def test_resolve_inside_allows_inner_symlink(tmp_path: Path) -> None:
+    """A symlink that stays inside the output directory is fine."""
+    out = tmp_path / "out"
+    (out / "real").mkdir(parents=True)
+    (out / "alias").symlink_to(out / "real")
+    assert resolve_inside(out, "alias/x.fits") == (out / "real" / "x.fits").resolve()
+
+
+def test_resolve_inside_through_symlinked_out_dir(tmp_path: Path) -> None:
+    """An output directory that is itself a symlink is resolved first, then enforced."""
+    real = tmp_path / "real"
+    real.mkdir()
+    out = tmp_path / "out"
+    out.symlink_to(real)
+    assert resolve_inside(out, "x.fits") == real.resolve() / "x.fits"
+
+
+_NAME_ALPHABET = st.sampled_from(["a", "b", ".", "/", "\\", ":", "C", "\x00", "\n", " ", "é"])
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.one_of(st.text(), st.text(alphabet=_NAME_ALPHABET, max_size=12)))
+def test_resolve_inside_property(tmp_path: Path, name: str) -> None:
+    """For any string: either a path inside out_dir, or UnsafePathError, nothing else."""
+    out = tmp_path / "out"
+    base = out.resolve()
+    try:
+        p = resolve_inside(out, name)
+    except UnsafePathError:
+        return
+    assert p.is_absolute()
+    assert p.is_relative_to(base)
+    assert p != base
+    assert os.path.normpath(p) == str(p)
+    rel = safe_relpath(name)
+    assert safe_relpath(rel) == rel

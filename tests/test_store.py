@@ -1,0 +1,268 @@
+"""Tests for asyncjsoc._store: the SQLite state store, its lock and its durability."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import anyio
+import pytest
+
+from asyncjsoc._models import Chunk, Plan, RemoteFile
+from asyncjsoc._store import StateStore, StoredExport, default_state_path
+from asyncjsoc.exceptions import StateError, StateLockedError
+
+pytestmark = pytest.mark.anyio
+
+PLAN = Plan(
+    series="hmi.sharp_cea_720s",
+    chunks=(
+        Chunk(index=0, recordset="hmi.sharp_cea_720s[7310][2018.09.30/1d]", n_records=120,
+              n_files=1320),
+        Chunk(index=1, recordset="hmi.sharp_cea_720s[7310][2018.10.01/1d]", n_records=120,
+              n_files=1320),
+    ),
+    n_records=240,
+    n_files=2640,
+    estimated_bytes=123_456_789,
+)
+
+
+def _files(n: int, chunk: int = 0, prefix: str = "f") -> list[RemoteFile]:
+    """``n`` distinct remote files."""
+    return [RemoteFile(url=f"http://127.0.0.1/SUM1/D{i}/S00000/{prefix}{i}.fits",
+                       relpath=f"{prefix}{i}.fits", record=f"rec[{i}]", request_id="JSOC_1",
+                       expected_size=1000 + i)
+            for i in range(chunk * n, chunk * n + n)]
+
+
+async def test_default_location(tmp_path: Path) -> None:
+    """The default store lives in <out>/.asyncjsoc/state.sqlite, with a lock file beside it."""
+    async with StateStore.for_output(tmp_path) as store:
+        assert store.path == default_state_path(tmp_path)
+        assert store.path == tmp_path / ".asyncjsoc" / "state.sqlite"
+        assert store.path.exists()
+        assert (tmp_path / ".asyncjsoc" / "state.sqlite.lock").exists()
+        with contextlib.closing(sqlite3.connect(store.path)) as conn:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()
+    assert mode == ("wal",)
+
+
+async def test_plan_round_trip(tmp_path: Path) -> None:
+    """A saved plan comes back equal after closing and reopening."""
+    async with StateStore.for_output(tmp_path, fingerprint="fp1") as store:
+        assert await store.load_plan() is None
+        await store.save_plan(PLAN)
+    async with StateStore.for_output(tmp_path, fingerprint="fp1") as store:
+        assert await store.load_plan() == PLAN
+        assert await store.stored_fingerprint() == "fp1"
+        assert await store.chunk_states() == {0: "planned", 1: "planned"}
+
+
+async def test_save_plan_keeps_progress_of_unchanged_chunks(tmp_path: Path) -> None:
+    """Saving a plan again keeps unchanged chunks' state and resets changed ones."""
+    async with StateStore.for_output(tmp_path) as store:
+        await store.save_plan(PLAN)
+        await store.set_chunk_state(0, "done")
+        await store.set_chunk_state(1, "ready")
+        await store.record_export(StoredExport(chunk_index=1, request_id="JSOC_X"))
+        changed = replace(PLAN, chunks=(PLAN.chunks[0], replace(PLAN.chunks[1], recordset="x")))
+        await store.save_plan(changed)
+        assert await store.chunk_states() == {0: "done", 1: "planned"}
+        assert await store.export_for_chunk(1) is None
+        await store.save_plan(replace(PLAN, chunks=PLAN.chunks[:1]))
+        assert await store.chunk_states() == {0: "done"}
+        with pytest.raises(StateError, match="chunk 5"):
+            await store.set_chunk_state(5, "done")
+
+
+async def test_fingerprint_mismatch_refused_then_reset(tmp_path: Path) -> None:
+    """A different pull is refused with a hint; reset discards the old state."""
+    async with StateStore.for_output(tmp_path, fingerprint="A") as store:
+        await store.save_plan(PLAN)
+        await store.add_files(0, _files(3))
+    with pytest.raises(StateError, match="different pull") as info:
+        async with StateStore.for_output(tmp_path, fingerprint="B"):
+            pass
+    assert info.value.hint
+    async with StateStore.for_output(tmp_path, fingerprint="A") as store:
+        assert await store.load_plan() == PLAN
+        with pytest.raises(StateError, match="different pull"):
+            await store.save_plan(PLAN, fingerprint="B")
+    async with StateStore.for_output(tmp_path, fingerprint="B", reset=True) as store:
+        assert await store.load_plan() is None
+        assert (await store.summary()).files_total == 0
+        assert await store.stored_fingerprint() == "B"
+
+
+async def test_fingerprint_adopted_without_wiping(tmp_path: Path) -> None:
+    """A store made without a fingerprint adopts the first one given and keeps its rows."""
+    async with StateStore.for_output(tmp_path) as store:
+        await store.save_plan(PLAN)
+    async with StateStore.for_output(tmp_path) as store:
+        await store.save_plan(PLAN, fingerprint="A")
+        assert await store.stored_fingerprint() == "A"
+        assert await store.load_plan() == PLAN
+
+
+async def test_lock_refuses_second_opener_in_process(tmp_path: Path) -> None:
+    """A second store on the same directory is refused while the first is open."""
+    async with StateStore.for_output(tmp_path):
+        with pytest.raises(StateLockedError, match=r"another asyncjsoc run .* \(pid \d+\)"):
+            await StateStore.for_output(tmp_path).open()
+    async with StateStore.for_output(tmp_path) as again:
+        assert await again.load_plan() is None
+
+
+_HOLDER = textwrap.dedent("""
+    import sys, anyio
+    from pathlib import Path
+    from asyncjsoc._store import StateStore
+
+    async def main():
+        async with StateStore.for_output(Path(sys.argv[1])):
+            print("locked", flush=True)
+            sys.stdin.readline()
+
+    anyio.run(main)
+""")
+
+
+async def test_lock_refuses_across_processes(tmp_path: Path) -> None:
+    """A store held by another process is refused, naming that process's pid."""
+    async with await anyio.open_process([sys.executable, "-c", _HOLDER, str(tmp_path)]) as proc:
+        assert proc.stdout is not None
+        assert proc.stdin is not None
+        assert (await proc.stdout.receive()).startswith(b"locked")
+        with pytest.raises(StateLockedError, match=rf"\(pid {proc.pid}\)"):
+            await StateStore.for_output(tmp_path).open()
+        await proc.stdin.send(b"\n")
+        assert await proc.wait() == 0
+    async with StateStore.for_output(tmp_path):
+        pass
+
+
+_CRASHER = textwrap.dedent("""
+    import os, sys, anyio
+    from pathlib import Path
+    from asyncjsoc._models import RemoteFile
+    from asyncjsoc._store import StateStore
+
+    async def main():
+        store = StateStore.for_output(Path(sys.argv[1]))
+        await store.open()
+        files = [RemoteFile(url=f"http://h/{i}", relpath=f"{i}.fits", record=f"r{i}")
+                 for i in range(100)]
+        await store.add_files(0, files)
+        await store.mark_done("7.fits", 777)
+        os._exit(3)  # no close, no flush, no lock release: like a kill
+
+    anyio.run(main)
+""")
+
+
+async def test_crash_keeps_committed_rows_and_frees_lock(tmp_path: Path) -> None:
+    """After a process dies without closing, a reopen sees committed rows and the lock is free."""
+    result = await anyio.run_process([sys.executable, "-c", _CRASHER, str(tmp_path)],
+                                     check=False)
+    assert result.returncode == 3, result.stderr
+    async with StateStore.for_output(tmp_path) as store:
+        assert await store.done_relpaths() == {"7.fits"}
+        summary = await store.summary()
+        assert summary.files == {"done": 1, "pending": 99}
+        assert summary.bytes_done == 777
+
+
+async def test_files_lifecycle(tmp_path: Path) -> None:
+    """Files go pending → partial → done/failed; add_files is idempotent and keeps state."""
+    files = _files(5)
+    async with StateStore.for_output(tmp_path) as store:
+        await store.save_plan(PLAN)
+        await store.add_files(0, files)
+        await store.add_files(0, files)
+        assert (await store.summary()).files == {"pending": 5}
+        await store.mark_partial("f1.fits", 10)
+        await store.mark_done("f2.fits", 1002, etag='"abc"')
+        await store.mark_failed("f3.fits", "HTTP 500")
+        # a re-export gives new URLs; state and bytes stay
+        moved = [replace(f, url=f.url.replace("SUM1", "SUM9"), request_id="JSOC_2")
+                 for f in files]
+        await store.add_files(0, moved)
+        done = await store.file_state("f2.fits")
+        assert done is not None
+        assert (done.state, done.bytes, done.etag) == ("done", 1002, '"abc"')
+        assert done.url.startswith("http://127.0.0.1/SUM9/")
+        assert done.remote() == moved[2]
+        failed = await store.file_state("f3.fits")
+        assert failed is not None
+        assert (failed.state, failed.error) == ("failed", "HTTP 500")
+        assert await store.file_state("nope") is None
+        assert await store.done_relpaths() == {"f2.fits"}
+        pending = await store.pending_files(0)
+        assert [f.relpath for f in pending] == ["f0.fits", "f1.fits", "f3.fits", "f4.fits"]
+        assert await store.pending_files(1) == []
+        await store.mark_pending("f2.fits")
+        assert await store.done_relpaths() == set()
+        summary = await store.summary()
+        assert summary.files == {"pending": 3, "partial": 1, "failed": 1}
+        assert summary.chunks == {"planned": 2}
+        with pytest.raises(StateError, match="not a known file"):
+            await store.mark_done("ghost.fits", 1)
+
+
+async def test_exports_round_trip(tmp_path: Path) -> None:
+    """An export record comes back as stored, can be replaced and forgotten."""
+    export = StoredExport(chunk_index=0, request_id="JSOC_20260101_001", email="a@b.c",
+                          method="url", protocol="fits", status=1, dir=None,
+                          submitted_at=1000.0, ready_at=None, expires_at=None)
+    async with StateStore.for_output(tmp_path) as store:
+        await store.save_plan(PLAN)
+        assert await store.export_for_chunk(0) is None
+        await store.record_export(export)
+        ready = replace(export, status=0, dir="/SUM5/D9/S00000", ready_at=1100.0,
+                        expires_at=1100.0 + 7 * 86400)
+        await store.record_export(ready)
+    async with StateStore.for_output(tmp_path) as store:
+        assert await store.export_for_chunk(0) == ready
+        await store.forget_export(0)
+        assert await store.export_for_chunk(0) is None
+
+
+async def test_closed_store_refuses_work(tmp_path: Path) -> None:
+    """Using a store before opening or after closing is an error; close is idempotent."""
+    store = StateStore.for_output(tmp_path)
+    with pytest.raises(StateError, match="not open"):
+        await store.load_plan()
+    async with store:
+        pass
+    await store.close()
+    with pytest.raises(StateError, match="not open"):
+        await store.done_relpaths()
+    with pytest.raises(RuntimeError):
+        await store.open()
+
+
+async def test_corrupt_database_is_a_state_error(tmp_path: Path) -> None:
+    """A file that is not SQLite gives a StateError with a hint, and releases the lock."""
+    path = default_state_path(tmp_path)
+    path.parent.mkdir()
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StateError, match="unusable") as info:
+        await StateStore(path).open()
+    assert info.value.hint
+    path.unlink()
+    async with StateStore(path):
+        pass
+
+
+async def test_many_files_batch(tmp_path: Path) -> None:
+    """Tens of thousands of rows go in one call and are counted right."""
+    async with StateStore.for_output(tmp_path) as store:
+        await store.add_files(0, _files(20_000))
+        await store.add_files(1, _files(20_000, chunk=1))
+        assert (await store.summary()).files == {"pending": 40_000}
+        assert len(await store.pending_files(1)) == 20_000

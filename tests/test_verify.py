@@ -1,0 +1,110 @@
+"""Tests for asyncjsoc._verify: FITS CHECKSUM/DATASUM verification and the size check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from asyncjsoc._verify import FITS_BLOCK, check_size, verify_fits
+from asyncjsoc.exceptions import IntegrityError
+
+pytestmark = pytest.mark.anyio
+
+
+def _write_fits(path: Path, *, checksum: bool = True) -> bytes:
+    """Write a primary image HDU plus a Rice-compressed image HDU; return the bytes."""
+    primary = fits.PrimaryHDU(np.arange(400, dtype=">i4").reshape(20, 20))
+    comp = fits.CompImageHDU(np.linspace(0.0, 1.0, 64 * 64, dtype=">f4").reshape(64, 64))
+    fits.HDUList([primary, comp]).writeto(path, checksum=checksum)
+    return path.read_bytes()
+
+
+def _flip(path: Path, offset: int) -> None:
+    """Flip one bit of the file at ``offset``."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+async def test_valid_fits_passes(tmp_path: Path) -> None:
+    """A FITS file with matching CHECKSUM/DATASUM in every HDU passes."""
+    path = tmp_path / "ok.fits"
+    data = _write_fits(path)
+    assert b"CHECKSUM" in data
+    assert b"DATASUM" in data
+    await verify_fits(path)
+
+
+async def test_fits_without_checksums_passes(tmp_path: Path) -> None:
+    """A FITS file without checksum cards has nothing to verify and passes."""
+    path = tmp_path / "plain.fits"
+    data = _write_fits(path, checksum=False)
+    assert b"CHECKSUM" not in data
+    await verify_fits(path)
+
+
+async def test_primary_data_corruption_detected(tmp_path: Path) -> None:
+    """One flipped bit in the primary data fails DATASUM."""
+    path = tmp_path / "bad.fits"
+    _write_fits(path)
+    _flip(path, FITS_BLOCK + 17)
+    with pytest.raises(IntegrityError, match="HDU 0 DATASUM"):
+        await verify_fits(path)
+
+
+async def test_compressed_hdu_corruption_detected(tmp_path: Path) -> None:
+    """A flipped bit in the compressed HDU's stored bytes is caught too."""
+    path = tmp_path / "bad.fits"
+    data = _write_fits(path)
+    _flip(path, len(data) - FITS_BLOCK + 5)
+    with pytest.raises(IntegrityError, match="HDU 1"):
+        await verify_fits(path)
+
+
+async def test_header_corruption_detected(tmp_path: Path) -> None:
+    """A changed header byte fails CHECKSUM even though the data are intact."""
+    path = tmp_path / "bad.fits"
+    data = _write_fits(path)
+    _flip(path, data.index(b"array data type") + 3)
+    with pytest.raises(IntegrityError, match="CHECKSUM"):
+        await verify_fits(path)
+
+
+async def test_truncated_fits_detected(tmp_path: Path) -> None:
+    """A FITS file cut short is refused, whether or not on a block boundary."""
+    path = tmp_path / "cut.fits"
+    data = _write_fits(path)
+    path.write_bytes(data[:-100])
+    with pytest.raises(IntegrityError, match="truncated"):
+        await verify_fits(path)
+    path.write_bytes(data[:-FITS_BLOCK])
+    with pytest.raises(IntegrityError):
+        await verify_fits(path)
+
+
+async def test_garbage_after_magic_detected(tmp_path: Path) -> None:
+    """A file that claims to be FITS but does not parse is refused."""
+    path = tmp_path / "junk.fits"
+    path.write_bytes(b"SIMPLE  =" + b"\xff" * (FITS_BLOCK - 9))
+    with pytest.raises(IntegrityError):
+        await verify_fits(path)
+
+
+async def test_non_fits_passes(tmp_path: Path) -> None:
+    """Files that are not FITS (tar, jpg, empty) pass: there is nothing to verify."""
+    for name, content in [("a.tar", b"ustar" * 1000), ("b.jpg", b"\xff\xd8\xff"), ("e", b"")]:
+        path = tmp_path / name
+        path.write_bytes(content)
+        await verify_fits(path)
+
+
+async def test_check_size(tmp_path: Path) -> None:
+    """check_size returns the size when it matches and raises when it does not."""
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 10)
+    assert await check_size(path, 10) == 10
+    with pytest.raises(IntegrityError, match="10 bytes on disk"):
+        await check_size(path, 11)
