@@ -1,0 +1,773 @@
+"""The six benchmark scenarios. Each returns a dict: params, rows (one per contender run),
+columns for the table, notes, PASS/FAIL checks, and optionally a throughput sweep for the chart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from _harness import PYTHON, Emulator, Workdir, proxy_for, run_worker, stage_urls
+from _measure import tree_size
+
+HMI = "hmi.M_45s"
+SEG = "magnetogram"
+T0 = datetime(2012, 1, 1)
+CADENCE = 45
+MB = 1e6
+EMAILS = [f"bench{i}@example.org" for i in range(1, 9)]
+
+
+def tai(t: datetime) -> str:
+    """An HMI TAI time string."""
+    return t.strftime("%Y.%m.%d_%H:%M:%S_TAI")
+
+
+def hmi_ds(first: int, count: int) -> str:
+    """``count`` consecutive hmi.M_45s records starting at slot ``first`` after ``T0``."""
+    start = T0 + timedelta(seconds=first * CADENCE)
+    return f"{HMI}[{tai(start)}/{count * CADENCE}s]{{{SEG}}}"
+
+
+def hmi_query(first: int, count: int) -> dict[str, Any]:
+    """The same selection as a query dict (ds for asyncjsoc, times for sunpy)."""
+    start = T0 + timedelta(seconds=first * CADENCE)
+    end = start + timedelta(seconds=count * CADENCE - 1)
+    return {
+        "ds": hmi_ds(first, count), "series": HMI, "segments": [SEG],
+        "start": start.isoformat(), "end": end.isoformat(),
+    }
+
+
+def chunk_list(total: int, per_chunk: int) -> list[str]:
+    """Record sets of ``per_chunk`` records covering ``total`` records."""
+    return [hmi_ds(i, min(per_chunk, total - i)) for i in range(0, total, per_chunk)]
+
+
+@dataclass
+class Ctx:
+    """What every scenario needs: size mode, scratch space, which contenders exist."""
+
+    quick: bool
+    work: Workdir
+    available: dict[str, str]  # contender -> "" if usable, else why not
+    log: Callable[[str], None] = print
+    skipped: list[str] = field(default_factory=list)
+
+    def usable(self, contender: str) -> bool:
+        """Whether a contender can run here (missing tools are skipped, not failed)."""
+        return self.available.get(contender, "") == ""
+
+    def run(
+        self,
+        label: str,
+        contender: str,
+        emu: Emulator,
+        *,
+        expect_files: int | None = None,
+        audit: bool = True,
+        env: dict[str, str] | None = None,
+        timeout: float = 600.0,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Run one contender against ``emu`` in a fresh worker; returns the table row."""
+        if not self.usable(contender):
+            row = {"label": label, "contender": contender, "ok": None,
+                   "error": f"skipped: {self.available[contender]}"}
+            self.log(f"  {label:<28} SKIPPED ({self.available[contender]})")
+            return row
+        out = self.work.fresh(label.replace(" ", "_").replace("/", "_"))
+        spec = {"contender": contender, "url": emu.url, "out": str(out), "emails": EMAILS[:1]}
+        spec.update(fields)
+        if audit:
+            emu.clear_audit()
+        res = run_worker(spec, timeout=timeout, env=env)
+        if audit:
+            res["audit"] = emu.summary()
+        self.work.clean(out)
+        row = derive(label, res, expect_files)
+        self.log(describe(row))
+        return row
+
+
+def derive(label: str, res: dict[str, Any], expect_files: int | None) -> dict[str, Any]:
+    """Add the per-run ratios (MB/s, files/s, CPU per GB and per file) to a worker result."""
+    row = dict(res)
+    row["label"] = label
+    wall = row.get("wall_s") or math.nan
+    nbytes = row.get("bytes_on_disk") or 0
+    files = row.get("files_on_disk") or 0
+    cpu = row.get("cpu_s")
+    if expect_files is not None and files != expect_files and row.get("ok"):
+        row["ok"] = False
+        row.setdefault("error", f"{files} of {expect_files} files on disk")
+    row["expect_files"] = expect_files
+    row["mb_s"] = nbytes / MB / wall if nbytes else None
+    row["files_s"] = files / wall if files else None
+    row["cpu_s_per_gb"] = cpu / (nbytes / 1e9) if cpu is not None and nbytes else None
+    row["cpu_ms_per_file"] = 1000 * cpu / files if cpu is not None and files else None
+    audit = row.get("audit") or {}
+    row["requests"] = audit.get("requests")
+    row["req_per_file"] = audit["requests"] / files if audit.get("requests") and files else None
+    row["status"] = "ok" if row.get("ok") else ("skipped" if row.get("ok") is None else "FAILED")
+    return row
+
+
+def describe(row: dict[str, Any]) -> str:
+    """One log line for a finished run."""
+    parts = [f"  {row['label']:<28} {row['status']:<7}"]
+    if row.get("wall_s") is not None:
+        parts.append(f"{row['wall_s']:7.2f}s")
+    if row.get("mb_s"):
+        parts.append(f"{row['mb_s']:8.1f} MB/s")
+    if row.get("files_s"):
+        parts.append(f"{row['files_s']:8.0f} files/s")
+    if row.get("cpu_s") is not None:
+        parts.append(f"cpu {row['cpu_s']:.2f}s")
+    if row.get("peak_rss_mb"):
+        parts.append(f"rss {row['peak_rss_mb']:.0f}MB")
+    if row.get("error"):
+        parts.append("| " + str(row["error"]).replace("\n", " ")[:160])
+    return " ".join(parts)
+
+
+def check(text: str, value: float | None, limit: float, *, at_most: bool) -> dict[str, Any]:
+    """One target: ``value <= limit`` (at_most) or ``value >= limit``; no value fails."""
+    ok = value is not None and not math.isnan(value) and (
+        value <= limit if at_most else value >= limit
+    )
+    shown = "n/a" if value is None else f"{value:.3g}"
+    op = "≤" if at_most else "≥"
+    return {"text": f"{text}: {shown} {op} {limit:.3g}", "value": value, "limit": limit,
+            "pass": bool(ok)}
+
+
+def row_of(rows: list[dict[str, Any]], label: str) -> dict[str, Any]:
+    """The row with ``label`` (an empty dict when absent)."""
+    return next((r for r in rows if r["label"] == label), {})
+
+
+def ok_value(row: dict[str, Any], key: str) -> float | None:
+    """``row[key]`` when the run succeeded, else None (failed runs cannot pass targets)."""
+    return row.get(key) if row.get("ok") else None
+
+
+def asyncjsoc_fields(connections: int, *, lifted: bool, verify: bool = True,
+                     method: str | None = None, protocol: str | None = None,
+                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Spec fields for the asyncjsoc library/CLI contenders."""
+    config: dict[str, Any] = {"verify_checksums": verify}
+    cli_args: list[str] = []  # the CLI has no switch for verification: it always verifies
+    if lifted:
+        config.update(requests_per_second=10_000.0, burst=1000)
+        cli_args += ["--rate-limit", "10000"]
+    config.update(extra or {})
+    fields: dict[str, Any] = {
+        "connections": connections, "options": {"config": config, "cli_args": cli_args},
+    }
+    if method:
+        fields["method"] = method
+    if protocol:
+        fields["protocol"] = protocol
+    return fields
+
+
+# ============================================================== 1. export-bound
+
+
+def s1_export_bound(ctx: Ctx) -> dict[str, Any]:
+    """Many chunks, several emails, a real export delay: makespan against the ideal schedule."""
+    if ctx.quick:
+        chunks, per_chunk, emails, delay, size = 2, 5, 2, 1.0, 1 << 20
+    else:
+        chunks, per_chunk, emails, delay, size = 8, 5, 4, 8.0, 1 << 20
+    total = chunks * per_chunk
+    knobs = {"export_delay": delay, "file_caps": {"hmi.": per_chunk}, "file_size": size,
+             "seed": 1}
+    query = hmi_query(0, total)
+    chunk_ds = chunk_list(total, per_chunk)
+    rows: list[dict[str, Any]] = []
+    notes = [
+        "Every run gets a fresh emulator (the server's 24 h duplicate check would otherwise hand "
+        "later contenders an already finished export).",
+        "All contenders export with method `url`, protocol `fits` (staged: the export delay "
+        "applies); the emulator caps an export at "
+        f"{per_chunk} files, so the query needs {chunks} exports.",
+        "drms: `export → wait() → download()` per chunk, defaults (polls every 5 s). "
+        "sunpy: `Fido.search` + `Fido.fetch` through a loopback HTTP proxy (see notes below).",
+    ]
+
+    def fresh() -> Emulator:
+        """A new emulator with this scenario's knobs."""
+        return Emulator(knobs)
+
+    # The transfer of one chunk by the raw reference, to complete the ideal makespan.
+    with fresh() as emu:
+        pairs = stage_urls(emu, chunk_ds[-1:], EMAILS[0])
+        urls_file = ctx.work.root / "s1-urls.json"
+        urls_file.write_text(json.dumps(pairs))
+        ref = ctx.run("raw-aiohttp (1 chunk)", "raw-aiohttp", emu, urls_file=str(urls_file),
+                      connections=2, expect_files=per_chunk)
+    last_transfer = ref.get("wall_s") or 0.0
+    ideal = math.ceil(chunks / emails) * delay + last_transfer
+    aj = asyncjsoc_fields(2, lifted=False, method="url", protocol="fits",
+                          extra={"max_files_per_export": per_chunk})
+    aj_cli = dict(aj)
+    aj_cli["options"] = dict(aj["options"])
+    aj_cli["options"]["cli_args"] = [*aj["options"]["cli_args"],
+                                     "--max-files-per-export", str(per_chunk)]
+    runs: list[tuple[str, str, dict[str, Any]]] = [
+        ("asyncjsoc", "asyncjsoc", aj | {"emails": EMAILS[:emails], "query": query}),
+        ("asyncjsoc-cli", "asyncjsoc-cli", aj_cli | {"emails": EMAILS[:emails], "query": query}),
+        ("drms (serial chunks)", "drms",
+         {"chunks": chunk_ds, "method": "url", "protocol": "fits"}),
+        ("sunpy Fido (one query)", "sunpy", {"query": query, "protocol": "fits"}),
+    ]
+    if not ctx.quick:
+        runs.append(("sunpy Fido (chunk loop)", "sunpy",
+                     {"query": query, "protocol": "fits",
+                      "options": {"chunks": [hmi_query(i, per_chunk)
+                                             for i in range(0, total, per_chunk)]}}))
+    for label, contender, fields_ in runs:
+        with fresh() as emu:
+            env = None
+            proxy = None
+            if contender == "sunpy":
+                proxy = proxy_for(emu.url)
+                env = {"HTTP_PROXY": proxy.url, "http_proxy": proxy.url, "NO_PROXY": "",
+                       "no_proxy": ""}
+            try:
+                row = ctx.run(label, contender, emu, expect_files=total, env=env, **fields_)
+            finally:
+                if proxy:
+                    proxy.stop()
+        row["vs_ideal"] = row["wall_s"] / ideal if row.get("wall_s") else None
+        rows.append(row)
+    rows.insert(0, ref | {"vs_ideal": None})
+    best = row_of(rows, "asyncjsoc")
+    checks = [
+        check("asyncjsoc makespan / ideal", ok_value(best, "vs_ideal"), 1.10, at_most=True),
+        check("asyncjsoc peak pending exports per email (audit)",
+              (best.get("audit") or {}).get("max_pending_per_email") if best.get("ok") else None,
+              1, at_most=True),
+    ]
+    notes.append(
+        f"ideal = ceil({chunks} chunks / {emails} emails) × {delay:g} s + last chunk's transfer "
+        f"by raw aiohttp ({last_transfer:.2f} s) = {ideal:.2f} s."
+    )
+    return {
+        "name": "export-bound", "title": "1. Export-bound (many chunks, several emails)",
+        "params": {"chunks": chunks, "files_per_chunk": per_chunk, "emails": emails,
+                   "export_delay_s": delay, "file_size_MB": round(size / MB, 2)},
+        "ideal_s": ideal, "rows": rows, "notes": notes, "checks": checks,
+        "columns": [("label", "contender", ""), ("status", "status", ""),
+                    ("wall_s", "makespan s", ".2f"), ("vs_ideal", "× ideal", ".2f"),
+                    ("cpu_s", "CPU s", ".2f"), ("peak_rss_mb", "peak RSS MB", ".0f"),
+                    ("requests", "HTTP requests", ""),
+                    ("error", "error", "")],
+    }
+
+
+# ============================================================== 2. bandwidth-bound
+
+
+def _download_rows(ctx: Ctx, emu: Emulator, urls_file: Path, query: dict[str, Any],
+                   *, conns: int, suffix: str, contenders: list[str]) -> list[dict[str, Any]]:
+    """The download-engine contenders on one staged URL list, at ``conns`` connections."""
+    n = len(json.loads(urls_file.read_text()))
+    common = {"urls_file": str(urls_file), "expect_files": n}
+    plan: dict[str, tuple[str, dict[str, Any]]] = {
+        "asyncjsoc": ("asyncjsoc",
+                      asyncjsoc_fields(conns, lifted=True, verify=False, protocol="as-is")
+                      | {"query": query}),
+        "asyncjsoc+verify": ("asyncjsoc",
+                             asyncjsoc_fields(conns, lifted=True, verify=True, protocol="as-is")
+                             | {"query": query}),
+        "asyncjsoc defaults": ("asyncjsoc",
+                               asyncjsoc_fields(2, lifted=False, protocol="as-is")
+                               | {"query": query}),
+        "asyncjsoc-cli": ("asyncjsoc-cli",
+                          asyncjsoc_fields(conns, lifted=True, verify=False, protocol="as-is")
+                          | {"query": query}),
+        "raw-aiohttp": ("raw-aiohttp", {"connections": conns} | common),
+        "parfive-default": ("parfive-default", common),
+        "parfive-tuned": ("parfive-tuned", {"connections": conns} | common),
+        "parfive sunpy-mode": ("parfive-tuned", {"connections": 1, "options": {}} | common),
+        "curl": ("curl", {"connections": conns} | common),
+        "aria2c": ("aria2c", {"connections": conns} | common),
+        "drms (serial)": ("drms", {"chunks": [query["ds"]], "method": "url_quick",
+                                   "protocol": "as-is"}),
+    }
+    rows = []
+    for name in contenders:
+        contender, fields_ = plan[name]
+        fields_ = dict(fields_)
+        fields_.setdefault("expect_files", n)
+        if name == "parfive sunpy-mode":
+            contender = "parfive-sunpy"
+        label = f"{name}{suffix}"
+        rows.append(ctx.run(label, contender, emu, **fields_))
+    return rows
+
+
+def s2_bandwidth(ctx: Ctx) -> dict[str, Any]:
+    """≥ 1 GB of multi-MB files: throughput, CPU per GB, peak RSS; cap off, then 20 MB/s."""
+    if ctx.quick:
+        n_off, n_on, size, sweep = 16, 8, 4 << 20, [1, 2]
+    else:
+        n_off, n_on, size, sweep = 128, 24, 8 << 20, [1, 2, 4, 8]
+    cap = 20 * 1_000_000
+    conns = 2
+    knobs = {"file_size": size, "cache_bytes": (n_off + 8) * size + (64 << 20), "seed": 2}
+    rows: list[dict[str, Any]] = []
+    sweep_pts: dict[str, list[tuple[int, float]]] = {}
+    everyone = ["asyncjsoc", "asyncjsoc+verify", "asyncjsoc-cli", "raw-aiohttp",
+                "parfive-default", "parfive-tuned", "parfive sunpy-mode", "curl", "aria2c",
+                "drms (serial)"]
+    with Emulator(knobs) as emu:
+        # Cap off.
+        q = hmi_query(0, n_off)
+        pairs = stage_urls(emu, [q["ds"]], EMAILS[0])
+        warm_file = ctx.work.root / "warm.json"
+        warm_file.write_text(json.dumps(pairs))
+        ctx.log("  (warming the emulator's body cache; not timed)")
+        ctx.run("warm-up", "raw-aiohttp", emu, urls_file=str(warm_file), connections=4,
+                audit=False)
+        off = _download_rows(ctx, emu, warm_file, q, conns=conns, suffix="",
+                             contenders=everyone)
+        for r in off:
+            r["variant"] = "cap off"
+        rows += off
+        for c in sweep:
+            for name, contender, fields_ in (
+                ("raw-aiohttp", "raw-aiohttp", {"urls_file": str(warm_file)}),
+                ("asyncjsoc", "asyncjsoc",
+                 asyncjsoc_fields(c, lifted=True, verify=False, protocol="as-is")
+                 | {"query": q}),
+            ):
+                if c == conns:  # already measured above
+                    r = row_of(off, name)
+                else:
+                    r = ctx.run(f"{name} ×{c}", contender, emu, connections=c,
+                                expect_files=n_off, **{k: v for k, v in fields_.items()
+                                                       if k != "connections"})
+                    r["variant"] = "cap off"
+                    rows.append(r)
+                if r.get("ok") and r.get("mb_s"):
+                    sweep_pts.setdefault(f"{name} (cap off)", []).append((c, r["mb_s"]))
+        # Cap on: every file transfer limited to 20 MB/s.
+        emu.set_knobs(bandwidth=cap)
+        q2 = hmi_query(0, n_on)
+        capped_file = ctx.work.root / "capped.json"
+        capped_file.write_text(json.dumps(pairs[:n_on]))
+        on_names = ["asyncjsoc", "asyncjsoc defaults", "raw-aiohttp", "parfive-default",
+                    "parfive-tuned", "curl", "aria2c"]
+        if not ctx.quick:
+            on_names.append("drms (serial)")
+        on = _download_rows(ctx, emu, capped_file, q2, conns=conns, suffix=" @20MB/s",
+                            contenders=on_names)
+        for r in on:
+            r["variant"] = "20 MB/s per transfer"
+        rows += on
+        for c in sweep:
+            for name, contender, fields_ in (
+                ("raw-aiohttp", "raw-aiohttp",
+                 {"urls_file": str(capped_file)}),
+                ("asyncjsoc", "asyncjsoc",
+                 asyncjsoc_fields(c, lifted=True, verify=False, protocol="as-is")
+                 | {"query": q2}),
+            ):
+                if c == conns:
+                    r = row_of(on, f"{name} @20MB/s")
+                else:
+                    r = ctx.run(f"{name} ×{c} @20MB/s", contender, emu, connections=c,
+                                expect_files=n_on, **{k: v for k, v in fields_.items()
+                                                      if k != "connections"})
+                    r["variant"] = "20 MB/s per transfer"
+                    rows.append(r)
+                if r.get("ok") and r.get("mb_s"):
+                    sweep_pts.setdefault(f"{name} (20 MB/s cap)", []).append((c, r["mb_s"]))
+    raw = row_of(rows, "raw-aiohttp")
+    aj = row_of(rows, "asyncjsoc")
+    pf = row_of(rows, "parfive-default")
+    for r in rows:
+        ref = raw if r.get("variant") == "cap off" else row_of(rows, "raw-aiohttp @20MB/s")
+        r["vs_raw"] = r["mb_s"] / ref["mb_s"] if r.get("mb_s") and ref.get("mb_s") else None
+    python_cpu = {r["label"]: r.get("cpu_s_per_gb") for r in rows
+                  if r.get("variant") == "cap off" and r.get("ok")
+                  and r["label"] in ("asyncjsoc", "raw-aiohttp", "parfive-default",
+                                     "parfive-tuned", "parfive sunpy-mode", "drms (serial)")}
+    others = [v for k, v in python_cpu.items() if k not in ("asyncjsoc", "raw-aiohttp") and v]
+    checks = [
+        check("asyncjsoc MB/s ÷ raw aiohttp MB/s (2 conns, cap off)",
+              aj["mb_s"] / raw["mb_s"] if aj.get("ok") and raw.get("mb_s") else None, 0.9,
+              at_most=False),
+        check("asyncjsoc MB/s ÷ parfive-default MB/s (cap off)",
+              aj["mb_s"] / pf["mb_s"] if aj.get("ok") and pf.get("mb_s") else None, 3.0,
+              at_most=False),
+        check("asyncjsoc CPU s/GB ÷ lowest other Python contender's (parfive, drms; cap off)",
+              aj["cpu_s_per_gb"] / min(others) if aj.get("ok") and others else None, 1.0,
+              at_most=True),
+    ]
+    notes = [
+        "One emulator for the whole scenario (url_quick/as-is exports hold no server state); its "
+        "body cache is warmed first so every contender is served from memory.",
+        "asyncjsoc rows lift the request-rate limit (`requests_per_second=10000`) and turn "
+        "checksum verification off to compare the data path like for like; `asyncjsoc+verify` "
+        "keeps FITS CHECKSUM/DATASUM verification on; `asyncjsoc defaults` is 5 req/s, 2 conns.",
+        "× raw = MB/s relative to raw aiohttp at the same cap. CPU s/GB counts the client "
+        "process (or the tool's process for curl/aria2c/CLI) only; the emulator is another "
+        "process. Peak RSS is the client process's max RSS.",
+        "`parfive sunpy-mode` is what sunpy's JSOC client runs: max_conn=1, max_splits=1, "
+        "parfive's default 1 KiB reads.",
+        f"Cap on uses the first {n_on} files (≈{n_on * size / MB:.0f} MB) to keep the run "
+        "short.",
+    ]
+    return {
+        "name": "bandwidth", "title": "2. Bandwidth-bound (multi-MB files)",
+        "params": {"files": n_off, "file_MB": round(size / MB, 2),
+                   "total_GB": round(n_off * size / 1e9, 2), "connections": conns,
+                   "cap_MB_s": cap / MB, "files_capped": n_on},
+        "rows": rows, "notes": notes, "checks": checks, "sweep": sweep_pts,
+        "columns": [("label", "contender", ""), ("status", "status", ""),
+                    ("wall_s", "s", ".2f"), ("mb_s", "MB/s", ".0f"), ("vs_raw", "× raw", ".2f"),
+                    ("cpu_s_per_gb", "CPU s/GB", ".2f"), ("peak_rss_mb", "peak RSS MB", ".0f"),
+                    ("req_per_file", "req/file", ".2f"), ("error", "error", "")],
+    }
+
+
+# ============================================================== 3. many small files
+
+
+def s3_small_files(ctx: Ctx) -> dict[str, Any]:
+    """20,000 few-KB files: files/s and CPU ms per file."""
+    n = 2_000 if ctx.quick else 20_000
+    slow_n = 1_000 if ctx.quick else 4_000
+    conns = 4
+    size = 2 * 2880
+    knobs = {"file_size": size, "seed": 3}
+    rows: list[dict[str, Any]] = []
+    with Emulator(knobs) as emu:
+        q = hmi_query(0, n)
+        pairs = stage_urls(emu, [q["ds"]], EMAILS[0])
+        urls = ctx.work.root / "s3-urls.json"
+        urls.write_text(json.dumps(pairs))
+        slow_urls = ctx.work.root / "s3-urls-slow.json"
+        slow_urls.write_text(json.dumps(pairs[:slow_n]))
+        qs = hmi_query(0, slow_n)
+        runs: list[tuple[str, str, dict[str, Any], int]] = [
+            ("asyncjsoc", "asyncjsoc",
+             asyncjsoc_fields(conns, lifted=True, verify=False, protocol="as-is")
+             | {"query": q}, n),
+            ("asyncjsoc+verify", "asyncjsoc",
+             asyncjsoc_fields(conns, lifted=True, verify=True, protocol="as-is")
+             | {"query": q}, n),
+            ("asyncjsoc-cli", "asyncjsoc-cli",
+             asyncjsoc_fields(conns, lifted=True, verify=False, protocol="as-is")
+             | {"query": q}, n),
+            ("raw-aiohttp", "raw-aiohttp", {"urls_file": str(urls), "connections": conns}, n),
+            ("curl", "curl", {"urls_file": str(urls), "connections": conns}, n),
+            ("aria2c", "aria2c", {"urls_file": str(urls), "connections": conns}, n),
+            (f"parfive-tuned ({slow_n})", "parfive-tuned",
+             {"urls_file": str(slow_urls), "connections": conns}, slow_n),
+            (f"parfive-default ({slow_n})", "parfive-default", {"urls_file": str(slow_urls)},
+             slow_n),
+            (f"drms ({slow_n})", "drms",
+             {"chunks": [qs["ds"]], "method": "url_quick", "protocol": "as-is"}, slow_n),
+        ]
+        for label, contender, fields_, expect in runs:
+            rows.append(ctx.run(label, contender, emu, expect_files=expect, **fields_))
+    raw = row_of(rows, "raw-aiohttp")
+    for r in rows:
+        r["vs_raw"] = r["files_s"] / raw["files_s"] if r.get("files_s") and raw.get(
+            "files_s") else None
+    aj = row_of(rows, "asyncjsoc")
+    checks = [check("asyncjsoc files/s", ok_value(aj, "files_s"), 2000, at_most=False)]
+    notes = [
+        f"{conns} connections for every contender that takes a number (drms is serial, "
+        "parfive-default is 5×5).",
+        f"parfive and drms are timed on the first {slow_n} files only (their per-file cost "
+        f"would make {n} files take minutes); files/s is still comparable.",
+        "asyncjsoc rows lift the request-rate limit (its default 5 req/s would cap it at "
+        "5 files/s, by design).",
+    ]
+    return {
+        "name": "small-files", "title": f"3. Many small files ({n:,} × {size / 1000:.1f} kB)",
+        "params": {"files": n, "file_bytes": size, "connections": conns},
+        "rows": rows, "notes": notes, "checks": checks,
+        "columns": [("label", "contender", ""), ("status", "status", ""),
+                    ("wall_s", "s", ".2f"), ("files_s", "files/s", ".0f"),
+                    ("vs_raw", "× raw", ".2f"), ("cpu_ms_per_file", "CPU ms/file", ".3f"),
+                    ("peak_rss_mb", "peak RSS MB", ".0f"), ("error", "error", "")],
+    }
+
+
+# ============================================================== 4. planning + state scale
+
+
+def s4_plan_scale(ctx: Ctx) -> dict[str, Any]:
+    """Plan and record 100k and 1M files without downloading: seconds and peak RSS."""
+    sizes = [10_000, 100_000] if ctx.quick else [100_000, 1_000_000]
+    rows: list[dict[str, Any]] = []
+    with Emulator({"seed": 4, "file_size": 2880}) as emu:
+        for n in sizes:
+            q = hmi_query(0, n)
+            label = f"asyncjsoc plan+record {n:,}"
+            row = ctx.run(label, "asyncjsoc-plan", emu, query=q, connections=2,
+                          options={"config": {"requests_per_second": 10_000.0, "burst": 1000,
+                                              "protocol": "as-is"}})
+            row["n"] = n
+            row["us_per_file"] = 1e6 * row["wall_s"] / n if row.get("wall_s") else None
+            rows.append(row)
+    small, big = rows[0], rows[-1]
+    growth = (big["wall_s"] / small["wall_s"]) / (sizes[-1] / sizes[0]) if (
+        big.get("ok") and small.get("ok")) else None
+    checks = [
+        check(f"seconds for {sizes[-1]:,} files", ok_value(big, "wall_s"), 60.0, at_most=True),
+        check(f"peak RSS MB for {sizes[-1]:,} files", ok_value(big, "peak_rss_mb"), 1000.0,
+              at_most=True),
+        check("time growth ÷ size growth (1.0 = linear)", growth, 1.5, at_most=True),
+    ]
+    return {
+        "name": "plan-scale", "title": "4. Planning + state scale (no downloads)",
+        "params": {"sizes": sizes},
+        "rows": rows, "checks": checks,
+        "notes": [
+            "Measures what asyncjsoc does before the first byte: plan the query, export it "
+            "(url_quick on the emulator) and record every file in the SQLite state store.",
+        ],
+        "columns": [("label", "run", ""), ("status", "status", ""), ("wall_s", "s", ".2f"),
+                    ("us_per_file", "µs/file", ".1f"), ("cpu_s", "CPU s", ".2f"),
+                    ("peak_rss_mb", "peak RSS MB", ".0f"), ("requests", "HTTP requests", ""),
+                    ("error", "error", "")],
+    }
+
+
+# ============================================================== 5. resume
+
+
+def _bytes_in(out: Path) -> int:
+    """Bytes of every file under ``out``, partial files included (state excluded)."""
+    total = 0
+    for dirpath, dirs, names in os.walk(out):
+        dirs[:] = [d for d in dirs if d != ".asyncjsoc"]
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+def _watch_and_interrupt(proc: subprocess.Popen[bytes], out: Path, at_bytes: int,
+                         sig: int) -> float:
+    """Send ``sig`` to ``proc`` once ``out`` holds ``at_bytes`` (counting partial files)."""
+    t0 = time.perf_counter()
+    while proc.poll() is None:
+        if _bytes_in(out) >= at_bytes:
+            os.kill(proc.pid, sig)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    return time.perf_counter() - t0
+
+
+def s5_resume(ctx: Ctx) -> dict[str, Any]:
+    """Interrupt a large pull at 50 %, restart: bytes transferred twice and time to resume."""
+    n, size = (16, 4 << 20) if ctx.quick else (48, 8 << 20)
+    bandwidth = 25 * 1_000_000
+    total = n * size
+    knobs = {"file_size": size, "bandwidth": bandwidth, "seed": 5,
+             "cache_bytes": total + (64 << 20)}
+    rows: list[dict[str, Any]] = []
+    notes = [
+        f"{n} files × {size / MB:.1f} MB, each transfer capped at {bandwidth / MB:.0f} MB/s so "
+        "the 50 % mark can be hit; interrupted with SIGINT (Ctrl-C) and with SIGKILL (a crash).",
+        "Bytes twice = emulator audit's body bytes sent over both runs − total size.",
+        "time to resume = from the restart until the output directory grows again.",
+    ]
+    q = hmi_query(0, n)
+    for contender, sig, sig_name in (
+        ("asyncjsoc-cli", signal.SIGINT, "SIGINT"),
+        ("asyncjsoc-cli", signal.SIGKILL, "SIGKILL"),
+        ("parfive-tuned", signal.SIGINT, "SIGINT"),
+    ):
+        if not ctx.usable(contender):
+            rows.append({"label": f"{contender} {sig_name}", "status": "skipped",
+                         "error": ctx.available[contender]})
+            continue
+        with Emulator(knobs) as emu:
+            out = ctx.work.fresh(f"resume-{contender}-{sig_name}")
+            spec: dict[str, Any] = {"url": emu.url, "out": str(out), "emails": EMAILS[:1],
+                                    "query": q, "contender": contender}
+            if contender == "asyncjsoc-cli":
+                from _contenders import asyncjsoc_cli_argv
+
+                spec |= asyncjsoc_fields(2, lifted=False, verify=False, protocol="as-is")
+                argv = asyncjsoc_cli_argv(spec)
+            else:
+                pairs = stage_urls(emu, [q["ds"]], EMAILS[0])
+                urls = ctx.work.root / "s5-urls.json"
+                urls.write_text(json.dumps(pairs))
+                spec |= {"urls_file": str(urls), "connections": 2,
+                         "options": {"overwrite": False}}
+                spec_path = ctx.work.root / "s5-spec.json"
+                spec_path.write_text(json.dumps(spec))
+                argv = [PYTHON, str(Path(__file__).parent / "_worker.py"), str(spec_path),
+                        str(ctx.work.root / "s5-result.json")]
+            emu.clear_audit()
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    cwd=Path(__file__).parent)
+            _watch_and_interrupt(proc, out, total // 2, sig)
+            first_wall = time.perf_counter() - t0
+            if proc.stderr:
+                proc.stderr.close()
+            before = _bytes_in(out)
+            t1 = time.perf_counter()
+            proc2 = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     cwd=Path(__file__).parent)
+            resume_s = None
+            while proc2.poll() is None:
+                size_now = _bytes_in(out)
+                if resume_s is None and size_now > before + (1 << 20):
+                    resume_s = time.perf_counter() - t1
+                time.sleep(0.02)
+            second_wall = time.perf_counter() - t1
+            err = proc2.stderr.read().decode()[-600:] if proc2.stderr else ""
+            if proc2.stderr:
+                proc2.stderr.close()
+            files, nbytes = tree_size(out)
+            audit = emu.summary()
+            sent = audit["bytes_sent"]
+            ok = proc2.returncode == 0 and files == n and nbytes == total
+            row = {
+                "label": f"{contender} {sig_name}", "contender": contender, "ok": ok,
+                "status": "ok" if ok else "FAILED", "first_run_s": first_wall,
+                "restart_s": second_wall, "resume_s": resume_s,
+                "done_before_restart_pct": 100 * before / total,
+                "bytes_twice": sent - total, "twice_pct": 100 * (sent - total) / total,
+                "files_on_disk": files, "audit": audit,
+                "error": None if ok else (err or f"{files}/{n} files, {nbytes}/{total} bytes"),
+                "wall_s": first_wall + second_wall,
+            }
+            ctx.log(f"  {row['label']:<28} {row['status']:<7} first {first_wall:.1f}s, restart "
+                    f"{second_wall:.1f}s, twice {row['twice_pct']:.2f}% "
+                    f"{'' if ok else '| ' + str(row['error'])[:150]}")
+            rows.append(row)
+            ctx.work.clean(out)
+    aj = [r for r in rows if r["label"].startswith("asyncjsoc") and "twice_pct" in r]
+    checks = [
+        check(f"asyncjsoc % bytes transferred twice ({r['label'].split()[-1]})",
+              r["twice_pct"] if r["ok"] else None, 1.0, at_most=True)
+        for r in aj
+    ]
+    if not aj:
+        checks.append(check("asyncjsoc % bytes transferred twice", None, 1.0, at_most=True))
+    return {
+        "name": "resume", "title": "5. Resume after an interrupt at 50 %",
+        "params": {"files": n, "file_MB": round(size / MB, 2), "total_MB": round(total / MB),
+                   "cap_MB_s": bandwidth / MB},
+        "rows": rows, "notes": notes, "checks": checks,
+        "columns": [("label", "contender / signal", ""), ("status", "status", ""),
+                    ("done_before_restart_pct", "% on disk at stop", ".0f"),
+                    ("first_run_s", "1st run s", ".2f"), ("restart_s", "restart s", ".2f"),
+                    ("resume_s", "time to resume s", ".2f"),
+                    ("twice_pct", "% bytes twice", ".2f"), ("error", "error", "")],
+    }
+
+
+# ============================================================== 6. politeness
+
+
+def s6_politeness(ctx: Ctx) -> dict[str, Any]:
+    """Per-IP rate budget with blocking on: asyncjsoc at defaults is never blocked."""
+    chunks, per_chunk = (2, 10) if ctx.quick else (4, 25)
+    total = chunks * per_chunk
+    budget, window, block = 120, 20.0, 30.0
+    knobs = {"rate_budget": budget, "rate_window": window, "block_seconds": block,
+             "export_delay": 2.0, "file_size": 64 * 1024, "file_caps": {"hmi.": per_chunk},
+             "seed": 6}
+    q = hmi_query(0, total)
+    rows: list[dict[str, Any]] = []
+    runs: list[tuple[str, str, dict[str, Any]]] = [
+        ("asyncjsoc defaults", "asyncjsoc",
+         asyncjsoc_fields(2, lifted=False, extra={"max_files_per_export": per_chunk})
+         | {"query": q, "emails": EMAILS[:2]}),
+        ("asyncjsoc-cli defaults", "asyncjsoc-cli",
+         asyncjsoc_fields(2, lifted=False) | {"query": q, "emails": EMAILS[:2]}),
+        ("drms (serial chunks)", "drms",
+         {"chunks": chunk_list(total, per_chunk), "method": "url", "protocol": "fits"}),
+        ("parfive-default", "parfive-default", {}),
+    ]
+    runs[1][2]["options"]["cli_args"] = [*runs[1][2]["options"]["cli_args"],
+                                         "--max-files-per-export", str(per_chunk)]
+    for label, contender, fields_ in runs:
+        with Emulator(knobs) as emu:
+            if contender.startswith("parfive"):
+                emu.set_knobs(rate_budget=None)
+                pairs = stage_urls(emu, chunk_list(total, per_chunk), EMAILS[0])
+                urls = ctx.work.root / "s6-urls.json"
+                urls.write_text(json.dumps(pairs))
+                fields_ = fields_ | {"urls_file": str(urls)}
+                emu.set_knobs(rate_budget=budget)
+            row = ctx.run(label, contender, emu, expect_files=total, timeout=300, **fields_)
+        audit = row.get("audit") or {}
+        row["blocks"] = audit.get("blocks")
+        row["http403"] = (audit.get("by_http") or {}).get("403", 0)
+        row["status7"] = audit.get("status7")
+        row["max_pending_email"] = audit.get("max_pending_per_email")
+        rows.append(row)
+    checks = []
+    for label in ("asyncjsoc defaults", "asyncjsoc-cli defaults"):
+        r = row_of(rows, label)
+        if r.get("ok") is None:
+            continue
+        checks += [
+            check(f"{label}: completed (1 = yes)", 1.0 if r.get("ok") else 0.0, 1.0,
+                  at_most=False),
+            check(f"{label}: IP blocks (audit)", r.get("blocks"), 0, at_most=True),
+            check(f"{label}: peak pending exports per email (audit)",
+                  r.get("max_pending_email"), 1, at_most=True),
+        ]
+    notes = [
+        f"Emulator budget: {budget} requests per {window:g} s per IP; over it every request "
+        f"gets HTTP 403 + Retry-After for {block:g} s. Exports take 2 s; {chunks} exports of "
+        f"{per_chunk} files.",
+        "Every contender at its defaults; each run has a fresh emulator.",
+    ]
+    return {
+        "name": "politeness", "title": "6. Politeness (per-IP rate budget, blocking on)",
+        "params": {"files": total, "chunks": chunks, "budget": budget, "window_s": window,
+                   "block_s": block},
+        "rows": rows, "notes": notes, "checks": checks,
+        "columns": [("label", "contender", ""), ("status", "status", ""),
+                    ("wall_s", "s", ".2f"), ("requests", "HTTP requests", ""),
+                    ("req_per_file", "req/file", ".2f"), ("blocks", "IP blocks", ""),
+                    ("http403", "403s", ""), ("status7", "status 7", ""),
+                    ("max_pending_email", "max pending/email", ""), ("error", "error", "")],
+    }
+
+
+SCENARIOS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
+    "export-bound": s1_export_bound,
+    "bandwidth": s2_bandwidth,
+    "small-files": s3_small_files,
+    "plan-scale": s4_plan_scale,
+    "resume": s5_resume,
+    "politeness": s6_politeness,
+}
+
+
+def cleanup(path: Path) -> None:
+    """Remove a scratch tree."""
+    shutil.rmtree(path, ignore_errors=True)

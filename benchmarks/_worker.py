@@ -1,0 +1,50 @@
+"""Run one contender in this (fresh) process and write its measurements as JSON.
+
+Usage: ``python benchmarks/_worker.py SPEC.json OUT.json``. The harness starts one worker per
+contender run so CPU seconds and peak RSS belong to that contender alone; the emulator runs in
+yet another process.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from _contenders import CONTENDERS, EXTERNAL
+from _measure import measure, tree_size
+
+
+def main(spec_path: str, out_path: str) -> int:
+    """Execute the spec'd contender, measure it, record files on disk."""
+    spec = json.loads(Path(spec_path).read_text())
+    name = spec["contender"]
+    fn = CONTENDERS[name]
+    result: dict[str, object] = {"contender": name, "ok": True}
+    with measure() as usage:
+        try:
+            result.update(fn(spec))
+        except BaseException as exc:  # report, don't crash: the table shows the failure
+            result["ok"] = False
+            result["error"] = f"{type(exc).__name__}: {exc}"[:800]
+            result["traceback"] = traceback.format_exc()[-2000:]
+    if name in EXTERNAL:
+        cpu, rss = usage.cpu_children_s, usage.rss_children_mb
+    else:
+        cpu = usage.cpu_self_s + usage.cpu_children_s
+        rss = max(usage.rss_self_mb, usage.rss_children_mb)
+    files, nbytes = tree_size(Path(spec["out"]))
+    if result.get("returncode") not in (None, 0):
+        result["ok"] = False
+    if result.get("failed_files"):
+        result["ok"] = False
+    result.update(
+        wall_s=usage.wall_s, cpu_s=cpu, peak_rss_mb=rss, files_on_disk=files, bytes_on_disk=nbytes
+    )
+    Path(out_path).write_text(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2]))
