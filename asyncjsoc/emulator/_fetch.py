@@ -1,0 +1,285 @@
+"""``jsoc_fetch``: ``op=exp_request`` and ``op=exp_status`` (protocol §5, §6)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from asyncjsoc.emulator._state import Export, ExportRow, State
+
+if TYPE_CHECKING:
+    from asyncjsoc.emulator._catalog import Catalog, Record, Segment
+
+__all__ = [
+    "ID_RE",
+    "FetchResult",
+    "exp_request",
+    "exp_status",
+    "index_json",
+    "index_txt",
+    "missing",
+]
+
+ID_RE = re.compile(r"JSOC_[0-9]{8}_[0-9]+(_IN)?")
+CONTACT = "jsoc_help@jsoc.stanford.edu"
+MB = 1024 * 1024
+
+FetchResult = dict[str, Any] | str
+"""A JSON object to print compactly, or a finished text body (index.json / index.txt)."""
+
+
+def missing(state: State, record: Record, segment: Segment) -> bool:
+    """Whether the file of ``record``/``segment`` is missing (seeded, stable per file)."""
+    rate = state.knobs.missing_segment_rate
+    if rate <= 0:
+        return False
+    key = f"{state.knobs.seed}|{record.series.name.lower()}|{record.recnum}|{segment.name}"
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < rate
+
+
+def _err(status: int, message: str) -> dict[str, Any]:
+    """An error answer of exp_request."""
+    return {"status": status, "error": message}
+
+
+def _limit(params: dict[str, str]) -> int | None:
+    """The record limit from ``process=n=<N>[|...]`` or ``processing={"max_recs":N}``."""
+    limit = 0
+    m = re.match(r"\s*n\s*=\s*(-?\d+)", params.get("process", ""))
+    if m:
+        limit = int(m.group(1))
+    if "processing" in params:
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            limit = int(json.loads(params["processing"]).get("max_recs", limit))
+    return limit or None
+
+
+def _size_mb(nbytes: int) -> int:
+    """Bytes as the server's MB figure: rounded up, at least 1 when anything is there."""
+    return 0 if nbytes <= 0 else max(1, -(-nbytes // MB))
+
+
+def _series_of(ds: str) -> str:
+    """The series name at the front of a record-set spec."""
+    m = re.match(r"\s*([A-Za-z0-9_.]+)", ds)
+    return m.group(1) if m else ds
+
+
+def exp_request(
+    state: State, catalog: Catalog, params: dict[str, str], ip: str, expand: Any
+) -> FetchResult:
+    """Answer ``op=exp_request`` with the server's order of checks (protocol §5)."""
+    knobs = state.knobs
+    notify = params.get("notify", "").strip()
+    if not notify:
+        return _err(4, "Email address for notification was not specfied. It is required.")
+    code, msg = state.email_status(notify)
+    if code != 2:
+        return _err(4, f"Cannot process your request. {msg}")
+    mine = state.pending(email=notify)
+    if len(mine) >= knobs.max_pending_per_email:
+        ids = ",".join(e.request_id for e in mine)
+        text = (
+            f"User {notify} has {len(mine)} pending export requests ({ids}); please wait until "
+            "at least one request has completed before submitting a new one."
+        )
+        return state_refuse(state, notify, ip, text)
+    if len(state.pending(ip=ip)) >= knobs.max_pending_per_ip:
+        text = (
+            f"There are too many requests from {notify}; please wait until one or more requests "
+            "have completed before submitting a new one."
+        )
+        return state_refuse(state, notify, ip, text)
+
+    ds = params.get("ds", "").strip()
+    seg = params.get("seg", "").strip()
+    if seg:
+        if "{" in ds:
+            return _err(4, f"Bad record-set query '{ds}'.")
+        ds = f"{ds}{{{seg}}}"
+    method = params.get("method", "url") or "url"
+    protocol = params.get("protocol", "as-is") or "as-is"
+    fmt = params.get("filenamefmt") or "{seriesname}.{recnum:%d}.{segment}"
+    process = params.get("process", "")
+    if not ds:
+        return _err(4, f"Bad record-set query '{ds}'.")
+    from asyncjsoc.emulator._catalog import DsError
+
+    try:
+        sel = catalog.select(ds, limit=_limit(params))
+    except DsError as exc:
+        if exc.kind == "series":
+            return _err(4, f"Cannot export series '{_series_of(ds)}' - it does not exist.")
+        return _err(4, f"Bad record-set query '{ds}'.")
+    nrec = sel.count()
+    if nrec > knobs.max_records:
+        return _err(4, f"Can not open RecordSet {nrec} is too many records in one request.")
+
+    series = sel.series
+    segments = tuple(sel.segments)
+    nfiles = nrec * len(segments)
+    size_mb = _size_mb(sum(knobs.size_for(series.name, s.name) for s in segments) * nrec)
+    void = {"requestid": "VOID", "method": method, "protocol": protocol, "wait": 0, "status": 3,
+            "count": nrec, "size": size_mb}  # fmt: skip
+    if size_mb > knobs.size_cap_mb:
+        return {**void, "error": f"Request exceeds max byte limit of {knobs.size_cap_mb}MB"}
+    cap = knobs.file_cap(series.name)
+    if cap is not None and nfiles > cap:
+        return {**void, "error": f"Request exceeds max file limit of {cap} files"}
+
+    records = list(sel)
+    recnums = ",".join(str(r.recnum) for r in records)
+    md5 = hashlib.md5(
+        "|".join([recnums, fmt, process, protocol, method]).encode(), usedforsecurity=False
+    ).hexdigest()
+    old = state.duplicate(md5)
+    if old is not None:
+        return {"status": 2, "requestid": old.request_id, "method": old.method,
+                "protocol": old.protocol, "wait": max(0, state.wait_of(old)),
+                "rcount": old.rcount, "size": old.size_mb}  # fmt: skip
+
+    quick = method == "url_quick" and protocol.lower() == "as-is"
+    if quick and nfiles == 0:
+        return _err(4, "There are no files in this RecordSet")
+    if quick and all(r.online for r in records):
+        data = [
+            {"record": f"{r.spec()}{{{s.name}}}", "filename": r.segment_path(s)}
+            for r in records
+            for s in segments
+            if not missing(state, r, s)
+        ]
+        return {"rcount": nrec, "count": len(data), "size": size_mb, "dir": "", "data": data,
+                "requestid": "", "method": method, "protocol": protocol, "wait": 0,
+                "status": 0}  # fmt: skip
+
+    if state.chance(knobs.hash_error_rate):
+        return _err(4, "Cant save new export-request hash.")
+    rows = _rows(state, records, segments, fmt, protocol, expand)
+    exp = state.add_export(
+        email=notify, ip=ip, method=method, protocol=protocol,
+        requestor=params.get("requestor", ""), rows=rows, rcount=nrec, size_mb=size_mb, md5=md5,
+    )  # fmt: skip
+    return {"status": 2, "requestid": exp.request_id, "method": method, "protocol": protocol,
+            "wait": state.wait_of(exp), "rcount": nrec, "size": size_mb}  # fmt: skip
+
+
+def state_refuse(state: State, email: str, ip: str, text: str) -> dict[str, Any]:
+    """A status-7 answer, recorded in the audit."""
+    from asyncjsoc.emulator._audit import Refusal
+
+    state.audit.refusals.append(Refusal(state.clock.now(), email, ip, text))
+    return _err(7, text)
+
+
+def _rows(
+    state: State,
+    records: list[Record],
+    segments: tuple[Segment, ...],
+    fmt: str,
+    protocol: str,
+    expand: Any,
+) -> list[ExportRow]:
+    """The data rows of a new export (NoDataFile rows for missing as-is files)."""
+    fits = protocol.lower().startswith("fits")
+    rows: list[ExportRow] = []
+    counter = 0
+    for rec in records:
+        for seg in segments:
+            gone = missing(state, rec, seg)
+            if fits:
+                if gone:
+                    continue
+                counter += 1
+                rows.append(ExportRow(rec.spec(), expand(fmt, rec, seg, counter), (rec, seg)))
+            elif gone:
+                rows.append(ExportRow(f"{rec.spec()}{{{seg.name}}}", "NoDataFile", None))
+            else:
+                counter += 1
+                name = expand(fmt, rec, seg, counter)
+                rows.append(ExportRow(f"{rec.spec()}{{{seg.name}}}", name, (rec, seg)))
+    return rows
+
+
+def exp_status(state: State, params: dict[str, str]) -> FetchResult:
+    """Answer ``op=exp_status`` (protocol §6)."""
+    rid = params.get("requestid", "").strip()
+    if not rid:
+        return _err(4, "RequestID must be provided")
+    if not ID_RE.fullmatch(rid):
+        return _err(4, f"Bad RequestID '{rid}' provided.")
+    exp = state.exports.get(rid)
+    if exp is None:
+        return _err(4, f"invalid export DRMS record for ID `%s`{rid}")
+    exp.polls += 1
+    head = {"requestid": rid, "method": exp.method, "protocol": exp.protocol}
+    if exp.polls <= state.knobs.status6_polls:
+        return {"status": 6, **head, "wait": max(0, state.wait_of(exp)),
+                "error": "Request not found"}  # fmt: skip
+    phase = exp.phase(state.clock.now(), state.knobs.retention)
+    if phase == "processing":
+        return {"status": 1, **head, "wait": state.wait_of(exp), "rcount": 0,
+                "size": exp.size_mb}  # fmt: skip
+    if phase == "failed":
+        return {"status": 4, **head, "wait": 0, "error": exp.error, "contact": CONTACT}
+    if phase == "expired":
+        return {"status": 5, **head, "wait": 0,
+                "error": "Request was completed but is now deleted, 7 day limit exceeded",
+                "contact": CONTACT}  # fmt: skip
+    if params.get("format", "json").lower() == "txt":
+        return index_txt(exp)
+    return index_json(exp)
+
+
+def _index_header(exp: Export) -> list[tuple[str, str]]:
+    """The index header fields in the server's order, all strings."""
+    fields = [("version", "0.5" if exp.is_fits else "1"), ("requestid", exp.request_id),
+              ("method", exp.method), ("protocol", exp.protocol)]  # fmt: skip
+    if not exp.is_fits:
+        fields.append(("wait", "0"))
+    fields += [("count", str(exp.count)), ("size", str(exp.size_mb))]
+    if exp.is_fits:
+        fields.append(("exptime", exp.exptime()))
+    fields += [("dir", exp.dir), ("status", "0")]
+    if exp.is_fits:
+        fields.append(("keywords", "**IN FITS FILES**"))
+    else:
+        fields.append(("keywords", f"{exp.dir}/{exp.request_id}.keywords.txt"))
+    if exp.is_tar:
+        fields.append(("tarfile", f"{exp.dir}/{exp.request_id}.tar"))
+    return fields
+
+
+def _data_rows(exp: Export) -> list[tuple[str, str]]:
+    """The index data rows, with the warning row when nothing was written."""
+    rows = [(r.record, r.filename) for r in exp.rows]
+    if exp.is_fits and not rows:
+        warning = "warning=No FITS files were exported. The requested FITS files no longer exist."
+        rows = [(warning, "")]
+    return rows
+
+
+def _q(text: str) -> str:
+    """A JSON string literal with ``\\/`` escapes, as the server's C JSON writer prints it."""
+    return json.dumps(text, ensure_ascii=False).replace("/", "\\/")
+
+
+def index_json(exp: Export) -> str:
+    """The export's ``index.json``: tab pretty-printed, every value a string."""
+    lines = [f"\t{_q(k)}: {_q(v)}," for k, v in _index_header(exp)]
+    rows = [
+        f'{{\n\t\t"record": {_q(rec)},\n\t\t"filename": {_q(name)}\n\t}}'
+        for rec, name in _data_rows(exp)
+    ]
+    data = "[" + ",\n\t".join(rows) + "]"
+    return "{\n" + "\n".join(lines) + f'\n\t"data": {data}\n}}\n'
+
+
+def index_txt(exp: Export) -> str:
+    """The export's ``index.txt``: ``key=value`` lines, ``# DATA``, then record/filename rows."""
+    head = [f"{k}={v}" for k, v in _index_header(exp)]
+    rows = [f"{rec}\t{name}" for rec, name in _data_rows(exp)]
+    return "\n".join(["# JSOC Export Index", *head, "# DATA", *rows]) + "\n"

@@ -1,0 +1,150 @@
+"""Emulator CGIs over loopback: jsoc_info, series lists, checkAddress, query decoding quirks."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+
+from asyncjsoc.emulator import Emulator
+
+pytestmark = pytest.mark.anyio
+
+SHARP = "hmi.sharp_cea_720s"
+
+
+async def cgi(emu: Emulator, name: str, query: str, *, post: bool = False) -> Any:
+    """Call a CGI with a raw query string; return the decoded JSON body."""
+    url = f"{emu.url}/cgi-bin/ajax/{name}"
+    async with aiohttp.ClientSession() as s:
+        if post:
+            hdrs = {"Content-Type": "application/x-www-form-urlencoded"}
+            async with s.post(url, data=query.encode(), headers=hdrs) as r:
+                assert r.status == 200
+                return json.loads((await r.read()).decode("latin-1"))
+        async with s.get(f"{url}?{query}") as r:
+            assert r.status == 200
+            assert r.content_type == "application/json"
+            return json.loads((await r.read()).decode("latin-1"))
+
+
+async def test_series_struct_known_and_unknown(emulator: Emulator) -> None:
+    """series_struct gives the series structure; an unknown series is status 1."""
+    body = await cgi(emulator, "jsoc_info", "op=series_struct&ds=hmi.m_45s")
+    assert body["status"] == 0
+    assert body["primekeys"] == ["T_REC", "CAMERA"]
+    assert any(s["name"] == "magnetogram" for s in body["segments"])
+    bad = await cgi(emulator, "jsoc_info", "op=series_struct&ds=hmi.nope")
+    assert bad["status"] == 1
+    assert bad["error"]
+
+
+async def test_rs_list_keys_segments_links_recinfo(emulator: Emulator) -> None:
+    """rs_list returns string values, SUMS paths, error markers and recinfo with R=1."""
+    ds = "hmi.M_45s%5B2012.01.01_00%3A00%3A34_TAI-2012.01.01_00%3A01%3A19_TAI%5D"
+    body = await cgi(
+        emulator, "jsoc_info",
+        f"op=rs_list&ds={ds}&key=T_REC%2CCAR_ROT%2CNOSUCHKEY%2C%2Arecnum%2A"
+        "&seg=magnetogram%2Cnoseg&R=1",
+    )  # fmt: skip
+    assert body["status"] == 0
+    assert body["count"] == 2
+    keys = {k["name"]: k["values"] for k in body["keywords"]}
+    assert keys["T_REC"] == ["2012.01.01_00:00:45_TAI", "2012.01.01_00:01:30_TAI"]
+    assert keys["NOSUCHKEY"] == ["Invalid KeyLink"] * 2
+    assert all(isinstance(v, str) for vals in keys.values() for v in vals)
+    segs = {s["name"]: s["values"] for s in body["segments"]}
+    assert all(
+        p.startswith("/SUM") and p.endswith("/magnetogram.fits") for p in segs["magnetogram"]
+    )
+    assert segs["noseg"] == ["InvalidSegName"] * 2
+    assert [r["name"] for r in body["recinfo"]] == [
+        "hmi.M_45s[2012.01.01_00:00:45_TAI][2]",
+        "hmi.M_45s[2012.01.01_00:01:30_TAI][2]",
+    ]
+    # the SUMS path in rs_list is served
+    assert emulator.file_bytes(segs["magnetogram"][0])[:6] == b"SIMPLE"
+
+
+async def test_rs_list_links_and_n_and_summary(emulator: Emulator) -> None:
+    """Links resolve to target records, n limits, rs_summary counts, unknown link marked."""
+    ds = f"{SHARP}[7300][2018.09.30_00:00_TAI-2018.09.30_02:00_TAI]"
+    info = await cgi(emulator, "jsoc_info", f"op=series_struct&ds={SHARP}")
+    link = info["links"][0]["name"] if info["links"] else "MHARP"
+    body = await cgi(emulator, "jsoc_info", f"op=rs_list&ds={ds}&key=T_REC&link={link},NOLINK&n=-2")
+    assert body["status"] == 0
+    assert body["count"] == len(body["keywords"][0]["values"])
+    assert body["count"] <= 2
+    links = {ln["name"]: ln["values"] for ln in body["links"]}
+    assert links["NOLINK"] == ["Invalid_Link"] * body["count"]
+    summary = await cgi(emulator, "jsoc_info", f"op=rs_summary&ds={ds}")
+    assert summary["status"] == 0
+    assert summary["count"] >= body["count"]
+    bad = await cgi(emulator, "jsoc_info", "op=rs_list&ds=no.such_series[1]&key=T_REC")
+    assert bad["status"] == 1
+
+
+async def test_series_lists(emulator: Emulator) -> None:
+    """showextseries (plain, filtered, info=1) and show_series list catalog series."""
+    full = await cgi(emulator, "showextseries", "dbhost=hmidb2")
+    assert full["errMsg"] is None
+    assert "hmi.M_45s" in full["seriesList"]
+    only = await cgi(emulator, "showextseries", "dbhost=hmidb2&filter=sharp_cea")
+    assert only["seriesList"]
+    assert all("sharp_cea" in n for n in only["seriesList"])
+    info = await cgi(emulator, "showextseries", "dbhost=hmidb2&filter=m_45s&info=1")
+    assert all(isinstance(next(iter(it.values()))["description"], str) for it in info["seriesList"])
+    plain = await cgi(emulator, "show_series", "filter=M_45s")
+    assert plain["status"] == 0
+    assert plain["n"] == len(plain["names"]) >= 1
+    assert plain["names"][0]["primekeys"] == "T_REC, CAMERA"
+
+
+@pytest.mark.parametrize(
+    ("address", "knob", "status"),
+    [
+        ("me%2540x.org", None, 2),
+        ("", None, -2),
+        ("not-an-address", None, -2),
+        ("p%2540x.org", "pending_emails", 3),
+        ("u%2540x.org", "unknown_emails", 4),
+        ("e%2540x.org", "expired_emails", 4),
+    ],
+)
+async def test_check_address_codes(
+    emulator: Emulator, address: str, knob: str | None, status: int
+) -> None:
+    """checkAddress answers 2/-2/3/4 with a msg; the double-encoded address is unquoted again."""
+    if knob is not None:
+        getattr(emulator.knobs, knob).add(address.replace("%2540", "@"))
+    body = await cgi(emulator, "checkAddress.sh", f"address={address}&checkonly=1")
+    assert body["status"] == status
+    assert body["msg"]
+    if knob == "expired_emails":
+        assert "expired" in body["msg"]
+
+
+async def test_query_decoding_quirks_post_and_unknown_params(emulator: Emulator) -> None:
+    """``process%3Dn=1`` limits records, unknown params are ignored, POST works like GET."""
+    ds = "hmi.M_45s%5B2012.01.01_00%3A00%3A00_TAI%2F10m%5D"
+    q = (f"op=exp_request&ds={ds}&notify=a%40b.org&method=url_quick&protocol=as-is"
+         "&process%3Dn=1&requester=a&bogus=1")  # fmt: skip
+    body = await cgi(emulator, "jsoc_fetch", q, post=True)
+    assert body["status"] == 0
+    assert body["rcount"] == 1
+    params = emulator.audit.requests("jsoc_fetch/exp_request")[-1].params
+    assert params["process"] == "n=1"
+    assert emulator.audit.requests("jsoc_fetch/exp_request")[-1].method == "POST"
+
+
+async def test_compact_json_escapes_slashes(emulator: Emulator) -> None:
+    """The C JSON writer's ``\\/`` escapes and latin-1 bodies are reproduced."""
+    ds = "hmi.M_45s%5B2012.01.01_00%3A00%3A45_TAI%5D"
+    url = f"{emulator.url}/cgi-bin/ajax/jsoc_info?op=rs_list&ds={ds}&seg=magnetogram"
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        raw = await r.read()
+    assert b'"\\/SUM' in raw
+    assert raw.endswith(b"\n")
+    raw.decode("latin-1")

@@ -1,0 +1,310 @@
+"""Emulator exports over loopback: exp_request checks in server order, lifecycle, index bodies."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import anyio
+import pytest
+
+from asyncjsoc.emulator import Emulator
+
+pytestmark = pytest.mark.anyio
+
+M45 = "hmi.M_45s[2012.01.01_00:00:00_TAI/3m]"  # 4 records, one segment
+AIA = "aia.lev1_euv_12s[2010-07-30T13:30:00Z/1m][193]"
+
+
+async def fetch(emu: Emulator, *, raw: bool = False, **params: str) -> Any:
+    """GET jsoc_fetch with ``params``; the JSON (or raw text) body."""
+    query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"{emu.url}/cgi-bin/ajax/jsoc_fetch?{query}") as r,
+    ):
+        assert r.status == 200
+        text = (await r.read()).decode("latin-1")
+    return text if raw else json.loads(text)
+
+
+async def request(emu: Emulator, ds: str = M45, email: str = "a@b.org", **kw: str) -> Any:
+    """An exp_request with drms-like defaults (url/fits)."""
+    params = {"op": "exp_request", "format": "json", "ds": ds, "notify": email,
+              "method": "url", "protocol": "fits", "requestor": "a"}  # fmt: skip
+    params.update(kw)
+    return await fetch(emu, raw=False, **params)
+
+
+async def wait_done(emu: Emulator, rid: str) -> Any:
+    """Poll exp_status until it leaves 1/6; the final body."""
+    with anyio.fail_after(5):
+        while True:
+            body = await fetch(emu, op="exp_status", requestid=rid)
+            if int(body["status"]) not in (1, 6):
+                return body
+            await anyio.sleep(0.02)
+
+
+async def get(emu: Emulator, path: str) -> tuple[int, bytes]:
+    """GET a file path; (HTTP status, body)."""
+    async with aiohttp.ClientSession() as s, s.get(emu.url + path) as r:
+        return r.status, await r.read()
+
+
+async def test_email_checks_come_first(emulator: Emulator) -> None:
+    """Empty and unregistered emails are status 4 with the server's texts."""
+    empty = await request(emulator, email="", ds="garbage[")
+    assert empty == {"status": 4, "error": "Email address for notification was not specfied. "
+                     "It is required."}  # fmt: skip
+    emulator.knobs.unknown_emails.add("u@b.org")
+    unknown = await request(emulator, email="u@b.org", ds="garbage[")
+    assert unknown["status"] == 4
+    assert unknown["error"].startswith("Cannot process your request. ")
+
+
+async def test_full_lifecycle_fits_index(emulator: Emulator) -> None:
+    """2 → 1 → 0: index.json is tab-printed, all strings, \\/ escaped; files are served."""
+    emulator.knobs.export_delay = 0.3
+    first = await request(emulator)
+    assert first["status"] == 2
+    assert re.fullmatch(r"JSOC_\d{8}_\d{3,}", first["requestid"])
+    assert first["rcount"] == 4
+    assert first["size"] >= 1
+    assert "count" not in first
+    rid = first["requestid"]
+    pending = await fetch(emulator, op="exp_status", requestid=rid)
+    assert pending["status"] == 1
+    assert 0 < pending["wait"] <= 0.3
+    raw = await wait_for_raw(emulator, rid)
+    assert raw.startswith('{\n\t"version": "0.5",\n\t"requestid": ')
+    assert '"status": "0"' in raw
+    assert "\\/SUM" in raw
+    assert raw.endswith("}]\n}\n")
+    body = json.loads(raw)
+    assert all(isinstance(body[k], str) for k in body if k != "data")
+    assert body["count"] == "4"
+    assert len(body["data"]) == 4
+    assert body["data"][0]["record"] == "hmi.M_45s[2012.01.01_00:00:00_TAI][2]"
+    assert body["data"][0]["filename"].endswith(".magnetogram.fits")
+    status, data = await get(emulator, f"{body['dir']}/{body['data'][0]['filename']}")
+    assert status == 200
+    assert data == emulator.file_bytes(f"{body['dir']}/{body['data'][0]['filename']}")
+    status, index = await get(emulator, f"{body['dir']}/index.json")
+    assert status == 200
+    assert index.decode() == raw
+    txt = await fetch(emulator, raw=True, op="exp_status", requestid=rid, format="txt")
+    assert "status=0" in txt
+    assert "# DATA" in txt
+    assert "\t" in txt.split("# DATA")[1]
+
+
+async def wait_for_raw(emu: Emulator, rid: str) -> str:
+    """Poll until done; the raw status-0 body."""
+    await wait_done(emu, rid)
+    text: str = await fetch(emu, raw=True, op="exp_status", requestid=rid)
+    return text
+
+
+async def test_pending_limit_per_email_then_freed(emulator: Emulator) -> None:
+    """A second export from the same email is 7 naming the pending id; freed on completion."""
+    emulator.knobs.export_delay = 0.3
+    first = await request(emulator)
+    second = await request(emulator, ds="hmi.M_45s[2012.01.02_00:00:00_TAI]")
+    assert second["status"] == 7
+    assert second["error"] == (
+        f"User a@b.org has 1 pending export requests ({first['requestid']}); please wait until "
+        "at least one request has completed before submitting a new one."
+    )
+    quick = await request(emulator, ds="hmi.M_45s[2012.01.02_00:00:00_TAI]",
+                          method="url_quick", protocol="as-is")  # fmt: skip
+    assert quick["status"] == 7  # url_quick is refused while a slot is held
+    other = await request(emulator, email="c@d.org", ds="hmi.M_45s[2012.01.02_00:00:00_TAI]")
+    assert other["status"] == 2
+    await wait_done(emulator, first["requestid"])
+    third = await request(emulator, ds="hmi.M_45s[2012.01.02_00:00:00_TAI]")
+    assert third["status"] == 2
+    assert emulator.audit.max_pending_per_email() == {"a@b.org": 1, "c@d.org": 1}
+    assert len(emulator.audit.status7()) == 2
+
+
+async def test_pending_slot_times_out(emulator: Emulator) -> None:
+    """A slot held past ``pending_timeout`` frees itself even while the export runs."""
+    emulator.knobs.export_delay = 10_000
+    await request(emulator)
+    assert (await request(emulator, ds=AIA))["status"] == 7
+    emulator.clock.advance(3601)
+    assert (await request(emulator, ds=AIA))["status"] == 2
+
+
+async def test_per_ip_limit(emulator: Emulator) -> None:
+    """More than ``max_pending_per_ip`` pending exports from one IP → 7 "too many requests"."""
+    emulator.knobs.export_delay = 10_000
+    emulator.knobs.max_pending_per_ip = 2
+    for i in range(2):
+        ds = f"hmi.M_45s[2012.01.0{i + 1}_00:00:00_TAI]"
+        assert (await request(emulator, email=f"u{i}@b.org", ds=ds))["status"] == 2
+    refused = await request(emulator, email="u9@b.org", ds=AIA)
+    assert refused["status"] == 7
+    assert refused["error"].startswith("There are too many requests from u9@b.org;")
+    assert emulator.audit.max_pending_per_ip() == {"127.0.0.1": 2}
+
+
+async def test_parse_and_series_errors(emulator: Emulator) -> None:
+    """Unknown series, bad syntax, seg= plus {} and too many records are 4 with messages."""
+    unknown = await request(emulator, ds="hmi.nothing[2012.01.01]")
+    assert unknown == {
+        "status": 4,
+        "error": "Cannot export series 'hmi.nothing' - it does not exist.",
+    }
+    bad = await request(emulator, ds="hmi.M_45s[2012.01.01_00:00:00_TAI")
+    assert bad["status"] == 4
+    assert bad["error"].startswith("Bad record-set query")
+    both = await request(emulator, ds="hmi.M_45s[2012.01.01_00:00:00_TAI]{magnetogram}",
+                         seg="magnetogram")  # fmt: skip
+    assert both["status"] == 4
+    emulator.knobs.max_records = 3
+    many = await request(emulator)
+    assert many["status"] == 4
+    assert "too many records" in many["error"]
+
+
+async def test_size_and_file_caps(emulator: Emulator) -> None:
+    """Over the size cap or the per-series file cap → 3 with requestid VOID."""
+    emulator.knobs.file_size = 600 * 1024 * 1024
+    big = await request(emulator, ds="hmi.M_45s[2012.01.01_00:00:00_TAI/3h]")
+    assert big["status"] == 3
+    assert big["requestid"] == "VOID"
+    assert big["error"] == "Request exceeds max byte limit of 100000MB"
+    assert big["size"] > 100000
+    emulator.knobs.file_size = 1000
+    emulator.knobs.file_caps = {"hmi.": 100}
+    files = await request(emulator, ds="hmi.M_45s[2012.01.01_00:00:00_TAI/3h]")
+    assert files["status"] == 3
+    assert files["requestid"] == "VOID"
+    assert files["error"] == "Request exceeds max file limit of 100 files"
+    assert emulator.state.exports == {}
+
+
+async def test_duplicate_returns_same_id_within_24h(emulator: Emulator) -> None:
+    """An identical request returns the old id with status 2; after 24 h a new id."""
+    first = await request(emulator)
+    await wait_done(emulator, first["requestid"])
+    again = await request(emulator)
+    assert again["status"] == 2
+    assert again["requestid"] == first["requestid"]
+    assert again["wait"] == 0
+    emulator.clock.advance(86401)
+    fresh = await request(emulator)
+    assert fresh["requestid"] != first["requestid"]
+
+
+async def test_url_quick_as_is_immediate(emulator: Emulator) -> None:
+    """url_quick + as-is answers at once with SUMS paths, no id, and takes no slot."""
+    body = await request(emulator, method="url_quick", protocol="as-is")
+    assert body["status"] == 0
+    assert body["requestid"] == ""
+    assert body["dir"] == ""
+    assert body["rcount"] == 4
+    assert body["count"] == 4
+    assert body["data"][0]["record"].endswith("{magnetogram}")
+    assert body["data"][0]["filename"].startswith("/SUM")
+    assert emulator.state.pending(email="a@b.org") == []
+    status, data = await get(emulator, body["data"][0]["filename"])
+    assert status == 200
+    assert data == emulator.file_bytes(body["data"][0]["filename"])
+
+
+async def test_as_is_url_tar_and_missing_segments(emulator: Emulator) -> None:
+    """as-is index is version 1 with {seg}, NoDataFile rows; url-tar serves a real tar only."""
+    emulator.knobs.missing_segment_rate = 0.5
+    first = await request(emulator, method="url-tar", protocol="as-is",
+                          ds="hmi.M_45s[2012.01.01_00:00:00_TAI/10m]")  # fmt: skip
+    body = await wait_done(emulator, first["requestid"])
+    assert body["version"] == "1"
+    assert body["wait"] == "0"
+    assert "exptime" not in body
+    assert body["tarfile"] == f"{body['dir']}/{first['requestid']}.tar"
+    names = [d["filename"] for d in body["data"]]
+    assert "NoDataFile" in names
+    assert any(n != "NoDataFile" for n in names)
+    assert all(d["record"].endswith("{magnetogram}") for d in body["data"])
+    status, tar_bytes = await get(emulator, body["tarfile"])
+    assert status == 200
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+        members = tar.getnames()
+        first_member = tar.extractfile(members[0])
+        assert first_member is not None
+        content = first_member.read()
+    assert members == [n for n in names if n != "NoDataFile"]
+    sums = next(d for d in body["data"] if d["filename"] == members[0])["record"]
+    assert content[:6] == b"SIMPLE"
+    assert sums
+    status, _ = await get(emulator, f"{body['dir']}/{members[0]}")
+    assert status == 404  # only the tar is in the directory
+
+
+async def test_fits_export_with_nothing_written_has_warning_row(emulator: Emulator) -> None:
+    """A FITS export whose files are all missing lists the warning= row."""
+    emulator.knobs.missing_segment_rate = 1.0
+    first = await request(emulator)
+    body = await wait_done(emulator, first["requestid"])
+    assert body["count"] == "0"
+    warning = "warning=No FITS files were exported. The requested FITS files no longer exist."
+    assert body["data"] == [{"record": warning, "filename": ""}]
+
+
+async def test_exp_status_errors_and_expiry(emulator: Emulator) -> None:
+    """Bad/unknown ids → 4 (literal %s bug); after retention → 5 and the files 404."""
+    assert (await fetch(emulator, op="exp_status"))["error"] == "RequestID must be provided"
+    bad = await fetch(emulator, op="exp_status", requestid="nope")
+    assert bad == {"status": 4, "error": "Bad RequestID 'nope' provided."}
+    unknown = await fetch(emulator, op="exp_status", requestid="JSOC_20990101_001")
+    assert unknown["error"] == "invalid export DRMS record for ID `%s`JSOC_20990101_001"
+    first = await request(emulator)
+    body = await wait_done(emulator, first["requestid"])
+    path = f"{body['dir']}/{body['data'][0]['filename']}"
+    assert (await get(emulator, path))[0] == 200
+    emulator.clock.advance(7 * 86400 + 1)
+    gone = await fetch(emulator, op="exp_status", requestid=first["requestid"])
+    assert gone["status"] == 5
+    assert "7 day limit exceeded" in gone["error"]
+    assert gone["contact"] == "jsoc_help@jsoc.stanford.edu"
+    assert (await get(emulator, path))[0] == 404
+
+
+async def test_fault_status6_hash_error_and_failure(emulator: Emulator) -> None:
+    """Legacy 6 for the first polls, transient hash error, and export failure → 4."""
+    emulator.knobs.status6_polls = 2
+    first = await request(emulator)
+    polls = [(await fetch(emulator, op="exp_status", requestid=first["requestid"]))["status"]
+             for _ in range(2)]  # fmt: skip
+    assert polls == [6, 6]
+    await wait_done(emulator, first["requestid"])
+    emulator.knobs.hash_error_rate = 1.0
+    err = await request(emulator, email="x@y.org", ds="hmi.M_45s[2013.01.01_00:00:00_TAI]")
+    assert err == {"status": 4, "error": "Cant save new export-request hash."}
+    emulator.knobs.hash_error_rate = 0.0
+    emulator.knobs.export_failure_rate = 1.0
+    emulator.knobs.status6_polls = 0
+    doomed = await request(emulator, email="x@y.org", ds="hmi.M_45s[2014.01.01_00:00:00_TAI]")
+    failed = await wait_done(emulator, doomed["requestid"])
+    assert failed["status"] == 4
+    assert failed["error"]
+    assert failed["contact"]
+    # the slot is freed when the export fails
+    assert (await request(emulator, email="x@y.org", ds=AIA))["status"] == 2
+
+
+async def test_request_ids_count_per_day(emulator: Emulator) -> None:
+    """Ids are JSOC_<UTC date>_NNN counting up within the day."""
+    a = await request(emulator, email="p@q.org")
+    b = await request(emulator, email="r@q.org", ds=AIA)
+    day = emulator.clock.utcnow().strftime("%Y%m%d")
+    assert a["requestid"] == f"JSOC_{day}_001"
+    assert b["requestid"] == f"JSOC_{day}_002"
