@@ -57,6 +57,7 @@ _MAX_GET_QUERY = 4000
 _CGI = "/cgi-bin/ajax/"
 _DEFAULT_RETRY = RetryPolicy()
 _REQUEST_ID = re.compile(r"JSOC_\d{8}_\d+(?:_IN)?")
+_EMAIL_IN_TEXT = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _TRANSIENT_4 = ("Cant save new export-request hash",)
 _EMAIL_REFUSALS = (
     "Cannot process your request",
@@ -102,6 +103,16 @@ def mask_email(email: str) -> str:
     if not sep:
         return "***"
     return f"{local[:1]}***@{domain}"
+
+
+def _mask_emails_in(text: str) -> str:
+    """``text`` with users' email addresses masked (the JSOC's own contacts stay readable)."""
+
+    def mask(match: re.Match[str]) -> str:
+        address = match.group(0)
+        return address if address.lower().endswith("stanford.edu") else mask_email(address)
+
+    return _EMAIL_IN_TEXT.sub(mask, text)
 
 
 def parse_pending_ids(message: str) -> tuple[str, ...]:
@@ -275,7 +286,7 @@ def _raise_export_refusal(status: ExportStatus, *, notify: str | None) -> NoRetu
     code = status.status
     message = status.error or ""
     rid = status.request_id if status.request_id not in (None, "VOID") else None
-    said = f": {message}" if message else ""
+    said = f": {_mask_emails_in(message)}" if message else ""
     if code == 7:
         per_ip = "too many requests from" in message
         raise PendingLimitError(

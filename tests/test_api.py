@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import functools
-import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import anyio
 import pytest
 
 from asyncjsoc._api import (
@@ -18,15 +21,22 @@ from asyncjsoc._api import (
     mask_email,
     parse_pending_ids,
 )
+from asyncjsoc._http import TransportConfig, create_session
 from asyncjsoc._models import ExportFile, ExportStatus
+from asyncjsoc._ratelimit import TokenBucket
+from asyncjsoc._retry import RetryPolicy
+from asyncjsoc.emulator import Emulator, Knobs, run_emulator
 from asyncjsoc.exceptions import (
     EmailNotRegisteredError,
     ExportExpiredError,
     ExportFailedError,
     ExportTooLargeError,
+    HttpStatusError,
+    IpBlockedError,
     OfflineDataError,
     PendingLimitError,
     ProtocolError,
+    QueryError,
 )
 
 RECORDINGS = Path("/work/shared/jsoc-recordings")
@@ -252,6 +262,7 @@ def test_status_3_4_5_25_and_unknown() -> None:
     )
     assert isinstance(err, OfflineDataError)
     assert err.request_id == "JSOC_20260101_002"
+    assert "jsoc@sun.stanford.edu" in str(err)
     err = _refuse({"status": 42})
     assert type(err) is ExportFailedError
     assert not err.transient
@@ -319,7 +330,344 @@ def test_base_url_must_be_http() -> None:
         _api("ftp://jsoc")
 
 
-def test_recorded_bodies_roundtrip_json() -> None:
-    """The recorded index.json uses escaped slashes, which decode to plain paths."""
-    body = recorded("requestid=JSOC_20200410_212")[0]
-    assert "\\/" not in json.dumps(body["dir"]).replace("\\\\", "")
+def test_recorded_escaped_slashes_decode() -> None:
+    """The real index.json escapes slashes (``\\/``); decoding gives plain paths."""
+    raw = next(body for _, uri, body in _interactions() if "requestid=JSOC_20200410_212" in uri)
+    assert b"\\/SUM66" in raw
+    assert _export_status(_decode_body(raw, "t"), "t").dir == "/SUM66/D1278296123/S00000"
+
+
+# --- against the emulator --------------------------------------------------------------------
+
+EMAIL = "jane@example.org"
+HOUR = "hmi.M_45s[2012.01.01_00:00:00_TAI/1h]"
+FEW = "hmi.M_45s[2012.01.01_00:00:00_TAI/3m]"
+
+
+@dataclass
+class Rig:
+    """An emulator plus a JsocApi talking to it through a real session and bucket."""
+
+    emu: Emulator
+    api: JsocApi
+    bucket: TokenBucket
+    session: aiohttp.ClientSession
+    retries: list[tuple[int, Exception, float]]
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    """A fast emulator (exports take ~10 ms) and an API client with no-wait retries."""
+    knobs = Knobs(time_scale=100.0, export_delay=1.0)
+    bucket = TokenBucket(1000.0, 100)
+    retries: list[tuple[int, Exception, float]] = []
+    async with (
+        run_emulator(knobs) as emu,
+        create_session(TransportConfig(), bucket) as session,
+    ):
+        api = JsocApi(
+            session,
+            emu.url,
+            retry=RetryPolicy.no_wait(attempts=4),
+            on_retry=lambda n, exc, delay: retries.append((n, exc, delay)),
+        )
+        yield Rig(emu, api, bucket, session, retries)
+
+
+async def wait_done(rig: Rig, request_id: str) -> ExportStatus:
+    """Poll exp_status (moving the emulator clock) until the export leaves pending."""
+    for _ in range(50):
+        status = await rig.api.exp_status(request_id)
+        if not status.pending and status.status != 6:
+            return status
+        rig.emu.clock.advance(1.0)
+    raise AssertionError(f"{request_id} never finished")
+
+
+@pytest.mark.anyio
+async def test_emulator_check_email_codes(rig: Rig) -> None:
+    """Registered, pending, unknown and malformed addresses give 2, 3, 4, -2."""
+    rig.emu.knobs.pending_emails = {"wait@example.org"}
+    rig.emu.knobs.unknown_emails = {"who@example.org"}
+    results = [
+        await rig.api.check_email(e)
+        for e in (EMAIL, "wait@example.org", "who@example.org", "not-an-address")
+    ]
+    assert [r.code for r in results] == [2, 3, 4, -2]
+    assert [r.registered for r in results] == [True, False, False, False]
+    assert results[0].email == EMAIL
+    entry = rig.emu.audit.requests("checkAddress.sh")[0]
+    # Decoded once by the server's CGI parser, the address still holds %40: sent twice-encoded.
+    assert entry.params == {"address": "jane%40example.org", "checkonly": "1"}
+
+
+@pytest.mark.anyio
+async def test_emulator_series_info_cached(rig: Rig) -> None:
+    """series_info parses the struct, keeps the DB spelling and asks the server once."""
+    info = await rig.api.series_info("hmi.m_45s")
+    again = await rig.api.series_info("HMI.M_45S")
+    assert again is info
+    assert info.name == "hmi.M_45s"
+    assert info.primekeys == ("T_REC", "CAMERA")
+    assert info.time_steps == {"T_REC": 45.0}
+    assert info.segment("magnetogram") is not None
+    assert rig.emu.audit.count("jsoc_info/series_struct") == 1
+    sharp = await rig.api.series_info("hmi.sharp_cea_720s")
+    assert sharp.primekeys == ("HARPNUM", "T_REC")
+    assert sharp.time_steps == {"T_REC": 720.0}
+
+
+@pytest.mark.anyio
+async def test_emulator_unknown_series_is_query_error(rig: Rig) -> None:
+    """An unknown series is a QueryError with the server's text and a hint."""
+    with pytest.raises(QueryError) as info:
+        await rig.api.series_info("hmi.no_such_series")
+    assert info.value.status == 1
+    assert info.value.server_message
+    assert info.value.hint
+    with pytest.raises(QueryError):
+        await rig.api.count("hmi.no_such_series[2012.01.01]")
+
+
+@pytest.mark.anyio
+async def test_emulator_count_and_rs_list(rig: Rig) -> None:
+    """rs_summary counts 80 records in an hour of 45 s data; rs_list returns strings."""
+    assert await rig.api.count(HOUR) == 80
+    listing = await rig.api.rs_list(HOUR, keys=["T_REC", "CAR_ROT"], segments=["magnetogram"], n=3)
+    assert listing.count == 3
+    assert listing.keywords["T_REC"] == [
+        "2012.01.01_00:00:00_TAI",
+        "2012.01.01_00:00:45_TAI",
+        "2012.01.01_00:01:30_TAI",
+    ]
+    assert all(isinstance(v, str) for v in listing.keywords["CAR_ROT"])
+    assert all(p.startswith("/SUM") for p in listing.segments["magnetogram"])
+    entry = rig.emu.audit.requests("jsoc_info/rs_list")[0]
+    assert entry.params["key"] == "T_REC,CAR_ROT"
+    assert entry.params["n"] == "3"
+
+
+@pytest.mark.anyio
+async def test_emulator_series_list(rig: Rig) -> None:
+    """showextseries filters by regex."""
+    names = await rig.api.series_list(r"^hmi\.")
+    assert "hmi.M_45s" in names
+    assert "hmi.sharp_cea_720s" in names
+    assert all(n.lower().startswith("hmi.") for n in names)
+
+
+@pytest.mark.anyio
+async def test_emulator_long_query_is_posted(rig: Rig) -> None:
+    """A record set too long for a URL goes as a POST body and still works."""
+    times = [f"2012.01.01_{h:02d}:{m:02d}:00_TAI" for h in range(10) for m in range(0, 60, 3)]
+    ds = ",".join(f"hmi.M_45s[{t}]" for t in times)
+    assert len(ds) > 4000
+    assert await rig.api.count(ds) == len(times)
+    assert rig.emu.audit.requests("jsoc_info/rs_summary")[-1].method == "POST"
+
+
+@pytest.mark.anyio
+async def test_emulator_staged_export_lifecycle(rig: Rig) -> None:
+    """exp_request → 2, exp_status → 0 with files whose URLs serve the emulator's bytes."""
+    request = await rig.api.exp_request(
+        FEW, notify=EMAIL, method="url", protocol="fits",
+        filenamefmt="hmi.m_45s.{T_REC:A}.{CAMERA}.{segment}",
+    )  # fmt: skip
+    assert request.status == 2
+    assert request.request_id is not None
+    assert (request.rcount, request.files) == (4, ())
+    entry = rig.emu.audit.requests("jsoc_fetch/exp_request")[0]
+    assert entry.params["process"] == "n=0"
+    assert entry.params["format"] == "json"
+    done = await wait_done(rig, request.request_id)
+    assert done.status == 0
+    assert done.request_id == request.request_id
+    assert done.count == 4
+    assert len(done.files) == 4
+    assert done.files[0].filename == "hmi.m_45s.20120101_000000_TAI.2.magnetogram.fits"
+    url = rig.api.file_url(done, done.files[0])
+    assert url.startswith(f"{rig.emu.url}{done.dir}/")
+    async with rig.session.get(url) as resp:
+        assert resp.status == 200
+        assert await resp.read() == rig.emu.file_bytes(url)
+    # The server deduplicates: asking again gives the same id (so retrying is safe).
+    again = await rig.api.exp_request(
+        FEW, notify=EMAIL, method="url", protocol="fits",
+        filenamefmt="hmi.m_45s.{T_REC:A}.{CAMERA}.{segment}",
+    )  # fmt: skip
+    assert again.request_id == request.request_id
+
+
+@pytest.mark.anyio
+async def test_emulator_quick_export(rig: Rig) -> None:
+    """url_quick + as-is answers at once with SUMS paths and no request id."""
+    quick = await rig.api.exp_request(FEW, notify=EMAIL, method="url_quick", protocol="as-is")
+    assert (quick.status, quick.request_id, quick.dir) == (0, None, None)
+    assert len(quick.files) == 4
+    url = rig.api.file_url(quick, quick.files[0])
+    assert url == rig.emu.url + quick.files[0].filename
+    async with rig.session.get(url) as resp:
+        assert await resp.read() == rig.emu.file_bytes(url)
+
+
+@pytest.mark.anyio
+async def test_emulator_tar_export(rig: Rig) -> None:
+    """url-tar exports point file_url at the tar file."""
+    request = await rig.api.exp_request(FEW, notify=EMAIL, method="url-tar", protocol="fits")
+    assert request.request_id is not None
+    done = await wait_done(rig, request.request_id)
+    assert done.tarfile is not None
+    assert done.tarfile.endswith(f"{request.request_id}.tar")
+    url = rig.api.file_url(done)
+    async with rig.session.get(url) as resp:
+        assert resp.status == 200
+        assert (await resp.read())[:100] == rig.emu.file_bytes(url)[:100]
+
+
+@pytest.mark.anyio
+async def test_emulator_status_7_names_pending_id(rig: Rig) -> None:
+    """A second export for a busy email is PendingLimitError naming the first id."""
+    first = await rig.api.exp_request(FEW, notify=EMAIL, method="url", protocol="fits")
+    with pytest.raises(PendingLimitError) as info:
+        await rig.api.exp_request(HOUR, notify=EMAIL, method="url", protocol="fits")
+    assert info.value.pending_ids == (first.request_id,)
+    assert not info.value.per_ip
+    assert EMAIL not in str(info.value)
+    assert "j***@example.org" in str(info.value)
+    assert info.value.server_message is not None
+    assert EMAIL in info.value.server_message
+
+
+@pytest.mark.anyio
+async def test_emulator_status_7_per_ip(rig: Rig) -> None:
+    """Over the per-IP pending limit the error is marked per_ip."""
+    rig.emu.knobs.max_pending_per_ip = 1
+    await rig.api.exp_request(FEW, notify=EMAIL, method="url", protocol="fits")
+    with pytest.raises(PendingLimitError) as info:
+        await rig.api.exp_request(FEW, notify="bob@example.org", method="url", protocol="fits")
+    assert info.value.per_ip
+    assert info.value.pending_ids == ()
+
+
+@pytest.mark.anyio
+async def test_emulator_status_3_too_large(rig: Rig) -> None:
+    """Over the size cap: ExportTooLargeError, and no slot is taken."""
+    rig.emu.knobs.size_cap_mb = 1
+    with pytest.raises(ExportTooLargeError) as info:
+        await rig.api.exp_request(HOUR, notify=EMAIL, method="url", protocol="fits")
+    assert info.value.status == 3
+    assert info.value.request_id is None
+    assert info.value.server_message is not None
+    assert "100000" not in info.value.server_message
+    ok = await rig.api.exp_request(FEW, notify=EMAIL, method="url", protocol="fits")
+    assert ok.status == 2
+
+
+@pytest.mark.anyio
+async def test_emulator_transient_4_and_email_refusal(rig: Rig) -> None:
+    """The hash error is a transient ExportFailedError; unknown emails are refused."""
+    rig.emu.knobs.hash_error_rate = 1.0
+    with pytest.raises(ExportFailedError) as info:
+        await rig.api.exp_request(FEW, notify=EMAIL, method="url", protocol="fits")
+    assert info.value.transient
+    rig.emu.knobs.hash_error_rate = 0.0
+    rig.emu.knobs.unknown_emails = {"who@example.org"}
+    with pytest.raises(EmailNotRegisteredError) as refused:
+        await rig.api.exp_request(FEW, notify="who@example.org", method="url", protocol="fits")
+    assert refused.value.email == "who@example.org"
+    with pytest.raises(EmailNotRegisteredError):
+        await rig.api.exp_request(FEW, notify="", method="url", protocol="fits")
+
+
+@pytest.mark.anyio
+async def test_emulator_failed_expired_unknown_and_status_6(rig: Rig) -> None:
+    """Status 6 is returned; failures, unknown ids and expiry raise their errors."""
+    rig.emu.knobs.status6_polls = 1
+    first = await rig.api.exp_request(FEW, notify=EMAIL, method="url", protocol="fits")
+    assert first.request_id is not None
+    assert (await rig.api.exp_status(first.request_id)).status == 6
+    await wait_done(rig, first.request_id)
+    rig.emu.clock.advance(8 * 86400)
+    with pytest.raises(ExportExpiredError) as expired:
+        await rig.api.exp_status(first.request_id)
+    assert expired.value.request_id == first.request_id
+    rig.emu.knobs.status6_polls = 0
+    rig.emu.knobs.export_failure_rate = 1.0
+    second = await rig.api.exp_request(HOUR, notify=EMAIL, method="url", protocol="fits")
+    assert second.request_id is not None
+    rig.emu.clock.advance(5.0)
+    with pytest.raises(ExportFailedError) as failed:
+        await rig.api.exp_status(second.request_id)
+    assert failed.value.status == 4
+    assert failed.value.request_id == second.request_id
+    with pytest.raises(ExportFailedError):
+        await rig.api.exp_status("JSOC_20000101_999")
+
+
+@pytest.mark.anyio
+async def test_emulator_http_500_is_retried(rig: Rig) -> None:
+    """A 500 is retried per the policy, every attempt paying the bucket."""
+    rig.emu.knobs.http500_rate = 1.0
+
+    def heal(n: int, exc: Exception, delay: float) -> None:
+        rig.retries.append((n, exc, delay))
+        rig.emu.knobs.http500_rate = 0.0
+
+    api = JsocApi(rig.session, rig.emu.url, retry=RetryPolicy.no_wait(), on_retry=heal)
+    assert await api.count(FEW) == 4
+    statuses = [e.http_status for e in rig.emu.audit.entries]
+    assert statuses == [500, 200]
+    assert isinstance(rig.retries[0][1], HttpStatusError)
+    assert rig.bucket.statistics().requests_granted == len(rig.emu.audit.entries)
+
+
+@pytest.mark.anyio
+async def test_emulator_retries_run_out(rig: Rig) -> None:
+    """When every attempt fails, the last HttpStatusError propagates after `attempts` tries."""
+    rig.emu.knobs.http500_rate = 1.0
+    with pytest.raises(HttpStatusError) as info:
+        await rig.api.count(FEW)
+    assert info.value.status == 500
+    assert [e.http_status for e in rig.emu.audit.entries] == [500] * 4
+    assert [n for n, _, _ in rig.retries] == [1, 2, 3]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("knob", ["http503_rate", "http429_rate"])
+async def test_emulator_retry_after_is_honoured(rig: Rig, knob: str) -> None:
+    """503/429 with Retry-After: the retry waits at least that long and the bucket pauses."""
+    setattr(rig.emu.knobs, knob, 1.0)
+    rig.emu.knobs.retry_after = 1.0
+    delays: list[float] = []
+
+    def heal(n: int, exc: Exception, delay: float) -> None:
+        delays.append(delay)
+        setattr(rig.emu.knobs, knob, 0.0)
+
+    api = JsocApi(rig.session, rig.emu.url, retry=RetryPolicy.no_wait(), on_retry=heal)
+    start = anyio.current_time()
+    assert (await api.check_email(EMAIL)).registered
+    assert anyio.current_time() - start >= 1.0
+    assert delays == [1.0]
+    assert rig.bucket.statistics().pauses == 1
+
+
+@pytest.mark.anyio
+async def test_emulator_ip_block_pauses_bucket(rig: Rig) -> None:
+    """Over the request budget the server answers 403 + Retry-After: IpBlockedError, paused."""
+    rig.emu.knobs.rate_budget = 2
+    rig.emu.knobs.block_seconds = 600.0
+    assert (await rig.api.check_email(EMAIL)).registered
+    assert await rig.api.count(FEW) == 4
+    with pytest.raises(IpBlockedError) as info:
+        await rig.api.count(FEW)
+    assert info.value.retry_after is not None
+    assert info.value.retry_after >= 1.0
+    assert EMAIL not in str(info.value)
+    stats = rig.bucket.statistics()
+    assert stats.pauses == 1
+    assert stats.paused_until is not None
+    assert not rig.bucket.try_acquire()
+    # Not retried: one 403 reached the server.
+    assert [e.http_status for e in rig.emu.audit.entries] == [200, 200, 403]
+    assert rig.retries == []
