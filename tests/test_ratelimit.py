@@ -290,3 +290,39 @@ async def test_middleware_plain_403_does_not_pause(loopback_server: tuple[str, l
     ):
         assert resp.status == 403
     assert bucket.statistics().pauses == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rate=st.floats(0.5, 20.0),
+    burst=st.integers(1, 8),
+    arrivals=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=25),
+    pause=st.none() | st.tuples(st.integers(0, 24), st.floats(0.0, 2.0)),
+)
+def test_async_acquire_never_over_budget(
+    rate: float, burst: int, arrivals: list[float], pause: tuple[int, float] | None
+) -> None:
+    """Concurrent acquire() calls on a fake clock keep every window within budget, in order."""
+    bucket, clock = fake_bucket(rate, burst)
+    grants: list[tuple[int, float]] = []
+
+    async def worker(n: int) -> None:
+        await bucket.acquire()
+        grants.append((n, clock.now))
+        if pause is not None and pause[0] == n:
+            bucket.pause_for(pause[1])
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            for n, gap in enumerate(arrivals):
+                tg.start_soon(worker, n)
+                clock.now += gap
+                await anyio.lowlevel.checkpoint()
+
+    anyio.run(main)
+    assert [n for n, _ in grants] == list(range(len(arrivals)))
+    times = [t for _, t in grants]
+    assert times == sorted(times)
+    for i in range(len(times)):
+        for j in range(i, len(times)):
+            assert j - i + 1 <= burst + rate * (times[j] - times[i]) + 1e-6
