@@ -17,7 +17,7 @@ from itertools import accumulate
 from ._indexset import IndexSet, Run
 from ._times import DAY, parse_time
 
-__all__ = ["STEP", "HarpSchedule", "harp_schedule", "unit_hash"]
+__all__ = ["STEP", "HarpSchedule", "harp_schedule", "mix_hash", "unit_hash"]
 
 STEP = 720
 _PER_DAY = DAY // STEP
@@ -49,6 +49,17 @@ def unit_hash(*parts: object) -> float:
     """A stable pseudo-random number in [0, 1) from the given parts."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
+
+
+_M64 = (1 << 64) - 1
+
+
+def mix_hash(tag: int, n: int) -> float:
+    """A fast stable pseudo-random number in [0, 1) from two integers (splitmix64)."""
+    z = (tag * 0x9E3779B97F4A7C15 + n + 0x632BE59BD9B4E019) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return (z ^ (z >> 31)) / 2**64
 
 
 def _slot(text: str) -> int:

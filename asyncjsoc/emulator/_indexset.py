@@ -209,7 +209,8 @@ def _normalize(runs: list[Run]) -> tuple[Run, ...]:
             continue
         if len(overlapping) == 1 and overlapping[0].dense and r.dense:
             last = overlapping[0]
-            out.append(Run(last.lo, 1, 1, 0, max(last.hi, r.hi) - last.lo + 1))
+            lo = min(last.lo, r.lo)
+            out.append(Run(lo, 1, 1, 0, max(last.hi, r.hi) - lo + 1))
             continue
         if sum(o.n for o in overlapping) + r.n > MATERIALIZE_CAP:
             raise OverflowError("too many distinct values in overlapping ranges")

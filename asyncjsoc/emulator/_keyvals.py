@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from ._harps import unit_hash
+from ._harps import mix_hash, unit_hash
 from ._model import Record
 from ._times import DAY, format_iso_utc, format_tai, time_to_jd
 
@@ -44,7 +44,7 @@ def _carrington(rec: Record) -> float:
 
 def _quality(rec: Record) -> int:
     """QUALITY word: 0 except for a deterministic ~1 % of records."""
-    u = unit_hash("quality", rec.series.name.lower(), rec.recnum)
+    u = mix_hash(rec.series.sunum_base + 1, rec.recnum)
     if u < 0.01:
         return 0x00000400 if u < 0.007 else 0x80000000 | 0x400
     return 0
@@ -62,8 +62,8 @@ def _t_obs(rec: Record) -> str:
     t = rec.t_rec()
     if _is_aia(rec):
         w = rec.value("WAVELNTH")
-        return _fmt_time(rec, t + _AIA_TOBS.get(w, 5.0) + 0.01 * unit_hash("tobs", rec.recnum))
-    return _fmt_time(rec, t + 0.3 * unit_hash("tobs", rec.recnum) - 0.15)
+        return _fmt_time(rec, t + _AIA_TOBS.get(w, 5.0) + 0.01 * mix_hash(2, rec.recnum))
+    return _fmt_time(rec, t + 0.3 * mix_hash(2, rec.recnum) - 0.15)
 
 
 def _harp(rec: Record) -> int:
@@ -113,7 +113,7 @@ def _fmt_g(x: float) -> str:
 _COMPUTED: dict[str, Callable[[Record], str]] = {
     "T_OBS": _t_obs,
     "DATE__OBS": _t_obs,
-    "DATE": lambda r: format_iso_utc(r.t_rec() + 3 * DAY + 3600 * unit_hash("date", r.recnum)),
+    "DATE": lambda r: format_iso_utc(r.t_rec() + 3 * DAY + 3600 * mix_hash(3, r.recnum)),
     "CAR_ROT": lambda r: str(math.floor(_carrington(r))),
     "CRLN_OBS": lambda r: _fmt_g(360.0 * (1.0 - (_carrington(r) % 1.0))),
     "CRLT_OBS": lambda r: _fmt_g(7.25 * math.sin(2 * math.pi * (time_to_jd(r.t_rec()) - 2456450.0)
