@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 from urllib.parse import quote
 
 import aiohttp
+import anyio
 from yarl import URL
 
 from ._http import is_retryable, map_transport_errors, raise_for_status
@@ -397,6 +398,7 @@ class JsocApi:
         self._retry = retry
         self._on_retry = on_retry
         self._series_cache: dict[str, SeriesInfo] = {}
+        self._series_lock = anyio.Lock()
 
     @property
     def base_url(self) -> str:
@@ -490,14 +492,18 @@ class JsocApi:
         key = series.strip().lower()
         if key in self._series_cache:
             return self._series_cache[key]
-        what = f"jsoc_info series_struct {series}"
-        query = _encode([("op", "series_struct"), ("ds", series.strip())])
-        body = await self._call("jsoc_info", query, what)
-        if _int(body, "status", what, default=0) != 0:
-            raise _jsoc_info_refusal(body, what, f"series {series!r}")
-        info = _series_info(body, series.strip(), what)
-        self._series_cache[key] = info
-        return info
+        # One fetch per series even when several tasks ask at once.
+        async with self._series_lock:
+            if key in self._series_cache:
+                return self._series_cache[key]
+            what = f"jsoc_info series_struct {series}"
+            query = _encode([("op", "series_struct"), ("ds", series.strip())])
+            body = await self._call("jsoc_info", query, what)
+            if _int(body, "status", what, default=0) != 0:
+                raise _jsoc_info_refusal(body, what, f"series {series!r}")
+            info = _series_info(body, series.strip(), what)
+            self._series_cache[key] = info
+            return info
 
     async def count(self, ds: str) -> int:
         """How many records ``ds`` selects (``jsoc_info op=rs_summary``).

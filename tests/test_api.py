@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -357,8 +358,8 @@ class Rig:
 
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
-    """A fast emulator (exports take ~10 ms) and an API client with no-wait retries."""
-    knobs = Knobs(time_scale=100.0, export_delay=1.0)
+    """An emulator whose exports finish only when a test moves its clock, and an API client."""
+    knobs = Knobs(time_scale=1.0, export_delay=5.0)
     bucket = TokenBucket(1000.0, 100)
     retries: list[tuple[int, Exception, float]] = []
     async with (
@@ -376,11 +377,11 @@ async def rig() -> AsyncIterator[Rig]:
 
 async def wait_done(rig: Rig, request_id: str) -> ExportStatus:
     """Poll exp_status (moving the emulator clock) until the export leaves pending."""
-    for _ in range(50):
+    for _ in range(20):
         status = await rig.api.exp_status(request_id)
         if not status.pending and status.status != 6:
             return status
-        rig.emu.clock.advance(1.0)
+        rig.emu.clock.advance(2.0)
     raise AssertionError(f"{request_id} never finished")
 
 
@@ -412,6 +413,10 @@ async def test_emulator_series_info_cached(rig: Rig) -> None:
     assert info.time_steps == {"T_REC": 45.0}
     assert info.segment("magnetogram") is not None
     assert rig.emu.audit.count("jsoc_info/series_struct") == 1
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(rig.api.series_info, "aia.lev1_euv_12s")
+    assert rig.emu.audit.count("jsoc_info/series_struct") == 2
     sharp = await rig.api.series_info("hmi.sharp_cea_720s")
     assert sharp.primekeys == ("HARPNUM", "T_REC")
     assert sharp.time_steps == {"T_REC": 720.0}
@@ -595,7 +600,7 @@ async def test_emulator_failed_expired_unknown_and_status_6(rig: Rig) -> None:
     rig.emu.knobs.export_failure_rate = 1.0
     second = await rig.api.exp_request(HOUR, notify=EMAIL, method="url", protocol="fits")
     assert second.request_id is not None
-    rig.emu.clock.advance(5.0)
+    rig.emu.clock.advance(6.0)
     with pytest.raises(ExportFailedError) as failed:
         await rig.api.exp_status(second.request_id)
     assert failed.value.status == 4
@@ -671,3 +676,29 @@ async def test_emulator_ip_block_pauses_bucket(rig: Rig) -> None:
     # Not retried: one 403 reached the server.
     assert [e.http_status for e in rig.emu.audit.entries] == [200, 200, 403]
     assert rig.retries == []
+
+
+@pytest.mark.anyio
+async def test_emulator_logs_never_hold_full_email(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Even at DEBUG, with retries and refusals, log lines show only masked addresses."""
+    caplog.set_level(logging.DEBUG, logger="asyncjsoc")
+    rig.emu.knobs.http500_rate = 1.0
+
+    def heal(n: int, exc: Exception, delay: float) -> None:
+        logging.getLogger("asyncjsoc.test").info("retry: %s", exc)
+        rig.emu.knobs.http500_rate = 0.0
+
+    api = JsocApi(rig.session, rig.emu.url, retry=RetryPolicy.no_wait(), on_retry=heal)
+    await api.check_email(EMAIL)
+    rig.emu.knobs.http500_rate = 1.0
+    first = await api.exp_request(FEW, notify=EMAIL, method="url", protocol="fits")
+    assert first.status == 2
+    with pytest.raises(PendingLimitError) as info:
+        await api.exp_request(HOUR, notify=EMAIL, method="url", protocol="fits")
+    logging.getLogger("asyncjsoc.test").info("error: %s", info.value)
+    assert caplog.records
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "j***@example.org" in text
+    assert EMAIL not in text
