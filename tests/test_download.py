@@ -1,0 +1,330 @@
+"""Tests for asyncjsoc._download against the emulator over real loopback HTTP."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import anyio
+import pytest
+
+from asyncjsoc._download import Downloader, DownloadOutcome, meta_path, part_path
+from asyncjsoc._http import TransportConfig, create_session
+from asyncjsoc._models import RemoteFile
+from asyncjsoc._paths import resolve_inside
+from asyncjsoc._retry import RetryPolicy
+from asyncjsoc.emulator import Emulator, Knobs, run_emulator
+from asyncjsoc.exceptions import (
+    ExportExpiredError,
+    HttpStatusError,
+    IntegrityError,
+    TransportError,
+    UnsafePathError,
+)
+
+pytestmark = pytest.mark.anyio
+
+FILE_SIZE = 200 * 2880  # ~560 kB: several writes at the small chunk size used below
+CHUNK = 16 * 1024
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[Emulator]:
+    """A fresh emulator with seeded faults off and files of FILE_SIZE bytes."""
+    async with run_emulator(Knobs(seed=1, file_size=FILE_SIZE, retry_after=0.01)) as emu:
+        yield emu
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """The client's real session (rate limit off)."""
+    async with create_session(TransportConfig(requests_per_second=0, sock_read=10)) as s:
+        yield s
+
+
+def _paths(emu: Emulator, n: int) -> list[str]:
+    """URL paths of ``n`` distinct files the emulator serves."""
+    sel = emu.catalog.select("hmi.M_45s[2012.01.01_00:00:45_TAI/1h]{magnetogram}")
+    seg = sel.segments[0]
+    return [rec.segment_path(seg) for rec in itertools.islice(iter(sel), n)]
+
+
+def _remote(emu: Emulator, path: str, expected_size: int | None = None) -> RemoteFile:
+    """A RemoteFile for an emulator path."""
+    return RemoteFile(url=emu.url + path, relpath=path.rsplit("/", 1)[-1], record="r",
+                      expected_size=expected_size)
+
+
+def _downloader(session: aiohttp.ClientSession, attempts: int = 6) -> Downloader:
+    """A downloader with small writes and no retry waits."""
+    return Downloader(session, chunk_size=CHUNK, retry=RetryPolicy.no_wait(attempts))
+
+
+def _leftovers(dest: Path) -> list[str]:
+    """Names in dest's directory (sorted)."""
+    return sorted(p.name for p in dest.parent.iterdir())
+
+
+async def _cancel_midway(dl: Downloader, remote: RemoteFile, dest: Path, after: int) -> None:
+    """Start a download and cancel it once ``after`` bytes are on disk."""
+    with anyio.CancelScope() as scope:
+
+        def progress(done: int, total: int | None) -> None:
+            if done >= after:
+                scope.cancel()
+
+        await dl.download(remote, dest, on_progress=progress)
+    assert scope.cancelled_caught
+
+
+async def test_full_download(emulator: Emulator, session: aiohttp.ClientSession,
+                             tmp_path: Path) -> None:
+    """A plain download is byte-identical, renamed into place, with honest progress."""
+    (path,) = _paths(emulator, 1)
+    expected = emulator.file_bytes(path)
+    dest = tmp_path / "sub" / "f.fits"
+    seen: list[tuple[int, int | None]] = []
+    outcome = await _downloader(session).download(
+        _remote(emulator, path), dest, on_progress=lambda d, t: seen.append((d, t)))
+    assert outcome == DownloadOutcome(path=dest, bytes=len(expected), resumed_from=0, attempts=1)
+    assert dest.read_bytes() == expected
+    assert _leftovers(dest) == ["f.fits"]
+    assert seen[0] == (0, len(expected))
+    assert seen[-1] == (len(expected), len(expected))
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert emulator.audit.ranges(path) == [None]
+
+
+async def test_cancel_keeps_part_and_resume_fetches_only_the_rest(
+        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """Cancelled mid-transfer: the .part stays; the rerun asks Range: bytes=N- with If-Range."""
+    (path,) = _paths(emulator, 1)
+    expected = emulator.file_bytes(path)
+    dest = tmp_path / "f.fits"
+    remote = _remote(emulator, path)
+    emulator.knobs.bandwidth = 4 * 1024 * 1024
+    await _cancel_midway(_downloader(session), remote, dest, after=len(expected) // 3)
+    assert not dest.exists()
+    n = part_path(dest).stat().st_size
+    assert 0 < n < len(expected)
+    assert part_path(dest).read_bytes() == expected[:n]
+    assert meta_path(dest).exists()
+
+    emulator.knobs.bandwidth = None
+    outcome = await _downloader(session).download(remote, dest)
+    assert dest.read_bytes() == expected
+    assert outcome.resumed_from == n
+    assert _leftovers(dest) == ["f.fits"]
+    ranges = emulator.audit.ranges(path)
+    assert ranges == [None, f"bytes={n}-"]
+    last = emulator.audit.requests("file")[-1]
+    assert last.if_range
+    # the first GET may have sent more than was written before the cancel, never a 2nd copy
+    assert emulator.audit.bytes_sent(path) < len(expected) + n
+    assert emulator.audit.file_stats[path].complete <= 1
+
+
+async def test_resume_at_every_cut_point(emulator: Emulator, session: aiohttp.ClientSession,
+                                         tmp_path: Path) -> None:
+    """Whatever prefix the .part holds (block edges, 1 byte, complete), the result is identical."""
+    (path,) = _paths(emulator, 1)
+    expected = emulator.file_bytes(path)
+    dest = tmp_path / "f.fits"
+    remote = _remote(emulator, path)
+    dl = _downloader(session)
+    await _cancel_midway(dl, remote, dest, after=1)
+    sidecar = meta_path(dest).read_bytes()
+    size = len(expected)
+    for cut in (1, 2879, 2880, size // 2, size - 1, size):
+        part_path(dest).write_bytes(expected[:cut])
+        meta_path(dest).write_bytes(sidecar)
+        dest.unlink(missing_ok=True)
+        before = emulator.audit.bytes_sent(path)
+        outcome = await dl.download(remote, dest)
+        assert dest.read_bytes() == expected, cut
+        assert emulator.audit.ranges(path)[-1] == f"bytes={cut}-"
+        assert _leftovers(dest) == ["f.fits"]
+        sent = emulator.audit.bytes_sent(path) - before
+        if cut == size and outcome.resumed_from == 0:
+            # A complete part asks for an empty range: RFC 9110 says 416 (then nothing is
+            # fetched again); a server that answers 200 instead costs one full copy.
+            assert sent == size
+        else:
+            assert outcome.resumed_from == cut
+            assert sent == size - cut
+
+
+async def test_server_ignoring_range_restarts_from_zero(
+        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """A 200 answer to a Range request truncates the part and still yields identical bytes."""
+    (path,) = _paths(emulator, 1)
+    expected = emulator.file_bytes(path)
+    dest = tmp_path / "f.fits"
+    remote = _remote(emulator, path)
+    await _cancel_midway(_downloader(session), remote, dest, after=len(expected) // 2)
+    n = part_path(dest).stat().st_size
+    emulator.knobs.ignore_range_rate = 1.0
+    outcome = await _downloader(session).download(remote, dest)
+    assert dest.read_bytes() == expected
+    assert outcome.resumed_from == 0
+    assert emulator.audit.ranges(path)[-1] == f"bytes={n}-"
+    assert _leftovers(dest) == ["f.fits"]
+
+
+async def test_dropped_connections_recover(emulator: Emulator, session: aiohttp.ClientSession,
+                                           tmp_path: Path) -> None:
+    """Connections cut mid-file are retried from the bytes on disk until the file is whole."""
+    paths = _paths(emulator, 4)
+    emulator.knobs.drop_rate = 0.6
+    # paced like a real link, so bytes reach the disk before the cut (aiohttp drops what it
+    # had buffered when the connection dies)
+    emulator.knobs.bandwidth = 16 * 1024 * 1024
+    dl = _downloader(session, attempts=40)
+    outcomes = []
+    for path in paths:
+        dest = tmp_path / path.rsplit("/", 1)[-1]
+        outcomes.append(await dl.download(_remote(emulator, path), dest))
+        assert dest.read_bytes() == emulator.file_bytes(path)
+        assert not part_path(dest).exists()
+    assert sum(o.attempts for o in outcomes) > len(paths)
+    resumed = [r for p in paths for r in emulator.audit.ranges(p) if r is not None]
+    assert resumed, "retries must resume with Range, not start over"
+    total = sum(len(emulator.file_bytes(p)) for p in paths)
+    assert emulator.audit.bytes_sent() < 2 * total
+
+
+async def test_truncated_body_never_becomes_final(
+        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """A body shorter than its Content-Length is an error; only a .part remains, later resumed."""
+    (path,) = _paths(emulator, 1)
+    expected = emulator.file_bytes(path)
+    dest = tmp_path / "f.fits"
+    remote = _remote(emulator, path)
+    emulator.knobs.truncate_rate = 1.0
+    with pytest.raises(TransportError):
+        await _downloader(session, attempts=3).download(remote, dest)
+    assert not dest.exists()
+    assert _leftovers(dest) == ["f.fits.part", "f.fits.part.meta"]
+    n = part_path(dest).stat().st_size
+    assert n < len(expected)
+    assert part_path(dest).read_bytes() == expected[:n]
+    assert emulator.audit.file_gets(path) == 3
+
+    emulator.knobs.truncate_rate = 0.0
+    await _downloader(session).download(remote, dest)
+    assert dest.read_bytes() == expected
+
+
+async def test_corrupt_part_is_refetched_whole(emulator: Emulator,
+                                               session: aiohttp.ClientSession,
+                                               tmp_path: Path) -> None:
+    """A FITS checksum failure drops the part and fetches the file again from zero, once."""
+    (path,) = _paths(emulator, 1)
+    expected = emulator.file_bytes(path)
+    dest = tmp_path / "f.fits"
+    remote = _remote(emulator, path)
+    dl = _downloader(session)
+    await _cancel_midway(dl, remote, dest, after=len(expected) // 2)
+    corrupt = bytearray(part_path(dest).read_bytes())
+    corrupt[len(corrupt) - 7] ^= 0xFF  # inside the data unit: DATASUM must catch it
+    part_path(dest).write_bytes(bytes(corrupt))
+    outcome = await dl.download(remote, dest)
+    assert dest.read_bytes() == expected
+    assert outcome.resumed_from == 0
+    assert outcome.attempts == 2
+    assert emulator.audit.ranges(path)[-2:] == [f"bytes={len(corrupt)}-", None]
+
+
+async def test_corruption_without_checking_is_not_detected(
+        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """With verify_checksums off the corrupt bytes survive (so the check above is real)."""
+    (path,) = _paths(emulator, 1)
+    expected = emulator.file_bytes(path)
+    dest = tmp_path / "f.fits"
+    remote = _remote(emulator, path)
+    dl = Downloader(session, chunk_size=CHUNK, verify_checksums=False,
+                    retry=RetryPolicy.no_wait())
+    await _cancel_midway(dl, remote, dest, after=len(expected) // 2)
+    corrupt = bytearray(part_path(dest).read_bytes())
+    corrupt[-7] ^= 0xFF
+    part_path(dest).write_bytes(bytes(corrupt))
+    await dl.download(remote, dest)
+    assert dest.read_bytes() != expected
+
+
+async def test_expected_size_mismatch(emulator: Emulator, session: aiohttp.ClientSession,
+                                      tmp_path: Path) -> None:
+    """A server size that differs from the expected one is an IntegrityError, nothing kept."""
+    (path,) = _paths(emulator, 1)
+    size = len(emulator.file_bytes(path))
+    dest = tmp_path / "f.fits"
+    with pytest.raises(IntegrityError, match="expected"):
+        await _downloader(session).download(_remote(emulator, path, expected_size=size + 1),
+                                            dest)
+    assert not dest.exists()
+    assert emulator.audit.file_gets(path) == 2  # the one retry from zero
+
+
+async def test_404_means_export_expired(emulator: Emulator, session: aiohttp.ClientSession,
+                                        tmp_path: Path) -> None:
+    """A 404 for a file is ExportExpiredError at once (no retries), nothing written."""
+    path = "/SUM1/D1/S00000/no-such-file.fits"
+    dest = tmp_path / "f.fits"
+    with pytest.raises(ExportExpiredError):
+        await _downloader(session).download(_remote(emulator, path), dest)
+    assert emulator.audit.file_gets(path) == 1
+    assert [p async for p in anyio.Path(tmp_path).iterdir()] == []
+
+
+async def test_429_is_retried_then_reported(emulator: Emulator,
+                                            session: aiohttp.ClientSession,
+                                            tmp_path: Path) -> None:
+    """429 with Retry-After is retried per the policy; when it never stops, it is raised."""
+    (path,) = _paths(emulator, 1)
+    dest = tmp_path / "f.fits"
+    emulator.knobs.http429_rate = 1.0
+    with pytest.raises(HttpStatusError) as info:
+        await _downloader(session, attempts=2).download(_remote(emulator, path), dest)
+    assert info.value.status == 429
+    assert info.value.retry_after is not None
+    assert [e.http_status for e in emulator.audit.entries if e.path == path] == [429, 429]
+    assert not dest.exists()
+    emulator.knobs.http429_rate = 0.0
+    # a fresh session: the old one's rate limiter honours the last Retry-After (1 s) too
+    async with create_session(TransportConfig(requests_per_second=0)) as fresh:
+        outcome = await _downloader(fresh).download(_remote(emulator, path), dest)
+    assert dest.read_bytes() == emulator.file_bytes(path)
+    assert outcome.attempts == 1
+
+
+def test_unsafe_names_write_nothing_outside(tmp_path: Path) -> None:
+    """Hostile names are refused before any download, and nothing appears outside out_dir."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "escape").symlink_to(tmp_path)
+    for name in ("../evil.fits", "/tmp/evil.fits", "escape/evil.fits", "a/../../evil.fits"):
+        with pytest.raises(UnsafePathError):
+            resolve_inside(out, name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+async def test_changed_file_or_damaged_sidecar_restarts(
+        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """A stale validator makes the server send 200 (If-Range); a damaged sidecar sends no Range."""
+    (path,) = _paths(emulator, 1)
+    expected = emulator.file_bytes(path)
+    dest = tmp_path / "f.fits"
+    remote = _remote(emulator, path)
+    dl = _downloader(session)
+    stale = b'{"etag": "\\"stale\\"", "last_modified": null, "total": null}'
+    for sidecar, sent_range in ((stale, "bytes=1000-"), (b"{not json", None)):
+        part_path(dest).write_bytes(b"\0" * 1000)  # bytes of some other version of the file
+        meta_path(dest).write_bytes(sidecar)
+        dest.unlink(missing_ok=True)
+        outcome = await dl.download(remote, dest)
+        assert dest.read_bytes() == expected
+        assert outcome.resumed_from == 0
+        assert emulator.audit.ranges(path)[-1] == sent_range
+        assert _leftovers(dest) == ["f.fits"]
