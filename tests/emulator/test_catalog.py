@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
 import pytest
+import yaml  # type: ignore[import-untyped]
 
 from asyncjsoc.emulator._catalog import (
     Catalog,
@@ -100,3 +106,123 @@ def test_filenamefmt_recorded_names(catalog: Catalog) -> None:
     assert expand_filenamefmt(default_filenamefmt(), rec, seg, 0) == (
         f"hmi.M_45s.{rec.recnum}.magnetogram.fits"
     )
+
+
+def _recorded_structs() -> dict[str, dict[str, Any]]:
+    """series_struct bodies from the real-traffic recordings, keyed by lower-case name."""
+    out: dict[str, dict[str, Any]] = {}
+    for stem in _STRUCT_FILES:
+        text = (RECORDINGS / f"{stem}.yaml").read_text()
+        for inter in yaml.load(text, Loader=yaml.CSafeLoader)["interactions"]:
+            uri = unquote(inter["request"]["uri"])
+            if "op=series_struct" in uri:
+                name = uri.split("ds=", 1)[1].lower()
+                out.setdefault(name, json.loads(inter["response"]["body"]["string"]))
+    return out
+
+
+RECORDINGS = Path(__file__).resolve().parents[3] / "shared" / "jsoc-recordings"
+#: Recordings that between them hold every recorded series_struct body.
+_STRUCT_FILES = ("test_build_table", "test_lookup_records_errors", "test_make_recordset",
+                 "test_return_query_args")  # fmt: skip
+
+
+@pytest.mark.skipif(not RECORDINGS.is_dir(), reason="recordings not available")
+def test_series_struct_matches_recordings(catalog: Catalog) -> None:
+    """Recorded series answer series_struct exactly like the real server (Interval start too)."""
+    recorded = _recorded_structs()
+    assert set(recorded) == {
+        "hmi.m_45s", "hmi.v_45s", "hmi.sharp_720s", "hmi.sharp_cea_720s", "aia.lev1_euv_12s"
+    }  # fmt: skip
+    for name, real in recorded.items():
+        series = catalog.find(name)
+        assert series is not None
+        ours = series.series_struct()
+        assert list(ours) == list(real)
+        for key in real:
+            if key in ("Interval", "runtime"):
+                continue
+            assert ours[key] == real[key], (name, key)
+        for key in ("FirstRecord", "FirstRecnum"):
+            assert ours["Interval"][key] == real["Interval"][key], (name, key)
+        assert set(ours["Interval"]) == set(real["Interval"])
+
+
+@pytest.mark.parametrize("name", ["hmi.M_720s", "hmi.Ic_45s", "hmi.B_720s", "aia.lev1_uv_24s"])
+def test_derived_series_are_consistent(catalog: Catalog, name: str) -> None:
+    """Series without recordings still describe themselves coherently."""
+    series = catalog.find(name)
+    assert series is not None
+    body = series.series_struct()
+    names = [k["name"] for k in body["keywords"]]
+    assert len(names) == len(set(names) - {"DATAVALS"}) or len(names) > 50
+    for pk in body["primekeys"]:
+        assert pk in names
+    step = next(k["defval"] for k in body["keywords"] if k["name"] == "T_REC_step")
+    assert float(step) == series.time_key.step
+    assert body["Interval"]["FirstRecnum"] == series.first_recnum
+    assert catalog.select(body["Interval"]["LastRecord"]).count() == 1
+    for seg in body["segments"]:
+        assert f"cparms_sg{body['segments'].index(seg):03d}" in names or name.startswith("aia")
+
+
+def test_record_keys(catalog: Catalog) -> None:
+    """Keyword strings look like jsoc_info's, are deterministic, and unknown keys fail."""
+    rec = next(iter(catalog.select("hmi.sharp_cea_720s[7302][2018.09.08_14:24_TAI]")))
+    assert rec.key("T_REC") == "2018.09.08_14:24:00_TAI"
+    assert rec.key("harpnum") == "7302"
+    assert rec.key("TELESCOP") == "SDO/HMI"
+    assert rec.key("CAR_ROT") == "2208"
+    assert rec.key("*recnum*") == str(rec.recnum)
+    assert rec.key("*sunum*") == str(rec.sunum)
+    assert rec.key("*online*") == "Y"
+    lat_min, lat_max = float(rec.key("LAT_MIN")), float(rec.key("LAT_MAX"))
+    lon_min, lon_max = float(rec.key("LON_MIN")), float(rec.key("LON_MAX"))
+    assert -40 < lat_min < lat_max < 40
+    assert -95 < lon_min < lon_max < 95
+    assert float(rec.key("USFLUX")) > 1e19
+    again = next(iter(Catalog().select("hmi.sharp_cea_720s[7302][2018.09.08_14:24_TAI]")))
+    assert again.key("USFLUX") == rec.key("USFLUX")
+    assert again.recnum == rec.recnum
+    later = next(iter(catalog.select("hmi.sharp_cea_720s[7302][2018.09.10_14:24_TAI]")))
+    assert float(later.key("LON_MIN")) > lon_min
+    with pytest.raises(KeyError):
+        rec.key("NOT_A_KEYWORD")
+    aia = next(iter(catalog.select("aia.lev1_euv_12s[2014-01-01T00:00:01Z][304]")))
+    assert aia.key("T_REC") == "2014-01-01T00:00:01Z"
+    assert aia.key("T_OBS").startswith("2014-01-01T00:00:08.")
+    assert aia.key("WAVELNTH") == "304"
+    assert aia.key("QUALITY") in ("0x00000000", "0x00000400", "0x80000400")
+    assert aia.key("T_REC_step") == "12.000000"
+
+
+def test_filenamefmt_fields(catalog: Catalog) -> None:
+    """Counters, printf layouts, :A/:D time layouts and unknown keys (ERROR)."""
+    rec = next(iter(catalog.select("hmi.sharp_cea_720s[7310][2018.09.30_09:24_TAI]")))
+    br = rec.series.segment("br")
+    assert br is not None
+    fmt = "hmi.sharp_cea_720s.{HARPNUM}.{T_REC:A}.{segment}"
+    assert (
+        expand_filenamefmt(fmt, rec, br, 0) == "hmi.sharp_cea_720s.7310.20180930_092400_TAI.Br.fits"
+    )
+    assert expand_filenamefmt("{#:%05d}_{recnum:%lld}", rec, br, 42) == f"00042_{rec.recnum}"
+    assert expand_filenamefmt("{T_REC:D}", rec, br, 0) == "2018@09@30_092400_TAI"
+    assert expand_filenamefmt("{seriesname}.{NOPE}.x", rec, br, 0) == "hmi.sharp_cea_720s.ERROR.x"
+    aia = next(iter(catalog.select("aia.lev1_euv_12s[2010-07-30T13:30:02Z][193]")))
+    image = aia.series.segment("image")
+    assert image is not None
+    got = expand_filenamefmt("aia.lev1_euv_12s.{T_REC:A}.{WAVELNTH}.{segment}", aia, image, 0)
+    assert got == "aia.lev1_euv_12s.2010-07-30T133002Z.193.image_lev1.fits"
+
+
+def test_resolve_rejects_tampered_paths(catalog: Catalog) -> None:
+    """Wrong SUM number, slot, file name or sunum outside any series give None."""
+    rec = next(iter(catalog.select("aia.lev1_euv_12s[2015.01.01_TAI][171]")))
+    seg = rec.series.segments[0]
+    path = rec.segment_path(seg)
+    assert catalog.resolve_sums_path(path) == (rec, seg)
+    sum_part, d_part, s_part, name = path.strip("/").split("/")
+    assert catalog.resolve_sums_path(f"/SUM999/{d_part}/{s_part}/{name}") is None
+    assert catalog.resolve_sums_path(f"/{sum_part}/{d_part}/S00001/{name}") is None
+    assert catalog.resolve_sums_path(f"/{sum_part}/{d_part}/{s_part}/other.fits") is None
+    assert catalog.resolve_sums_path(f"/{sum_part}/D1278070722/S00000/{name}") is None
