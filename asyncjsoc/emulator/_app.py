@@ -450,11 +450,11 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | str | None:
             return "unsatisfiable"
         return max(0, size - suffix), size - 1
     first = int(m[1])
+    if first >= size:
+        return "unsatisfiable"
     last = int(m[2]) if m[2] else size - 1
     if last < first:
         return None
-    if first >= size:
-        return "unsatisfiable"
     return first, min(last, size - 1)
 
 
@@ -507,7 +507,10 @@ def _json(request: web.Request, obj: dict[str, Any], *, python: bool = False) ->
 def _fits_keywords(record: Record) -> list[tuple[str, FitsValue]]:
     """Header keywords of a record's files: typed values of its first keywords."""
     out: list[tuple[str, FitsValue]] = []
-    for kw in record.series.keywords[:_MAX_KEYWORDS]:
+    series = record.series
+    prime = [k for k in (series.keyword(n) for n in series.primekeys) if k is not None]
+    rest = [k for k in series.keywords if k.name not in series.primekeys]
+    for kw in [*prime, *rest][:_MAX_KEYWORDS]:
         try:
             text = record.key(kw.name)
         except KeyError:
