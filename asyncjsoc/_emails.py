@@ -176,6 +176,13 @@ class EmailPool:
                     with contextlib.suppress(anyio.ClosedResourceError):
                         self._free_send.send_nowait(email)
 
+    @contextlib.asynccontextmanager
+    async def ip_slot(self) -> AsyncIterator[None]:
+        """Hold one place under the IP cap only, for an export whose address is already known
+        to the server (one adopted from an earlier run)."""
+        async with self._ip:
+            yield
+
     def drop(self, email: str, reason: str) -> None:
         """Stop using ``email`` (the JSOC refused it mid-run); waiting slot-takers move on."""
         if email in self._dropped:

@@ -1,0 +1,515 @@
+"""The :class:`Client`: one session, one rate limiter, one state store, and the pull pipeline.
+
+A pull is two stages joined by a bounded memory stream::
+
+    ExportScheduler ──DownloadJob──▶ downloaders (config.connections) ──FileResult──▶ caller
+
+The scheduler stages exports and hands over their files; the downloaders fetch, verify and
+record each file, then pass a :class:`FileResult` to whoever iterates the pull. Everything
+runs in anyio task groups inside the ``async with``; leaving it early cancels the pull and
+leaves a state the next run resumes from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import aiohttp
+import anyio
+import anyio.to_thread
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from asyncjsoc._api import JsocApi
+from asyncjsoc._config import ClientConfig
+from asyncjsoc._download import Downloader
+from asyncjsoc._emails import EmailPool
+from asyncjsoc._events import (
+    EmailChecked,
+    FileDone,
+    FileFailed,
+    FileProgress,
+    FileSkipped,
+    FileStarted,
+    NullReporter,
+    Planned,
+    PullFinished,
+    Reporter,
+)
+from asyncjsoc._http import TransportConfig, create_session
+from asyncjsoc._models import EmailStatus, Plan, RemoteFile
+from asyncjsoc._paths import resolve_inside
+from asyncjsoc._plan import make_plan
+from asyncjsoc._query import Query
+from asyncjsoc._ratelimit import TokenBucket
+from asyncjsoc._retry import RetryPolicy
+from asyncjsoc._scheduler import (
+    DownloadJob,
+    ExportScheduler,
+    Failure,
+    default_filenamefmt,
+    is_expiry,
+)
+from asyncjsoc._store import StateStore, default_state_path
+from asyncjsoc.exceptions import IpBlockedError, JsocError, StateError
+
+__all__ = ["Client", "FileResult", "Pull", "PullResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class FileResult:
+    """One file that arrived, was verified and has its final name.
+
+    Attributes
+    ----------
+    path
+        Where it is on disk.
+    relpath
+        Its name relative to the output directory.
+    record
+        The DRMS record it belongs to (as the export listed it).
+    bytes
+        Its size.
+    request_id
+        The export it came from (``None`` for an immediate ``url_quick`` answer).
+    url
+        Where it was fetched from.
+    resumed_from
+        Bytes that were already on disk from an interrupted attempt.
+    """
+
+    path: Path
+    relpath: str
+    record: str
+    bytes: int
+    request_id: str | None
+    url: str = ""
+    resumed_from: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PullResult:
+    """How a pull ended.
+
+    Attributes
+    ----------
+    files
+        The files fetched by this run, in the order they were finished.
+    failed
+        What did not arrive: files, or whole chunks whose export the JSOC refused.
+    exports
+        Every export request id used, new or reused.
+    skipped
+        Files already complete from an earlier run; not fetched again.
+    missing
+        Records the server listed without a file (``NoDataFile``): nothing to fetch.
+    plan
+        The plan as it ended, splits included.
+    """
+
+    files: tuple[FileResult, ...]
+    failed: tuple[Failure, ...]
+    exports: tuple[str, ...]
+    skipped: int = 0
+    missing: tuple[str, ...] = ()
+    plan: Plan | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed; a rerun of a failed pull fetches only what is missing."""
+        return not self.failed
+
+    @property
+    def bytes(self) -> int:
+        """Bytes fetched by this run."""
+        return sum(f.bytes for f in self.files)
+
+
+@dataclass
+class _PullState:
+    """What the downloaders of one pull collect."""
+
+    files: list[FileResult] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    skipped: int = 0
+
+
+class Pull:
+    """A pull in progress: iterate it for each :class:`FileResult` as it is verified.
+
+    Obtained from :meth:`Client.pull`. After the iteration ends, :attr:`result` holds the
+    :class:`PullResult`.
+    """
+
+    def __init__(self, results: MemoryObjectReceiveStream[FileResult], plan: Plan,
+                 scheduler: ExportScheduler, pool: EmailPool) -> None:
+        self._results = results
+        self.plan = plan
+        """The plan the pull started with."""
+        self.result: PullResult | None = None
+        """The outcome; set once every file is settled (before the iteration ends)."""
+        self._scheduler = scheduler
+        self._pool = pool
+
+    def __aiter__(self) -> Pull:
+        return self
+
+    async def __anext__(self) -> FileResult:
+        try:
+            return await self._results.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    @property
+    def scheduler(self) -> ExportScheduler:
+        """The export scheduler, for :meth:`~ExportScheduler.statistics`."""
+        return self._scheduler
+
+    @property
+    def emails(self) -> EmailPool:
+        """The email pool, for :meth:`~asyncjsoc._emails.EmailPool.statistics`."""
+        return self._pool
+
+
+def pull_fingerprint(query: Query, config: ClientConfig) -> str:
+    """A digest of what decides a pull's files: the record set, server and export options."""
+    fields = {
+        "recordset": query.recordset(),
+        "server": config.server,
+        "method": config.export_method,
+        "protocol": config.protocol,
+        "filenamefmt": config.filenamefmt,
+        "max_files_per_export": config.max_files_per_export,
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+class Client:
+    """An async client for bulk JSOC downloads into one output directory.
+
+    Use it as an async context manager. It owns one HTTP session, one rate limiter and the
+    directory's state store; a second client (or process) on the same directory is refused
+    while this one is open. It works inside any running anyio/asyncio event loop and starts
+    no threads for I/O, no private loops and no signal handlers.
+
+    Parameters
+    ----------
+    config
+        The options; ``None`` means :class:`~asyncjsoc.ClientConfig` defaults (which have
+        no email: enough for :meth:`plan`, not for exports).
+    out_dir
+        Where files go. Created if needed.
+    reporter
+        Receives the engine's events (see :mod:`asyncjsoc.events`).
+
+    Examples
+    --------
+    >>> async with Client(ClientConfig(emails=("me@example.org",)), "data") as client:
+    ...     result = await client.fetch("hmi.sharp_cea_720s[7300][2018.09.30_00:00_TAI/1h]")
+    """
+
+    def __init__(self, config: ClientConfig | None = None, out_dir: str | Path = ".", *,
+                 reporter: Reporter | None = None) -> None:
+        self.config = config if config is not None else ClientConfig()
+        self.out_dir = Path(out_dir)
+        self._report: Reporter = reporter if reporter is not None else NullReporter()
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._entered = False
+        self._session: aiohttp.ClientSession | None = None
+        self._api: JsocApi | None = None
+        self._store: StateStore | None = None
+        self._downloader: Downloader | None = None
+        self._bucket: TokenBucket | None = None
+        self._pull_lock = anyio.Lock()
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Client:
+        if self._entered:
+            raise RuntimeError("a Client can be entered only once")
+        self._entered = True
+        config = self.config
+        retry = config.retry if config.retry is not None else RetryPolicy()
+        transport = TransportConfig(
+            connections=config.connections, requests_per_second=config.requests_per_second,
+            burst=config.burst, sock_connect=config.sock_connect, sock_read=config.sock_read,
+            ca_bundle=config.ca_bundle,
+        )
+        async with contextlib.AsyncExitStack() as stack:
+            state_path = config.state_path or default_state_path(self.out_dir)
+            self._store = await stack.enter_async_context(StateStore(state_path))
+            self._bucket = transport.make_bucket()
+            self._session = await stack.enter_async_context(
+                create_session(transport, self._bucket))
+            self._api = JsocApi(self._session, config.server, retry=retry)
+            self._downloader = Downloader(
+                self._session, chunk_size=config.chunk_size,
+                verify_checksums=config.verify_checksums, retry=retry,
+            )
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the session and release the output directory; the client is done after."""
+        stack, self._stack = self._stack, None
+        self._api = None
+        if stack is not None:
+            with anyio.CancelScope(shield=True):
+                await stack.aclose()
+
+    def _require_open(self) -> tuple[JsocApi, StateStore, Downloader]:
+        """The open resources, or a clear error when used outside ``async with``."""
+        if self._api is None or self._store is None or self._downloader is None:
+            raise RuntimeError("use the Client inside `async with Client(...) as client:`")
+        return self._api, self._store, self._downloader
+
+    @property
+    def api(self) -> JsocApi:
+        """The typed JSOC API over this client's session (for series info, counts...)."""
+        return self._require_open()[0]
+
+    def statistics(self) -> dict[str, object]:
+        """The rate limiter's counters (requests granted, waits, pauses)."""
+        return {"rate_limiter": self._bucket.statistics() if self._bucket else None}
+
+    # -- operations -----------------------------------------------------------------------
+
+    async def check_emails(self) -> list[EmailStatus]:
+        """Ask the JSOC about each configured email (``checkAddress``); nothing is exported.
+
+        Returns
+        -------
+        list of EmailStatus
+            One per address, in order; ``registered`` says if it can be used.
+        """
+        api = self._require_open()[0]
+        statuses: list[EmailStatus] = []
+        for email in self.config.emails:
+            status = await api.check_email(email)
+            self._report(EmailChecked(status))
+            statuses.append(status)
+        return statuses
+
+    async def plan(self, query: Query | str) -> Plan:
+        """Split a query into export-sized chunks, without exporting anything.
+
+        Parameters
+        ----------
+        query
+            A :class:`~asyncjsoc.Query` or a DRMS record-set string.
+
+        Returns
+        -------
+        Plan
+            The chunks, with record and file counts.
+        """
+        api = self._require_open()[0]
+        plan = await make_plan(api, _as_query(query),
+                               max_files_per_export=self.config.max_files_per_export)
+        self._report(Planned(plan))
+        return plan
+
+    async def fetch(self, query: Query | str) -> PullResult:
+        """Download everything ``query`` selects; resumes what an earlier run left.
+
+        Parameters
+        ----------
+        query
+            A :class:`~asyncjsoc.Query` or a DRMS record-set string.
+
+        Returns
+        -------
+        PullResult
+            What arrived and what did not (``ok`` is false if anything failed).
+        """
+        async with self.pull(query) as pull:
+            async for _ in pull:
+                pass
+        assert pull.result is not None
+        return pull.result
+
+    @contextlib.asynccontextmanager
+    async def pull(self, query: Query | str) -> AsyncIterator[Pull]:
+        """Download everything ``query`` selects, yielding each file as it is verified.
+
+        Use as ``async with client.pull(query) as pull: async for f in pull: ...``. Leaving
+        the block early cancels the rest; the state store keeps what is done, so running the
+        same query again resumes.
+
+        Parameters
+        ----------
+        query
+            A :class:`~asyncjsoc.Query` or a DRMS record-set string.
+
+        Yields
+        ------
+        Pull
+            An async iterator of :class:`FileResult`; its ``result`` is set at the end.
+
+        Raises
+        ------
+        StateError
+            The output directory holds the state of a different query.
+        EmailNotRegisteredError
+            No configured email can be used for exports.
+        """
+        api, store, _ = self._require_open()
+        query = _as_query(query)
+        async with self._pull_lock:
+            plan = await self._prepare(query, store)
+            info = await api.series_info(plan.series)
+            filenamefmt = self.config.filenamefmt or default_filenamefmt(info)
+            pool = EmailPool(api, self.config.emails,
+                             max_pending=self.config.max_pending_exports, reporter=self._report)
+            scheduler = ExportScheduler(api, pool, store, self.config, reporter=self._report,
+                                        filenamefmt=filenamefmt)
+            results_send, results_receive = anyio.create_memory_object_stream[FileResult](
+                self.config.download_buffer)
+            pull = Pull(results_receive, plan, scheduler, pool)
+            try:
+                with results_receive:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._run_pull, plan, scheduler, pool, results_send, pull)
+                        yield pull
+                        # Leaving early: stop the pull; the store keeps what is done.
+                        tg.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                sole = _sole_error(group)
+                if sole is None:
+                    raise
+                raise sole from None
+            finally:
+                pool.close()
+
+    async def _prepare(self, query: Query, store: StateStore) -> Plan:
+        """The plan of ``query``: the stored one when resuming the same pull, else a new one."""
+        fingerprint = pull_fingerprint(query, self.config)
+        stored = await store.stored_fingerprint()
+        plan: Plan | None = None
+        if stored == fingerprint:
+            plan = await store.load_plan()
+        if plan is None:
+            plan = await self.plan(query)
+            await store.save_plan(plan, fingerprint)
+        else:
+            self._report(Planned(plan))
+        return plan
+
+    async def _run_pull(self, plan: Plan, scheduler: ExportScheduler, pool: EmailPool,
+                        results: MemoryObjectSendStream[FileResult], pull: Pull) -> None:
+        """The whole pipeline: scheduler → downloaders → results; sets ``pull.result``."""
+        _, store, _ = self._require_open()
+        state = _PullState()
+        async with results:
+            states = await store.chunk_states()
+            if self.config.emails and any(s != "done" for s in states.values()):
+                await pool.check()
+            jobs_send, jobs_receive = anyio.create_memory_object_stream[DownloadJob](
+                self.config.download_buffer)
+            async with anyio.create_task_group() as tg, jobs_receive:
+                tg.start_soon(scheduler.run, plan, jobs_send)
+                for _ in range(self.config.connections):
+                    tg.start_soon(self._download_worker, jobs_receive.clone(), results.clone(),
+                                  state)
+            failed = tuple(scheduler.failures) + tuple(state.failures)
+            result = PullResult(
+                files=tuple(state.files), failed=failed,
+                exports=tuple(dict.fromkeys(scheduler.request_ids)), skipped=state.skipped,
+                missing=tuple(scheduler.missing), plan=scheduler.plan or plan,
+            )
+            pull.result = result
+            self._report(PullFinished(files=len(result.files), failed=len(result.failed),
+                                      bytes=result.bytes, exports=len(result.exports),
+                                      ok=result.ok))
+
+    async def _download_worker(self, jobs: MemoryObjectReceiveStream[DownloadJob],
+                               results: MemoryObjectSendStream[FileResult],
+                               state: _PullState) -> None:
+        """Fetch jobs one at a time until the scheduler closes the stream."""
+        async with jobs, results:
+            async for job in jobs:
+                result, error = await self._download_one(job.remote, state)
+                job.settle(error)
+                if result is not None:
+                    state.files.append(result)
+                    await results.send(result)
+
+    async def _download_one(self, remote: RemoteFile,
+                            state: _PullState) -> tuple[FileResult | None, JsocError | None]:
+        """Fetch one file (or skip it if done); returns the result or the error."""
+        _, store, downloader = self._require_open()
+        relpath = remote.relpath
+        report = self._report
+        try:
+            dest = await anyio.to_thread.run_sync(resolve_inside, self.out_dir, relpath)
+            known = await store.file_state(relpath)
+            if known is not None and known.state == "done":
+                size = await anyio.to_thread.run_sync(_size_or_none, dest)
+                if size == known.bytes:
+                    state.skipped += 1
+                    report(FileSkipped(relpath, size))
+                    return None, None
+                await store.mark_pending(relpath)
+            started = False
+
+            def progress(done: int, total: int | None) -> None:
+                nonlocal started
+                if not started:
+                    started = True
+                    report(FileStarted(relpath, total, done))
+                report(FileProgress(relpath, done, total))
+
+            outcome = await downloader.download(remote, dest, on_progress=progress)
+        except JsocError as exc:
+            if isinstance(exc, IpBlockedError | StateError):
+                raise
+            if not is_expiry(exc):
+                # Expired files are not failures yet: the scheduler requests them again.
+                await store.mark_failed(relpath, exc.message)
+                state.failures.append(Failure(remote.record, exc, relpath, remote.request_id))
+                report(FileFailed(relpath, remote.record, exc))
+            return None, exc
+        await store.mark_done(relpath, outcome.bytes)
+        report(FileDone(relpath, outcome.bytes))
+        return FileResult(path=outcome.path, relpath=relpath, record=remote.record,
+                          bytes=outcome.bytes, request_id=remote.request_id, url=remote.url,
+                          resumed_from=outcome.resumed_from), None
+
+
+def _as_query(query: Query | str) -> Query:
+    """A Query from a Query or a record-set string."""
+    return Query.from_recordset(query) if isinstance(query, str) else query
+
+
+def _size_or_none(path: Path) -> int | None:
+    """The size of a regular file, or None if there is none."""
+    try:
+        return path.stat().st_size if path.is_file() else None
+    except OSError:
+        return None
+
+
+def _sole_error(group: BaseExceptionGroup[BaseException]) -> Exception | None:
+    """The one ordinary exception inside nested groups, if there is exactly one."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    if len(leaves) == 1 and isinstance(leaves[0], Exception):
+        return leaves[0]
+    return None

@@ -1,0 +1,725 @@
+"""The export engine: turns plan chunks into staged exports and streams their files onward.
+
+For each chunk the scheduler takes an email slot (one pending export per address, and an
+IP-wide cap), sends ``exp_request``, polls with :func:`wait_export_ready` and gives the slot
+back the moment the export is staged. The files then go, one :class:`DownloadJob` each, into a
+bounded memory stream that the downloaders read; a chunk stays open until every one of its
+files is settled, so an export deleted by the server meanwhile can be requested again for the
+missing records only. At most ``capacity + 1`` chunks are open at once, so chunk N+1 is staged
+while chunk N downloads, and no further.
+
+The JSOC's refusals are policy here, not errors:
+
+* status 7 (this email has pending exports) → wait those exports out, then resubmit;
+* status 3 (too large, also the per-request file cap) → split the chunk and queue the parts;
+* transient status 4 ("Cant save new export-request hash.") → back off and retry;
+* legacy status 6 while polling → still pending, a bounded number of times;
+* status 5 or HTTP 404 on a file → request the missing records again.
+
+Everything runs in anyio task groups; nothing outlives :meth:`ExportScheduler.run`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from asyncjsoc._config import ClientConfig
+from asyncjsoc._emails import EmailPool
+from asyncjsoc._events import (
+    Backoff,
+    ChunkSplit,
+    ExportAdopted,
+    ExportExpired,
+    ExportFailed,
+    ExportReady,
+    ExportReused,
+    ExportSubmitted,
+    ExportWaiting,
+    NullReporter,
+    Reporter,
+)
+from asyncjsoc._models import Chunk, ExportFile, ExportStatus, Plan, RemoteFile, SeriesInfo
+from asyncjsoc._paths import safe_relpath
+from asyncjsoc._plan import split_chunk
+from asyncjsoc._retry import RetryPolicy
+from asyncjsoc._store import StateStore, StoredExport
+from asyncjsoc.exceptions import (
+    EmailNotRegisteredError,
+    ExportExpiredError,
+    ExportFailedError,
+    ExportTooLargeError,
+    HttpStatusError,
+    InvalidInputError,
+    IpBlockedError,
+    JsocError,
+    LocalError,
+    PendingLimitError,
+    ProtocolError,
+    ServerRefusedError,
+    UnsafePathError,
+)
+
+__all__ = [
+    "EXPORT_RETENTION",
+    "DownloadJob",
+    "ExportApi",
+    "ExportScheduler",
+    "Failure",
+    "SchedulerStatistics",
+    "StatusApi",
+    "default_filenamefmt",
+    "is_expiry",
+    "quick_relpath",
+    "wait_export_ready",
+]
+
+EXPORT_RETENTION = 7 * 86400.0
+"""Seconds the JSOC keeps a finished export online."""
+
+QUICK_RETENTION = 86400.0
+"""Seconds a ``url_quick`` SUMS path is trusted after the answer (the SU may go offline)."""
+
+MAX_REEXPORTS = 2
+"""How many times one chunk's missing records are requested again after an expiry."""
+
+MAX_RECORDS_IN_LIST = 100
+"""Above this many missing records, the whole chunk is requested again instead of a list."""
+
+_NO_DATA = frozenset({"", "NoDataFile"})
+
+
+class StatusApi(Protocol):
+    """What :func:`wait_export_ready` needs: ``exp_status``."""
+
+    async def exp_status(self, request_id: str) -> ExportStatus:
+        """One ``exp_status`` call; raises for statuses 3, 4 and 5."""
+        ...
+
+
+class ExportApi(StatusApi, Protocol):
+    """What the scheduler needs from the JSOC API (:class:`~asyncjsoc._api.JsocApi`)."""
+
+    async def series_info(self, series: str) -> SeriesInfo:
+        """The series' structure (cached)."""
+        ...
+
+    async def count(self, ds: str) -> int:
+        """How many records ``ds`` selects."""
+        ...
+
+    async def exp_request(
+        self,
+        ds: str,
+        *,
+        notify: str,
+        method: str,
+        protocol: str,
+        filenamefmt: str | None = None,
+    ) -> ExportStatus:
+        """One ``exp_request`` call; raises for refusals."""
+        ...
+
+    def file_url(self, status: ExportStatus, f: ExportFile) -> str:
+        """The URL of one file of a finished export."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Something of the query that did not arrive: a file, or a whole chunk's records.
+
+    ``record`` is the record (or, for a chunk, the record set); ``relpath`` is set for files.
+    """
+
+    record: str
+    error: JsocError
+    relpath: str | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerStatistics:
+    """A snapshot of the scheduler's progress, in chunks and exports."""
+
+    chunks_total: int
+    chunks_done: int
+    chunks_failed: int
+    chunks_skipped: int
+    chunks_open: int
+    exports_submitted: int
+    exports_staging: int
+    splits: int
+    reexports: int
+
+
+class _Batch:
+    """The files of one export handed to the downloaders; done when each is settled."""
+
+    def __init__(self, remotes: Sequence[RemoteFile]) -> None:
+        self.remaining = len(remotes)
+        self.errors: list[tuple[RemoteFile, JsocError]] = []
+        self.settled = anyio.Event()
+        if not self.remaining:
+            self.settled.set()
+
+    def settle(self, remote: RemoteFile, error: JsocError | None) -> None:
+        """Count one file as finished (``error is None``) or failed."""
+        if error is not None:
+            self.errors.append((remote, error))
+        self.remaining -= 1
+        if self.remaining <= 0:
+            self.settled.set()
+
+
+class DownloadJob:
+    """One file to download, as the scheduler hands it to a downloader.
+
+    The downloader must call :meth:`settle` exactly once per job, with the error if the
+    file did not arrive. An expiry error (see :func:`is_expiry`) makes the scheduler
+    request the record again; other errors are final for this run.
+    """
+
+    __slots__ = ("_batch", "_settled", "chunk_index", "remote")
+
+    def __init__(self, remote: RemoteFile, chunk_index: int, batch: _Batch) -> None:
+        self.remote = remote
+        self.chunk_index = chunk_index
+        self._batch = batch
+        self._settled = False
+
+    def settle(self, error: JsocError | None = None) -> None:
+        """Report the outcome of this file; later calls are ignored."""
+        if self._settled:
+            return
+        self._settled = True
+        self._batch.settle(self.remote, error)
+
+
+def is_expiry(error: BaseException) -> bool:
+    """Whether ``error`` means the export's files are gone (status 5, or HTTP 404/410)."""
+    if isinstance(error, ExportExpiredError):
+        return True
+    return isinstance(error, HttpStatusError) and error.status in (404, 410)
+
+
+def _poll_delay(hint: float, polls: int, poll_min: float, poll_max: float) -> float:
+    """Seconds until the next status poll: the server's hint if any, else a growing backoff."""
+    if hint > 0:
+        # Poll just after the server's own estimate rather than just before it.
+        base = hint * random.uniform(1.0, 1.2)
+    else:
+        base = poll_min * 1.5 ** min(polls - 1, 64) * random.uniform(0.8, 1.2)
+    return min(max(base, poll_min), poll_max)
+
+
+async def wait_export_ready(
+    api: StatusApi,
+    status: ExportStatus,
+    *,
+    poll_min: float = 2.0,
+    poll_max: float = 30.0,
+    status6_retries: int = 5,
+    reporter: Reporter | None = None,
+) -> ExportStatus:
+    """Poll an export until it is staged (status 0).
+
+    Parameters
+    ----------
+    api
+        Something with ``exp_status``.
+    status
+        The export's latest status (from ``exp_request`` or an earlier poll).
+    poll_min, poll_max
+        Bounds of the pause between polls, in seconds. The server's ``wait`` hint is
+        honoured within them; without one the pause grows from ``poll_min``.
+    status6_retries
+        How many legacy status-6 answers ("not found yet") count as pending.
+    reporter
+        Receives an :class:`~asyncjsoc._events.ExportWaiting` before each pause.
+
+    Returns
+    -------
+    ExportStatus
+        The status-0 answer, with the export's files.
+
+    Raises
+    ------
+    ExportFailedError
+        Status 4, an unexpected status, or too many status 6 answers.
+    ExportTooLargeError, ExportExpiredError
+        Statuses 3 and 5, from ``exp_status``.
+    """
+    report = reporter if reporter is not None else NullReporter()
+    polls = 0
+    sixes = 0
+    while not status.done:
+        request_id = status.request_id
+        if not request_id:
+            raise ProtocolError(f"an export in status {status.status} came without a request id")
+        if status.status == 6:
+            sixes += 1
+            if sixes > status6_retries:
+                raise ExportFailedError(
+                    f"export {request_id} was still not found after {sixes} polls (status 6)",
+                    status=6, server_message=status.error, request_id=request_id,
+                )
+        elif not status.pending:
+            raise ExportFailedError(
+                f"export {request_id} has unexpected status {status.status}",
+                status=status.status, server_message=status.error, request_id=request_id,
+            )
+        polls += 1
+        delay = _poll_delay(status.wait, polls, poll_min, poll_max)
+        report(ExportWaiting(request_id, status.status, status.wait, delay))
+        await anyio.sleep(delay)
+        status = await api.exp_status(request_id)
+    return status
+
+
+def default_filenamefmt(info: SeriesInfo) -> str:
+    """A readable ``filenamefmt``: the series, its prime keys (times as ``:A``), the segment.
+
+    ``hmi.sharp_cea_720s`` gives ``hmi.sharp_cea_720s.{HARPNUM}.{T_REC:A}.{segment}``, so
+    files are named like ``hmi.sharp_cea_720s.7310.20180930_092400_TAI.Br.fits``.
+    """
+    parts = [info.name.lower()]
+    for key in info.primekeys:
+        keyword = info.keyword(key)
+        parts.append(f"{{{key}:A}}" if keyword is not None and keyword.type == "time"
+                     else f"{{{key}}}")
+    if not info.primekeys:
+        parts.append("{recnum:%lld}")
+    parts.append("{segment}")
+    return ".".join(parts)
+
+
+_RECORD = re.compile(r"^(?P<series>[^\[{]+)(?P<keys>(?:\[[^\]]*\])*)(?:\{(?P<segment>[^}]*)\})?$")
+
+
+def quick_relpath(record: str, filename: str) -> str:
+    """The local name of a ``url_quick`` file, made like :func:`default_filenamefmt` names.
+
+    A quick export answers with SUMS paths (``/SUM41/D…/S00010/magnetogram.fits``) whose
+    last part repeats across records, so the name comes from the record:
+    ``hmi.M_45s[2012.01.01_01:01:30_TAI][2]{magnetogram}`` becomes
+    ``hmi.m_45s.20120101_010130_TAI.2.magnetogram.fits``.
+
+    Raises
+    ------
+    UnsafePathError
+        If no safe name can be made.
+    """
+    stored = filename.rsplit("/", 1)[-1]
+    match = _RECORD.match(record.strip())
+    if match is None:
+        return safe_relpath(stored)
+    values = re.findall(r"\[([^\]]*)\]", match["keys"])
+    cleaned = [re.sub(r"[.:]", "", v).replace("/", "_") for v in values if v]
+    return safe_relpath(".".join([match["series"].strip().lower(), *cleaned, stored]))
+
+
+def _segment_suffix(recordset: str) -> str:
+    """The trailing ``{seg,...}`` of a record set, or ``""``."""
+    match = re.search(r"\{[^{}]*\}\s*$", recordset)
+    return match.group(0).strip() if match else ""
+
+
+class ExportScheduler:
+    """Owns every export of one pull: submit, wait, split, adopt, re-export.
+
+    Parameters
+    ----------
+    api
+        The JSOC API (:class:`~asyncjsoc._api.JsocApi`).
+    pool
+        The email slots.
+    store
+        The open state store; exports and files are recorded there as they happen.
+    config
+        Method, protocol, polling and retry settings.
+    reporter
+        Receives the export events.
+    filenamefmt
+        Sent with every export; ``None`` lets the server use its default.
+    clock
+        Wall-clock seconds (``time.time``), for the stored export times.
+    """
+
+    def __init__(
+        self,
+        api: ExportApi,
+        pool: EmailPool,
+        store: StateStore,
+        config: ClientConfig,
+        *,
+        reporter: Reporter | None = None,
+        filenamefmt: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._api = api
+        self._pool = pool
+        self._store = store
+        self._config = config
+        self._report: Reporter = reporter if reporter is not None else NullReporter()
+        self._filenamefmt = filenamefmt
+        self._clock = clock
+        self._retry = config.retry if config.retry is not None else RetryPolicy()
+        self.failures: list[Failure] = []
+        """Chunks and records that could not be exported (file failures are the caller's)."""
+        self.missing: list[str] = []
+        """Records the server listed without a file (``NoDataFile``): nothing to download."""
+        self.request_ids: list[str] = []
+        """Every export request id used, new or reused, in order."""
+        self._plan: Plan | None = None
+        self._states: dict[int, str] = {}
+        self._outstanding = 0
+        self._open = 0
+        self._staging = 0
+        self._done = 0
+        self._failed = 0
+        self._skipped = 0
+        self._splits = 0
+        self._reexports = 0
+        self._next_index = 0
+        self._queue: MemoryObjectSendStream[Chunk] | None = None
+
+    @property
+    def plan(self) -> Plan | None:
+        """The plan as it stands, splits included."""
+        return self._plan
+
+    def statistics(self) -> SchedulerStatistics:
+        """Chunks by state and exports in flight."""
+        return SchedulerStatistics(
+            chunks_total=len(self._plan.chunks) if self._plan else 0,
+            chunks_done=self._done,
+            chunks_failed=self._failed,
+            chunks_skipped=self._skipped,
+            chunks_open=self._open,
+            exports_submitted=len(self.request_ids),
+            exports_staging=self._staging,
+            splits=self._splits,
+            reexports=self._reexports,
+        )
+
+    async def run(self, plan: Plan, jobs: MemoryObjectSendStream[DownloadJob]) -> None:
+        """Export every chunk of ``plan`` and send its files into ``jobs``; closes ``jobs``.
+
+        Returns when every chunk is done or failed and every file is settled.
+
+        Parameters
+        ----------
+        plan
+            The chunks to export; it must already be saved in the store.
+        jobs
+            Where the files go, one :class:`DownloadJob` each.
+        """
+        async with jobs:
+            self._plan = plan
+            self._states = dict(await self._store.chunk_states())
+            self._next_index = max((c.index for c in plan.chunks), default=-1) + 1
+            queue_send, queue_receive = anyio.create_memory_object_stream[Chunk](math.inf)
+            self._queue = queue_send
+            self._outstanding = len(plan.chunks)
+            for chunk in plan.chunks:
+                queue_send.send_nowait(chunk)
+            if not plan.chunks:
+                queue_send.close()
+            emails = len(self._config.emails) or 1
+            lookahead = anyio.Semaphore(min(emails, self._config.max_pending_exports) + 1)
+            async with anyio.create_task_group() as tg, queue_receive:
+                async for chunk in queue_receive:
+                    await lookahead.acquire()
+                    tg.start_soon(self._chunk_task, chunk, lookahead, jobs)
+
+    async def _chunk_task(
+        self, chunk: Chunk, lookahead: anyio.Semaphore, jobs: MemoryObjectSendStream[DownloadJob]
+    ) -> None:
+        """Process one chunk, then free its lookahead place; the last one closes the queue."""
+        self._open += 1
+        try:
+            await self._process_chunk(chunk, jobs)
+        finally:
+            self._open -= 1
+            lookahead.release()
+            self._outstanding -= 1
+            if self._outstanding == 0 and self._queue is not None:
+                self._queue.close()
+
+    async def _process_chunk(self, chunk: Chunk, jobs: MemoryObjectSendStream[DownloadJob]) -> None:
+        """Export one chunk, hand its files over, and re-export what expired meanwhile."""
+        state = self._states.get(chunk.index, "planned")
+        if state == "done":
+            self._skipped += 1
+            return
+        remotes: list[RemoteFile] | None = None
+        request_id: str | None = None
+        if state == "ready":
+            stored = await self._store.export_for_chunk(chunk.index)
+            if stored is not None and (stored.expires_at or 0) > self._clock():
+                remotes = [f.remote() for f in await self._store.pending_files(chunk.index)]
+                request_id = stored.request_id
+                if request_id:
+                    self.request_ids.append(request_id)
+                    self._report(ExportReused(chunk.index, request_id))
+        ds = chunk.recordset
+        expired: list[RemoteFile] = []
+        for _round in range(MAX_REEXPORTS + 1):
+            if remotes is None:
+                try:
+                    status = await self._export(chunk, ds)
+                except ExportTooLargeError as exc:
+                    await self._split(chunk, exc)
+                    return
+                except JsocError as exc:
+                    if _is_fatal(exc):
+                        raise
+                    await self._fail_chunk(chunk, ds, exc, request_id)
+                    return
+                request_id = status.request_id
+                remotes = await self._register(chunk, status, full=ds == chunk.recordset)
+            errors = await self._hand_off(chunk, remotes, jobs)
+            expired = [remote for remote, error in errors if is_expiry(error)]
+            if not expired:
+                failed = bool(errors)
+                await self._store.set_chunk_state(
+                    chunk.index, "failed" if failed else "done",
+                    error=f"{len(errors)} file(s) failed" if failed else None,
+                )
+                if failed:
+                    self._failed += 1
+                else:
+                    self._done += 1
+                return
+            self._reexports += 1
+            self._report(ExportExpired(chunk.index, request_id, len(expired)))
+            await self._store.forget_export(chunk.index)
+            ds = self._missing_recordset(chunk, expired)
+            remotes = None
+        error = ExportExpiredError(
+            f"the export of {chunk.recordset} kept expiring before its files arrived",
+            status=5, request_id=request_id,
+        )
+        for remote in expired:
+            self.failures.append(Failure(remote.record, error, remote.relpath, request_id))
+        await self._store.set_chunk_state(chunk.index, "failed", error=error.message)
+        self._failed += 1
+
+    async def _export(self, chunk: Chunk, ds: str) -> ExportStatus:
+        """A staged export of ``ds``: the chunk's stored one if still alive, else a new one."""
+        if ds == chunk.recordset:
+            reused = await self._reuse(chunk)
+            if reused is not None:
+                return reused
+        while True:
+            async with self._pool.slot() as slot:
+                try:
+                    status = await self._submit(ds, slot.email)
+                except EmailNotRegisteredError as exc:
+                    # The address lapsed mid-run: drop it and take another slot.
+                    self._pool.drop(slot.email, exc.server_message or exc.message)
+                    continue
+                now = self._clock()
+                if status.request_id:
+                    self.request_ids.append(status.request_id)
+                    if ds == chunk.recordset:
+                        await self._store.record_export(StoredExport(
+                            chunk_index=chunk.index, request_id=status.request_id,
+                            email=slot.email, method=status.method, protocol=status.protocol,
+                            status=status.status, submitted_at=now,
+                        ))
+                        await self._store.set_chunk_state(chunk.index, "exporting")
+                n_records = chunk.n_records if ds == chunk.recordset else ds.count(",") + 1
+                self._report(ExportSubmitted(
+                    chunk.index, slot.email, status.request_id,
+                    status.method or self._config.export_method, n_records,
+                ))
+                self._staging += 1
+                try:
+                    status = await self._wait_ready(status)
+                finally:
+                    self._staging -= 1
+            # The slot is free again here: the next chunk can be staged while this downloads.
+            self._report(ExportReady(chunk.index, status.request_id, len(status.files)))
+            return status
+
+    async def _reuse(self, chunk: Chunk) -> ExportStatus | None:
+        """The chunk's export from an earlier run, waited for if still pending; else None."""
+        stored = await self._store.export_for_chunk(chunk.index)
+        if stored is None or not stored.request_id:
+            return None
+        try:
+            status = await self._api.exp_status(stored.request_id)
+            if not status.done:
+                # Still staging (a crashed run's export): it counts against the IP cap.
+                async with self._pool.ip_slot():
+                    status = await self._wait_ready(status)
+        except (ExportExpiredError, ExportFailedError, ExportTooLargeError):
+            await self._store.forget_export(chunk.index)
+            return None
+        self.request_ids.append(stored.request_id)
+        self._report(ExportReused(chunk.index, stored.request_id))
+        return status
+
+    async def _submit(self, ds: str, email: str) -> ExportStatus:
+        """``exp_request`` until accepted: adopt pending exports (7), retry transient 4s."""
+        attempt = 0
+        while True:
+            try:
+                return await self._api.exp_request(
+                    ds, notify=email, method=self._config.export_method,
+                    protocol=self._config.protocol, filenamefmt=self._filenamefmt,
+                )
+            except PendingLimitError as exc:
+                attempt += 1
+                if exc.pending_ids and not exc.per_ip:
+                    self._report(ExportAdopted(email, exc.pending_ids))
+                    for request_id in exc.pending_ids:
+                        await self._wait_out(request_id)
+                    if attempt == 1:
+                        continue
+                await self._backoff(attempt, f"status 7: {exc.server_message or exc.message}")
+            except ExportFailedError as exc:
+                if not exc.transient:
+                    raise
+                attempt += 1
+                if attempt >= self._retry.attempts:
+                    raise
+                await self._backoff(attempt, f"status 4: {exc.server_message or exc.message}")
+
+    async def _wait_out(self, request_id: str) -> None:
+        """Wait until someone's pending export ``request_id`` is no longer pending."""
+        try:
+            status = await self._api.exp_status(request_id)
+            await self._wait_ready(status)
+        except (ServerRefusedError, ProtocolError) as exc:
+            if _is_fatal(exc):
+                raise
+
+    async def _wait_ready(self, status: ExportStatus) -> ExportStatus:
+        """:func:`wait_export_ready` with this scheduler's settings."""
+        return await wait_export_ready(
+            self._api, status, poll_min=self._config.poll_min, poll_max=self._config.poll_max,
+            status6_retries=self._config.status6_retries, reporter=self._report,
+        )
+
+    async def _backoff(self, attempt: int, reason: str) -> None:
+        """Sleep the retry policy's delay for ``attempt``, and say so."""
+        delay = self._retry.delay(attempt)
+        self._report(Backoff(delay, reason))
+        await anyio.sleep(delay)
+
+    async def _register(
+        self, chunk: Chunk, status: ExportStatus, *, full: bool
+    ) -> list[RemoteFile]:
+        """The files of a staged export, recorded in the store with the export's lifetime."""
+        remotes: list[RemoteFile] = []
+        for f in self._export_files(status):
+            if f.filename in _NO_DATA or f.record.startswith("warning="):
+                self.missing.append(f.record)
+                continue
+            try:
+                if status.dir and not status.tarfile:
+                    relpath = safe_relpath(f.filename)
+                elif status.tarfile:
+                    relpath = safe_relpath(f.filename.rsplit("/", 1)[-1])
+                else:
+                    relpath = quick_relpath(f.record, f.filename)
+            except UnsafePathError as exc:
+                self.failures.append(Failure(f.record, exc, None, status.request_id))
+                continue
+            remotes.append(RemoteFile(
+                url=self._api.file_url(status, f), relpath=relpath, record=f.record,
+                request_id=status.request_id,
+            ))
+        await self._store.add_files(chunk.index, remotes)
+        if full:
+            now = self._clock()
+            lifetime = EXPORT_RETENTION if status.request_id else QUICK_RETENTION
+            await self._store.record_export(StoredExport(
+                chunk_index=chunk.index, request_id=status.request_id, method=status.method,
+                protocol=status.protocol, status=status.status, dir=status.dir,
+                ready_at=now, expires_at=now + lifetime,
+            ))
+            await self._store.set_chunk_state(chunk.index, "ready")
+        return remotes
+
+    @staticmethod
+    def _export_files(status: ExportStatus) -> tuple[ExportFile, ...]:
+        """The rows to download: the data rows, or the one tar file of a url-tar export."""
+        if status.tarfile:
+            return (ExportFile(record=status.request_id or "tar", filename=status.tarfile),)
+        return status.files
+
+    async def _hand_off(
+        self, chunk: Chunk, remotes: Sequence[RemoteFile],
+        jobs: MemoryObjectSendStream[DownloadJob],
+    ) -> list[tuple[RemoteFile, JsocError]]:
+        """Send the files to the downloaders and wait until each is settled."""
+        batch = _Batch(remotes)
+        for remote in remotes:
+            await jobs.send(DownloadJob(remote, chunk.index, batch))
+        await batch.settled.wait()
+        return batch.errors
+
+    def _missing_recordset(self, chunk: Chunk, expired: Sequence[RemoteFile]) -> str:
+        """A record set of just the expired files' records (or the whole chunk if many)."""
+        records = list(dict.fromkeys(r.record for r in expired))
+        if len(records) > MAX_RECORDS_IN_LIST or any(r.startswith("warning=") for r in records):
+            return chunk.recordset
+        suffix = _segment_suffix(chunk.recordset)
+        return ",".join(r if "{" in r or not suffix else r + suffix for r in records)
+
+    async def _split(self, chunk: Chunk, exc: ExportTooLargeError) -> None:
+        """Split a too-large chunk and queue its parts (or fail it if it cannot be split)."""
+        assert self._plan is not None
+        assert self._queue is not None
+        try:
+            parts = await split_chunk(self._api, chunk)
+        except InvalidInputError:
+            parts = []  # a single record over the cap: nothing left to cut
+        except JsocError as split_error:
+            if _is_fatal(split_error):
+                raise
+            parts = []
+        if len(parts) < 2:
+            await self._fail_chunk(chunk, chunk.recordset, exc, exc.request_id)
+            return
+        renumbered: list[Chunk] = []
+        for part in parts:
+            renumbered.append(replace(part, index=self._next_index))
+            self._next_index += 1
+        self._plan = replace(
+            self._plan,
+            chunks=tuple(c for c in self._plan.chunks if c.index != chunk.index)
+            + tuple(renumbered),
+        )
+        await self._store.save_plan(self._plan)
+        self._splits += 1
+        self._report(ChunkSplit(chunk, tuple(renumbered), exc.server_message or exc.message))
+        self._outstanding += len(renumbered)
+        for part in renumbered:
+            self._queue.send_nowait(part)
+
+    async def _fail_chunk(
+        self, chunk: Chunk, ds: str, error: JsocError, request_id: str | None
+    ) -> None:
+        """Record that a chunk (or its re-export ``ds``) could not be exported."""
+        self.failures.append(Failure(ds, error, None, request_id))
+        self._report(ExportFailed(chunk.index, request_id, error))
+        await self._store.set_chunk_state(chunk.index, "failed", error=error.message)
+        self._failed += 1
+
+
+def _is_fatal(error: JsocError) -> bool:
+    """Errors that end the whole pull: no usable email, an IP block, local state trouble."""
+    return isinstance(error, EmailNotRegisteredError | IpBlockedError | LocalError)

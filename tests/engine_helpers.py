@@ -1,0 +1,50 @@
+"""Shared pieces of the engine tests: a fast emulator, a fast config, byte checks."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from asyncjsoc._client import PullResult
+from asyncjsoc._config import ClientConfig
+from asyncjsoc._retry import RetryPolicy
+from asyncjsoc.emulator import Emulator, Knobs, run_emulator
+
+QUERY = "hmi.M_45s[2012.01.01_00:00:00_TAI/6m]{magnetogram}"
+"""Eight records, one file each."""
+
+
+def fast_knobs(**changes: Any) -> Knobs:
+    """Emulator knobs with exports taking milliseconds and small files."""
+    base = Knobs(time_scale=1000.0, export_delay=20.0, file_size=8 * 2880, seed=1)
+    return dataclasses.replace(base, **changes)
+
+
+@asynccontextmanager
+async def emulator(**changes: Any) -> AsyncIterator[Emulator]:
+    """A running emulator with :func:`fast_knobs`."""
+    async with run_emulator(fast_knobs(**changes)) as emu:
+        yield emu
+
+
+def fast_config(emu: Emulator, *emails: str, **changes: Any) -> ClientConfig:
+    """A client config for the emulator: tiny poll intervals, no retry waits, no rate limit."""
+    return ClientConfig(
+        server=emu.url,
+        emails=emails or ("a@example.org",),
+        poll_min=0.002,
+        poll_max=0.02,
+        requests_per_second=1e6,
+        burst=1000,
+        retry=RetryPolicy.no_wait(),
+        **changes,
+    )
+
+
+def assert_identical(emu: Emulator, result: PullResult) -> None:
+    """Every fetched file holds exactly what the emulator serves for its URL."""
+    for f in result.files:
+        assert f.path.read_bytes() == emu.file_bytes(f.url), f.relpath
+        assert f.bytes == f.path.stat().st_size

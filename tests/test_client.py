@@ -1,0 +1,283 @@
+"""Client against the emulator: caps, pipelining, adoption, splits, expiry, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+import anyio
+import pytest
+from engine_helpers import QUERY, assert_identical, emulator, fast_config
+
+from asyncjsoc._client import Client, FileResult
+from asyncjsoc._events import (
+    ChunkSplit,
+    Event,
+    ExportAdopted,
+    ExportExpired,
+    ExportReady,
+    ExportSubmitted,
+    FileDone,
+    FileSkipped,
+    PullFinished,
+)
+from asyncjsoc._store import StateStore
+from asyncjsoc.exceptions import EmailNotRegisteredError, StateError, StateLockedError
+
+pytestmark = pytest.mark.anyio
+
+
+def _ds_param(params: dict[str, str]) -> str:
+    """The record set of an audited exp_request."""
+    return params.get("ds", "")
+
+
+async def test_several_emails_respect_email_and_ip_caps(tmp_path: Path) -> None:
+    """Three emails, IP cap 2: never more than one pending per email nor two in all."""
+    emails = ("a@example.org", "b@example.org", "c@example.org")
+    async with emulator() as emu:
+        config = fast_config(emu, *emails, max_files_per_export=2, max_pending_exports=2)
+        events: list[Event] = []
+        async with Client(config, tmp_path, reporter=events.append) as client:
+            result = await client.fetch(QUERY)
+        assert result.ok
+        assert len(result.files) == 8
+        assert result.plan is not None
+        assert len(result.plan.chunks) >= 4
+        assert len(result.exports) == len(result.plan.chunks)
+        assert_identical(emu, result)
+        per_email = emu.audit.max_pending_per_email()
+        assert set(per_email) <= set(emails)
+        assert max(per_email.values()) == 1
+        assert max(emu.audit.max_pending_per_ip().values()) <= 2
+        assert not emu.audit.status7()
+        assert len({e.email for e in events if isinstance(e, ExportSubmitted)}) >= 2
+        assert isinstance(events[-1], PullFinished)
+        assert events[-1].ok
+
+
+async def test_next_export_is_staged_while_previous_downloads(tmp_path: Path) -> None:
+    """With one email, chunk 1 is exported before chunk 0's files are all downloaded."""
+    async with emulator(bandwidth=200_000) as emu:
+        config = fast_config(emu, max_files_per_export=4, connections=1)
+        events: list[Event] = []
+        async with Client(config, tmp_path, reporter=events.append) as client:
+            result = await client.fetch(QUERY)
+        assert result.ok
+        first_rid = next(e.request_id for e in events
+                         if isinstance(e, ExportSubmitted) and e.chunk == 0)
+        first_files = {f.relpath for f in result.files if f.request_id == first_rid}
+        first_ready = next(e for e in events if isinstance(e, ExportReady) and e.chunk == 0)
+        assert len(first_files) == first_ready.n_files >= 2
+        last_done_of_first = max(i for i, e in enumerate(events)
+                                 if isinstance(e, FileDone) and e.relpath in first_files)
+        second_ready = next(i for i, e in enumerate(events)
+                            if isinstance(e, ExportReady) and e.chunk == 1)
+        assert second_ready < last_done_of_first
+        assert max(emu.audit.max_pending_per_email().values()) == 1
+
+
+async def test_status7_pending_export_is_adopted(tmp_path: Path) -> None:
+    """An export already pending for the email is waited out, then the pull goes on."""
+    async with emulator(export_delay=10_000.0) as emu:
+        async with aiohttp.ClientSession() as session:
+            params = {"op": "exp_request", "ds": "hmi.M_45s[2012.02.01_00:00:00_TAI]",
+                      "notify": "a@example.org", "method": "url", "protocol": "fits",
+                      "format": "json"}
+            async with session.get(f"{emu.url}/cgi-bin/ajax/jsoc_fetch", params=params) as r:
+                body = await r.json(content_type=None)
+        foreign = body["requestid"]
+        assert body["status"] == 2
+        emu.knobs.export_delay = 20.0
+        events: list[Event] = []
+
+        def reporter(event: Event) -> None:
+            events.append(event)
+            if isinstance(event, ExportAdopted):
+                # Let the foreign export finish now that the client is waiting for it.
+                emu.clock.advance(10_000.0)
+
+        async with Client(fast_config(emu), tmp_path, reporter=reporter) as client:
+            result = await client.fetch(QUERY)
+        assert result.ok
+        adopted = [e for e in events if isinstance(e, ExportAdopted)]
+        assert len(adopted) == 1
+        assert adopted[0].pending_ids == (foreign,)
+        assert len(emu.audit.status7()) == 1
+        assert max(emu.audit.max_pending_per_email().values()) == 1
+        assert_identical(emu, result)
+
+
+async def test_file_cap_in_plan_and_bisect_on_status3(tmp_path: Path) -> None:
+    """A server file cap under the planned chunk size makes the chunk split until it fits."""
+    async with emulator(file_caps={"hmi.": 3}) as emu:
+        events: list[Event] = []
+        async with Client(fast_config(emu), tmp_path, reporter=events.append) as client:
+            plan = await client.plan(QUERY)
+            assert len(plan.chunks) == 1
+            result = await client.fetch(QUERY)
+        assert result.ok
+        assert len(result.files) == 8
+        splits = [e for e in events if isinstance(e, ChunkSplit)]
+        assert splits
+        accepted = [e for e in emu.audit.requests("jsoc_fetch/exp_request") if e.status == 2]
+        assert all(e.status != 3 for e in accepted)
+        assert result.plan is not None
+        assert all(c.n_files <= 3 for c in result.plan.chunks if c.index >= len(plan.chunks))
+        assert_identical(emu, result)
+
+
+async def test_size_cap_bisects(tmp_path: Path) -> None:
+    """A tiny size cap (status 3, VOID) bisects the chunk; planner caps also split up front."""
+    async with emulator(size_cap_mb=1, file_size=300 * 2880) as emu:
+        events: list[Event] = []
+        config = fast_config(emu, max_files_per_export=4)
+        async with Client(config, tmp_path, reporter=events.append) as client:
+            result = await client.fetch(QUERY)
+        assert result.ok
+        assert len(result.files) == 8
+        assert any(isinstance(e, ChunkSplit) for e in events)
+        assert_identical(emu, result)
+
+
+async def test_expired_export_is_requested_again_for_missing_records(tmp_path: Path) -> None:
+    """Files 404 after the export expires; only the missing records are exported again."""
+    async with emulator() as emu:
+        events: list[Event] = []
+
+        def reporter(event: Event) -> None:
+            events.append(event)
+            if isinstance(event, FileDone) and sum(isinstance(e, FileDone) for e in events) == 2:
+                emu.clock.advance(8 * 86400)
+
+        config = fast_config(emu, connections=1)
+        async with Client(config, tmp_path, reporter=reporter) as client:
+            result = await client.fetch(QUERY)
+        assert result.ok
+        assert len(result.files) == 8
+        assert any(isinstance(e, ExportExpired) for e in events)
+        requests = [e for e in emu.audit.requests("jsoc_fetch/exp_request") if e.status == 2]
+        assert len(requests) == 2
+        again = _ds_param(requests[1].params)
+        assert again.count("hmi.M_45s[") == 6
+        second = [f for f in result.files if f.request_id != result.exports[0]]
+        assert len(second) == 6
+        for f in second:
+            assert f.path.read_bytes() == emu.file_bytes(f.url)
+        sizes = {f.path.stat().st_size for f in result.files}
+        assert len(sizes) == 1
+
+
+async def test_resume_after_cancel_fetches_nothing_twice(tmp_path: Path) -> None:
+    """Cancel after 3 files; the rerun reuses the export and fetches only the rest."""
+    async with emulator(bandwidth=400_000) as emu:
+        config = fast_config(emu, connections=1)
+        got: list[FileResult] = []
+        async with Client(config, tmp_path) as client:
+            with anyio.CancelScope() as scope:
+                async with client.pull(QUERY) as pull:
+                    async for f in pull:
+                        got.append(f)
+                        if len(got) == 3:
+                            scope.cancel()
+        assert scope.cancelled_caught
+        assert len(got) == 3
+        requests_before = emu.audit.count("jsoc_fetch/exp_request")
+        events: list[Event] = []
+        async with Client(config, tmp_path, reporter=events.append) as client:
+            result = await client.fetch(QUERY)
+        assert result.ok
+        assert emu.audit.count("jsoc_fetch/exp_request") == requests_before
+        assert {f.relpath for f in got}.isdisjoint(f.relpath for f in result.files)
+        assert len(got) + len(result.files) == 8
+        assert emu.audit.refetched() == []
+        assert not any(isinstance(e, FileSkipped) and e.relpath not in
+                       {f.relpath for f in got} for e in events)
+        assert_identical(emu, result)
+        for f in got:
+            assert f.path.read_bytes() == emu.file_bytes(f.url)
+
+
+async def test_rerun_after_completion_does_nothing(tmp_path: Path) -> None:
+    """A finished pull run again makes no export request and no file GET."""
+    async with emulator() as emu:
+        config = fast_config(emu)
+        async with Client(config, tmp_path) as client:
+            first = await client.fetch(QUERY)
+        gets = emu.audit.count("file")
+        exports = emu.audit.count("jsoc_fetch/exp_request")
+        async with Client(config, tmp_path) as client:
+            second = await client.fetch(QUERY)
+        assert first.ok
+        assert second.ok
+        assert second.files == ()
+        assert emu.audit.count("file") == gets
+        assert emu.audit.count("jsoc_fetch/exp_request") == exports
+
+
+async def test_second_client_on_same_directory_is_refused(tmp_path: Path) -> None:
+    """The state lock refuses a concurrent run on one output directory."""
+    async with emulator() as emu:
+        config = fast_config(emu)
+        async with Client(config, tmp_path):
+            with pytest.raises(StateLockedError):
+                async with Client(config, tmp_path):
+                    pass
+
+
+async def test_different_query_in_same_directory_is_refused(tmp_path: Path) -> None:
+    """A directory holding one pull's state refuses a different query."""
+    async with emulator() as emu:
+        config = fast_config(emu)
+        async with Client(config, tmp_path) as client:
+            await client.fetch("hmi.M_45s[2012.01.01_00:00:00_TAI]{magnetogram}")
+            with pytest.raises(StateError):
+                await client.fetch("hmi.M_45s[2012.01.02_00:00:00_TAI]{magnetogram}")
+
+
+async def test_unregistered_email_fails_fast(tmp_path: Path) -> None:
+    """With no registered email the pull raises before exporting anything."""
+    async with emulator(unknown_emails={"nobody@example.org"}) as emu:
+        config = fast_config(emu, "nobody@example.org")
+        async with Client(config, tmp_path) as client:
+            statuses = await client.check_emails()
+            assert [s.registered for s in statuses] == [False]
+            with pytest.raises(EmailNotRegisteredError):
+                await client.fetch(QUERY)
+        assert emu.audit.count("jsoc_fetch/exp_request") == 0
+
+
+async def test_as_is_uses_url_quick_without_a_slot(tmp_path: Path) -> None:
+    """protocol='as-is' takes the immediate url_quick path: no pending export at all."""
+    async with emulator() as emu:
+        config = fast_config(emu, protocol="as-is")
+        async with Client(config, tmp_path) as client:
+            result = await client.fetch(QUERY)
+        assert result.ok
+        assert len(result.files) == 8
+        assert emu.audit.pending == []
+        names = sorted(f.relpath for f in result.files)
+        assert names[0] == "hmi.m_45s.20120101_000000_TAI.2.magnetogram.fits"
+        assert all(f.request_id is None for f in result.files)
+        assert_identical(emu, result)
+
+
+async def test_status6_and_transient_status4_are_ridden_out(tmp_path: Path) -> None:
+    """Legacy status 6 polls and the transient 'hash' status 4 do not fail the pull."""
+    async with emulator(status6_polls=2, hash_error_rate=0.5) as emu:
+        config = fast_config(emu, max_files_per_export=4)
+        async with Client(config, tmp_path) as client:
+            result = await client.fetch(QUERY)
+        assert result.ok
+        assert len(result.files) == 8
+        assert_identical(emu, result)
+
+
+async def test_state_records_every_file_done(tmp_path: Path) -> None:
+    """After a pull the store holds every file as done with its size."""
+    async with emulator() as emu, Client(fast_config(emu), tmp_path) as client:
+        result = await client.fetch(QUERY)
+    async with StateStore(tmp_path / ".asyncjsoc" / "state.sqlite") as store:
+        summary = await store.summary()
+    assert summary.files == {"done": 8}
+    assert summary.bytes_done == result.bytes

@@ -1,0 +1,132 @@
+"""Scheduler pieces: polling policy, file names, and a pull's export bookkeeping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from engine_helpers import QUERY, emulator, fast_config
+
+from asyncjsoc._client import Client
+from asyncjsoc._events import Event, ExportWaiting
+from asyncjsoc._models import ExportStatus, KeywordInfo, SeriesInfo
+from asyncjsoc._scheduler import (
+    default_filenamefmt,
+    is_expiry,
+    quick_relpath,
+    wait_export_ready,
+)
+from asyncjsoc.exceptions import (
+    ExportExpiredError,
+    ExportFailedError,
+    HttpStatusError,
+    UnsafePathError,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+class ScriptedStatus:
+    """An exp_status stand-in answering a fixed sequence of statuses."""
+
+    def __init__(self, *statuses: ExportStatus) -> None:
+        self.statuses = list(statuses)
+        self.calls = 0
+
+    async def exp_status(self, request_id: str) -> ExportStatus:
+        """The next scripted answer."""
+        self.calls += 1
+        return self.statuses.pop(0)
+
+
+def _status(code: int, wait: float = 0.0) -> ExportStatus:
+    """An ExportStatus for request JSOC_20200101_001."""
+    return ExportStatus(status=code, request_id="JSOC_20200101_001", wait=wait)
+
+
+async def test_wait_polls_until_done_within_bounds() -> None:
+    """Pending answers are polled again, each pause within [poll_min, poll_max]."""
+    api = ScriptedStatus(_status(1, wait=5.0), _status(2), _status(0))
+    events: list[Event] = []
+    final = await wait_export_ready(api, _status(2, wait=0.001), poll_min=0.001,
+                                    poll_max=0.01, reporter=events.append)
+    assert final.done
+    assert api.calls == 3
+    waits = [e for e in events if isinstance(e, ExportWaiting)]
+    assert len(waits) == 3
+    assert all(0.001 <= e.next_poll <= 0.01 for e in waits)
+    assert waits[1].eta == 5.0
+
+
+async def test_wait_counts_status6_a_bounded_number_of_times() -> None:
+    """Legacy status 6 is pending up to status6_retries times, then an error."""
+    ok = ScriptedStatus(_status(6), _status(6), _status(0))
+    assert (await wait_export_ready(ok, _status(2), poll_min=0, poll_max=0.001,
+                                    status6_retries=2)).done
+    bad = ScriptedStatus(_status(6), _status(6), _status(6))
+    with pytest.raises(ExportFailedError, match="status 6"):
+        await wait_export_ready(bad, _status(2), poll_min=0, poll_max=0.001,
+                                status6_retries=2)
+
+
+async def test_wait_refuses_unexpected_status() -> None:
+    """A status that is neither pending nor done is an error naming it."""
+    with pytest.raises(ExportFailedError, match="99"):
+        await wait_export_ready(ScriptedStatus(), _status(99), poll_min=0, poll_max=0.001)
+
+
+async def test_done_status_returns_without_polling() -> None:
+    """An already finished export is returned at once."""
+    api = ScriptedStatus()
+    assert (await wait_export_ready(api, _status(0))).done
+    assert api.calls == 0
+
+
+def test_default_filenamefmt_uses_primekeys() -> None:
+    """Prime keys in order, time keys with :A, then the segment."""
+    info = SeriesInfo(
+        name="hmi.sharp_cea_720s", primekeys=("HARPNUM", "T_REC"),
+        keywords=(KeywordInfo("HARPNUM", "int"), KeywordInfo("T_REC", "time")), segments=(),
+    )
+    assert default_filenamefmt(info) == "hmi.sharp_cea_720s.{HARPNUM}.{T_REC:A}.{segment}"
+    bare = SeriesInfo(name="su_x.thing", primekeys=(), keywords=(), segments=())
+    assert default_filenamefmt(bare) == "su_x.thing.{recnum:%lld}.{segment}"
+
+
+def test_quick_relpath_names_files_by_record() -> None:
+    """url_quick SUMS paths become record-based names like the staged ones."""
+    name = quick_relpath("hmi.M_45s[2012.01.01_01:01:30_TAI][2]{magnetogram}",
+                         "/SUM41/D280342572/S00010/magnetogram.fits")
+    assert name == "hmi.m_45s.20120101_010130_TAI.2.magnetogram.fits"
+    aia = quick_relpath("aia.lev1_euv_12s[2010-07-30T13:30:09Z][193]{image_lev1}",
+                        "/SUM1/D2/S00000/image_lev1.fits")
+    assert aia == "aia.lev1_euv_12s.2010-07-30T133009Z.193.image_lev1.fits"
+    with pytest.raises(UnsafePathError):
+        quick_relpath("x[\x00]{y}", "/SUM1/D1/S0/y.fits")
+
+
+def test_is_expiry() -> None:
+    """Status 5 and HTTP 404/410 mean expired; other errors do not."""
+    assert is_expiry(ExportExpiredError("gone"))
+    assert is_expiry(HttpStatusError("nf", status=404))
+    assert not is_expiry(HttpStatusError("oops", status=500))
+    assert not is_expiry(ExportFailedError("no"))
+
+
+async def test_statistics_after_a_pull(tmp_path: Path) -> None:
+    """The scheduler's and pool's statistics add up after a pull."""
+    async with emulator() as emu:
+        config = fast_config(emu, "a@example.org", "b@example.org", max_files_per_export=3)
+        async with Client(config, tmp_path) as client, client.pull(QUERY) as pull:
+            n = 0
+            async for _ in pull:
+                n += 1
+            stats = pull.scheduler.statistics()
+            pool = pull.emails.statistics()
+    assert n == 8
+    assert stats.chunks_done == stats.chunks_total == len(pull.plan.chunks)
+    assert stats.chunks_open == 0
+    assert stats.exports_staging == 0
+    assert stats.exports_submitted == stats.chunks_total
+    assert pool.busy == {"a@example.org": False, "b@example.org": False}
+    assert pool.ip_borrowed == 0
