@@ -328,3 +328,20 @@ async def test_changed_file_or_damaged_sidecar_restarts(
         assert outcome.resumed_from == 0
         assert emulator.audit.ranges(path)[-1] == sent_range
         assert _leftovers(dest) == ["f.fits"]
+
+
+async def test_ip_block_with_retry_after_is_waited_out(
+        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """A 403 + Retry-After (IP block) is retried after the block; the file then arrives."""
+    first, second = _paths(emulator, 2)
+    emulator.knobs.rate_budget = 1
+    emulator.knobs.block_seconds = 1.0
+    await _downloader(session).download(_remote(emulator, first), tmp_path / "a.fits")
+    outcome = await _downloader(session).download(_remote(emulator, second),
+                                                  tmp_path / "b.fits")
+    assert (tmp_path / "b.fits").read_bytes() == emulator.file_bytes(second)
+    statuses = [e.http_status for e in emulator.audit.entries if e.path == second]
+    assert statuses[0] == 403
+    assert statuses[-1] == 200
+    assert outcome.attempts == len(statuses) >= 2
+    assert len(emulator.audit.blocks) == 1
