@@ -78,11 +78,12 @@ class Run:
 class IndexSet:
     """An immutable sorted set of integers stored as disjoint, ordered runs."""
 
-    __slots__ = ("_prefix", "_runs")
+    __slots__ = ("_los", "_prefix", "_runs")
 
     def __init__(self, runs: Iterable[Run] = ()) -> None:
         self._runs: tuple[Run, ...] = _normalize([r for r in runs if r.n > 0])
         self._prefix: list[int] = [0, *accumulate(r.n for r in self._runs)]
+        self._los: list[int] = [r.lo for r in self._runs]
 
     @classmethod
     def interval(cls, lo: int, hi: int) -> IndexSet:
@@ -136,7 +137,7 @@ class IndexSet:
 
     def rank(self, x: int) -> int | None:
         """Position of x in the set, or None when absent."""
-        k = bisect_right([r.lo for r in self._runs], x) - 1
+        k = bisect_right(self._los, x) - 1
         if k < 0:
             return None
         m = self._runs[k].index_of(x)
@@ -192,6 +193,17 @@ def _compress(values: list[int]) -> list[Run]:
     return out
 
 
+def _merge_dense(runs: list[Run]) -> list[Run]:
+    """Merge plain intervals that overlap or touch."""
+    spans: list[list[int]] = []
+    for r in sorted(runs, key=lambda r: r.lo):
+        if spans and r.lo <= spans[-1][1] + 1:
+            spans[-1][1] = max(spans[-1][1], r.hi)
+        else:
+            spans.append([r.lo, r.hi])
+    return [Run(lo, 1, 1, 0, hi - lo + 1) for lo, hi in spans]
+
+
 def _normalize(runs: list[Run]) -> tuple[Run, ...]:
     """Sort runs and make them disjoint (merging intervals, expanding cadence overlaps)."""
     runs.sort(key=lambda r: (r.lo, r.hi))
@@ -207,10 +219,9 @@ def _normalize(runs: list[Run]) -> tuple[Run, ...]:
             else:
                 out.append(r)
             continue
-        if len(overlapping) == 1 and overlapping[0].dense and r.dense:
-            last = overlapping[0]
-            lo = min(last.lo, r.lo)
-            out.append(Run(lo, 1, 1, 0, max(last.hi, r.hi) - lo + 1))
+        group = [*overlapping, r]
+        if all(g.dense for g in group):
+            out.extend(_merge_dense(group))
             continue
         if sum(o.n for o in overlapping) + r.n > MATERIALIZE_CAP:
             raise OverflowError("too many distinct values in overlapping ranges")

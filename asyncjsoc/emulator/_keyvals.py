@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import cache
 
 from ._harps import mix_hash, unit_hash
 from ._model import Record
@@ -71,6 +72,17 @@ def _harp(rec: Record) -> int:
     return rec.value("HARPNUM")
 
 
+@cache
+def _harp_shape(h: int) -> tuple[float, float, float, float]:
+    """(latitude, width, height, longitude jitter) of a HARP, fixed over its life."""
+    return (
+        (unit_hash("harp-lat", h) * 2 - 1) * 30,
+        4 + 12 * unit_hash("harp-w", h),
+        3 + 8 * unit_hash("harp-hgt", h),
+        (unit_hash("harp-lon", h) - 0.5) * 20,
+    )
+
+
 def _harp_geometry(rec: Record) -> tuple[float, float, float, float]:
     """(lat_min, lon_min, lat_max, lon_max) of the HARP at the record's time (Stonyhurst)."""
     sched = rec.series.harps
@@ -79,11 +91,8 @@ def _harp_geometry(rec: Record) -> tuple[float, float, float, float]:
     start, end = sched.window(h)
     life_days = (end - start + 1) * 720 / DAY
     age_days = (rec.value("T_REC") - start) * 720 / DAY
-    lat = (unit_hash("harp-lat", h) * 2 - 1) * 30
-    width = 4 + 12 * unit_hash("harp-w", h)
-    height = 3 + 8 * unit_hash("harp-hgt", h)
-    span = 13.2 * life_days
-    lon0 = max(-80.0, -span / 2 + (unit_hash("harp-lon", h) - 0.5) * 20)
+    lat, width, height, jitter = _harp_shape(h)
+    lon0 = max(-80.0, -13.2 * life_days / 2 + jitter)
     lon = min(85.0, lon0 + 13.2 * age_days)
     return lat - height / 2, lon - width / 2, lat + height / 2, lon + width / 2
 
