@@ -187,6 +187,7 @@ class PullView:
         self.files_failed = 0
         self.bytes_done = 0
         self.known_sizes: list[int] = []
+        self.skipped: dict[str, tuple[int, str | None]] = {}
         self.active: dict[str, ActiveFile] = {}
         self.failures: list[Failure] = []
         self.backoff_until: float | None = None
@@ -309,6 +310,7 @@ class PullView:
                 self.files_done += 1
                 self.files_skipped += 1
                 self.bytes_done += n
+                self.skipped[relpath] = (n, getattr(event, "record", None))
                 self.known_sizes.append(n)
             case FileFailed(relpath=relpath, record=record, error=error):
                 self.active.pop(relpath, None)
@@ -707,7 +709,7 @@ class RichReporter:
                 _state_text(row, now),
             )
         if hidden:
-            table.add_row("", "", Text(f"+{hidden} earlier exports finished", style="dim"))
+            table.add_row("", "", "", "", Text(f"+{hidden} earlier exports ready", style="dim"))
         return table
 
     def _slots_line(self) -> Text | None:

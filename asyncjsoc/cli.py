@@ -1,32 +1,802 @@
-"""The ``asyncjsoc`` command line."""
+"""The ``asyncjsoc`` command line.
+
+Sub-commands: ``fetch`` (download), ``plan`` (show how a query would be split, export
+nothing), ``check-email`` (registration status), ``demo`` (a complete pull from an in-process
+emulator) and ``emulator`` (run the JSOC emulator).
+
+Exit codes: 0 every requested file is on disk and verified; 1 some failed (or the server
+could not be used); 2 usage errors and bad input; 130 interrupted by Ctrl-C (SIGINT); 143
+terminated (SIGTERM). After 130/143 the state is saved: rerunning the same command resumes.
+
+This is the only place that reads environment variables (``ASYNCJSOC_SERVER``,
+``ASYNCJSOC_EMAILS``) and installs signal handlers.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import os
+import signal
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+import anyio
+from anyio.abc import TaskStatus
+
+from asyncjsoc.exceptions import (
+    EmailNotRegisteredError,
+    InvalidInputError,
+    JsocError,
+    QueryError,
+    StateLockedError,
+    TransportError,
+)
+
+__all__ = [
+    "DEFAULT_SERVER",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_TERMINATED",
+    "EXIT_USAGE",
+    "build_parser",
+    "main",
+]
+
+DEFAULT_SERVER = "http://jsoc.stanford.edu"
+REGISTER_URL = "http://jsoc.stanford.edu/ajax/register_email.html"
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+_SIGNAL_EXIT = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
+
+# Errors that mean "the input is wrong": exit 2, and rerunning unchanged will not help.
+_INPUT_ERRORS: tuple[type[JsocError], ...] = (
+    InvalidInputError,
+    QueryError,
+    EmailNotRegisteredError,
+    StateLockedError,
+)
+
+
+class UsageError(Exception):
+    """A problem with the command line itself: printed as one line, exit code 2."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+# --- parser ------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line plus a pointer to ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``message`` as one line and exit with status 2."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    """What to download: record sets, a job file, or a query built from options."""
+    g = p.add_argument_group(
+        "selection",
+        "give RECORDSET..., or --jobs FILE, or --series with --start/--end (not a mix)",
+    )
+    g.add_argument(
+        "recordsets",
+        nargs="*",
+        metavar="RECORDSET",
+        help="DRMS record sets, e.g. 'hmi.sharp_cea_720s[7302][2018.09.30_00:00_TAI/1d]{Br}'",
+    )
+    g.add_argument("--jobs", type=Path, metavar="FILE",
+                   help="job file: one 'HARPNUM.YYYYMMDD_HHMMSS_TAI' (or record set) per line")
+    g.add_argument("--series", metavar="NAME",
+                   help="series for --jobs (default hmi.sharp_cea_720s) or a built query")
+    g.add_argument("--segments", metavar="SEG,SEG",
+                   help="segments to fetch, comma-separated (e.g. Bp,Bt,Br); default all")
+    g.add_argument("--start", metavar="T", help="start time (e.g. 2018.09.30_00:00_TAI)")
+    g.add_argument("--end", metavar="T", help="end time, inclusive")
+    g.add_argument("--cadence", metavar="DT", help="sampling cadence, e.g. 96m, 12s, 1h")
+    g.add_argument("--primekey", action="append", default=[], metavar="KEY=VALUE",
+                   help="restrict a prime key, e.g. HARPNUM=7302 or HARPNUM=7300-7310 "
+                   "(repeatable)")
+    g.add_argument("--where", action="append", default=[], metavar="EXPR",
+                   help="keyword filter, e.g. 'LON_MIN>-70' (becomes [? ... ?]; repeat to AND)")
+
+
+def _add_server(p: argparse.ArgumentParser, *, emails: bool = True) -> None:
+    """How to reach the JSOC."""
+    g = p.add_argument_group("server")
+    g.add_argument("--server", metavar="URL",
+                   help=f"JSOC base URL (default $ASYNCJSOC_SERVER or {DEFAULT_SERVER})")
+    if emails:
+        g.add_argument("--email", action="append", default=[], metavar="E",
+                       help="registered notify address; repeat for one export slot per "
+                       "address (default: $ASYNCJSOC_EMAILS, comma-separated)")
+    g.add_argument("--ca-bundle", type=Path, metavar="PATH",
+                   help="PEM file of CA certificates for HTTPS")
+    g.add_argument("--connections", type=_positive_int, metavar="N",
+                   help="concurrent file downloads (default 2; the JSOC asks for few)")
+    g.add_argument("--rate-limit", type=_positive_float, metavar="R",
+                   help="HTTP requests per second, all kinds (default 5)")
+    g.add_argument("--debug", action="store_true",
+                   help="show full emails, tracebacks and every detail")
+    # For tests: poll faster than is polite, and retry without waiting.
+    g.add_argument("--poll-min", type=_positive_float, help=argparse.SUPPRESS)
+    g.add_argument("--no-retry-wait", action="store_true", help=argparse.SUPPRESS)
+
+
+def _add_export(p: argparse.ArgumentParser) -> None:
+    """How the JSOC should package the export."""
+    g = p.add_argument_group("export")
+    g.add_argument("--method", choices=("url", "url_quick", "url-tar"), default="url",
+                   help="url: one file per segment (default); url-tar: one tar per export")
+    g.add_argument("--protocol", choices=("fits", "as-is"), default="fits",
+                   help="fits: keywords in the FITS headers (default); as-is: stored files")
+    g.add_argument("--max-files-per-export", type=_positive_int, metavar="N",
+                   help="split into exports of at most N files (default per series)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-command per job."""
-    parser = argparse.ArgumentParser(
-        prog="asyncjsoc", description="Bulk, resumable downloads from the Stanford JSOC."
+    parser = _Parser(
+        prog="asyncjsoc",
+        description="Bulk, resumable downloads from the Stanford JSOC.",
+        epilog="exit codes: 0 all files on disk and verified, 1 some failed, 2 bad input, "
+        "130 interrupted (rerun resumes), 143 terminated",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    fetch = sub.add_parser("fetch", help="download the files of a query",
+                           description="Export and download; rerun to resume.")
+    _add_selection(fetch)
+    fetch.add_argument("--out", type=Path, required=True, metavar="DIR",
+                       help="directory the files go into (created if missing)")
+    _add_server(fetch)
+    _add_export(fetch)
+    g = fetch.add_argument_group("output")
+    g.add_argument("--state", type=Path, metavar="PATH",
+                   help="state file that makes the pull resumable "
+                   "(default DIR/.asyncjsoc/state.sqlite)")
+    g.add_argument("--no-progress", action="store_true",
+                   help="plain log lines on stderr instead of the live display")
+    g.add_argument("--json", action="store_true",
+                   help="print one JSON object with the result on stdout")
+    fetch.set_defaults(handler=_cmd_fetch)
+
+    plan = sub.add_parser("plan", help="show how a query would be split; exports nothing",
+                          description="Count records and files and split into exports.")
+    _add_selection(plan)
+    _add_server(plan, emails=False)
+    _add_export(plan)
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(handler=_cmd_plan)
+
+    check = sub.add_parser("check-email", help="is an address registered for JSOC exports?",
+                           description="Exit 0 only if every address is registered.")
+    check.add_argument("emails", nargs="*", metavar="E",
+                       help="addresses to check (default: $ASYNCJSOC_EMAILS)")
+    _add_server(check, emails=False)
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
+    check.set_defaults(handler=_cmd_check_email)
+
+    series = sub.add_parser("series", help="list the series the server offers",
+                            description="Names of the series matching a regular expression.")
+    series.add_argument("pattern", nargs="?", metavar="REGEX",
+                        help="regular expression matched against series names, e.g. '^hmi.sharp'")
+    _add_server(series, emails=False)
+    series.add_argument("--json", action="store_true", help="print the names as a JSON list")
+    series.set_defaults(handler=_cmd_series)
+
+    demo = sub.add_parser("demo", help="a complete bulk pull from a built-in JSOC emulator",
+                          description="Starts the emulator in this process and pulls SHARP "
+                          "CEA vector fields for several HARPs, with the progress display.")
+    demo.add_argument("--out", type=Path, metavar="DIR",
+                      help="where the files go (default: a temporary directory)")
+    demo.add_argument("--no-progress", action="store_true",
+                      help="plain log lines instead of the live display")
+    demo.add_argument("--json", action="store_true",
+                      help="print one JSON object with the result on stdout")
+    demo.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)
+    demo.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    demo.set_defaults(handler=_cmd_demo)
+
     from asyncjsoc.emulator import _cli as emulator_cli
 
     emulator_cli.add_parser(sub)
     return parser
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a positive number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
+# --- entry point -------------------------------------------------------------------------
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the process exit code."""
+    """Run the command line; returns the process exit code.
+
+    Parameters
+    ----------
+    argv
+        Arguments without the program name; ``None`` uses ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        The exit code (see the module docstring).
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
-    handler = args.handler
-    result: int = handler(args)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    debug = bool(getattr(args, "debug", False))
+    try:
+        return handler(args)
+    except UsageError as exc:
+        _print_error(exc.message, exc.hint, debug=debug)
+        return EXIT_USAGE
+    except JsocError as exc:
+        if debug:
+            raise
+        hint = exc.hint
+        if hint is None and isinstance(exc, TransportError):
+            server = getattr(args, "server", None) or os.environ.get("ASYNCJSOC_SERVER")
+            hint = (f"is the server {server or DEFAULT_SERVER} right and reachable from here? "
+                    "rerun the same command to try again")
+        _print_error(exc.message, hint, debug=debug)
+        return EXIT_USAGE if isinstance(exc, _INPUT_ERRORS) else EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _print_error(message: str, hint: str | None, *, debug: bool) -> None:
+    """One line on stderr: the problem and what to do about it."""
+    from asyncjsoc._progress import mask_emails
+
+    text = message if hint is None else f"{message}; {hint}"
+    if not debug:
+        text = mask_emails(text)
+    sys.stderr.write(f"asyncjsoc: error: {' '.join(text.split())}\n")
+    sys.stderr.flush()
+
+
+def _run(work: Callable[[], Awaitable[int]]) -> int:
+    """Run ``work`` on an event loop; SIGINT and SIGTERM cancel it and give 130 / 143."""
+    try:
+        return anyio.run(_with_signals, work)
+    except KeyboardInterrupt:  # a signal that arrived before our handler was in place
+        return EXIT_INTERRUPTED
+
+
+async def _with_signals(work: Callable[[], Awaitable[int]]) -> int:
+    """Await ``work`` in a task group next to a signal watcher that cancels it."""
+    received: list[signal.Signals] = []
+    result = EXIT_FAILED
+    error: Exception | None = None
+    async with anyio.create_task_group() as tg:
+
+        async def watch(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+            """Cancel everything on the first SIGINT or SIGTERM."""
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                task_status.started()
+                async for signum in signals:
+                    received.append(signum)
+                    tg.cancel_scope.cancel()
+                    return
+
+        await tg.start(watch)
+        try:
+            result = await work()
+        except Exception as exc:  # re-raised below, outside the group, unwrapped
+            error = exc
+        tg.cancel_scope.cancel()
+    if received:
+        return _SIGNAL_EXIT.get(received[0], EXIT_INTERRUPTED)
+    if error is not None:
+        raise error
     return result
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+# --- shared option handling ----------------------------------------------------------------
+
+
+def _server(args: argparse.Namespace) -> str:
+    """--server, else $ASYNCJSOC_SERVER, else the JSOC."""
+    server: str = args.server or os.environ.get("ASYNCJSOC_SERVER") or DEFAULT_SERVER
+    if not server.startswith(("http://", "https://")):
+        raise UsageError(f"--server must be an http(s) URL, not {server!r}",
+                         "e.g. --server http://jsoc.stanford.edu")
+    return server.rstrip("/")
+
+
+def _emails(given: Sequence[str]) -> tuple[str, ...]:
+    """The notify addresses: the options, else $ASYNCJSOC_EMAILS (comma-separated)."""
+    raw = list(given) or os.environ.get("ASYNCJSOC_EMAILS", "").split(",")
+    out: list[str] = []
+    for item in raw:
+        out.extend(e.strip() for e in item.split(",") if e.strip())
+    return tuple(out)
+
+
+def _segments(text: str | None) -> tuple[str, ...] | None:
+    """``"Bp,Bt,Br"`` → ``("Bp", "Bt", "Br")``."""
+    if text is None:
+        return None
+    segs = tuple(s.strip() for s in text.split(",") if s.strip())
+    if not segs:
+        raise UsageError("--segments is empty", "give names like --segments Bp,Bt,Br")
+    return segs
+
+
+def _primekeys(items: Sequence[str]) -> dict[str, str]:
+    """``["HARPNUM=7302"]`` → ``{"HARPNUM": "7302"}``."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise UsageError(f"--primekey {item!r} is not KEY=VALUE",
+                             "e.g. --primekey HARPNUM=7302")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """What the user asked for, before it is turned into queries."""
+
+    recordsets: tuple[str, ...]
+    jobs: Path | None
+    series: str | None
+    segments: tuple[str, ...] | None
+    start: str | None
+    end: str | None
+    cadence: str | None
+    primekeys: dict[str, str]
+    where: tuple[str, ...]
+
+
+def _selection(args: argparse.Namespace) -> _Selection:
+    """Check that exactly one way of selecting data was used, and that it is complete."""
+    sel = _Selection(
+        recordsets=tuple(args.recordsets),
+        jobs=args.jobs,
+        series=args.series,
+        segments=_segments(args.segments),
+        start=args.start,
+        end=args.end,
+        cadence=args.cadence,
+        primekeys=_primekeys(args.primekey),
+        where=tuple(args.where),
+    )
+    built_opts = [
+        name for name, value in (
+            ("--start", sel.start), ("--end", sel.end), ("--cadence", sel.cadence),
+            ("--primekey", sel.primekeys), ("--where", sel.where),
+        ) if value
+    ]
+    if sel.recordsets and sel.jobs is not None:
+        raise UsageError("RECORDSET arguments and --jobs cannot be used together",
+                         "give either record sets or a job file")
+    if sel.recordsets and (built_opts or sel.series or sel.segments):
+        extra = ", ".join(built_opts + [o for o, v in (("--series", sel.series),
+                                                       ("--segments", sel.segments)) if v])
+        raise UsageError(f"RECORDSET arguments cannot be combined with {extra}",
+                         "write everything into the record set, e.g. "
+                         "'hmi.sharp_cea_720s[7302][2018.09.30/1d]{Br,Bp}'")
+    if sel.jobs is not None and built_opts:
+        raise UsageError(f"--jobs cannot be combined with {', '.join(built_opts)}",
+                         "the job file already names the records")
+    if not sel.recordsets and sel.jobs is None:
+        if not built_opts and not sel.series:
+            raise UsageError("nothing selected",
+                             "give RECORDSET..., --jobs FILE, or --series NAME --start T --end T")
+        missing = [o for o, v in (("--series", sel.series), ("--start", sel.start),
+                                  ("--end", sel.end)) if not v]
+        if missing:
+            raise UsageError(f"a built query needs {', '.join(missing)}",
+                             "e.g. --series hmi.sharp_cea_720s --start 2018.09.30 --end "
+                             "2018.10.01 --primekey HARPNUM=7302")
+    if sel.jobs is not None and not sel.jobs.is_file():
+        raise UsageError(f"job file {str(sel.jobs)!r} does not exist",
+                         "check the path given to --jobs")
+    return sel
+
+
+def _queries(sel: _Selection) -> list[Any]:
+    """Turn a checked selection into query objects (record-set syntax is checked here)."""
+    from asyncjsoc._query import Query
+
+    if sel.recordsets:
+        queries = [Query.from_recordset(text) for text in sel.recordsets]
+        if len(queries) == 1:
+            return queries
+        series = {q.series.lower() for q in queries}
+        if len(series) > 1:
+            raise UsageError(
+                f"the record sets name different series ({', '.join(sorted(series))})",
+                "run one fetch per series, each with its own --out",
+            )
+        # One pull per output directory: DRMS joins subsets of one series with commas.
+        return [Query.from_recordset(",".join(q.recordset() for q in queries))]
+    if sel.jobs is not None:
+        kwargs: dict[str, Any] = {"segments": sel.segments}
+        if sel.series:
+            kwargs["series"] = sel.series
+        return [Query.from_job_file(sel.jobs, **kwargs)]
+    if sel.series is None or sel.start is None or sel.end is None:  # checked in _selection
+        raise UsageError("a built query needs --series, --start and --end")
+    return [
+        Query.build(
+            sel.series,
+            start=sel.start,
+            end=sel.end,
+            cadence=sel.cadence,
+            primekeys=sel.primekeys or None,
+            segments=sel.segments,
+            where=list(sel.where) or None,
+        )
+    ]
+
+
+def _out_dir(path: Path) -> Path:
+    """Create --out if needed and make sure files can be written there."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create --out {str(path)!r}: {exc.strerror or exc}",
+                         "choose a directory you can write to") from None
+    probe = path / ".asyncjsoc-write-test"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"cannot write into --out {str(path)!r}: {exc.strerror or exc}",
+                         "choose a directory you can write to") from None
+    return path
+
+
+def _want_live(args: argparse.Namespace) -> bool:
+    """Use the live display only on a real terminal, outside CI, unless told not to."""
+    if args.no_progress or os.environ.get("CI") or os.environ.get("TERM") == "dumb":
+        return False
+    return sys.stderr.isatty() and (sys.stdout.isatty() or bool(args.json))
+
+
+# --- sub-commands ------------------------------------------------------------------------
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    """``asyncjsoc fetch``."""
+    sel = _selection(args)
+    emails = _emails(args.email)
+    if not emails:
+        raise UsageError("no notify email given",
+                         f"pass --email you@example.org (registered at {REGISTER_URL}) "
+                         "or set ASYNCJSOC_EMAILS")
+    server = _server(args)
+    queries = _queries(sel)
+    out = _out_dir(args.out)
+    config = _client_config(args, server=server, emails=emails)
+    return _run(lambda: _fetch(config, queries, out, args))
+
+
+def _client_config(args: argparse.Namespace, *, server: str, emails: tuple[str, ...]) -> Any:
+    """The engine configuration from the options (unset options keep the engine's default)."""
+    from asyncjsoc._config import ClientConfig
+
+    kwargs: dict[str, Any] = {"server": server, "emails": emails}
+    for option, field_name in (
+        ("method", "method"),
+        ("protocol", "protocol"),
+        ("max_files_per_export", "max_files_per_export"),
+        ("connections", "connections"),
+        ("rate_limit", "requests_per_second"),
+        ("state", "state_path"),
+        ("ca_bundle", "ca_bundle"),
+        ("poll_min", "poll_min"),
+    ):
+        value = getattr(args, option, None)
+        if value is not None:
+            kwargs[field_name] = value
+    if getattr(args, "no_retry_wait", False):
+        from asyncjsoc._retry import RetryPolicy
+
+        kwargs["retry"] = RetryPolicy.no_wait()
+    return ClientConfig(**kwargs)
+
+
+class _Display:
+    """The reporter for one command: live rich display, or plain log lines on stderr."""
+
+    def __init__(self, *, live: bool, emails: Sequence[str], mask: bool,
+                 title: str | None = None) -> None:
+        from rich.console import Console
+
+        from asyncjsoc._progress import PlainReporter, RichReporter
+
+        self.mask = mask
+        self.console = Console(file=sys.stderr, highlight=False)
+        self.rich: RichReporter | None = None
+        self.plain: PlainReporter | None = None
+        if live:
+            self.rich = RichReporter(self.console, emails=emails, mask=mask, title=title)
+            self.view = self.rich.view
+        else:
+            self.plain = PlainReporter(sys.stderr, emails=emails, mask=mask)
+            if title:
+                self.plain.log(title)
+            self.view = self.plain.view
+
+    def __call__(self, event: Any, /) -> None:
+        """Forward an engine event."""
+        if self.rich is not None:
+            self.rich(event)
+        elif self.plain is not None:
+            self.plain(event)
+
+    def start(self) -> None:
+        """Start drawing (live mode)."""
+        if self.rich is not None:
+            self.rich.start()
+
+    def close(self) -> None:
+        """Stop drawing."""
+        if self.rich is not None:
+            self.rich.close()
+
+    def note(self, text: str) -> None:
+        """A human line on stderr outside the live display."""
+        if self.plain is not None:
+            self.plain.log(text)
+        else:
+            self.console.print(text, markup=False)
+
+
+async def _fetch(config: Any, queries: list[Any], out: Path, args: argparse.Namespace,
+                 *, title: str | None = None) -> int:
+    """Pull every query into ``out`` with a display; print the summary (and JSON)."""
+    from asyncjsoc._client import Client
+
+    mask = not args.debug
+    display = _Display(live=_want_live(args), emails=config.emails, mask=mask, title=title)
+    display.start()
+    results: list[Any] = []
+    try:
+        async with Client(config, out, reporter=display) as client:
+            for query in queries:
+                results.append(await client.fetch(query))
+    except anyio.get_cancelled_exc_class():
+        display.close()
+        display.note(
+            f"interrupted: {display.view.files_done} files done; state saved, "
+            "rerun the same command to resume"
+        )
+        raise
+    finally:
+        display.close()
+    ok = all(r.ok for r in results)
+    _print_summary(display, out)
+    if args.json:
+        _emit_json(_result_json(results, display.view), sys.stdout)
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _result_json(results: Sequence[Any], view: Any) -> dict[str, Any]:
+    """The ``--json`` document of a fetch: every file on disk, every failure, every export."""
+    files: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    exports: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for result in results:
+        for f in result.files:
+            files.append({"path": f.relpath, "bytes": f.bytes, "record": f.record})
+            seen.add(f.relpath)
+        for fail in result.failed:
+            failed.append({"record": fail.record, "error": fail.error.message})
+        for rid in result.exports:
+            row = next((r for r in view.exports.values() if r.request_id == rid), None)
+            exports.append({
+                "requestid": rid,
+                "email": row.email if row is not None else None,
+                "status": _STATE_STATUS.get(row.state) if row is not None else None,
+            })
+    for relpath, (size, record) in view.skipped.items():
+        if relpath not in seen:  # complete from an earlier run
+            files.append({"path": relpath, "bytes": size, "record": record})
+    return {"ok": all(r.ok for r in results), "files": files, "failed": failed,
+            "exports": exports}
+
+
+# The JSOC status an export was last seen in, by the display's state name.
+_STATE_STATUS = {"ready": 0, "processing": 1, "queued": 2, "submitted": 2, "reused": 2,
+                 "failed": 4, "expired": 5}
+
+
+def _emit_json(doc: dict[str, Any], stream: TextIO) -> None:
+    """Write one JSON object and a newline."""
+    stream.write(json.dumps(doc) + "\n")
+    stream.flush()
+
+
+def _print_summary(display: _Display, out: Path) -> None:
+    """The end-of-pull summary on stderr."""
+    from asyncjsoc._progress import render_summary
+
+    render_summary(display.console if display.rich is not None else None, display.view,
+                   out_dir=out, stream=sys.stderr, mask=display.mask)
+
+
+@asynccontextmanager
+async def _scratch_client(config: Any) -> AsyncIterator[Any]:
+    """A client whose state store is a throwaway (plan and check-email write nothing)."""
+    from asyncjsoc._client import Client
+
+    with tempfile.TemporaryDirectory(prefix="asyncjsoc-") as tmp:
+        scratch = dataclasses.replace(config, state_path=Path(tmp) / "state.sqlite")
+        async with Client(scratch, Path(tmp)) as client:
+            yield client
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    """``asyncjsoc plan``."""
+    sel = _selection(args)
+    server = _server(args)
+    queries = _queries(sel)
+    config = _client_config(args, server=server, emails=())
+    return _run(lambda: _plan(config, queries, args))
+
+
+async def _plan(config: Any, queries: list[Any], args: argparse.Namespace) -> int:
+    """Compute and print the plan of every query."""
+    from asyncjsoc._progress import format_bytes
+
+    plans = []
+    async with _scratch_client(config) as client:
+        for query in queries:
+            plans.append(await client.plan(query))
+    if args.json:
+        _emit_json({"plans": [_plan_json(p) for p in plans]}, sys.stdout)
+        return EXIT_OK
+    for p in plans:
+        size = format_bytes(p.estimated_bytes) if p.estimated_bytes is not None else "unknown"
+        print(f"series:   {p.series}")
+        print(f"records:  {p.n_records}")
+        print(f"files:    {p.n_files}")
+        print(f"size:     {size} (estimated)")
+        print(f"exports:  {len(p.chunks)}")
+        for c in p.chunks[:20]:
+            print(f"  {c.index + 1:>4}  {c.n_records:>7} records {c.n_files:>7} files  "
+                  f"{c.recordset}")
+        if len(p.chunks) > 20:
+            print(f"  ... and {len(p.chunks) - 20} more")
+    return EXIT_OK
+
+
+def _plan_json(plan: Any) -> dict[str, Any]:
+    """One plan as JSON."""
+    return {
+        "series": plan.series,
+        "records": plan.n_records,
+        "files": plan.n_files,
+        "estimated_bytes": plan.estimated_bytes,
+        "chunks": [
+            {"index": c.index, "recordset": c.recordset, "records": c.n_records,
+             "files": c.n_files}
+            for c in plan.chunks
+        ],
+    }
+
+
+def _cmd_check_email(args: argparse.Namespace) -> int:
+    """``asyncjsoc check-email``."""
+    emails = _emails(args.emails)
+    if not emails:
+        raise UsageError("no address given", "e.g. asyncjsoc check-email you@example.org")
+    server = _server(args)
+    config = _client_config(args, server=server, emails=emails)
+    return _run(lambda: _check_email(config, args))
+
+
+async def _check_email(config: Any, args: argparse.Namespace) -> int:
+    """Ask the server about each address and print one line each."""
+    from asyncjsoc._progress import mask_email
+
+    async with _scratch_client(config) as client:
+        statuses = await client.check_emails()
+    all_ok = all(s.registered for s in statuses)
+    if args.json:
+        _emit_json({"ok": all_ok, "emails": [
+            {"email": s.email, "registered": s.registered, "code": s.code, "message": s.message}
+            for s in statuses]}, sys.stdout)
+    else:
+        for s in statuses:
+            shown = s.email if args.debug else mask_email(s.email)
+            if s.registered:
+                print(f"{shown}: registered")
+            else:
+                print(f"{shown}: NOT registered ({s.message}); register at {REGISTER_URL}")
+    return EXIT_OK if all_ok else EXIT_FAILED
+
+
+def _cmd_series(args: argparse.Namespace) -> int:
+    """``asyncjsoc series``."""
+    server = _server(args)
+    config = _client_config(args, server=server, emails=())
+
+    async def work() -> int:
+        """List the names."""
+        async with _scratch_client(config) as client:
+            names = await client.api.series_list(args.pattern)
+        if args.json:
+            sys.stdout.write(json.dumps(names) + "\n")
+        else:
+            sys.stdout.writelines(f"{name}\n" for name in names)
+        return EXIT_OK if names else EXIT_FAILED
+
+    return _run(work)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """``asyncjsoc demo``."""
+    from asyncjsoc import _demo
+
+    setup = _demo.demo_setup(quick=args.quick)
+    out = _out_dir(args.out) if args.out else Path(tempfile.mkdtemp(prefix="asyncjsoc-demo-"))
+
+    async def work() -> int:
+        """Serve the emulator while the pull runs."""
+        from asyncjsoc._config import ClientConfig
+        from asyncjsoc._query import Query
+
+        async with _demo.demo_server(setup) as url:
+            config = ClientConfig(
+                server=url,
+                emails=_demo.DEMO_EMAILS,
+                max_files_per_export=setup.max_files_per_export,
+                poll_min=setup.poll_min,
+                requests_per_second=setup.requests_per_second,
+                burst=20,
+            )
+            title = f"asyncjsoc demo: SHARP CEA Bp/Bt/Br from an emulated JSOC at {url}"
+            code = await _fetch(config, [Query.from_recordset(setup.recordset)], out, args,
+                                title=title)
+        sys.stderr.write(f"files are in {out}\n{_demo.real_jsoc_hint(setup)}\n")
+        return code
+
+    return _run(work)

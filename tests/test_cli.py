@@ -1,0 +1,341 @@
+"""The command line, run in-process with ``main(argv)`` against the emulator."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from anyio.from_thread import start_blocking_portal
+
+from asyncjsoc.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from asyncjsoc.emulator import Emulator, Knobs, run_emulator
+
+EMAIL = "alice@example.org"
+EMAIL2 = "bob@example.org"
+# Two HARP 7302 records (96 min apart) with three segments each: six small files.
+RS = "hmi.sharp_cea_720s[7302][2018.09.06_00:00:00_TAI-2018.09.06_01:36:00_TAI@96m]{Bp,Bt,Br}"
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    """The emulator on its own event loop in a thread, with fast exports and small files."""
+    knobs = Knobs(export_delay=0.05, file_size=4 * 2880, seed=1)
+    with start_blocking_portal() as portal:
+        cm = portal.wrap_async_context_manager(run_emulator(knobs))
+        with cm as emu:
+            yield emu
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ambient ASYNCJSOC_* or CI settings leak into a test."""
+    for name in ("ASYNCJSOC_SERVER", "ASYNCJSOC_EMAILS", "CI"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _fetch_args(emu: Emulator, out: Path, *extra: str) -> list[str]:
+    """Common fetch options against the emulator."""
+    return ["fetch", "--server", emu.url, "--email", EMAIL, "--out", str(out), *extra]
+
+
+def _one_line_error(err: str, *needles: str) -> None:
+    """stderr is exactly one 'asyncjsoc: error:' line containing every needle."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert "error:" in lines[0]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+# --- usage errors (no server needed) -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["fetch", RS, "--jobs", "x.txt", "--email", EMAIL, "--out", "o"],
+         ("--jobs", "together")),
+        (["fetch", RS, "--series", "hmi.m_45s", "--email", EMAIL, "--out", "o"],
+         ("--series", "record set")),
+        (["fetch", "--series", "hmi.sharp_cea_720s", "--start", "2018.09.06",
+          "--email", EMAIL, "--out", "o"], ("--end",)),
+        (["fetch", "--email", EMAIL, "--out", "o"], ("nothing selected", "--jobs FILE")),
+        (["fetch", RS, "--out", "o"], ("no notify email", "--email")),
+        (["fetch", RS, "--email", EMAIL, "--out", "o", "--primekey", "HARPNUM"],
+         ("KEY=VALUE",)),
+        (["fetch", "--jobs", "does-not-exist.txt", "--email", EMAIL, "--out", "o"],
+         ("does-not-exist.txt", "does not exist")),
+        (["fetch", RS, "--email", EMAIL, "--out", "o", "--server", "jsoc.stanford.edu"],
+         ("http(s) URL",)),
+        (["check-email"], ("no address",)),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(
+    argv: list[str], needles: tuple[str, ...], capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Conflicting or missing options give one clear line and exit code 2."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    _one_line_error(captured.err, *needles)
+
+
+def test_argparse_errors_exit_2_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """Unknown options and bad values are argparse errors: one line, exit 2."""
+    assert main(["fetch", RS, "--connections", "zero", "--out", "o"]) == EXIT_USAGE
+    _one_line_error(capsys.readouterr().err, "--connections", "not a whole number")
+    assert main(["fetch", RS, "--out", "o", "--bogus"]) == EXIT_USAGE
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    assert main(["--help"]) == EXIT_OK
+
+
+def test_malformed_recordset_names_position(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A record set that does not parse is reported with its position, exit 2."""
+    assert main(["fetch", "hmi.sharp_cea_720s[7302", "--email", EMAIL,
+                 "--out", str(tmp_path)]) == EXIT_USAGE
+    _one_line_error(capsys.readouterr().err, "position")
+
+
+def test_bad_job_line_names_line_number(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A bad job-file line is reported with its number, exit 2."""
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("7302.20180906_000000_TAI\nnot a job line\n")
+    assert main(["fetch", "--jobs", str(jobs), "--email", EMAIL,
+                 "--out", str(tmp_path / "o")]) == EXIT_USAGE
+    _one_line_error(capsys.readouterr().err, "jobs.txt:2")
+
+
+def test_unwritable_out(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """An --out that cannot be created (a file is in the way) is one line, exit 2."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["fetch", RS, "--email", EMAIL, "--out", str(blocker / "sub")]) == EXIT_USAGE
+    _one_line_error(capsys.readouterr().err, "--out", "writ")
+
+
+def test_bad_email_is_masked(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A malformed address is refused in one line."""
+    assert main(["fetch", RS, "--email", "not-an-address", "--out", str(tmp_path)]) == EXIT_USAGE
+    _one_line_error(capsys.readouterr().err, "email")
+
+
+# --- against the emulator ------------------------------------------------------------------
+
+FAST = ("--poll-min", "0.02", "--rate-limit", "500", "--no-retry-wait")
+
+
+def _files(out: Path) -> list[str]:
+    """Finished data files under ``out`` (state files left out), sorted."""
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*.fits")
+                  if ".asyncjsoc" not in p.parts)
+
+
+def _json(out: str) -> dict[str, Any]:
+    """stdout must be exactly one JSON object."""
+    doc = json.loads(out)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def test_fetch_recordset_json_shape(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record-set fetch exits 0, writes the files, and --json has the documented shape."""
+    out = tmp_path / "out"
+    argv = _fetch_args(emulator, out, RS, "--email", EMAIL2, "--max-files-per-export", "3",
+                       "--json", *FAST)
+    assert main(argv) == EXIT_OK
+    captured = capsys.readouterr()
+    doc = _json(captured.out)
+    assert set(doc) == {"ok", "files", "failed", "exports"}
+    assert doc["ok"] is True
+    assert doc["failed"] == []
+    assert sorted(f["path"] for f in doc["files"]) == _files(out)
+    assert len(doc["files"]) == 6
+    for f in doc["files"]:
+        assert f["bytes"] == (out / f["path"]).stat().st_size
+        (served,) = [k for k in emulator.audit.file_stats if k.endswith("/" + f["path"])]
+        assert (out / f["path"]).read_bytes() == emulator.file_bytes(served)
+        assert f["record"].startswith("hmi.sharp_cea_720s[7302][2018.09.06_")
+    assert len(doc["exports"]) == 2
+    assert {e["email"] for e in doc["exports"]} == {EMAIL, EMAIL2}
+    assert all(e["requestid"].startswith("JSOC_") and e["status"] == 0 for e in doc["exports"])
+    # Human output went to stderr only, with masked addresses.
+    assert "a***@example.org" in captured.err
+    assert EMAIL not in captured.err
+
+    # A rerun finds everything done: exit 0, no file written again.
+    stamps = {n: (out / n).stat().st_mtime_ns for n in _files(out)}
+    assert main(argv) == EXIT_OK
+    again = _json(capsys.readouterr().out)
+    assert again["ok"] is True
+    assert again["failed"] == []
+    assert {n: (out / n).stat().st_mtime_ns for n in _files(out)} == stamps
+
+
+def test_fetch_job_file(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--jobs with --segments fetches exactly the listed records' segments."""
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("# two SHARP records\n7302.20180906_000000_TAI\n7302.20180906_013600_TAI\n")
+    out = tmp_path / "out"
+    assert main(_fetch_args(emulator, out, "--jobs", str(jobs), "--segments", "Br",
+                            "--json", *FAST)) == EXIT_OK
+    doc = _json(capsys.readouterr().out)
+    assert _files(out) == [
+        "hmi.sharp_cea_720s.7302.20180906_000000_TAI.Br.fits",
+        "hmi.sharp_cea_720s.7302.20180906_013600_TAI.Br.fits",
+    ]
+    assert len(doc["files"]) == 2
+
+
+def test_fetch_built_query(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--series/--start/--end/--cadence/--primekey/--segments build the expected pull."""
+    out = tmp_path / "out"
+    assert main(_fetch_args(
+        emulator, out, "--series", "hmi.sharp_cea_720s", "--start", "2018.09.06_00:00:00_TAI",
+        "--end", "2018.09.06_03:12:00_TAI", "--cadence", "96m", "--primekey", "HARPNUM=7302",
+        "--segments", "Bp,Br", *FAST)) == EXIT_OK
+    capsys.readouterr()
+    names = _files(out)
+    assert len(names) == 6  # 3 records x 2 segments
+    assert all(n.endswith((".Bp.fits", ".Br.fits")) for n in names)
+
+
+def test_plan_json_and_text(emulator: Emulator, capsys: pytest.CaptureFixture[str],
+                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """plan counts records and files and exports nothing; it writes no state anywhere."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["plan", RS, "--server", emulator.url, "--max-files-per-export", "3"]
+    assert main([*argv, "--json"]) == EXIT_OK
+    doc = _json(capsys.readouterr().out)
+    (plan,) = doc["plans"]
+    assert plan["records"] == 2
+    assert plan["files"] == 6
+    assert len(plan["chunks"]) == 2
+    assert sum(c["files"] for c in plan["chunks"]) == 6
+    assert main(argv) == EXIT_OK
+    text = capsys.readouterr().out
+    assert "records:  2" in text
+    assert "files:    6" in text
+    assert list(tmp_path.iterdir()) == []
+    assert not [e for e in emulator.audit.entries if e.op == "exp_request"]
+
+
+def test_check_email(emulator: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+    """check-email exits 0 only when every address is registered; output is masked."""
+    emulator.knobs.unknown_emails.add("nobody@example.org")
+    assert main(["check-email", EMAIL, "--server", emulator.url]) == EXIT_OK
+    assert capsys.readouterr().out == "a***@example.org: registered\n"
+    assert main(["check-email", EMAIL, "nobody@example.org", "--server", emulator.url]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "a***@example.org: registered"
+    assert out[1].startswith("n***@example.org: NOT registered")
+    assert "register_email" in out[1]
+
+
+def test_env_vars_supply_server_and_emails(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ASYNCJSOC_SERVER and ASYNCJSOC_EMAILS (comma-separated) are the defaults."""
+    monkeypatch.setenv("ASYNCJSOC_SERVER", emulator.url)
+    monkeypatch.setenv("ASYNCJSOC_EMAILS", f"{EMAIL}, {EMAIL2}")
+    assert main(["check-email"]) == EXIT_OK
+    assert capsys.readouterr().out.count("registered") == 2
+    out = tmp_path / "out"
+    assert main(["fetch", RS, "--out", str(out), "--json", *FAST]) == EXIT_OK
+    assert len(_json(capsys.readouterr().out)["files"]) == 6
+
+
+def test_failed_export_exits_1_with_reason(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """When the JSOC fails the export, exit 1 and the summary and JSON say which and why."""
+    emulator.knobs.export_failure_rate = 1.0
+    assert main(_fetch_args(emulator, tmp_path / "out", RS, "--json", *FAST)) == EXIT_FAILED
+    captured = capsys.readouterr()
+    doc = _json(captured.out)
+    assert doc["ok"] is False
+    assert doc["files"] == []
+    assert doc["failed"]
+    assert all(f["error"] for f in doc["failed"])
+    assert "FAILED" in captured.err
+    assert "rerun the same command" in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_unknown_series_one_line(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unknown series is one line, exit 2, nothing on stdout."""
+    code = main(_fetch_args(emulator, tmp_path / "out", "hmi.no_such_series[2018.09.06]",
+                            "--json", *FAST))
+    captured = capsys.readouterr()
+    assert code == EXIT_USAGE
+    assert captured.out == ""
+    _one_line_error(captured.err.split("\n", 0)[0] if False else _last_line(captured.err),
+                    "hmi.no_such_series")
+
+
+def _last_line(err: str) -> str:
+    """The last non-empty line (plain progress lines may come before the error)."""
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.strip()][-1]
+
+
+def test_unregistered_email_one_line(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unregistered notify address stops the fetch with one masked line, exit 2."""
+    emulator.knobs.unknown_emails.add(EMAIL)
+    code = main(_fetch_args(emulator, tmp_path / "out", RS, *FAST))
+    captured = capsys.readouterr()
+    assert code == EXIT_USAGE, captured.err
+    last = _last_line(captured.err)
+    assert "error:" in last
+    assert "a***@example.org" in last
+    assert EMAIL not in captured.err
+
+
+def test_unreachable_server_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                     ) -> None:
+    """Nothing listening on --server: one line naming the server, exit 1, no traceback."""
+    code = main(["plan", RS, "--server", "http://127.0.0.1:9", "--no-retry-wait"])
+    captured = capsys.readouterr()
+    assert code == EXIT_FAILED
+    _one_line_error(captured.err, "127.0.0.1:9")
+
+
+def test_series_lists_names(emulator: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+    """series REGEX prints matching names, one per line (the hint for unknown series)."""
+    assert main(["series", "^hmi.sharp", "--server", emulator.url]) == EXIT_OK
+    names = capsys.readouterr().out.split()
+    assert "hmi.sharp_cea_720s" in names
+    assert all(n.lower().startswith("hmi.sharp") for n in names)
+
+
+def test_demo_quick_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo runs its own emulator and pulls SHARP Bp/Bt/Br; --json is one object."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--no-progress", "--json", "--out", str(out)]) == EXIT_OK
+    captured = capsys.readouterr()
+    doc = _json(captured.out)
+    assert doc["ok"] is True
+    assert sorted(f["path"] for f in doc["files"]) == _files(out)
+    assert {p.rsplit(".", 2)[-2] for p in _files(out)} == {"Bp", "Bt", "Br"}
+    assert len({e["email"] for e in doc["exports"]}) == 2
+    assert "real JSOC" in captured.err
