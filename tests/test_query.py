@@ -1,0 +1,165 @@
+"""Tests for Query construction (asyncjsoc._query)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import astropy.units as u
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from asyncjsoc._models import KeywordInfo, SegmentInfo, SeriesInfo
+from asyncjsoc._query import Query, known_primekeys
+from asyncjsoc._recordset import Range, Span
+from asyncjsoc.exceptions import InvalidInputError, JobFileError, RecordSetSyntaxError
+
+SHARP = SeriesInfo(
+    name="hmi.sharp_cea_720s",
+    primekeys=("HARPNUM", "T_REC"),
+    keywords=(KeywordInfo("HARPNUM", "int"), KeywordInfo("T_REC", "time"),
+              KeywordInfo("LON_MIN", "float")),
+    segments=tuple(SegmentInfo(n) for n in ("Br", "Bp", "Bt", "magnetogram")),
+    time_steps={"T_REC": 720.0},
+)
+
+
+def test_build_sharp_example() -> None:
+    """The brief's SHARP example renders exactly."""
+    q = Query.build("hmi.sharp_cea_720s", start="2018.09.08_00:00:00_TAI",
+                    end="2018.09.09_00:00:00_TAI", cadence="96m",
+                    primekeys={"HARPNUM": 7302}, segments=["Bp", "Bt", "Br"],
+                    where=["LON_MIN > -70"])
+    assert q.recordset() == (
+        "hmi.sharp_cea_720s[7302][2018.09.08_00:00:00_TAI-2018.09.09_00:00:00_TAI@96m]"
+        "[? LON_MIN>-70 ?]{Bp,Bt,Br}")
+    assert q.segments == ("Bp", "Bt", "Br")
+    assert isinstance(q.time_range, Range)
+
+
+def test_build_uses_series_info_and_skips() -> None:
+    """Prime-key order comes from SeriesInfo; a missing leading key becomes []."""
+    q = Query.build("hmi.sharp_cea_720s", start=datetime(2018, 9, 8), end="2018.09.08_01",
+                    cadence=12 * u.min, series_info=SHARP)
+    assert q.recordset() == ("hmi.sharp_cea_720s[][2018.09.08_00:00:37_TAI-"
+                             "2018.09.08_01:00:37_TAI@12m]")
+
+
+@pytest.mark.parametrize(
+    ("series", "keys", "expected"),
+    [
+        ("aia.lev1_euv_12s", {"WAVELNTH": [171, 193]}, "[171,193]"),
+        ("hmi.M_45s", {"camera": 2}, "[2]"),
+        ("hmi.sharp_720s", {"HARPNUM": "7300-7310"}, None),
+        ("hmi.sharp_720s", {"HARPNUM": range(7300, 7311)}, None),
+    ],
+)
+def test_build_table_order(series: str, keys: dict[str, object], expected: str | None) -> None:
+    """Without SeriesInfo the built-in table orders the brackets."""
+    q = Query.build(series, start="2010.07.30_13:30:00_TAI", end="2010.07.30_14:00:00_TAI",
+                    primekeys=keys)  # type: ignore[arg-type]
+    text = q.recordset()
+    if expected is not None:
+        assert text.endswith("_TAI]" + expected)
+    else:
+        assert text.startswith(series + "[7300-7310][2010.07.30_13:30:00_TAI-")
+
+
+def test_known_primekeys_table() -> None:
+    """The table covers SHARPs, HMI 45s/720s and AIA, case-insensitively."""
+    assert known_primekeys("HMI.SHARP_CEA_720S") == ("HARPNUM", "T_REC")
+    assert known_primekeys("hmi.M_720s") == ("T_REC", "CAMERA")
+    assert known_primekeys("aia.lev1_uv_24s") == ("T_REC", "WAVELNTH")
+    assert known_primekeys("mdi.fd_m_96m_lev182") is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"start": "2018.09.09_00:00:00_TAI", "end": "2018.09.08_00:00:00_TAI"}, "after end"),
+        ({"cadence": "3x"}, "cadence"),
+        ({"where": ["LON_MIN >> 3"]}, "where clause"),
+        ({"where": "LON_MIN > abc"}, "where clause"),
+        ({"where": ["NOPE>1"], "series_info": SHARP}, "not a keyword"),
+        ({"segments": ["Br", "nope"], "series_info": SHARP}, "no segment"),
+        ({"segments": ["B r"]}, "segment name"),
+        ({"segments": []}, "empty segment"),
+        ({"primekeys": {"NOPE": 1}}, "not a prime key"),
+        ({"primekeys": {"T_REC": 1}}, "start=/end="),
+        ({"primekeys": {"HARPNUM": -1}}, "negative"),
+        ({"primekeys": {"HARPNUM": True}}, "bad value"),
+        ({"primekeys": {"HARPNUM": "73#0"}}, "bad value"),
+        ({"primekeys": {"HARPNUM": range(5, 1)}}, "bad range"),
+        ({"primekeys": {"HARPNUM": [1.5]}}, "bad value"),
+        ({"start": "nonsense"}, "not a JSOC time"),
+    ],
+)
+def test_build_errors(kwargs: dict[str, object], words: str) -> None:
+    """Bad build inputs raise InvalidInputError with a clear message."""
+    args: dict[str, object] = {"start": "2018.09.08_00:00:00_TAI",
+                               "end": "2018.09.09_00:00:00_TAI"}
+    args.update(kwargs)
+    with pytest.raises(InvalidInputError) as info:
+        Query.build("hmi.sharp_cea_720s", **args)  # type: ignore[arg-type]
+    assert words in str(info.value)
+
+
+def test_build_unknown_series() -> None:
+    """An unknown series takes a time range only, in the first bracket."""
+    q = Query.build("mdi.fd_M_96m_lev182", start="2000.01.01_TAI", end="2000.01.02_TAI")
+    assert q.recordset() == "mdi.fd_M_96m_lev182[2000.01.01_00:00:00_TAI-2000.01.02_00:00:00_TAI]"
+    with pytest.raises(InvalidInputError, match="prime-key order"):
+        Query.build("mdi.fd_M_96m_lev182", start="2000.01.01_TAI", end="2000.01.02_TAI",
+                    primekeys={"X": 1})
+    with pytest.raises(InvalidInputError, match="series name"):
+        Query.build("nodot", start="2000.01.01_TAI", end="2000.01.02_TAI")
+
+
+def test_from_recordset() -> None:
+    """from_recordset keeps the parsed form and the segment list."""
+    q = Query.from_recordset("hmi.M_45s[2010.05.01_TAI/1d@6h]{magnetogram}")
+    assert (q.series, q.segments) == ("hmi.M_45s", ("magnetogram",))
+    assert isinstance(q.time_range, Span)
+    assert str(q) == "hmi.M_45s[2010.05.01_00:00:00_TAI/1d@6h]{magnetogram}"
+    with pytest.raises(RecordSetSyntaxError):
+        Query.from_recordset("hmi.M_45s[")
+
+
+def test_from_job_lines_batches_by_harp() -> None:
+    """Job lines become one subset per HARP with a time list, segments on each."""
+    q = Query.from_job_lines(["7021.20170524_222400_TAI", "# c", "7020.20170524_223600_TAI",
+                              "7020.20170524_222400_TAI", "7020.20170524_222400_TAI"],
+                             segments=["Br"])
+    assert q.recordset() == (
+        "hmi.sharp_cea_720s[7020][2017.05.24_22:24:00_TAI,2017.05.24_22:36:00_TAI]{Br},"
+        "hmi.sharp_cea_720s[7021][2017.05.24_22:24:00_TAI]{Br}")
+    assert q.n_subsets == 2
+    assert q.time_range is None
+
+
+def test_from_job_file(tmp_path: Path) -> None:
+    """Job files report bad lines by number."""
+    path = tmp_path / "j.txt"
+    path.write_text("7020.20170524_222400_TAI\n\n7020.nope\n")
+    with pytest.raises(JobFileError) as info:
+        Query.from_job_file(path)
+    assert info.value.line_number == 3
+    path.write_text("7020.20170524_222400_TAI\n")
+    assert Query.from_job_file(path, series="hmi.sharp_720s").recordset() == \
+        "hmi.sharp_720s[7020][2017.05.24_22:24:00_TAI]"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=30))
+def test_build_fuzz_only_our_errors(text: str) -> None:
+    """Arbitrary strings as any build argument give InvalidInputError or a Query."""
+    for kwargs in ({"start": text}, {"cadence": text}, {"where": [text]},
+                   {"primekeys": {"HARPNUM": text}}, {"segments": [text]}):
+        args: dict[str, object] = {"start": "2018.09.08_TAI", "end": "2018.09.09_TAI"}
+        args.update(kwargs)
+        try:
+            q = Query.build("hmi.sharp_cea_720s", **args)  # type: ignore[arg-type]
+        except InvalidInputError:
+            continue
+        assert Query.from_recordset(q.recordset()).parsed == q.parsed

@@ -1,0 +1,197 @@
+"""Tests for the client's record-set parser and renderer (asyncjsoc._recordset)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from asyncjsoc._recordset import (
+    First,
+    IntValue,
+    Item,
+    Last,
+    NumberValue,
+    Range,
+    Recnums,
+    RecordSet,
+    Select,
+    Skip,
+    Span,
+    Subset,
+    TimeValue,
+    Where,
+    WordValue,
+    parse_items,
+    parse_recordset,
+)
+from asyncjsoc._times import TimeParts
+from asyncjsoc.exceptions import InvalidInputError, RecordSetSyntaxError
+
+
+def tv(text: str) -> TimeValue:
+    """A time value from its canonical text."""
+    item = parse_items(text)[0]
+    assert isinstance(item, TimeValue)
+    return item
+
+
+def test_sharp_example_typed() -> None:
+    """A SHARP record set parses into typed filters and segments."""
+    rs = parse_recordset("hmi.sharp_cea_720s[7302][2018.09.08_00:00:00_TAI-"
+                         "2018.09.09_00:00:00_TAI@96m][? LON_MIN>-70 ?]{Bp,Bt,Br}")
+    assert rs.series == "hmi.sharp_cea_720s"
+    assert rs.segments == ("Bp", "Bt", "Br")
+    assert rs.filters == (
+        Select((IntValue(7302),)),
+        Select((Range(tv("2018.09.08_00:00:00_TAI"), tv("2018.09.09_00:00:00_TAI"), 5760.0),)),
+        Where("LON_MIN>-70"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("hmi.M_45s[2010.05.01/1d]", "hmi.M_45s[2010.05.01_00:00:00_UTC/1d]"),
+        ("hmi.M_45s[2010.05.01_TAI/30m@90.0s]", "hmi.M_45s[2010.05.01_00:00:00_TAI/30m@90s]"),
+        ("aia.lev1_euv_12s[2010-07-30T13:30Z-2010-07-30T14Z][171, 193]",
+         "aia.lev1_euv_12s[2010-07-30T13:30:00Z-2010-07-30T14:00:00Z][171,193]"),
+        ("hmi.sharp_720s[7300-7310][]", "hmi.sharp_720s[7300-7310][]"),
+        (" hmi.M_45s[$] ", "hmi.M_45s[$]"),
+        ("hmi.M_45s[^][2]", "hmi.M_45s[^][2]"),
+        ("hmi.M_45s[:#1-5,9]{magnetogram}", "hmi.M_45s[:#1-5,9]{magnetogram}"),
+        ("hmi.M_45s[![QUALITY<0]!]", "hmi.M_45s[! [QUALITY<0] !]"),
+        ("hmi.M_45s[]{}", "hmi.M_45s[]{}"),
+        ("hmi.x[a_b][1.5][3e2]", "hmi.x[a_b][1.5][300.0]"),
+        ("hmi.M_45s[20170524_222400_TAI]", "hmi.M_45s[2017.05.24_22:24:00_TAI]"),
+        ("hmi.m[1], hmi.M[2]{a}", "hmi.m[1],hmi.M[2]{a}"),
+    ],
+)
+def test_canonical_render(text: str, canonical: str) -> None:
+    """Rendering normalises spacing, times and durations; it re-parses equal."""
+    rs = parse_recordset(text)
+    assert str(rs) == canonical
+    assert parse_recordset(canonical) == rs
+
+
+def test_filter_kinds() -> None:
+    """Each bracket kind has its own type."""
+    rs = parse_recordset("a.b[][$][^][:#12][? x ?][! y !][w][1.5]")
+    assert rs.filters == (Skip(), Last(), First(), Recnums("12"), Where("x"),
+                          Where("y", negate=True), Select((WordValue("w"),)),
+                          Select((NumberValue(1.5),)))
+    assert rs.subsets[0].positional == (Skip(), Last(), First(), Recnums("12"),
+                                        Select((WordValue("w"),)), Select((NumberValue(1.5),)))
+
+
+def test_where_kept_verbatim() -> None:
+    """A where clause keeps SQL characters that are illegal elsewhere."""
+    rs = parse_recordset("hmi.M_45s[? T_OBS > '2010' AND (A<>1 OR B=2) ?]")
+    assert rs.filters == (Where("T_OBS > '2010' AND (A<>1 OR B=2)"),)
+
+
+@pytest.mark.parametrize(
+    ("text", "position", "words"),
+    [
+        ("", 0, "empty record set"),
+        ("[1]", 0, "empty series name"),
+        ("{a}", 0, "empty series name"),
+        ("hmi", 0, "bad series name"),
+        ("hmi.x[1", 5, "unbalanced '['"),
+        ("hmi.x[1]]", 8, "unbalanced ']'"),
+        ("hmi.x{a", 5, "unbalanced '{'"),
+        ("hmi.x[? a", 5, "unbalanced '[?'"),
+        ("hmi.x[??]", 5, "empty where"),
+        ("hmi.x[1]{a}[2]", 11, "before the {segment}"),
+        ("hmi.x[2010.13.01]", 6, "invalid date"),
+        ("hmi.x[1@2s]", 7, "needs a range"),
+        ("hmi.x[1/2s]", 6, "need a time"),
+        ("hmi.x[2010.01.01/]", 17, "duration"),
+        ("hmi.x[2010.01.01-2010.01.02@]", 28, "cadence"),
+        ("hmi.x,aia.y", 6, "same series"),
+        ("hmi.x[#]", 6, "bad character '#'"),
+        ("hmi.x[1 2]", 8, "expected ',' or ']'"),
+        ("hmi.x[1]!", 8, "unexpected character '!'"),
+        ("hmi.x{a,}", 8, "bad segment name"),
+        ("hmi.x[:#]", 8, "record numbers"),
+        ("hmi.x[1],", 9, "empty series name"),
+    ],
+)
+def test_errors_have_position_and_hint(text: str, position: int, words: str) -> None:
+    """Syntax errors point at the problem and always carry a hint."""
+    with pytest.raises(RecordSetSyntaxError) as info:
+        parse_recordset(text)
+    assert info.value.position == position
+    assert words in str(info.value)
+    assert info.value.hint
+
+
+def test_non_string_refused() -> None:
+    """Only strings are record sets."""
+    with pytest.raises(InvalidInputError):
+        parse_recordset(None)  # type: ignore[arg-type]
+
+
+def test_recordset_needs_a_subset() -> None:
+    """An empty RecordSet cannot be built."""
+    with pytest.raises(InvalidInputError):
+        RecordSet(())
+
+
+# ------------------------------------------------------------------- property: round trips
+
+_times = st.builds(
+    lambda d, zone, style: TimeValue(TimeParts.from_datetime(d, zone=zone, style=style)),
+    st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2199, 12, 31)),
+    st.sampled_from(["TAI", "UTC"]),
+    st.sampled_from(["hmi", "iso"]),
+)
+_durations = st.integers(min_value=1, max_value=10**7).map(float) | st.sampled_from(
+    [0.5, 12.0, 45.0, 720.0, 5760.0, 86400.0])
+_scalars = (_times | st.integers(min_value=0, max_value=10**12).map(IntValue)
+            | st.floats(min_value=0.001, max_value=1e9).filter(lambda x: not x.is_integer())
+            .map(NumberValue)
+            | st.builds(lambda a, b: a + b, st.sampled_from("aZ_q"),
+                        st.text("abcXYZ019_", max_size=6)).map(WordValue))
+_items: st.SearchStrategy[Item] = (
+    _scalars
+    | st.builds(Range, _scalars, _scalars, st.none() | _durations)
+    | st.builds(Span, _times, _durations, st.none() | _durations))
+_sql = st.text(st.characters(codec="ascii", exclude_characters="?!\x00"), min_size=1,
+               max_size=20).map(str.strip).filter(bool)
+_filters = (st.lists(_items, min_size=1, max_size=4).map(lambda x: Select(tuple(x)))
+            | st.sampled_from([Skip(), First(), Last(), Recnums("5-9,12")])
+            | st.builds(Where, _sql, st.booleans()))
+_names = st.builds(lambda a, b: a + b, st.sampled_from("Bm_x"), st.text("rpt_err01", max_size=6))
+
+
+@st.composite
+def recordsets(draw: st.DrawFn) -> RecordSet:
+    """Random record sets of one series."""
+    series = draw(st.sampled_from(["hmi.sharp_cea_720s", "aia.lev1_euv_12s", "hmi.M_45s", "a.0"]))
+    subsets = draw(st.lists(st.builds(
+        Subset, st.just(series), st.lists(_filters, max_size=4).map(tuple),
+        st.none() | st.lists(_names, max_size=4).map(tuple)), min_size=1, max_size=3))
+    return RecordSet(tuple(subsets))
+
+
+@settings(max_examples=200, deadline=None)
+@given(recordsets())
+def test_render_parse_round_trip(rs: RecordSet) -> None:
+    """str(RecordSet) parses back to an equal RecordSet."""
+    assert parse_recordset(str(rs)) == rs
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(st.sampled_from("hmi.x_72s0[]{}?!$^:#@,-/ TZ1.9_aA"), max_size=40) | st.text())
+def test_fuzz_only_our_errors(text: str) -> None:
+    """Arbitrary text either parses (and round-trips) or raises RecordSetSyntaxError."""
+    try:
+        rs = parse_recordset(text)
+    except RecordSetSyntaxError as exc:
+        position = exc.position
+        assert 0 <= position <= len(text)
+        return
+    assert parse_recordset(str(rs)) == rs
