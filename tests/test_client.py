@@ -281,3 +281,39 @@ async def test_state_records_every_file_done(tmp_path: Path) -> None:
         summary = await store.summary()
     assert summary.files == {"done": 8}
     assert summary.bytes_done == result.bytes
+
+
+async def test_resume_with_expired_export_requests_only_missing(tmp_path: Path) -> None:
+    """Interrupted, then the export expires: the rerun re-exports and skips finished files."""
+    async with emulator(bandwidth=400_000) as emu:
+        config = fast_config(emu, connections=1)
+        got: list[FileResult] = []
+        async with Client(config, tmp_path) as client:
+            with anyio.CancelScope() as scope:
+                async with client.pull(QUERY) as pull:
+                    async for f in pull:
+                        got.append(f)
+                        if len(got) == 2:
+                            scope.cancel()
+        emu.clock.advance(8 * 86400)
+        events: list[Event] = []
+        async with Client(config, tmp_path, reporter=events.append) as client:
+            result = await client.fetch(QUERY)
+        assert result.ok
+        assert len(got) + len(result.files) == 8
+        assert any(isinstance(e, ExportExpired) for e in events)
+        assert emu.audit.refetched() == []
+        for f in result.files:
+            assert f.path.read_bytes() == emu.file_bytes(f.url)
+
+
+async def test_url_tar_fetches_one_tar_per_export(tmp_path: Path) -> None:
+    """method='url-tar' downloads the export's tar file, byte-identical."""
+    async with emulator() as emu:
+        config = fast_config(emu, method="url-tar")
+        async with Client(config, tmp_path) as client:
+            result = await client.fetch(QUERY)
+        assert result.ok
+        assert len(result.files) == 1
+        assert result.files[0].relpath.endswith(".tar")
+        assert_identical(emu, result)
