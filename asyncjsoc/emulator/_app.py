@@ -296,11 +296,12 @@ class Emulator:
 
     # -- CGIs ---------------------------------------------------------------------------------
 
-    def _jsoc_info(self, request: web.Request, params: dict[str, str]) -> web.Response:
-        """``jsoc_info``."""
-        return _json(request, jsoc_info(self.state, self.catalog, params))
+    async def _jsoc_info(self, request: web.Request, params: dict[str, str]) -> web.Response:
+        """``jsoc_info`` (read-only, so big listings run in a worker thread)."""
+        body = await asyncio.to_thread(jsoc_info, self.state, self.catalog, params)
+        return _json(request, body)
 
-    def _jsoc_fetch(self, request: web.Request, params: dict[str, str]) -> web.Response:
+    async def _jsoc_fetch(self, request: web.Request, params: dict[str, str]) -> web.Response:
         """``jsoc_fetch``."""
         from asyncjsoc.emulator._catalog import expand_filenamefmt
 
@@ -326,15 +327,15 @@ class Emulator:
             return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
         return _json(request, result)
 
-    def _check_address(self, request: web.Request, params: dict[str, str]) -> web.Response:
+    async def _check_address(self, request: web.Request, params: dict[str, str]) -> web.Response:
         """``checkAddress.sh`` (Python-style JSON, as checkAddress.py prints it)."""
         return _json(request, check_address(self.state, params), python=True)
 
-    def _showextseries(self, request: web.Request, params: dict[str, str]) -> web.Response:
+    async def _showextseries(self, request: web.Request, params: dict[str, str]) -> web.Response:
         """``showextseries``."""
         return _json(request, showextseries(self.catalog, params), python=True)
 
-    def _show_series(self, request: web.Request, params: dict[str, str]) -> web.Response:
+    async def _show_series(self, request: web.Request, params: dict[str, str]) -> web.Response:
         """``show_series``."""
         return _json(request, show_series(self.catalog, params))
 
@@ -470,7 +471,7 @@ def parse_params(raw: str) -> dict[str, str]:
 
 
 def _cgi(
-    fn: Callable[[web.Request, dict[str, str]], web.Response],
+    fn: Callable[[web.Request, dict[str, str]], Awaitable[web.Response]],
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     """Wrap a CGI: gather GET and POST parameters, then call ``fn``."""
 
@@ -487,7 +488,7 @@ def _cgi(
                 for k, v in parse_params(body).items():
                     params.setdefault(k, v)
         request[PARAMS_KEY] = params
-        return fn(request, params)
+        return await fn(request, params)
 
     return handler
 
@@ -566,9 +567,11 @@ async def run_emulator(
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        real_port = sockets[0].getsockname()[1] if sockets else port
+        real_port = port
+        for address in runner.addresses:
+            if isinstance(address, tuple) and len(address) >= 2:
+                real_port = int(address[1])
+                break
         emulator.url = f"http://{host}:{real_port}"
         yield emulator
     finally:

@@ -268,14 +268,17 @@ def _q(text: str) -> str:
 
 
 def index_json(exp: Export) -> str:
-    """The export's ``index.json``: tab pretty-printed, every value a string."""
+    """The export's ``index.json``: tab pretty-printed, every value a string (built once)."""
+    if exp.index_json is not None:
+        return exp.index_json
     lines = [f"\t{_q(k)}: {_q(v)}," for k, v in _index_header(exp)]
     rows = [
         f'{{\n\t\t"record": {_q(rec)},\n\t\t"filename": {_q(name)}\n\t}}'
         for rec, name in _data_rows(exp)
     ]
     data = "[" + ",\n\t".join(rows) + "]"
-    return "{\n" + "\n".join(lines) + f'\n\t"data": {data}\n}}\n'
+    exp.index_json = "{\n" + "\n".join(lines) + f'\n\t"data": {data}\n}}\n'
+    return exp.index_json
 
 
 def index_txt(exp: Export) -> str:

@@ -56,6 +56,7 @@ class Export:
     rows: list[ExportRow]
     md5: str
     polls: int = 0
+    index_json: str | None = None
     error: str = "Export processing failed (emulated failure)."
 
     @property
