@@ -453,3 +453,61 @@ def test_job_plans_cover_exactly(harps: dict[int, tuple[int, int]], seed: int, n
     assert_exact_cover(api, query, plan, cap, 1)
     for chunk in plan.chunks:
         assert len(chunk.recordset) <= max(chars, 100) or "," not in chunk.recordset
+
+
+# ------------------------------------------------------------------ against the emulator
+
+
+async def _records(api: object, ds: str) -> set[tuple[str, str]]:
+    """(HARPNUM, T_REC) of every record ``ds`` selects, as the emulator lists them."""
+    listing = await api.rs_list(ds, keys=("HARPNUM", "T_REC"))  # type: ignore[attr-defined]
+    return set(zip(listing.keywords["HARPNUM"], listing.keywords["T_REC"], strict=True))
+
+
+@pytest.mark.anyio
+async def test_plans_cover_exactly_on_the_emulator() -> None:
+    """Time-range and job-list plans select exactly the query's records on the emulator."""
+    from asyncjsoc._api import JsocApi
+    from asyncjsoc._http import TransportConfig, create_session
+    from asyncjsoc._ratelimit import TokenBucket
+    from asyncjsoc._times import format_trec
+    from asyncjsoc.emulator import Knobs, run_emulator
+
+    async with (
+        run_emulator(Knobs()) as emu,
+        create_session(TransportConfig(), TokenBucket(1000.0, 100)) as session,
+    ):
+        api = JsocApi(session, emu.url)
+        query = Query.build(SERIES, start="2014.01.01_00:00:00_TAI",
+                            end="2014.01.02_12:00:00_TAI", cadence="24m",
+                            segments=["Br", "Bp"])
+        want = await _records(api, query.recordset())
+        assert len(want) > 1000
+        plan = await make_plan(api, query, max_files_per_export=400)
+        assert len(plan.chunks) >= -(-len(want) * 2 // 400)
+        seen: set[tuple[str, str]] = set()
+        for chunk in plan.chunks:
+            got = await _records(api, chunk.recordset)
+            assert len(got) == chunk.n_records == chunk.n_files // 2
+            assert chunk.n_files <= 400
+            assert not got & seen
+            seen |= got
+        assert seen == want
+
+        sample = sorted(want)[::3]
+        lines = [f"{h}.{format_trec(t, compact=True)}" for h, t in sample]
+        jobs = Query.from_job_lines(lines, segments=["Br"])
+        plan = await make_plan(api, jobs, max_files_per_export=100)
+        assert len(plan.chunks) == -(-len(sample) // 100)
+        seen = set()
+        for chunk in plan.chunks:
+            got = await _records(api, chunk.recordset)
+            assert len(got) == chunk.n_records <= 100
+            assert not got & seen
+            seen |= got
+        assert seen == set(sample)
+
+        parts = await split_chunk(api, plan.chunks[0])
+        halves = [await _records(api, p.recordset) for p in parts]
+        assert halves[0] | halves[1] == await _records(api, plan.chunks[0].recordset)
+        assert not halves[0] & halves[1]
