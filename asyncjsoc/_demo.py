@@ -107,4 +107,7 @@ def real_jsoc_hint(setup: DemoSetup) -> str:
             "to run this pull against the real JSOC, register an address at "
             "http://jsoc.stanford.edu/ajax/register_email.html, then:"
         )
-    return f"{intro}\n  asyncjsoc fetch '{setup.recordset}'{email_part} --out sharp-data"
+    server = os.environ.get("ASYNCJSOC_SERVER", "").strip()
+    server_part = "" if not server else f" (the server comes from $ASYNCJSOC_SERVER={server})"
+    return (f"{intro}\n  asyncjsoc fetch '{setup.recordset}'{email_part} --out sharp-data"
+            f"{server_part}")

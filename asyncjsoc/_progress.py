@@ -235,6 +235,8 @@ class PullView:
                 self.slot_holder.pop(email, None)
             case ExportSubmitted(chunk=chunk, email=email, request_id=rid, method=method):
                 self._know_email(email)
+                if method == "url-tar" and self.n_chunks is not None:
+                    self.n_files = self.n_chunks  # one tar file per export
                 new = ExportRow(chunk, email, rid, method, event.n_records)
                 new.state = "queued" if rid else "submitted"
                 self.exports[chunk] = new

@@ -35,6 +35,7 @@ from asyncjsoc.exceptions import (
     InvalidInputError,
     JsocError,
     QueryError,
+    StateError,
     StateLockedError,
     TransportError,
 )
@@ -279,10 +280,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             server = getattr(args, "server", None) or os.environ.get("ASYNCJSOC_SERVER")
             hint = (f"is the server {server or DEFAULT_SERVER} right and reachable from here? "
                     "rerun the same command to try again")
+        if isinstance(exc, StateError) and "different pull" in exc.message:
+            # The library's hint names its API (reset=); say it in command-line terms.
+            hint = ("give this query another --out, or its own state file with --state PATH "
+                    "(files already downloaded are kept)")
         _print_error(exc.message, hint, debug=debug)
         return EXIT_USAGE if isinstance(exc, _INPUT_ERRORS) else EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug or an unmapped OS error: still one line by default
+        if debug:
+            raise
+        _print_error(f"unexpected {type(exc).__name__}: {exc}",
+                     "rerun with --debug for the full traceback", debug=debug)
+        return EXIT_FAILED
 
 
 def _print_error(message: str, hint: str | None, *, debug: bool) -> None:

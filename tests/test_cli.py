@@ -339,3 +339,31 @@ def test_demo_quick_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert {p.rsplit(".", 2)[-2] for p in _files(out)} == {"Bp", "Bt", "Br"}
     assert len({e["email"] for e in doc["exports"]}) == 2
     assert "real JSOC" in captured.err
+
+
+def test_state_option_and_tar_method(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--state puts the state file where asked; --method url-tar fetches one tar per export."""
+    out = tmp_path / "out"
+    state = tmp_path / "elsewhere" / "state.sqlite"
+    assert main(_fetch_args(emulator, out, RS, "--method", "url-tar", "--state", str(state),
+                            "--json", *FAST)) == EXIT_OK
+    doc = _json(capsys.readouterr().out)
+    assert state.is_file()
+    assert not (out / ".asyncjsoc" / "state.sqlite").exists()
+    assert [f["path"].endswith(".tar") for f in doc["files"]] == [True]
+
+
+def test_different_query_same_out_is_one_line(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second, different pull into the same --out is refused with a command-line hint."""
+    out = tmp_path / "out"
+    assert main(_fetch_args(emulator, out, RS, *FAST)) == EXIT_OK
+    capsys.readouterr()
+    other = "hmi.sharp_cea_720s[7302][2018.09.06_00:00:00_TAI]{Br}"
+    assert main(_fetch_args(emulator, out, other, *FAST)) == EXIT_FAILED
+    last = _last_line(capsys.readouterr().err)
+    assert "different pull" in last
+    assert "--state" in last

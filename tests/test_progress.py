@@ -238,3 +238,11 @@ def test_summary_plain_and_rich() -> None:
     render_summary(console, view, out_dir="/data/out", stream=io.StringIO())
     assert "size mismatch" in buf.getvalue()
     assert "asyncjsoc summary" in buf.getvalue()
+
+
+def test_view_counts_one_file_per_tar_export() -> None:
+    """With url-tar each export is one tar file, so the file total becomes the chunk count."""
+    view = PullView(EMAILS)
+    view.apply(Planned(_plan(n_chunks=2, files_per_chunk=3)))
+    view.apply(ExportSubmitted(0, EMAILS[0], "JSOC_20240101_001", "url-tar", 1))
+    assert view.n_files == 2
