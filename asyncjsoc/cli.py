@@ -104,7 +104,7 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
         help="DRMS record sets, e.g. 'hmi.sharp_cea_720s[7302][2018.09.30_00:00_TAI/1d]{Br}'",
     )
     g.add_argument("--jobs", type=Path, metavar="FILE",
-                   help="job file: one 'HARPNUM.YYYYMMDD_HHMMSS_TAI' (or record set) per line")
+                   help="job file: one 'HARPNUM.YYYYMMDD_HHMMSS_TAI' per line, # comments")
     g.add_argument("--series", metavar="NAME",
                    help="series for --jobs (default hmi.sharp_cea_720s) or a built query")
     g.add_argument("--segments", metavar="SEG,SEG",
