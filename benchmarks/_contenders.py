@@ -423,5 +423,20 @@ CONTENDERS: dict[str, Callable[[Spec], Result]] = {
     "aria2c": run_aria2c,
 }
 
+_ASYNCJSOC = ("aiohttp", "anyio", "asyncjsoc._client", "asyncjsoc._config",
+              "asyncjsoc._scheduler", "asyncjsoc._verify", "astropy.io.fits")
+PRELOAD: dict[str, tuple[str, ...]] = {
+    "asyncjsoc": _ASYNCJSOC,
+    "asyncjsoc-plan": _ASYNCJSOC,
+    "drms": ("drms",),
+    "sunpy": ("astropy.time", "drms", "parfive", "sunpy.net", "sunpy.net.attrs",
+              "sunpy.net.jsoc"),
+    "parfive-default": ("parfive",),
+    "parfive-tuned": ("parfive",),
+    "parfive-sunpy": ("parfive",),
+    "raw-aiohttp": ("aiohttp",),
+}
+"""Modules each contender imports before its clock starts."""
+
 # Contenders whose work happens in a child program: report the child's CPU and RSS only.
 EXTERNAL = {"asyncjsoc-cli", "curl", "aria2c"}

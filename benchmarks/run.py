@@ -81,7 +81,7 @@ def versions() -> dict[str, str]:
     for tool in ("curl", "aria2c"):
         if shutil.which(tool):
             first = subprocess.run([tool, "--version"], capture_output=True, text=True).stdout
-            out[tool] = first.split()[1] if first.split()[1:] else "?"
+            out[tool] = next((w for w in first.split() if w[:1].isdigit()), "?")
     return out
 
 
