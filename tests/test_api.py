@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,12 @@ from asyncjsoc.exceptions import (
     QueryError,
 )
 
-RECORDINGS = Path("/work/shared/jsoc-recordings")
+#: The shared recordings live beside the repository (``../shared``), as on CI; override with
+#: ASYNCJSOC_RECORDINGS.
+RECORDINGS = Path(
+    os.environ.get("ASYNCJSOC_RECORDINGS")
+    or Path(__file__).resolve().parents[2] / "shared" / "jsoc-recordings"
+)
 
 
 @functools.cache

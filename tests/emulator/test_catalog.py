@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -121,7 +122,10 @@ def _recorded_structs() -> dict[str, dict[str, Any]]:
     return out
 
 
-RECORDINGS = Path(__file__).resolve().parents[3] / "shared" / "jsoc-recordings"
+RECORDINGS = Path(
+    os.environ.get("ASYNCJSOC_RECORDINGS")
+    or Path(__file__).resolve().parents[3] / "shared" / "jsoc-recordings"
+)
 #: Recordings that between them hold every recorded series_struct body.
 _STRUCT_FILES = ("test_build_table", "test_lookup_records_errors", "test_make_recordset",
                  "test_return_query_args")  # fmt: skip
