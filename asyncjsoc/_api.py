@@ -263,6 +263,31 @@ def _export_files(body: Mapping[str, Any], what: str) -> tuple[ExportFile, ...]:
     return tuple(files)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _export_dir(body: Mapping[str, Any], what: str) -> str | None:
+    """The export's ``dir``: a clean absolute server path (``/SUM…``), or None when empty.
+
+    File URLs are ``server + dir + "/" + filename``; a ``dir`` that is a URL, relative, or
+    holds ``..``, backslashes or control characters is refused rather than requested.
+    """
+    value = _opt_str(body, "dir", what)
+    if not value:
+        return None
+    parts = value.split("/")
+    if (
+        not value.startswith("/")
+        or value.startswith("//")
+        or "\\" in value
+        or _CONTROL.search(value)
+        or any(p in (".", "..") for p in parts)
+    ):
+        shown = repr(value) if len(value) <= 120 else repr(value[:117] + "...")
+        raise ProtocolError(f"{what}: refusing export dir {shown}: not a clean absolute path")
+    return value
+
+
 def _export_status(body: Mapping[str, Any], what: str) -> ExportStatus:
     """Build an :class:`ExportStatus` from any ``jsoc_fetch`` answer, repairing types."""
     request_id = _opt_str(body, "requestid", what) or _opt_str(body, "reqid", what)
@@ -275,7 +300,7 @@ def _export_status(body: Mapping[str, Any], what: str) -> ExportStatus:
         rcount=_opt_int(body, "rcount", what),
         count=_opt_int(body, "count", what),
         size_mb=_opt_float(body, "size", what),
-        dir=_opt_str(body, "dir", what) or None,
+        dir=_export_dir(body, what),
         files=_export_files(body, what),
         tarfile=_opt_str(body, "tarfile", what) or None,
         error=_opt_str(body, "error", what),

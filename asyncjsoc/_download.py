@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aiofiles
 import aiohttp
@@ -38,9 +39,17 @@ from .exceptions import (
     IpBlockedError,
     ProtocolError,
     TransportError,
+    UnsafePathError,
 )
 
-__all__ = ["DownloadOutcome", "Downloader", "ProgressCallback", "meta_path", "part_path"]
+__all__ = [
+    "DownloadOutcome",
+    "Downloader",
+    "ProgressCallback",
+    "check_url_path",
+    "meta_path",
+    "part_path",
+]
 
 ProgressCallback = Callable[[int, "int | None"], None]
 """Called as ``on_progress(bytes_done, total)`` while a file downloads; ``total`` may be None."""
@@ -48,6 +57,32 @@ ProgressCallback = Callable[[int, "int | None"], None]
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 _UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
 _EXPIRED_HINT = "the export's files were deleted on the server; asyncjsoc requests it again"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def check_url_path(url: str) -> None:
+    """Refuse a file URL whose path would not name what the server listed.
+
+    Clients normalise ``..`` and ``.`` segments away before sending, so a listed
+    ``/SUM1/D2/S3/../../../etc/x`` would silently fetch ``/etc/x``; backslashes and control
+    characters have no place in a SUMS path either.
+
+    Raises
+    ------
+    UnsafePathError
+        For a ``.``/``..`` segment, a backslash or a control character in the (decoded) path.
+    """
+    path = unquote(urlsplit(url).path)
+    why = None
+    if any(seg in (".", "..") for seg in path.split("/")):
+        why = "a '.' or '..' segment"
+    elif "\\" in path:
+        why = "a backslash"
+    elif _CONTROL.search(path):
+        why = "a control character"
+    if why is not None:
+        raise UnsafePathError(f"refusing to fetch {url!r}: its path has {why}",
+                              hint="the server listed a file path asyncjsoc will not request")
 
 
 def part_path(dest: Path) -> Path:
@@ -236,7 +271,10 @@ class Downloader:
             The network failed on every attempt; the ``.part`` file is kept for next time.
         IntegrityError
             The size or checksum was wrong twice in a row (the part file is deleted).
+        UnsafePathError
+            The URL's path has ``..``, a backslash or a control character (nothing is fetched).
         """
+        check_url_path(remote.url)
         part, meta = part_path(dest), meta_path(dest)
         await anyio.to_thread.run_sync(lambda: dest.parent.mkdir(parents=True, exist_ok=True))
         attempts = 0

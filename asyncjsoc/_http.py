@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
+from aiohttp.client_middlewares import ClientMiddlewareType
+from yarl import URL
 
 from ._ratelimit import TokenBucket, parse_retry_after, rate_limit_middleware
 from .exceptions import HttpStatusError, IpBlockedError, ProtocolError, TransportError
@@ -31,6 +34,7 @@ __all__ = [
     "is_retryable",
     "map_transport_errors",
     "raise_for_status",
+    "same_host_redirects",
 ]
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -157,7 +161,8 @@ def create_session(
     -------
     aiohttp.ClientSession
         With ``limit_per_host=config.connections``, no total timeout, verified TLS, the
-        ``User-Agent`` set, ``raise_for_status`` off, and every request charged to ``bucket``.
+        ``User-Agent`` set, ``raise_for_status`` off, every request charged to ``bucket``,
+        and redirects followed only on the same server (:func:`same_host_redirects`).
     """
     if bucket is None:
         bucket = config.make_bucket()
@@ -173,9 +178,71 @@ def create_session(
         timeout=timeout,
         headers={"User-Agent": config.user_agent},
         raise_for_status=False,
-        middlewares=(rate_limit_middleware(bucket),),
+        middlewares=(rate_limit_middleware(bucket), same_host_redirects()),
         trust_env=config.trust_env,
     )
+
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _same_server(origin: URL, target: URL) -> bool:
+    """Whether a redirect from ``origin`` to ``target`` stays on the same server.
+
+    Same scheme, host and port; or an upgrade from ``http`` to ``https`` on the same host
+    (default ports). A downgrade from ``https`` to ``http`` is never the same server.
+    """
+    if (origin.host or "").lower() != (target.host or "").lower():
+        return False
+    if origin.scheme == target.scheme:
+        return origin.port == target.port
+    return (
+        origin.scheme == "http"
+        and target.scheme == "https"
+        and origin.port == _DEFAULT_PORTS["http"]
+        and target.port == _DEFAULT_PORTS["https"]
+    )
+
+
+def same_host_redirects() -> ClientMiddlewareType:
+    """An aiohttp client middleware that refuses redirects to another server.
+
+    aiohttp follows redirects and runs the middlewares again for every hop, so this sees each
+    ``3xx`` reply before it is followed. A ``Location`` on the same scheme, host and port (or
+    an ``http`` → ``https`` upgrade of the same host) is followed as usual; anything else
+    raises :class:`~asyncjsoc.exceptions.ProtocolError` without contacting the other host.
+
+    Why: every URL asyncjsoc fetches is built from the server the user chose. A redirect to
+    another host would make it write files from a server nobody chose into the output
+    directory, would send the request (CGI query strings carry the notify address) to a third
+    party, and a downgrade to ``http`` would drop TLS. The JSOC itself has no reason to send
+    clients elsewhere, so such a redirect is an error worth reporting, never followed silently.
+
+    Returns
+    -------
+    ClientMiddlewareType
+        Pass it in ``ClientSession(middlewares=[...])``.
+    """
+
+    async def middleware(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        response = await handler(request)
+        location = response.headers.get("Location") if response.status in _REDIRECTS else None
+        if location:
+            try:
+                target = request.url.join(URL(location))
+            except ValueError:
+                target = None
+            if target is None or not _same_server(request.url, target):
+                response.release()
+                shown = location if len(location) <= 200 else location[:197] + "..."
+                raise ProtocolError(
+                    f"refusing to follow a redirect from {request.url.origin()} to another "
+                    f"server: HTTP {response.status} to {shown!r}"
+                )
+        return response
+
+    return middleware
 
 
 @contextmanager

@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -280,12 +281,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             server = getattr(args, "server", None) or os.environ.get("ASYNCJSOC_SERVER")
             hint = (f"is the server {server or DEFAULT_SERVER} right and reachable from here? "
                     "rerun the same command to try again")
-        if isinstance(exc, StateError) and "different pull" in exc.message:
+        if _is_other_pull(exc):
             # The library's hint names its API (reset=); say it in command-line terms.
             hint = ("give this query another --out, or its own state file with --state PATH "
                     "(files already downloaded are kept)")
         _print_error(exc.message, hint, debug=debug)
-        return EXIT_USAGE if isinstance(exc, _INPUT_ERRORS) else EXIT_FAILED
+        return EXIT_USAGE if isinstance(exc, _INPUT_ERRORS) or _is_other_pull(exc) \
+            else EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug or an unmapped OS error: still one line by default
@@ -522,9 +524,78 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
                          "or set ASYNCJSOC_EMAILS")
     server = _server(args)
     queries = _queries(sel)
-    out = _out_dir(args.out)
-    config = _client_config(args, server=server, emails=emails)
-    return _run(lambda: _fetch(config, queries, out, args))
+    state = args.state if args.state is not None else args.out / ".asyncjsoc" / "state.sqlite"
+    undo = _Undo(args.out, state)
+    try:
+        out = _out_dir(args.out)
+        config = _client_config(args, server=server, emails=emails)
+        return _run(lambda: _fetch(config, queries, out, args))
+    except (UsageError, *_INPUT_ERRORS) as exc:
+        # Bad input found by the server (unknown series, unregistered email...): leave the
+        # disk as it was, so a typo does not leave an empty output tree behind.
+        undo.undo()
+        raise exc from None
+    except StateError as exc:
+        if _is_other_pull(exc):
+            undo.undo()
+        raise
+
+
+def _is_other_pull(exc: JsocError) -> bool:
+    """Whether ``exc`` says the state belongs to a different pull (bad input, exit 2)."""
+    return isinstance(exc, StateError) and "different pull" in exc.message
+
+
+class _Undo:
+    """What a failed fetch created on disk (the output tree, the state files), to remove it.
+
+    Only paths that did not exist before are removed, and only while they hold nothing but
+    asyncjsoc's own state: a downloaded file is never deleted.
+    """
+
+    _STATE_SUFFIXES = ("", "-wal", "-shm", "-journal", ".lock")
+
+    def __init__(self, out: Path, state: Path) -> None:
+        self.out_root = _first_missing(out)
+        self.state = state
+        self.state_root = _first_missing(state.parent)
+        self.state_files = [p for p in self._state_paths() if not p.exists()]
+
+    def _state_paths(self) -> list[Path]:
+        """The state database and its companions."""
+        return [self.state.with_name(self.state.name + s) for s in self._STATE_SUFFIXES]
+
+    def undo(self) -> None:
+        """Remove what was created, best effort."""
+        for path in self.state_files:
+            if path.is_file():
+                path.unlink(missing_ok=True)
+        for root in (self.state_root, self.out_root):
+            if root is not None and root.is_dir() and _holds_no_files(root):
+                shutil.rmtree(root, ignore_errors=True)
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost ancestor of ``path`` (or itself) that does not exist yet, if any."""
+    path = path.absolute()
+    if path.exists():
+        return None
+    top = path
+    for parent in path.parents:
+        if parent.exists():
+            break
+        top = parent
+    return top
+
+
+def _holds_no_files(root: Path) -> bool:
+    """True if the tree under ``root`` has no files other than asyncjsoc's state files."""
+    for dirpath, _dirs, files in os.walk(root):
+        inside_state = ".asyncjsoc" in Path(dirpath).relative_to(root).parts
+        for name in files:
+            if not (inside_state and name.startswith("state.sqlite")):
+                return False
+    return True
 
 
 def _client_config(args: argparse.Namespace, *, server: str, emails: tuple[str, ...]) -> Any:

@@ -363,7 +363,7 @@ def test_different_query_same_out_is_one_line(
     assert main(_fetch_args(emulator, out, RS, *FAST)) == EXIT_OK
     capsys.readouterr()
     other = "hmi.sharp_cea_720s[7302][2018.09.06_00:00:00_TAI]{Br}"
-    assert main(_fetch_args(emulator, out, other, *FAST)) == EXIT_FAILED
+    assert main(_fetch_args(emulator, out, other, *FAST)) == EXIT_USAGE
     last = _last_line(capsys.readouterr().err)
     assert "different pull" in last
     assert "--state" in last

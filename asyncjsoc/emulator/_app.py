@@ -21,6 +21,7 @@ from asyncjsoc.emulator._audit import Audit, RequestEntry
 from asyncjsoc.emulator._clock import Clock
 from asyncjsoc.emulator._fetch import exp_request, exp_status, index_json, index_txt, missing
 from asyncjsoc.emulator._files import BodyCache, FitsValue, build_tar, make_fits
+from asyncjsoc.emulator._hostile import broken_json, pick, rate_hit
 from asyncjsoc.emulator._info import check_address, jsoc_info, show_series, showextseries
 from asyncjsoc.emulator._knobs import Knobs
 from asyncjsoc.emulator._state import Export, State
@@ -119,7 +120,7 @@ class Emulator:
         sum_n, sunum, slot, name = int(m[1]), int(m[2]), int(m[3]), m[4]
         exp = self.state.by_sunum.get(sunum)
         if exp is not None:
-            if exp.dir != f"/SUM{sum_n}/D{sunum}/S{slot:05d}" or slot != 0:
+            if exp.real_dir != f"/SUM{sum_n}/D{sunum}/S{slot:05d}" or slot != 0:
                 return None
             return self._resolve_export(exp, name)
         hit = self.catalog.resolve_sums_path(path)
@@ -148,6 +149,14 @@ class Emulator:
             )
         if name == "index.txt":
             text = index_txt(exp)
+            return (
+                base + name,
+                lambda: memoryview(text.encode("latin-1", "replace")),
+                _etag(base + text),
+                exp.done_at,
+            )
+        if name == f"{exp.request_id}.keywords.txt" and not exp.is_fits:
+            text = _keywords_txt(exp)
             return (
                 base + name,
                 lambda: memoryview(text.encode("latin-1", "replace")),
@@ -268,7 +277,8 @@ class Emulator:
                     await asyncio.sleep(knobs.cgi_delay)
                 resp = await handler(request)
             except web.HTTPException as exc:
-                resp = exc
+                # Routing misses (a path outside /SUM…) arrive as exceptions: answer them.
+                resp = web.Response(status=exc.status, text=exc.text, headers=exc.headers)
             finally:
                 ipst.in_flight -= 1
         params = request.get(PARAMS_KEY, {})
@@ -296,17 +306,25 @@ class Emulator:
 
     # -- CGIs ---------------------------------------------------------------------------------
 
-    async def _jsoc_info(self, request: web.Request, params: dict[str, str]) -> web.Response:
+    async def _jsoc_info(self, request: web.Request, params: dict[str, str]) -> web.StreamResponse:
         """``jsoc_info`` (read-only, so big listings run in a worker thread)."""
         body = await asyncio.to_thread(jsoc_info, self.state, self.catalog, params)
+        hostile = self.knobs.hostile_cgi.get(params.get("op", ""))
+        if hostile is not None:
+            return await self._broken(request, hostile, body)
         return _json(request, body)
 
-    async def _jsoc_fetch(self, request: web.Request, params: dict[str, str]) -> web.Response:
+    async def _jsoc_fetch(self, request: web.Request, params: dict[str, str]) -> web.StreamResponse:
         """``jsoc_fetch``."""
         from asyncjsoc.emulator._catalog import expand_filenamefmt
 
         op = params.get("op", "")
         result: dict[str, Any] | str
+        hostile = self.knobs.hostile_cgi.get(op) if op in ("exp_request", "exp_status") else None
+        if hostile is not None and op == "exp_status" and self.knobs.hostile_exports:
+            exp = self.state.exports.get(params.get("requestid", "").strip())
+            if exp is None or exp.number not in self.knobs.hostile_exports:
+                hostile = None
         if op == "exp_request":
             result = exp_request(
                 self.state, self.catalog, params, request[IP_KEY], expand_filenamefmt
@@ -317,6 +335,8 @@ class Emulator:
             result = {"status": 4, "error": "Re-Export requests temporarily disabled."}
         else:
             result = {"status": 4, "error": f"Invalid operation '{op}'."}
+        if hostile is not None:
+            return await self._broken(request, hostile, result)
         if isinstance(result, str):
             request[STATUS_KEY] = 0
             ctype = "text/plain" if params.get("format") == "txt" else "application/json"
@@ -327,9 +347,46 @@ class Emulator:
             return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
         return _json(request, result)
 
-    async def _check_address(self, request: web.Request, params: dict[str, str]) -> web.Response:
+    async def _check_address(
+        self, request: web.Request, params: dict[str, str]
+    ) -> web.StreamResponse:
         """``checkAddress.sh`` (Python-style JSON, as checkAddress.py prints it)."""
-        return _json(request, check_address(self.state, params), python=True)
+        body = check_address(self.state, params)
+        hostile = self.knobs.hostile_cgi.get("checkAddress")
+        if hostile is not None:
+            return await self._broken(request, hostile, body)
+        return _json(request, body, python=True)
+
+    async def _broken(
+        self, request: web.Request, kind: str, real: dict[str, Any] | str
+    ) -> web.StreamResponse:
+        """A broken CGI answer of ``kind`` (see ``Knobs.hostile_cgi``), HTTP 200."""
+        request[STATUS_KEY] = f"hostile:{kind}"
+        body = broken_json(kind, real)
+        if body is not None:
+            ctype = "text/html" if kind == "html" else "application/json"
+            return web.Response(body=body, content_type=ctype)
+        size = self.knobs.huge_body_bytes
+        head, tail = b'{"status":0,"pad":"', b'"}\n'
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        if kind == "huge-length":
+            resp.content_length = size
+        else:
+            resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        piece = b"x" * (1 << 16)
+        left = size - len(head) - len(tail)
+        try:
+            await resp.write(head)
+            while left > 0:
+                n = min(left, len(piece))
+                await resp.write(piece[:n])
+                left -= n
+            await resp.write(tail)
+            await resp.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass  # the client hung up, as it should
+        return resp
 
     async def _showextseries(self, request: web.Request, params: dict[str, str]) -> web.Response:
         """``showextseries``."""
@@ -352,6 +409,12 @@ class Emulator:
             stats.ranges.append(request.headers.get("Range"))
         if found is None:
             return web.Response(status=404, text="Not Found")
+        if "redirected" not in request.query and rate_hit(
+            knobs.seed, "redirect", path, knobs.redirect_rate
+        ):
+            return web.Response(
+                status=302, headers={"Location": f"{knobs.redirect_to}{path}?redirected=1"}
+            )
         key, make, etag, mtime = found
         body = await self._body(key, make)
         size = len(body)
@@ -386,8 +449,15 @@ class Emulator:
                 cut, abort = self.state.rng.randrange(length), True
             elif self.state.chance(knobs.truncate_rate):
                 cut = self.state.rng.randrange(length)
+        junk = b""
+        oversize = pick(knobs.seed, knobs.oversize_files, path) if status == 200 else None
+        if oversize is not None and cut is None:
+            junk = b"J" * knobs.oversize_bytes
         resp = web.StreamResponse(status=status, headers=headers)
-        resp.content_length = length
+        if oversize == "chunked" and junk:
+            resp.enable_chunked_encoding()
+        else:
+            resp.content_length = length + len(junk)
         await resp.prepare(request)
         if request.method != "GET":
             await resp.write_eof()
@@ -416,6 +486,8 @@ class Emulator:
                 else:
                     transport.close()
             return resp
+        if junk:
+            await resp.write(junk)
         if end == size - 1:
             stats.complete += 1
         await resp.write_eof()
@@ -471,11 +543,11 @@ def parse_params(raw: str) -> dict[str, str]:
 
 
 def _cgi(
-    fn: Callable[[web.Request, dict[str, str]], Awaitable[web.Response]],
-) -> Callable[[web.Request], Awaitable[web.Response]]:
+    fn: Callable[[web.Request, dict[str, str]], Awaitable[web.StreamResponse]],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """Wrap a CGI: gather GET and POST parameters, then call ``fn``."""
 
-    async def handler(request: web.Request) -> web.Response:
+    async def handler(request: web.Request) -> web.StreamResponse:
         raw = request.raw_path.partition("?")[2]
         params = parse_params(raw)
         if request.method == "POST":
@@ -528,6 +600,23 @@ def _fits_keywords(record: Record) -> list[tuple[str, FitsValue]]:
             value = text
         out.append((kw.name, value))
     return out
+
+
+def _keywords_txt(exp: Export) -> str:
+    """An as-is export's ``<id>.keywords.txt``: a ``# record`` line, then ``KEY=value`` lines."""
+    blocks: list[str] = []
+    seen: set[str] = set()
+    for row in exp.rows:
+        if row.source is None:
+            continue
+        record = row.source[0]
+        spec = record.spec()
+        if spec in seen:
+            continue
+        seen.add(spec)
+        lines = [f"# {spec}"] + [f"{k}={v}" for k, v in _fits_keywords(record)]
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)
 
 
 def create_app(knobs: Knobs | None = None) -> web.Application:

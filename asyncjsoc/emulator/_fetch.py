@@ -8,6 +8,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
+from asyncjsoc.emulator._hostile import hostile_dir, hostile_name, hostile_sums_path, pick, rate_hit
 from asyncjsoc.emulator._state import Export, ExportRow, State
 
 if TYPE_CHECKING:
@@ -21,6 +22,7 @@ __all__ = [
     "index_json",
     "index_txt",
     "missing",
+    "offline",
 ]
 
 ID_RE = re.compile(r"JSOC_[0-9]{8}_[0-9]+(_IN)?")
@@ -39,6 +41,22 @@ def missing(state: State, record: Record, segment: Segment) -> bool:
     key = f"{state.knobs.seed}|{record.series.name.lower()}|{record.recnum}|{segment.name}"
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64 < rate
+
+
+def offline(state: State, record: Record) -> bool:
+    """Whether ``record``'s storage unit is offline (seeded, stable per record)."""
+    if not record.online:
+        return True
+    key = f"{record.series.name.lower()}|{record.recnum}"
+    return rate_hit(state.knobs.seed, "offline", key, state.knobs.offline_rate)
+
+
+def _row_name(state: State, record: str, name: str, *, sums: bool) -> str:
+    """``name``, or an unsafe one when the hostile-names knob picks this row."""
+    kind = pick(state.knobs.seed, state.knobs.hostile_names, record)
+    if kind is None:
+        return name
+    return hostile_sums_path(kind, name) if sums else hostile_name(kind, name)
 
 
 def _err(status: int, message: str) -> dict[str, Any]:
@@ -145,17 +163,23 @@ def exp_request(
     quick = method == "url_quick" and protocol.lower() == "as-is"
     if quick and nfiles == 0:
         return _err(4, "There are no files in this RecordSet")
-    if quick and all(r.online for r in records):
+    if quick and all(not offline(state, r) for r in records):
         data = [
-            {"record": f"{r.spec()}{{{s.name}}}", "filename": r.segment_path(s)}
+            {"record": rec, "filename": _row_name(state, rec, r.segment_path(s), sums=True)}
             for r in records
             for s in segments
             if not missing(state, r, s)
+            for rec in [f"{r.spec()}{{{s.name}}}"]
         ]
         return {"rcount": nrec, "count": len(data), "size": size_mb, "dir": "", "data": data,
                 "requestid": "", "method": method, "protocol": protocol, "wait": 0,
                 "status": 0}  # fmt: skip
 
+    if quick and params.get("o", "") not in ("", "0"):
+        rid = state.new_request_id()
+        return {"status": 25, "requestid": rid, "method": method, "protocol": protocol,
+                "wait": 0, "error": "One or more data files are offline; please send a request "
+                "for help to jsoc@sun.stanford.edu with the RequestID; " + rid}  # fmt: skip
     if state.chance(knobs.hash_error_rate):
         return _err(4, "Cant save new export-request hash.")
     rows = _rows(state, records, segments, fmt, protocol, expand)
@@ -163,6 +187,9 @@ def exp_request(
         email=notify, ip=ip, method=method, protocol=protocol,
         requestor=params.get("requestor", ""), rows=rows, rcount=nrec, size_mb=size_mb, md5=md5,
     )  # fmt: skip
+    kind = pick(knobs.seed, knobs.hostile_dirs, exp.request_id)
+    if kind is not None and (not knobs.hostile_exports or exp.number in knobs.hostile_exports):
+        exp.dir_override = hostile_dir(kind, exp.dir)
     return {"status": 2, "requestid": exp.request_id, "method": method, "protocol": protocol,
             "wait": state.wait_of(exp), "rcount": nrec, "size": size_mb}  # fmt: skip
 
@@ -190,17 +217,19 @@ def _rows(
     for rec in records:
         for seg in segments:
             gone = missing(state, rec, seg)
+            key = f"{rec.spec()}{{{seg.name}}}"
             if fits:
                 if gone:
                     continue
                 counter += 1
-                rows.append(ExportRow(rec.spec(), expand(fmt, rec, seg, counter), (rec, seg)))
+                name = _row_name(state, key, expand(fmt, rec, seg, counter), sums=False)
+                rows.append(ExportRow(rec.spec(), name, (rec, seg)))
             elif gone:
-                rows.append(ExportRow(f"{rec.spec()}{{{seg.name}}}", "NoDataFile", None))
+                rows.append(ExportRow(key, "NoDataFile", None))
             else:
                 counter += 1
-                name = expand(fmt, rec, seg, counter)
-                rows.append(ExportRow(f"{rec.spec()}{{{seg.name}}}", name, (rec, seg)))
+                name = _row_name(state, key, expand(fmt, rec, seg, counter), sums=False)
+                rows.append(ExportRow(key, name, (rec, seg)))
     return rows
 
 

@@ -92,6 +92,43 @@ class Knobs:
         Take the client IP from ``X-Forwarded-For`` (lets tests act as several IPs).
     cache_bytes : int
         Bound of the LRU cache of generated file bodies.
+    offline_rate : float
+        Fraction of records whose storage units are offline (seeded, stable per record). A
+        ``url_quick``/``as-is`` request touching one becomes a staged export (an id is issued,
+        status 2), or status 25 when the request sets the ``o`` flag (protocol §5.8).
+    hostile_names : dict[str, float]
+        Hostile server: kind → fraction of export data rows (per record and segment, seeded)
+        whose ``filename`` is replaced by an unsafe one. Kinds: ``"dotdot"`` (``../`` escapes),
+        ``"absolute"`` (``/tmp/...``), ``"nul"`` (a NUL byte), ``"backslash"`` (``..\\``
+        escapes). Applies to ``index.json``/``index.txt`` rows and to ``url_quick`` SUMS paths.
+    hostile_dirs : dict[str, float]
+        Hostile server: kind → fraction of staged exports (per request id) whose ``dir`` is
+        unsafe: ``"dotdot"`` (``/SUM1/../../tmp``), ``"relative"`` (no leading ``/``),
+        ``"url"`` (an absolute URL on another host), ``"nul"``.
+    hostile_cgi : dict[str, str]
+        Hostile server: CGI op (``"exp_request"``, ``"exp_status"``, ``"series_struct"``,
+        ``"rs_summary"``, ``"rs_list"``, ``"checkAddress"``) → kind of broken answer:
+        ``"html"`` (an HTML page with HTTP 200), ``"truncated"`` (JSON cut short),
+        ``"array"`` (JSON that is not an object), ``"huge"`` (``huge_body_bytes`` of padding
+        streamed without Content-Length), ``"huge-length"`` (the same with Content-Length),
+        ``"status-abc"``/``"status-null"``/``"status-list"`` (the real answer with a
+        ``status`` of the wrong type).
+    hostile_exports : set[int]
+        Limits ``hostile_cgi["exp_status"]`` and ``hostile_dirs`` to these exports (1 = the
+        first export this emulator made); empty means every export.
+    huge_body_bytes : int
+        Size of a ``"huge"`` CGI body; it is streamed in small pieces, never held at once.
+    redirect_rate : float
+        Fraction of file paths (seeded, stable per path) answered with HTTP 302.
+    redirect_to : str
+        Where redirected files point: another origin (``http://127.0.0.2:1``, the default,
+        where nothing listens), or ``""`` for the same path on this server (then served).
+    oversize_files : dict[str, float]
+        Hostile server: kind → fraction of file paths whose body is longer than the file:
+        ``"padded"`` (Content-Length covers ``oversize_bytes`` of junk after the file),
+        ``"chunked"`` (no Content-Length; the junk follows the file).
+    oversize_bytes : int
+        Junk bytes appended by ``oversize_files``.
     """
 
     seed: int = 0
@@ -130,6 +167,16 @@ class Knobs:
     first_byte_delay: float = 0.0
     trust_forwarded_for: bool = False
     cache_bytes: int = 512 * 1024 * 1024
+    offline_rate: float = 0.0
+    hostile_names: dict[str, float] = field(default_factory=dict)
+    hostile_dirs: dict[str, float] = field(default_factory=dict)
+    hostile_cgi: dict[str, str] = field(default_factory=dict)
+    hostile_exports: set[int] = field(default_factory=set)
+    huge_body_bytes: int = 100 * 1024 * 1024
+    redirect_rate: float = 0.0
+    redirect_to: str = "http://127.0.0.2:1"
+    oversize_files: dict[str, float] = field(default_factory=dict)
+    oversize_bytes: int = 4 * 2880
 
     def file_cap(self, series: str) -> int | None:
         """The files-per-export cap for ``series`` (longest matching prefix), if any."""

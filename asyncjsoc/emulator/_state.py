@@ -58,11 +58,22 @@ class Export:
     polls: int = 0
     index_json: str | None = None
     error: str = "Export processing failed (emulated failure)."
+    dir_override: str | None = None
+
+    @property
+    def real_dir(self) -> str:
+        """Where the export's files are served, ``/SUM<n>/D<sunum>/S00000``."""
+        return f"/SUM{60 + self.sunum % 40}/D{self.sunum}/S00000"
 
     @property
     def dir(self) -> str:
-        """The export directory, ``/SUM<n>/D<sunum>/S00000``."""
-        return f"/SUM{60 + self.sunum % 40}/D{self.sunum}/S00000"
+        """The export directory as the index reports it (a hostile knob may replace it)."""
+        return self.dir_override if self.dir_override is not None else self.real_dir
+
+    @property
+    def number(self) -> int:
+        """1 for the first export this emulator made, 2 for the next, ..."""
+        return self.sunum - EXPORT_SUNUM_BASE
 
     @property
     def count(self) -> int:

@@ -1,0 +1,176 @@
+"""A hostile or broken server, through the real Client: nothing escapes, the rest completes.
+
+Each case switches one of the emulator's hostile knobs on for part of the records, runs a
+whole ``Client.fetch``, and checks that (a) no file appears outside the output directory,
+(b) exactly the affected records fail with a clear error, and (c) everything else arrives.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from engine_helpers import assert_identical, emulator, fast_config
+
+from asyncjsoc import Client
+from asyncjsoc._api import MAX_BODY_BYTES
+from asyncjsoc._client import PullResult
+from asyncjsoc.emulator import Emulator
+from asyncjsoc.emulator._hostile import ESCAPE_DIR
+from asyncjsoc.exceptions import ProtocolError, UnsafePathError
+
+pytestmark = pytest.mark.anyio
+
+# Two SHARP records x three segments; with max_files_per_export=3 that is two exports.
+SHARP = "hmi.sharp_cea_720s[7302][2018.09.06_00:00:00_TAI-2018.09.06_00:12:00_TAI]{Bp,Bt,Br}"
+N_FILES = 6
+
+
+@pytest.fixture(autouse=True)
+def _no_escape_dir() -> Iterator[None]:
+    """The directory hostile names aim at must not exist before or after a test."""
+    shutil.rmtree(ESCAPE_DIR, ignore_errors=True)
+    yield
+    assert not os.path.exists(ESCAPE_DIR), "a hostile name escaped into " + ESCAPE_DIR
+
+
+def tree(root: Path) -> set[str]:
+    """Every file and directory under ``root``, relative."""
+    return {p.relative_to(root).as_posix() for p in root.rglob("*")}
+
+
+def data_files(out: Path) -> set[str]:
+    """Files under their final names (state and ``.part`` temporaries left out)."""
+    return {p for p in tree(out) if not p.startswith(".asyncjsoc") and (out / p).is_file()
+            and not p.endswith((".part", ".part.meta"))}  # fmt: skip
+
+
+async def pull(emu: Emulator, tmp_path: Path, query: str = SHARP, **config: object
+               ) -> tuple[PullResult, Path]:  # fmt: skip
+    """Fetch ``query`` into ``tmp_path/out``; nothing may appear next to ``out``."""
+    out = tmp_path / "out"
+    before = set(os.listdir(tmp_path))
+    async with Client(fast_config(emu, **config), out) as client:  # type: ignore[arg-type]
+        result = await client.fetch(query)
+    assert set(os.listdir(tmp_path)) - before == {"out"}
+    for name in data_files(out):
+        assert (out / name).resolve().is_relative_to(out.resolve())
+    return result, out
+
+
+def failed_records(result: PullResult) -> set[str]:
+    """The records (or record sets) of every failure."""
+    return {f.record for f in result.failed}
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "nul", "backslash"])
+@pytest.mark.parametrize("method", ["url", "url_quick"])
+async def test_unsafe_file_names(kind: str, method: str, tmp_path: Path) -> None:
+    """Unsafe names fail their records with UnsafePathError; the other files arrive intact."""
+    async with emulator(hostile_names={kind: 0.4}) as emu:
+        protocol = "as-is" if method == "url_quick" else "fits"
+        result, out = await pull(emu, tmp_path, method=method, protocol=protocol,
+                                 max_files_per_export=3)  # fmt: skip
+    assert result.failed, "the knob picked no row: change the rate or seed"
+    if not (method == "url_quick" and kind == "absolute"):
+        # An absolute path is a legitimate quick answer: it is requested, gets a 404 and is
+        # exported again, so its final error depends on the re-export rules.
+        assert all(isinstance(f.error, UnsafePathError) for f in result.failed)
+        assert all("refusing" in f.error.message for f in result.failed)
+        assert len(result.files) + len(result.failed) == N_FILES
+    assert len(data_files(out)) == len(result.files) > 0
+    assert_identical(emu, result)
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "relative", "url", "nul"])
+async def test_unsafe_export_dir_fails_that_export_only(kind: str, tmp_path: Path) -> None:
+    """An export whose ``dir`` is not a clean server path fails with ProtocolError, alone."""
+    async with emulator(hostile_dirs={kind: 1.0}, hostile_exports={2}) as emu:
+        result, out = await pull(emu, tmp_path, max_files_per_export=3)
+    bad = list(result.failed)
+    assert len(bad) == 1, result.failed
+    assert isinstance(bad[0].error, ProtocolError)
+    assert "refusing export dir" in bad[0].error.message
+    assert len(result.files) == 3
+    assert len(data_files(out)) == 3
+
+
+@pytest.mark.parametrize("kind", ["html", "truncated", "array", "status-abc", "status-null",
+                                  "status-list"])  # fmt: skip
+async def test_broken_exp_status_fails_that_export_only(kind: str, tmp_path: Path) -> None:
+    """A broken exp_status answer for one export fails it with a ProtocolError; the rest pull."""
+    async with emulator(hostile_cgi={"exp_status": kind}, hostile_exports={1}) as emu:
+        result, out = await pull(emu, tmp_path, max_files_per_export=3)
+    assert len(result.failed) == 1, result.failed
+    error = result.failed[0].error
+    assert isinstance(error, ProtocolError)
+    assert "exp_status" in error.message
+    assert len(result.files) == 3
+    assert len(data_files(out)) == 3
+
+
+@pytest.mark.parametrize("kind", ["html", "status-abc"])
+async def test_broken_planning_answer_is_one_clear_error(kind: str, tmp_path: Path) -> None:
+    """A broken series_struct stops the pull before any export with one ProtocolError."""
+    async with emulator(hostile_cgi={"series_struct": kind}) as emu:
+        with pytest.raises(ProtocolError, match="series_struct"):
+            await pull(emu, tmp_path)
+        assert not [e for e in emu.audit.requests() if e.op.endswith("exp_request")]
+
+
+@pytest.mark.parametrize("kind", ["huge", "huge-length"])
+async def test_huge_json_is_refused_without_allocating_it(kind: str, tmp_path: Path) -> None:
+    """A 100 MB CGI body is refused at the 64 MiB bound; memory peak stays below the body."""
+    async with emulator(hostile_cgi={"rs_summary": kind}, huge_body_bytes=100 << 20) as emu:
+        tracemalloc.start()
+        try:
+            with pytest.raises(ProtocolError, match="over"):
+                await pull(emu, tmp_path)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < MAX_BODY_BYTES + (16 << 20), peak
+    if kind == "huge-length":
+        assert peak < 16 << 20, "a too-long Content-Length must be refused before reading"
+
+
+async def test_redirect_to_another_host_is_refused(tmp_path: Path) -> None:
+    """File GETs answered with a 302 to another host fail; nothing contacts that host."""
+    async with emulator(redirect_rate=0.5) as emu:
+        result, out = await pull(emu, tmp_path)
+    assert result.failed
+    for f in result.failed:
+        assert isinstance(f.error, ProtocolError)
+        assert "redirect" in f.error.message
+        assert "127.0.0.2" in f.error.message
+    assert len(result.files) + len(result.failed) == N_FILES
+    assert len(data_files(out)) == len(result.files) > 0
+    assert_identical(emu, result)
+
+
+async def test_redirect_on_the_same_host_is_followed(tmp_path: Path) -> None:
+    """A 302 to the same server is followed: every file arrives."""
+    async with emulator(redirect_rate=1.0, redirect_to="") as emu:
+        result, out = await pull(emu, tmp_path)
+        assert result.ok, result.failed
+        assert len(data_files(out)) == N_FILES
+        assert_identical(emu, result)
+        redirects = [e for e in emu.audit.requests() if e.http_status == 302]
+        assert len(redirects) == N_FILES
+
+
+@pytest.mark.parametrize("kind", ["padded", "chunked"])
+async def test_body_longer_than_the_file_is_not_kept(kind: str, tmp_path: Path) -> None:
+    """Junk after a FITS file (with or without Content-Length) fails that file, not others."""
+    async with emulator(oversize_files={kind: 0.5}) as emu:
+        result, out = await pull(emu, tmp_path)
+    assert result.failed
+    assert all(type(f.error).__name__ == "IntegrityError" for f in result.failed)
+    assert len(result.files) + len(result.failed) == N_FILES
+    assert {f.relpath for f in result.failed}.isdisjoint(data_files(out))
+    assert len(data_files(out)) == len(result.files) > 0
+    assert_identical(emu, result)
