@@ -52,6 +52,7 @@ def run_raw_aiohttp(spec: Spec) -> Result:
     pairs = _url_list(spec)
     out = Path(spec["out"])
     conns = int(spec.get("connections", 2))
+    fsync = bool(spec.get("options", {}).get("fsync", False))
 
     async def main() -> int:
         """Drain the URL list with ``conns`` workers sharing one session."""
@@ -85,6 +86,9 @@ def run_raw_aiohttp(spec: Spec) -> Result:
                                     break
                                 fh.write(block)
                                 total += len(block)
+                            if fsync:
+                                fh.flush()
+                                os.fsync(fh.fileno())
 
             await asyncio.gather(*(worker() for _ in range(conns)))
         return total
@@ -118,7 +122,11 @@ def _parfive(spec: Spec, *, tuned: bool, sunpy_mode: bool = False) -> Result:
         dl.enqueue_file(url, **kwargs)
     res = dl.download()
     errors = [f"{e.url}: {e.exception!r}" for e in res.errors][:5]
-    return {"failed_files": len(res.errors), "errors": errors}
+    out_res: Result = {"failed_files": len(res.errors), "errors": errors}
+    if res.errors:
+        first = str(res.errors[0].exception).splitlines()[0][-120:]
+        out_res["error"] = f"{len(res.errors)} files failed, e.g. {first}"
+    return out_res
 
 
 def run_parfive_default(spec: Spec) -> Result:

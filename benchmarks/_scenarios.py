@@ -43,7 +43,8 @@ def hmi_ds(first: int, count: int) -> str:
 def hmi_query(first: int, count: int) -> dict[str, Any]:
     """The same selection as a query dict (ds for asyncjsoc, times for sunpy)."""
     start = T0 + timedelta(seconds=first * CADENCE)
-    end = start + timedelta(seconds=count * CADENCE - 1)
+    # DRMS rounds a slotted time to the nearest slot, so the end is the last record's slot.
+    end = start + timedelta(seconds=(count - 1) * CADENCE)
     return {
         "ds": hmi_ds(first, count), "series": HMI, "segments": [SEG],
         "start": start.isoformat(), "end": end.isoformat(),
@@ -301,6 +302,8 @@ def _download_rows(ctx: Ctx, emu: Emulator, urls_file: Path, query: dict[str, An
                           asyncjsoc_fields(conns, lifted=True, verify=False, protocol="as-is")
                           | {"query": query}),
         "raw-aiohttp": ("raw-aiohttp", {"connections": conns} | common),
+        "raw-aiohttp+fsync": ("raw-aiohttp", {"connections": conns, "options": {"fsync": True}}
+                              | common),
         "parfive-default": ("parfive-default", common),
         "parfive-tuned": ("parfive-tuned", {"connections": conns} | common),
         "parfive sunpy-mode": ("parfive-tuned", {"connections": 1, "options": {}} | common),
@@ -333,8 +336,8 @@ def s2_bandwidth(ctx: Ctx) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     sweep_pts: dict[str, list[tuple[int, float]]] = {}
     everyone = ["asyncjsoc", "asyncjsoc+verify", "asyncjsoc-cli", "raw-aiohttp",
-                "parfive-default", "parfive-tuned", "parfive sunpy-mode", "curl", "aria2c",
-                "drms (serial)"]
+                "raw-aiohttp+fsync", "parfive-default", "parfive-tuned", "parfive sunpy-mode",
+                "curl", "aria2c", "drms (serial)"]
     with Emulator(knobs) as emu:
         # Cap off.
         q = hmi_query(0, n_off)
@@ -480,6 +483,9 @@ def s3_small_files(ctx: Ctx) -> dict[str, Any]:
              asyncjsoc_fields(conns, lifted=True, verify=False, protocol="as-is")
              | {"query": qs}, slow_n),
             ("raw-aiohttp", "raw-aiohttp", {"urls_file": str(urls), "connections": conns}, n),
+            (f"raw-aiohttp+fsync ({slow_n})", "raw-aiohttp",
+             {"urls_file": str(slow_urls), "connections": conns, "options": {"fsync": True}},
+             slow_n),
             ("curl", "curl", {"urls_file": str(urls), "connections": conns}, n),
             (f"aria2c ({slow_n})", "aria2c",
              {"urls_file": str(slow_urls), "connections": conns}, slow_n),
