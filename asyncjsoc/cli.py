@@ -81,6 +81,10 @@ class UsageError(Exception):
         self.hint = hint
 
 
+# Errors after which a fetch removes what it created (nothing useful was written).
+_BAD_INPUT: tuple[type[Exception], ...] = (UsageError, *_INPUT_ERRORS)
+
+
 # --- parser ------------------------------------------------------------------------------
 
 
@@ -457,6 +461,8 @@ def _queries(sel: _Selection) -> list[Any]:
 
     if sel.recordsets:
         queries = [Query.from_recordset(text) for text in sel.recordsets]
+        for query in queries:
+            _check_ranges(query.recordset())
         if len(queries) == 1:
             return queries
         series = {q.series.lower() for q in queries}
@@ -485,6 +491,35 @@ def _queries(sel: _Selection) -> list[Any]:
             where=list(sel.where) or None,
         )
     ]
+
+
+def _check_ranges(text: str) -> None:
+    """Refuse a range whose start is after its end (DRMS would quietly select nothing)."""
+    from asyncjsoc._recordset import (
+        IntValue,
+        NumberValue,
+        Range,
+        Select,
+        TimeValue,
+        parse_recordset,
+    )
+
+    for subset in parse_recordset(text).subsets:
+        for flt in subset.filters:
+            for item in flt.items if isinstance(flt, Select) else ():
+                if not isinstance(item, Range):
+                    continue
+                start, end = item.start, item.end
+                backwards = False
+                if isinstance(start, TimeValue) and isinstance(end, TimeValue):
+                    backwards = bool(start.parts.to_time() > end.parts.to_time())
+                elif isinstance(start, IntValue | NumberValue) and \
+                        isinstance(end, IntValue | NumberValue):
+                    backwards = start.value > end.value
+                if backwards:
+                    raise UsageError(f"the range {item} in {text!r} runs backwards "
+                                     "(its start is after its end)",
+                                     "write the earlier value first, e.g. [a-b] with a <= b")
 
 
 def _out_dir(path: Path) -> Path:
@@ -530,7 +565,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
         out = _out_dir(args.out)
         config = _client_config(args, server=server, emails=emails)
         return _run(lambda: _fetch(config, queries, out, args))
-    except (UsageError, *_INPUT_ERRORS) as exc:
+    except _BAD_INPUT as exc:
         # Bad input found by the server (unknown series, unregistered email...): leave the
         # disk as it was, so a typo does not leave an empty output tree behind.
         undo.undo()
@@ -603,6 +638,10 @@ def _client_config(args: argparse.Namespace, *, server: str, emails: tuple[str, 
     from asyncjsoc._config import ClientConfig
 
     kwargs: dict[str, Any] = {"server": server, "emails": emails}
+    ca_bundle = getattr(args, "ca_bundle", None)
+    if ca_bundle is not None and not Path(ca_bundle).is_file():
+        raise UsageError(f"--ca-bundle {str(ca_bundle)!r} is not a file",
+                         "give the PEM file of your site's CA certificates")
     for option, field_name in (
         ("method", "method"),
         ("protocol", "protocol"),
@@ -681,6 +720,7 @@ async def _fetch(config: Any, queries: list[Any], out: Path, args: argparse.Name
     results: list[Any] = []
     try:
         async with Client(config, out, reporter=display) as client:
+            await _require_usable_email(client)
             for query in queries:
                 results.append(await client.fetch(query))
     except anyio.get_cancelled_exc_class():
@@ -697,6 +737,22 @@ async def _fetch(config: Any, queries: list[Any], out: Path, args: argparse.Name
     if args.json:
         _emit_json(_result_json(results, display.view), sys.stdout)
     return EXIT_OK if ok else EXIT_FAILED
+
+
+async def _require_usable_email(client: Any) -> None:
+    """Fail before planning (one line, nothing shown) when no notify address is usable."""
+    from asyncjsoc._progress import mask_email
+
+    statuses = [await client.api.check_email(e) for e in client.config.emails]
+    if statuses and not any(s.registered for s in statuses):
+        reasons = "; ".join(f"{mask_email(s.email)}: {s.message or 'not registered'}"
+                            for s in statuses)
+        raise EmailNotRegisteredError(
+            f"no usable notify email: {reasons}", email=statuses[0].email,
+            status=statuses[0].code,
+            hint=f"register the address at {REGISTER_URL} (confirm the reply within 15 "
+            "minutes), then try again",
+        )
 
 
 def _result_json(results: Sequence[Any], view: Any) -> dict[str, Any]:
