@@ -1,0 +1,177 @@
+"""SIGINT / SIGTERM leave a consistent state that the rerun resumes; one run per directory.
+
+tests/test_cli_pty.py checks the exit codes in a terminal and that finished files are kept;
+here the CLI runs behind pipes and the checks go further: the state store agrees with the
+disk after the signal, every ``.part`` file is resumed with an HTTP Range from exactly its
+size (per the emulator's audit), and a second concurrent run on the same directory is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from anyio.from_thread import start_blocking_portal
+
+from asyncjsoc.emulator import Emulator, Knobs, run_emulator
+
+EXE = str(Path(sys.executable).with_name("asyncjsoc"))
+EMAIL = "carol@example.org"
+# Six records 45 s apart, one segment: 6 files of ~170 kB.
+RS = "hmi.M_45s[2012.01.01_00:00:00_TAI/270s]{magnetogram}"
+N_FILES = 6
+
+pytestmark = pytest.mark.skipif(not os.path.exists(EXE), reason="asyncjsoc script not installed")
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    """The emulator on its own event loop in a thread; files trickle in at 250 kB/s."""
+    knobs = Knobs(export_delay=0.05, file_size=60 * 2880, bandwidth=250_000, seed=9)
+    with start_blocking_portal() as portal, portal.wrap_async_context_manager(
+        run_emulator(knobs)
+    ) as emu:
+        yield emu
+
+
+def _env() -> dict[str, str]:
+    """The child's environment without ambient asyncjsoc settings."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ("CI", "ASYNCJSOC_SERVER", "ASYNCJSOC_EMAILS")}
+
+
+def _argv(emu: Emulator, out: Path) -> list[str]:
+    """The fetch command: one connection, fast polls, plain log lines."""
+    return [EXE, "fetch", RS, "--server", emu.url, "--email", EMAIL, "--out", str(out),
+            "--connections", "1", "--poll-min", "0.05", "--rate-limit", "200",
+            "--no-progress"]
+
+
+def _store(out: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of the state store, read-only."""
+    conn = sqlite3.connect(f"file:{out / '.asyncjsoc' / 'state.sqlite'}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def _wait_for(predicate: Any, proc: subprocess.Popen[str], what: str) -> None:
+    """Poll ``predicate`` until true; fail if the process ends first or 20 s pass."""
+    deadline = time.monotonic() + 20
+    while not predicate():
+        assert proc.poll() is None, f"the run ended before {what}"
+        assert time.monotonic() < deadline, f"no {what}"
+        time.sleep(0.01)
+
+
+def _parts(out: Path) -> dict[str, int]:
+    """Partial downloads: final name → bytes in its ``.part`` file."""
+    return {p.name.removesuffix(".part"): p.stat().st_size for p in out.glob("*.part")}
+
+
+def _check_store_matches_disk(out: Path) -> None:
+    """The store says done exactly for the complete files on disk; the rest is resumable."""
+    rows = _store(out, "SELECT relpath, state, bytes FROM files")
+    finals = {p.name: p.stat().st_size for p in out.glob("*.fits")}
+    done = {r: b for r, state, b in rows if state == "done"}
+    assert done == finals, "store and disk disagree about finished files"
+    for relpath, size in _parts(out).items():
+        state = next(s for r, s, _ in rows if r == relpath)
+        assert state != "done", relpath
+        assert size < 60 * 2880 + 2880, relpath
+    for (state,) in _store(out, "SELECT state FROM chunks"):
+        assert state in ("planned", "exporting", "ready"), state
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_state_and_rerun_resumes_parts_with_range(
+    emulator: Emulator, tmp_path: Path, sig: signal.Signals, code: int
+) -> None:
+    """A signal mid-file: exit 130/143, store consistent, the .part resumed from its size."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_argv(emulator, out), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        # Some files done and the next one part-way: a prefix has trickled in.
+        _wait_for(lambda: len(list(out.glob("*.fits"))) >= 1 and _parts(out), proc,
+                  "partial download")
+        time.sleep(0.3)
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == code, stderr
+    assert "interrupted" in stderr.lower() or "terminated" in stderr.lower(), stderr
+    _check_store_matches_disk(out)
+    parts = {name: size for name, size in _parts(out).items() if size > 0}
+    assert parts, "the signal left no partial bytes to resume"
+    finished = {p.name: p.stat().st_mtime_ns for p in out.glob("*.fits")}
+    n_before = len(emulator.audit.entries)
+
+    emulator.knobs.bandwidth = None
+    rerun = subprocess.run(_argv(emulator, out), capture_output=True, text=True, env=_env(),
+                           timeout=60, check=False)
+    assert rerun.returncode == 0, rerun.stderr
+    later = [e for e in emulator.audit.entries[n_before:] if e.op == "file"]
+    for name, size in parts.items():
+        gets = [e for e in later if e.path.endswith("/" + name)]
+        assert gets, f"{name} was not fetched"
+        assert gets[0].range == f"bytes={size}-", (name, gets[0].range)
+        assert gets[0].http_status == 206
+    for name in finished:
+        assert not any(e.path.endswith("/" + name) for e in later), f"{name} fetched again"
+        assert (out / name).stat().st_mtime_ns == finished[name]
+    # Everything complete and identical to what the server serves.
+    rows = _store(out, "SELECT relpath, url, state FROM files")
+    assert len(rows) == N_FILES
+    assert {s for _, _, s in rows} == {"done"}
+    assert list(out.glob("*.part*")) == []
+    for relpath, url, _ in rows:
+        data = (out / relpath).read_bytes()
+        assert hashlib.sha256(data).digest() == hashlib.sha256(emulator.file_bytes(url)).digest()
+
+
+def test_second_concurrent_run_is_refused(emulator: Emulator, tmp_path: Path) -> None:
+    """While one run owns the directory, another exits 2 with one clear line; no harm done."""
+    out = tmp_path / "out"
+    first = subprocess.Popen(_argv(emulator, out), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        _wait_for(lambda: any(e.op == "file" for e in emulator.audit.entries), first,
+                  "download")
+        n_before = len(emulator.audit.entries)
+        second = subprocess.run(_argv(emulator, out), capture_output=True, text=True,
+                                env=_env(), timeout=60, check=False)
+        assert first.poll() is None, "the first run should still be going"
+        emulator.knobs.bandwidth = None
+        _, first_err = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert second.returncode == 2, second.stderr
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1, second.stderr
+    assert lines[0].startswith("asyncjsoc: error: another asyncjsoc run is using"), lines[0]
+    assert str(first.pid) in lines[0]
+    assert second.stdout == ""
+    # The refused run planned and exported nothing: the first one was past planning and
+    # exporting, so any such call after this point would be the second run's. (Its email
+    # check may come first: the store, and with it the lock, opens with the pull.)
+    later = {e.op for e in emulator.audit.entries[n_before:]}
+    assert later <= {"file", "checkAddress.sh"}, later
+    assert first.returncode == 0, first_err
+    assert len(list(out.glob("*.fits"))) == N_FILES
+    assert list(out.glob("*.part*")) == []
