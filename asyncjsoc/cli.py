@@ -735,7 +735,7 @@ async def _fetch(config: Any, queries: list[Any], out: Path, args: argparse.Name
     ok = all(r.ok for r in results)
     _print_summary(display, out)
     if args.json:
-        _emit_json(_result_json(results, display.view), sys.stdout)
+        _emit_json(_result_json(results, display.view, full_emails=args.debug), sys.stdout)
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -755,8 +755,14 @@ async def _require_usable_email(client: Any) -> None:
         )
 
 
-def _result_json(results: Sequence[Any], view: Any) -> dict[str, Any]:
-    """The ``--json`` document of a fetch: every file on disk, every failure, every export."""
+def _result_json(results: Sequence[Any], view: Any, *, full_emails: bool = False,
+                 ) -> dict[str, Any]:
+    """The ``--json`` document of a fetch: every file on disk, every failure, every export.
+
+    Emails are masked unless ``full_emails`` (``--debug``): the document often ends up in logs.
+    """
+    from asyncjsoc._progress import mask_email
+
     files: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     exports: list[dict[str, Any]] = []
@@ -771,7 +777,8 @@ def _result_json(results: Sequence[Any], view: Any) -> dict[str, Any]:
             row = next((r for r in view.exports.values() if r.request_id == rid), None)
             exports.append({
                 "requestid": rid,
-                "email": row.email if row is not None else None,
+                "email": (None if row is None or row.email is None
+                          else row.email if full_emails else mask_email(row.email)),
                 "status": _STATE_STATUS.get(row.state) if row is not None else None,
             })
     for relpath, (size, record) in view.skipped.items():
