@@ -81,6 +81,9 @@ class FileResult:
         Where it was fetched from.
     resumed_from
         Bytes that were already on disk from an interrupted attempt.
+    reused
+        True for a file finished by an earlier run and found intact on disk: it was not
+        fetched again (see :attr:`PullResult.reused`).
     """
 
     path: Path
@@ -90,6 +93,7 @@ class FileResult:
     request_id: str | None
     url: str = ""
     resumed_from: int = 0
+    reused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +109,14 @@ class PullResult:
     exports
         Every export request id used, new or reused.
     skipped
-        Files already complete from an earlier run; not fetched again.
+        How many files were already complete from an earlier run (``len(reused)``).
     missing
         Records the server listed without a file (``NoDataFile``): nothing to fetch.
     plan
         The plan as it ended, splits included.
+    reused
+        The files finished by earlier runs and found intact on disk (``reused=True``);
+        with :attr:`files` they make :attr:`all_files`, every file of the pull on disk.
     """
 
     files: tuple[FileResult, ...]
@@ -118,6 +125,12 @@ class PullResult:
     skipped: int = 0
     missing: tuple[str, ...] = ()
     plan: Plan | None = None
+    reused: tuple[FileResult, ...] = ()
+
+    @property
+    def all_files(self) -> tuple[FileResult, ...]:
+        """Every file of the pull that is on disk: fetched now, then reused from earlier runs."""
+        return self.files + self.reused
 
     @property
     def ok(self) -> bool:
@@ -136,14 +149,27 @@ class _PullState:
 
     files: list[FileResult] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
-    skipped: int = 0
+    reused: list[FileResult] = field(default_factory=list)
+    reused_paths: set[str] = field(default_factory=set)
 
 
 class Pull:
     """A pull in progress: iterate it for each :class:`FileResult` as it is verified.
 
-    Obtained from :meth:`Client.pull`. After the iteration ends, :attr:`result` holds the
-    :class:`PullResult`.
+    Obtained from :meth:`Client.pull`, not made directly. After the iteration ends,
+    :attr:`result` holds the :class:`PullResult`. Files reused from earlier runs are not
+    yielded; they are in ``result.reused``.
+
+    Parameters
+    ----------
+    results
+        The stream the downloaders send finished files into.
+    plan
+        The plan the pull started with.
+    scheduler
+        The pull's export scheduler.
+    pool
+        The pull's email pool.
     """
 
     def __init__(self, results: MemoryObjectReceiveStream[FileResult], plan: Plan,
@@ -157,9 +183,11 @@ class Pull:
         self._pool = pool
 
     def __aiter__(self) -> Pull:
+        """The pull is its own iterator."""
         return self
 
     async def __anext__(self) -> FileResult:
+        """The next verified file; stops when every file is settled."""
         try:
             return await self._results.receive()
         except anyio.EndOfStream:
@@ -192,9 +220,11 @@ def pull_fingerprint(query: Query, config: ClientConfig) -> str:
 class Client:
     """An async client for bulk JSOC downloads into one output directory.
 
-    Use it as an async context manager. It owns one HTTP session, one rate limiter and the
-    directory's state store; a second client (or process) on the same directory is refused
-    while this one is open. It works inside any running anyio/asyncio event loop and starts
+    Use it as an async context manager. It owns one HTTP session, one rate limiter and, from
+    its first :meth:`pull` or :meth:`fetch` on, the directory's state store and its lock: a
+    second client (or process) pulling into the same directory is then refused until this
+    one is closed. :meth:`plan` and :meth:`check_emails` write nothing and take no lock.
+    It works inside any running anyio/asyncio event loop and starts
     no threads for I/O, no private loops and no signal handlers.
 
     Parameters
@@ -226,10 +256,18 @@ class Client:
         self._downloader: Downloader | None = None
         self._bucket: TokenBucket | None = None
         self._pull_lock = anyio.Lock()
+        self._store_lock = anyio.Lock()
 
     # -- lifetime -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Client:
+        """Open the HTTP session (the state store opens with the first pull).
+
+        Raises
+        ------
+        RuntimeError
+            When the client was entered before; a client is used once.
+        """
         if self._entered:
             raise RuntimeError("a Client can be entered only once")
         self._entered = True
@@ -241,8 +279,6 @@ class Client:
             ca_bundle=config.ca_bundle,
         )
         async with contextlib.AsyncExitStack() as stack:
-            state_path = config.state_path or default_state_path(self.out_dir)
-            self._store = await stack.enter_async_context(StateStore(state_path))
             self._bucket = transport.make_bucket()
             self._session = await stack.enter_async_context(
                 create_session(transport, self._bucket))
@@ -256,6 +292,7 @@ class Client:
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
+        """Close everything; see :meth:`aclose`."""
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -266,11 +303,27 @@ class Client:
             with anyio.CancelScope(shield=True):
                 await stack.aclose()
 
-    def _require_open(self) -> tuple[JsocApi, StateStore, Downloader]:
+    def _require_open(self) -> tuple[JsocApi, Downloader]:
         """The open resources, or a clear error when used outside ``async with``."""
-        if self._api is None or self._store is None or self._downloader is None:
+        if self._api is None or self._downloader is None or self._stack is None:
             raise RuntimeError("use the Client inside `async with Client(...) as client:`")
-        return self._api, self._store, self._downloader
+        return self._api, self._downloader
+
+    async def _open_store(self) -> StateStore:
+        """The state store, opened (and locked) on first use; closed with the client."""
+        async with self._store_lock:
+            self._require_open()
+            if self._store is None:
+                assert self._stack is not None
+                path = self.config.state_path or default_state_path(self.out_dir)
+                self._store = await self._stack.enter_async_context(
+                    StateStore(path, reset=self.config.reset))
+            return self._store
+
+    def _opened_store(self) -> StateStore:
+        """The store a running pull uses."""
+        assert self._store is not None
+        return self._store
 
     @property
     def api(self) -> JsocApi:
@@ -357,13 +410,16 @@ class Client:
 
         Raises
         ------
-        StateError
-            The output directory holds the state of a different query.
+        StateMismatchError
+            The state file holds the state of a different pull (see ``ClientConfig.reset``).
+        StateLockedError
+            Another run is pulling into the same directory.
         EmailNotRegisteredError
             No configured email can be used for exports.
         """
-        api, store, _ = self._require_open()
+        api, _ = self._require_open()
         query = _as_query(query)
+        store = await self._open_store()
         async with self._pull_lock:
             plan = await self._prepare(query, store)
             info = await api.series_info(plan.series)
@@ -393,6 +449,7 @@ class Client:
     async def _prepare(self, query: Query, store: StateStore) -> Plan:
         """The plan of ``query``: the stored one when resuming the same pull, else a new one."""
         fingerprint = pull_fingerprint(query, self.config)
+        await store.check_fingerprint(fingerprint)
         stored = await store.stored_fingerprint()
         plan: Plan | None = None
         if stored == fingerprint:
@@ -407,9 +464,10 @@ class Client:
     async def _run_pull(self, plan: Plan, scheduler: ExportScheduler, pool: EmailPool,
                         results: MemoryObjectSendStream[FileResult], pull: Pull) -> None:
         """The whole pipeline: scheduler → downloaders → results; sets ``pull.result``."""
-        _, store, _ = self._require_open()
+        store = self._opened_store()
         state = _PullState()
         async with results:
+            await self._reuse_done(store, state)
             states = await store.chunk_states()
             if self.config.emails and any(s != "done" for s in states.values()):
                 await pool.check()
@@ -423,13 +481,43 @@ class Client:
             failed = tuple(scheduler.failures) + tuple(state.failures)
             result = PullResult(
                 files=tuple(state.files), failed=failed,
-                exports=tuple(dict.fromkeys(scheduler.request_ids)), skipped=state.skipped,
-                missing=tuple(scheduler.missing), plan=scheduler.plan or plan,
+                exports=tuple(dict.fromkeys(scheduler.request_ids)),
+                skipped=len(state.reused), missing=tuple(scheduler.missing),
+                plan=scheduler.plan or plan, reused=tuple(state.reused),
             )
             pull.result = result
             self._report(PullFinished(files=len(result.files), failed=len(result.failed),
                                       bytes=result.bytes, exports=len(result.exports),
                                       ok=result.ok))
+
+    async def _reuse_done(self, store: StateStore, state: _PullState) -> None:
+        """Report the files finished by earlier runs; queue again the ones gone from disk.
+
+        A file is reused when it is on disk with its recorded size. One that is not is put
+        back to pending, and its chunk (if done) back to ``ready``, so the scheduler fetches
+        it again from the stored export, or re-exports it if that export is gone.
+        """
+        states = await store.chunk_states()
+        for index in sorted(states):
+            records = await store.done_files(index)
+            if not records:
+                continue
+            sizes = await anyio.to_thread.run_sync(
+                _sizes_on_disk, self.out_dir, [r.relpath for r in records])
+            gone = False
+            for record, (path, size) in zip(records, sizes, strict=True):
+                if path is None or size != record.bytes:
+                    await store.mark_pending(record.relpath)
+                    gone = True
+                    continue
+                state.reused.append(FileResult(
+                    path=path, relpath=record.relpath, record=record.record,
+                    bytes=record.bytes, request_id=record.request_id, url=record.url,
+                    reused=True))
+                state.reused_paths.add(record.relpath)
+                self._report(FileSkipped(record.relpath, record.bytes, record.record))
+            if gone and states[index] == "done":
+                await store.set_chunk_state(index, "ready")
 
     async def _download_worker(self, jobs: MemoryObjectReceiveStream[DownloadJob],
                                results: MemoryObjectSendStream[FileResult],
@@ -446,17 +534,23 @@ class Client:
     async def _download_one(self, remote: RemoteFile,
                             state: _PullState) -> tuple[FileResult | None, JsocError | None]:
         """Fetch one file (or skip it if done); returns the result or the error."""
-        _, store, downloader = self._require_open()
+        _, downloader = self._require_open()
+        store = self._opened_store()
         relpath = remote.relpath
         report = self._report
+        if relpath in state.reused_paths:
+            return None, None  # reported at the start of the pull
         try:
             dest = await anyio.to_thread.run_sync(resolve_inside, self.out_dir, relpath)
             known = await store.file_state(relpath)
             if known is not None and known.state == "done":
                 size = await anyio.to_thread.run_sync(_size_or_none, dest)
                 if size == known.bytes:
-                    state.skipped += 1
-                    report(FileSkipped(relpath, size))
+                    state.reused.append(FileResult(
+                        path=dest, relpath=relpath, record=remote.record, bytes=size,
+                        request_id=known.request_id, url=known.url, reused=True))
+                    state.reused_paths.add(relpath)
+                    report(FileSkipped(relpath, size, remote.record))
                     return None, None
                 await store.mark_pending(relpath)
             started = False
@@ -488,6 +582,19 @@ class Client:
 def _as_query(query: Query | str) -> Query:
     """A Query from a Query or a record-set string."""
     return Query.from_recordset(query) if isinstance(query, str) else query
+
+
+def _sizes_on_disk(out_dir: Path, relpaths: list[str]) -> list[tuple[Path | None, int | None]]:
+    """Each relpath's final path and size on disk (``None`` when missing or unsafe)."""
+    found: list[tuple[Path | None, int | None]] = []
+    for relpath in relpaths:
+        try:
+            path = resolve_inside(out_dir, relpath)
+        except JsocError:
+            found.append((None, None))
+            continue
+        found.append((path, _size_or_none(path)))
+    return found
 
 
 def _size_or_none(path: Path) -> int | None:

@@ -52,7 +52,10 @@ class ClientConfig:
         without keywords), and is fast: usually no staging at all.
     filenamefmt
         The server-side file name template. ``None`` builds a readable one from the series'
-        prime keys, e.g. ``hmi.sharp_cea_720s.{HARPNUM}.{T_REC:A}.{segment}``.
+        prime keys, e.g. ``hmi.sharp_cea_720s.{HARPNUM}.{T_REC:A}.{segment}``. A template
+        that gives several files the same name is handled without overwriting: within one
+        export those files fail (the server keeps only one of them); across exports the
+        later record gets ``.<digest of the record>`` before the extension.
     max_files_per_export
         At most this many files per export request; ``None`` uses the per-series default
         (15 000 for ``aia.*``, 30 000 otherwise). Larger queries are split into chunks.
@@ -74,6 +77,11 @@ class ClientConfig:
     state_path
         The SQLite file that makes a pull resumable; ``None`` means
         ``<out_dir>/.asyncjsoc/state.sqlite``.
+    reset
+        When the state file holds the state of a different pull (another query, server or
+        export options), discard it and start this pull afresh instead of raising
+        :class:`~asyncjsoc.exceptions.StateMismatchError`. Files already on disk are kept;
+        the state of the same pull is always resumed.
     ca_bundle
         A PEM file of extra CA certificates for HTTPS; ``None`` uses the system's. TLS is
         always verified.
@@ -110,6 +118,7 @@ class ClientConfig:
     verify_checksums: bool = True
     chunk_size: int = 1 << 20
     state_path: Path | None = None
+    reset: bool = False
     ca_bundle: Path | None = None
     sock_connect: float = 30.0
     sock_read: float = 120.0

@@ -10,7 +10,6 @@ downloaded, so the next chunk is staged while the previous one downloads.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import NoReturn, Protocol
@@ -101,7 +100,10 @@ class EmailPool:
         self._usable: list[str] = []
         self._busy: set[str] = set()
         self._dropped: dict[str, str] = {}
-        self._free_send, self._free_receive = anyio.create_memory_object_stream[str](math.inf)
+        # Free addresses in hand-out order; every change wakes the waiters, who look again.
+        self._free: list[str] = []
+        self._wake = anyio.Event()
+        self._closed = False
         self._check_lock = anyio.Lock()
 
     @property
@@ -145,8 +147,8 @@ class EmailPool:
                     self._reporter(EmailChecked(status))
                 self._statuses = statuses
                 self._usable = [e for e, s in statuses.items() if s.registered]
-                for email in self._usable:
-                    self._free_send.send_nowait(email)
+                self._free.extend(self._usable)
+                self._notify()
             statuses_now = list(self._statuses.values())
         if not self.emails:
             self._raise_none_usable()
@@ -167,14 +169,38 @@ class EmailPool:
         await self.check()
         async with self._ip:
             email = await self._take_email()
+            assert email is not None
             self._busy.add(email)
             try:
                 yield EmailSlot(email)
             finally:
-                self._busy.discard(email)
-                if email not in self._dropped:
-                    with contextlib.suppress(anyio.ClosedResourceError):
-                        self._free_send.send_nowait(email)
+                self._give_back(email)
+
+    @contextlib.asynccontextmanager
+    async def slot_for(self, email: str) -> AsyncIterator[EmailSlot | None]:
+        """Hold the slot of one given address, for an export it already has pending.
+
+        The JSOC counts a pending export against its notify address, so an export resumed
+        from an earlier run holds that address (and one place under the IP cap) until it is
+        staged; no new export is sent with the address meanwhile. When the address is not
+        (or no longer) usable, only the IP place is held and ``None`` is yielded.
+
+        Parameters
+        ----------
+        email
+            The notify address the pending export was made with.
+        """
+        await self.check()
+        async with self._ip:
+            held = await self._take_email(email) if email in self.emails else None
+            if held is None:
+                yield None
+                return
+            self._busy.add(held)
+            try:
+                yield EmailSlot(held)
+            finally:
+                self._give_back(held)
 
     @contextlib.asynccontextmanager
     async def ip_slot(self) -> AsyncIterator[None]:
@@ -189,9 +215,8 @@ class EmailPool:
             return
         self._dropped[email] = reason
         self._reporter(EmailDropped(email, reason))
-        if not self.emails:
-            # Nobody will ever hand a token back: wake the waiters so they can fail.
-            self._free_send.close()
+        # Wake the waiters: those waiting for this address, or for any when none is left.
+        self._notify()
 
     def statistics(self) -> EmailPoolStatistics:
         """Which addresses hold a slot, which were dropped, and how full the IP cap is."""
@@ -203,19 +228,37 @@ class EmailPool:
         )
 
     def close(self) -> None:
-        """Release the token streams; the pool cannot hand out slots afterwards."""
-        self._free_send.close()
-        self._free_receive.close()
+        """Stop handing out slots; waiters fail."""
+        self._closed = True
+        self._notify()
 
-    async def _take_email(self) -> str:
-        """Receive a free address, skipping ones dropped while they waited in the queue."""
+    def _notify(self) -> None:
+        """Wake every waiter so it looks at the free addresses again."""
+        self._wake.set()
+        self._wake = anyio.Event()
+
+    def _give_back(self, email: str) -> None:
+        """Make a held address free again, unless it was dropped meanwhile."""
+        self._busy.discard(email)
+        if email not in self._dropped and email not in self._free:
+            self._free.append(email)
+            self._notify()
+
+    async def _take_email(self, wanted: str | None = None) -> str | None:
+        """Wait for a free address (``wanted`` only, if given); skips dropped ones.
+
+        Returns ``None`` when ``wanted`` is dropped while waiting.
+        """
         while True:
-            try:
-                email = await self._free_receive.receive()
-            except (anyio.EndOfStream, anyio.ClosedResourceError):
+            if self._closed or not self.emails:
                 self._raise_none_usable()
-            if email not in self._dropped:
-                return email
+            if wanted is not None and wanted in self._dropped:
+                return None
+            for email in self._free:
+                if email not in self._dropped and (wanted is None or email == wanted):
+                    self._free.remove(email)
+                    return email
+            await self._wake.wait()
 
     def _raise_none_usable(self) -> NoReturn:
         """Raise the error for 'no address can be used', naming what the JSOC said."""

@@ -197,10 +197,14 @@ class FileDone(Event):
 
 @dataclass(frozen=True, slots=True)
 class FileSkipped(Event):
-    """A file was already complete from an earlier run and was not fetched again."""
+    """A file was already complete from an earlier run and was not fetched again.
+
+    ``record`` is the DRMS record it belongs to (``None`` only from old callers).
+    """
 
     relpath: str
     bytes: int
+    record: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

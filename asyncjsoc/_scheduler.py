@@ -11,21 +11,31 @@ while chunk N downloads, and no further.
 The JSOC's refusals are policy here, not errors:
 
 * status 7 (this email has pending exports) → wait those exports out, then resubmit;
+  status 7 for the IP (too many pending from this address) → back off and retry; both
+  without limit (pending exports end by themselves), each wait reported as an event;
+* an email refused mid-run ("Cannot process your request") → drop it, use the others;
+  with none left, finish the staged chunks and raise;
 * status 3 (too large, also the per-request file cap) → split the chunk and queue the parts;
 * transient status 4 ("Cant save new export-request hash.") → back off and retry;
 * legacy status 6 while polling → still pending, a bounded number of times;
 * status 5 or HTTP 404 on a file → request the missing records again.
+
+File names that clash are never overwritten: rows of one export sharing a name fail (the
+server keeps one file per name), and a record whose name another export already used gets
+a digest suffix (:func:`disambiguated_relpath`).
 
 Everything runs in anyio task groups; nothing outlives :meth:`ExportScheduler.run`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 import random
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -33,7 +43,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from asyncjsoc._config import ClientConfig
-from asyncjsoc._emails import EmailPool
+from asyncjsoc._emails import EmailPool, mask_email
 from asyncjsoc._events import (
     Backoff,
     ChunkSplit,
@@ -77,6 +87,7 @@ __all__ = [
     "SchedulerStatistics",
     "StatusApi",
     "default_filenamefmt",
+    "disambiguated_relpath",
     "is_expiry",
     "quick_relpath",
     "wait_export_ready",
@@ -137,7 +148,16 @@ class ExportApi(StatusApi, Protocol):
 class Failure:
     """Something of the query that did not arrive: a file, or a whole chunk's records.
 
-    ``record`` is the record (or, for a chunk, the record set); ``relpath`` is set for files.
+    Attributes
+    ----------
+    record
+        The DRMS record, or for a whole chunk its record set.
+    error
+        Why it did not arrive (its ``message`` and ``hint`` say what to do).
+    relpath
+        The file's name in the output directory, for a file; ``None`` for a chunk.
+    request_id
+        The export involved, if any.
     """
 
     record: str
@@ -327,6 +347,49 @@ def quick_relpath(record: str, filename: str) -> str:
     return safe_relpath(".".join([match["series"].strip().lower(), *cleaned, stored]))
 
 
+def disambiguated_relpath(relpath: str, record: str) -> str:
+    """``relpath`` with a digest of ``record`` before its extension, for a name clash.
+
+    When a ``filenamefmt`` gives records of different exports the same name (it lacks a
+    prime key, say), the record registered first keeps the name and each later one gets
+    ``.<8 hex digits of SHA-1(record)>`` before the extension:
+    ``hmi.M_45s.magnetogram.fits`` → ``hmi.M_45s.magnetogram.1a2b3c4d.fits``. The digest
+    depends only on the record, so a rerun gives the same name.
+    """
+    digest = hashlib.sha1(record.encode("utf-8"), usedforsecurity=False).hexdigest()[:8]
+    head, slash, name = relpath.rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    renamed = f"{stem}.{digest}.{ext}" if dot and stem else f"{name}.{digest}"
+    return safe_relpath(head + slash + renamed)
+
+
+def _refuse_shared_names(
+    named: list[tuple[ExportFile, str]], request_id: str | None
+) -> tuple[list[tuple[ExportFile, str]], list[Failure]]:
+    """Split off rows of one export that share a file name.
+
+    The export directory holds one file per name, so the server keeps only one of them and
+    nobody can tell which record's data it is: every row of a shared name fails.
+    """
+    counts: dict[str, int] = {}
+    for _, relpath in named:
+        counts[relpath] = counts.get(relpath, 0) + 1
+    if all(n == 1 for n in counts.values()):
+        return named, []
+    kept: list[tuple[ExportFile, str]] = []
+    failures: list[Failure] = []
+    for f, relpath in named:
+        if counts[relpath] == 1:
+            kept.append((f, relpath))
+            continue
+        failures.append(Failure(f.record, InvalidInputError(
+            f"{counts[relpath]} files of export {request_id or '(quick)'} share the name "
+            f"{relpath!r}; the server keeps only one file under a name",
+            hint="put every prime key and {segment} in filenamefmt, or leave it unset",
+        ), None, request_id))
+    return kept, failures
+
+
 def _segment_suffix(recordset: str) -> str:
     """The trailing ``{seg,...}`` of a record set, or ``""``."""
     match = re.search(r"\{[^{}]*\}\s*$", recordset)
@@ -391,6 +454,8 @@ class ExportScheduler:
         self._reexports = 0
         self._next_index = 0
         self._queue: MemoryObjectSendStream[Chunk] | None = None
+        self._names_lock = anyio.Lock()
+        self._no_email: EmailNotRegisteredError | None = None
 
     @property
     def plan(self) -> Plan | None:
@@ -416,6 +481,12 @@ class ExportScheduler:
 
         Returns when every chunk is done or failed and every file is settled.
 
+        Raises
+        ------
+        EmailNotRegisteredError
+            Every notify address was refused during the pull; raised once the chunks
+            already staged are downloaded, the others are left for a rerun.
+
         Parameters
         ----------
         plan
@@ -440,6 +511,8 @@ class ExportScheduler:
                 async for chunk in queue_receive:
                     await lookahead.acquire()
                     tg.start_soon(self._chunk_task, chunk, lookahead, jobs)
+        if self._no_email is not None:
+            raise self._no_email
 
     async def _chunk_task(
         self, chunk: Chunk, lookahead: anyio.Semaphore, jobs: MemoryObjectSendStream[DownloadJob]
@@ -473,6 +546,7 @@ class ExportScheduler:
                     self._report(ExportReused(chunk.index, request_id))
         ds = chunk.recordset
         expired: list[RemoteFile] = []
+        unnamed = 0
         for _round in range(MAX_REEXPORTS + 1):
             if remotes is None:
                 try:
@@ -480,20 +554,28 @@ class ExportScheduler:
                 except ExportTooLargeError as exc:
                     await self._split(chunk, exc)
                     return
+                except EmailNotRegisteredError as exc:
+                    # Every address lapsed: let the staged chunks finish downloading, then
+                    # end the pull with this error (run() raises it); this chunk stays to do.
+                    if self._no_email is None:
+                        self._no_email = exc
+                    return
                 except JsocError as exc:
                     if _is_fatal(exc):
                         raise
                     await self._fail_chunk(chunk, ds, exc, request_id)
                     return
                 request_id = status.request_id
-                remotes = await self._register(chunk, status, full=ds == chunk.recordset)
+                remotes, refused = await self._register(chunk, status,
+                                                        full=ds == chunk.recordset)
+                unnamed += refused
             errors = await self._hand_off(chunk, remotes, jobs)
             expired = [remote for remote, error in errors if is_expiry(error)]
             if not expired:
-                failed = bool(errors)
+                failed = bool(errors) or unnamed > 0
                 await self._store.set_chunk_state(
                     chunk.index, "failed" if failed else "done",
-                    error=f"{len(errors)} file(s) failed" if failed else None,
+                    error=f"{len(errors) + unnamed} file(s) failed" if failed else None,
                 )
                 if failed:
                     self._failed += 1
@@ -558,17 +640,32 @@ class ExportScheduler:
         if stored is None or not stored.request_id:
             return None
         try:
-            status = await self._api.exp_status(stored.request_id)
-            if not status.done:
-                # Still staging (a crashed run's export): it counts against the IP cap.
-                async with self._pool.ip_slot():
-                    status = await self._wait_ready(status)
+            if stored.ready_at is not None:
+                status = await self._api.exp_status(stored.request_id)
+            else:
+                # Maybe still staging (a crashed run's export): the JSOC counts it against
+                # its email and the IP, so hold both before asking, or another chunk could
+                # send a new export with that email and meet status 7 on our own export.
+                async with self._hold_for(stored):
+                    status = await self._api.exp_status(stored.request_id)
+                    if not status.done:
+                        status = await self._wait_ready(status)
         except (ExportExpiredError, ExportFailedError, ExportTooLargeError):
             await self._store.forget_export(chunk.index)
             return None
         self.request_ids.append(stored.request_id)
         self._report(ExportReused(chunk.index, stored.request_id))
         return status
+
+    @contextlib.asynccontextmanager
+    async def _hold_for(self, stored: StoredExport) -> AsyncIterator[None]:
+        """Hold the slot of a stored export's email (or an IP place if it has none)."""
+        if stored.email:
+            async with self._pool.slot_for(stored.email):
+                yield
+        else:
+            async with self._pool.ip_slot():
+                yield
 
     async def _submit(self, ds: str, email: str) -> ExportStatus:
         """``exp_request`` until accepted: adopt pending exports (7), retry transient 4s."""
@@ -580,14 +677,26 @@ class ExportScheduler:
                     protocol=self._config.protocol, filenamefmt=self._filenamefmt,
                 )
             except PendingLimitError as exc:
+                # Unbounded on purpose: pending exports end by themselves (at the latest
+                # after the JSOC's pending timeout); the caller owns the overall deadline.
                 attempt += 1
-                if exc.pending_ids and not exc.per_ip:
+                said = exc.server_message or exc.message
+                if exc.per_ip:
+                    # Too many pending from this IP (maybe other users behind the same
+                    # address): nothing of ours to adopt, wait at least a poll interval.
+                    await self._backoff(
+                        attempt, f"status 7, too many pending exports from this IP: {said}",
+                        floor=self._config.poll_min)
+                    continue
+                if exc.pending_ids:
                     self._report(ExportAdopted(email, exc.pending_ids))
                     for request_id in exc.pending_ids:
                         await self._wait_out(request_id)
                     if attempt == 1:
                         continue
-                await self._backoff(attempt, f"status 7: {exc.server_message or exc.message}")
+                await self._backoff(
+                    attempt, f"status 7, {mask_email(email)} has a pending export: {said}",
+                    floor=self._config.poll_min)
             except ExportFailedError as exc:
                 if not exc.transient:
                     raise
@@ -612,17 +721,21 @@ class ExportScheduler:
             status6_retries=self._config.status6_retries, reporter=self._report,
         )
 
-    async def _backoff(self, attempt: int, reason: str) -> None:
-        """Sleep the retry policy's delay for ``attempt``, and say so."""
-        delay = self._retry.delay(attempt)
+    async def _backoff(self, attempt: int, reason: str, *, floor: float = 0.0) -> None:
+        """Sleep the retry policy's delay for ``attempt`` (at least ``floor``), and say so."""
+        delay = max(self._retry.delay(attempt), floor)
         self._report(Backoff(delay, reason))
         await anyio.sleep(delay)
 
     async def _register(
         self, chunk: Chunk, status: ExportStatus, *, full: bool
-    ) -> list[RemoteFile]:
-        """The files of a staged export, recorded in the store with the export's lifetime."""
-        remotes: list[RemoteFile] = []
+    ) -> tuple[list[RemoteFile], int]:
+        """The files of a staged export, recorded in the store with the export's lifetime.
+
+        Returns the files and how many of the export's rows could not be given a name.
+        """
+        named: list[tuple[ExportFile, str]] = []
+        refused = 0
         for f in self._export_files(status):
             if f.filename in _NO_DATA or f.record.startswith("warning="):
                 self.missing.append(f.record)
@@ -636,12 +749,32 @@ class ExportScheduler:
                     relpath = quick_relpath(f.record, f.filename)
             except UnsafePathError as exc:
                 self.failures.append(Failure(f.record, exc, None, status.request_id))
+                refused += 1
                 continue
-            remotes.append(RemoteFile(
-                url=self._api.file_url(status, f), relpath=relpath, record=f.record,
-                request_id=status.request_id,
-            ))
-        await self._store.add_files(chunk.index, remotes)
+            named.append((f, relpath))
+        named, shared = _refuse_shared_names(named, status.request_id)
+        self.failures.extend(shared)
+        refused += len(shared)
+        async with self._names_lock:
+            owners = await self._store.records_of([relpath for _, relpath in named])
+            remotes: list[RemoteFile] = []
+            for f, relpath in named:
+                owner = owners.get(relpath)
+                if owner is not None and owner != f.record:
+                    # Another export already put a different record under this name.
+                    relpath = disambiguated_relpath(relpath, f.record)
+                    if owners.get(relpath, f.record) != f.record:
+                        self.failures.append(Failure(f.record, InvalidInputError(
+                            f"no free file name for {f.record}: {relpath!r} is taken"),
+                            None, status.request_id))
+                        refused += 1
+                        continue
+                owners[relpath] = f.record
+                remotes.append(RemoteFile(
+                    url=self._api.file_url(status, f), relpath=relpath, record=f.record,
+                    request_id=status.request_id,
+                ))
+            await self._store.add_files(chunk.index, remotes)
         if full:
             now = self._clock()
             lifetime = EXPORT_RETENTION if status.request_id else QUICK_RETENTION
@@ -651,7 +784,7 @@ class ExportScheduler:
                 ready_at=now, expires_at=now + lifetime,
             ))
             await self._store.set_chunk_state(chunk.index, "ready")
-        return remotes
+        return remotes, refused
 
     @staticmethod
     def _export_files(status: ExportStatus) -> tuple[ExportFile, ...]:

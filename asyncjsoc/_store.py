@@ -26,7 +26,7 @@ import anyio.to_thread
 
 from ._models import Chunk, Plan, RemoteFile
 from ._paths import STATE_DIRNAME
-from .exceptions import StateError, StateLockedError
+from .exceptions import StateError, StateLockedError, StateMismatchError
 
 __all__ = [
     "ChunkState",
@@ -205,7 +205,7 @@ class StateStore:
     fingerprint
         What this pull is (a digest of the query and the options that change its files). If the
         store was made by a different pull, :meth:`open` raises
-        :class:`~asyncjsoc.exceptions.StateError`, unless ``reset`` is true.
+        :class:`~asyncjsoc.exceptions.StateMismatchError`, unless ``reset`` is true.
     reset
         Throw away stored state made by a different pull instead of refusing.
     """
@@ -379,6 +379,30 @@ class StateStore:
         conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
                      "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
+    async def check_fingerprint(self, fingerprint: str) -> None:
+        """Refuse early, before any work, when the store belongs to a different pull.
+
+        Nothing is written; with ``reset`` nothing is refused (:meth:`save_plan` wipes).
+
+        Raises
+        ------
+        StateMismatchError
+            If another fingerprint is stored and the store was not opened with ``reset``.
+        """
+        stored = await self.stored_fingerprint()
+        if stored is not None and stored != fingerprint and not self.reset:
+            raise self._mismatch()
+
+    def _mismatch(self) -> StateMismatchError:
+        """The error for a store that belongs to a different pull."""
+        return StateMismatchError(
+            f"{self.path.parent.parent} holds the state of a different pull "
+            f"(state file {self.path})",
+            hint="use another output directory (or another state file) for this "
+                 "query, or pass reset=True (ClientConfig.reset) to discard the stored "
+                 f"state; or delete {self.path.parent} (downloaded files are kept)",
+        )
+
     def _check_fingerprint(self, conn: sqlite3.Connection, fingerprint: str, *,
                            reset: bool) -> None:
         """Adopt ``fingerprint`` if none is stored; refuse (or reset) on a different one."""
@@ -387,11 +411,7 @@ class StateStore:
             return
         if stored is not None:
             if not reset:
-                raise StateError(
-                    f"{self.path.parent.parent} holds the state of a different pull",
-                    hint="use another output directory for this query, or pass reset to "
-                         "discard the stored state (downloaded files are kept)",
-                )
+                raise self._mismatch()
             self._wipe(conn)
         self._meta_set(conn, "fingerprint", fingerprint)
 
@@ -619,6 +639,57 @@ class StateStore:
 
         def work(conn: sqlite3.Connection) -> set[str]:
             return {r for (r,) in conn.execute("SELECT relpath FROM files WHERE state = 'done'")}
+
+        return await self._run(work)
+
+    async def done_files(self, chunk_index: int | None = None) -> list[FileRecord]:
+        """Files finished (in this run or an earlier one), optionally of one chunk.
+
+        Parameters
+        ----------
+        chunk_index
+            Only the files of this chunk; ``None`` for every chunk.
+
+        Returns
+        -------
+        list of FileRecord
+            In relpath order, each with ``state == "done"`` and its byte count.
+        """
+
+        def work(conn: sqlite3.Connection) -> list[FileRecord]:
+            if chunk_index is None:
+                cur = conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE state = 'done' "
+                                   "ORDER BY relpath")
+            else:
+                cur = conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE chunk_idx = ? "
+                                   "AND state = 'done' ORDER BY relpath", (chunk_index,))
+            return [_file_record(r) for r in cur]
+
+        return await self._run(work)
+
+    async def records_of(self, relpaths: Sequence[str]) -> dict[str, str]:
+        """Which record each known relpath belongs to (unknown relpaths are left out).
+
+        Parameters
+        ----------
+        relpaths
+            Relative paths to look up.
+
+        Returns
+        -------
+        dict
+            ``relpath -> record`` for the relpaths already in the store.
+        """
+        wanted = list(dict.fromkeys(relpaths))
+
+        def work(conn: sqlite3.Connection) -> dict[str, str]:
+            found: dict[str, str] = {}
+            for start in range(0, len(wanted), 500):
+                batch = wanted[start:start + 500]
+                marks = ",".join("?" * len(batch))
+                found.update((str(r), str(rec)) for r, rec in conn.execute(
+                    f"SELECT relpath, record FROM files WHERE relpath IN ({marks})", batch))
+            return found
 
         return await self._run(work)
 

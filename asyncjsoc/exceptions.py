@@ -22,7 +22,8 @@ Every error asyncjsoc raises on purpose derives from :class:`JsocError`, in thre
         ├── IntegrityError        size or checksum mismatch of a downloaded file
         ├── UnsafePathError       a server-sent name would land outside the output directory
         └── StateError            the state store is unusable
-            └── StateLockedError  another run holds the output directory
+            ├── StateLockedError  another run holds the output directory
+            └── StateMismatchError  the state belongs to a different pull
 
 Each error has a one-line ``str()`` that names the problem; :attr:`JsocError.hint` says what to
 do about it, so the command line can print both without a traceback.
@@ -50,6 +51,7 @@ __all__ = [
     "ServerRefusedError",
     "StateError",
     "StateLockedError",
+    "StateMismatchError",
     "TransportError",
     "UnsafePathError",
 ]
@@ -254,3 +256,11 @@ class StateError(LocalError):
 
 class StateLockedError(StateError):
     """Another asyncjsoc run holds the output directory's lock."""
+
+
+class StateMismatchError(StateError):
+    """The state store belongs to a different pull (another query, server or export options).
+
+    The hint says what to do: use another output directory or state file, or pass ``reset``
+    (:attr:`asyncjsoc.ClientConfig.reset`) to discard the stored state; files on disk are kept.
+    """

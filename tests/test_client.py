@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import aiohttp
@@ -11,18 +12,27 @@ from engine_helpers import QUERY, assert_identical, emulator, fast_config
 
 from asyncjsoc._client import Client, FileResult
 from asyncjsoc._events import (
+    Backoff,
     ChunkSplit,
+    EmailDropped,
     Event,
     ExportAdopted,
     ExportExpired,
     ExportReady,
+    ExportReused,
     ExportSubmitted,
+    ExportWaiting,
     FileDone,
     FileSkipped,
     PullFinished,
 )
 from asyncjsoc._store import StateStore
-from asyncjsoc.exceptions import EmailNotRegisteredError, StateError, StateLockedError
+from asyncjsoc.exceptions import (
+    EmailNotRegisteredError,
+    StateError,
+    StateLockedError,
+    StateMismatchError,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -215,24 +225,103 @@ async def test_rerun_after_completion_does_nothing(tmp_path: Path) -> None:
         assert emu.audit.count("jsoc_fetch/exp_request") == exports
 
 
-async def test_second_client_on_same_directory_is_refused(tmp_path: Path) -> None:
-    """The state lock refuses a concurrent run on one output directory."""
+async def test_rerun_lists_files_of_earlier_runs(tmp_path: Path) -> None:
+    """A complete rerun reports every file as reused, with its record, and skip events."""
     async with emulator() as emu:
         config = fast_config(emu)
-        async with Client(config, tmp_path):
-            with pytest.raises(StateLockedError):
-                async with Client(config, tmp_path):
-                    pass
+        async with Client(config, tmp_path) as client:
+            first = await client.fetch(QUERY)
+        events: list[Event] = []
+        async with Client(config, tmp_path, reporter=events.append) as client:
+            second = await client.fetch(QUERY)
+        assert second.ok
+        assert second.skipped == len(second.reused) == 8
+        assert all(f.reused for f in second.reused)
+        by_path = {f.relpath: f for f in first.files}
+        assert {f.relpath for f in second.all_files} == set(by_path)
+        for f in second.reused:
+            assert f.record == by_path[f.relpath].record
+            assert f.path.read_bytes() == emu.file_bytes(f.url)
+        skips = {e.relpath: e.record for e in events if isinstance(e, FileSkipped)}
+        assert skips == {f.relpath: f.record for f in first.files}
+
+
+async def test_rerun_fetches_a_file_deleted_from_disk(tmp_path: Path) -> None:
+    """A done file missing on disk is fetched again on rerun; the others are reused."""
+    async with emulator() as emu:
+        config = fast_config(emu)
+        async with Client(config, tmp_path) as client:
+            first = await client.fetch(QUERY)
+        victim = first.files[3]
+        victim.path.unlink()
+        gets = emu.audit.count("file")
+        async with Client(config, tmp_path) as client:
+            second = await client.fetch(QUERY)
+        assert second.ok
+        assert [f.relpath for f in second.files] == [victim.relpath]
+        assert len(second.reused) == 7
+        assert victim.path.read_bytes() == emu.file_bytes(victim.url)
+        assert emu.audit.count("file") == gets + 1
+
+
+async def test_second_client_on_same_directory_is_refused(tmp_path: Path) -> None:
+    """The state lock, taken by the first pull, refuses a second client's pull."""
+    async with emulator() as emu:
+        config = fast_config(emu)
+        async with Client(config, tmp_path) as first:
+            await first.fetch(QUERY)
+            async with Client(config, tmp_path) as second:
+                with pytest.raises(StateLockedError):
+                    await second.fetch(QUERY)
+
+
+async def test_plan_and_check_emails_write_nothing_and_take_no_lock(tmp_path: Path) -> None:
+    """plan() and check_emails() create no state; another client can pull meanwhile."""
+    async with emulator() as emu:
+        config = fast_config(emu)
+        async with Client(config, tmp_path) as planner:
+            plan = await planner.plan(QUERY)
+            assert [s.registered for s in await planner.check_emails()] == [True]
+            assert not (tmp_path / ".asyncjsoc").exists()
+            async with Client(config, tmp_path) as puller:
+                result = await puller.fetch(QUERY)
+            assert await planner.plan(QUERY) == plan
+        assert result.ok
+        assert len(result.files) == plan.n_files == 8
 
 
 async def test_different_query_in_same_directory_is_refused(tmp_path: Path) -> None:
-    """A directory holding one pull's state refuses a different query."""
+    """A directory holding one pull's state refuses a different query, before planning."""
     async with emulator() as emu:
         config = fast_config(emu)
         async with Client(config, tmp_path) as client:
             await client.fetch("hmi.M_45s[2012.01.01_00:00:00_TAI]{magnetogram}")
-            with pytest.raises(StateError):
+            counts = emu.audit.count("jsoc_info/rs_summary")
+            with pytest.raises(StateMismatchError) as caught:
                 await client.fetch("hmi.M_45s[2012.01.02_00:00:00_TAI]{magnetogram}")
+        assert isinstance(caught.value, StateError)
+        assert "different pull" in caught.value.message
+        assert caught.value.hint is not None
+        assert "reset" in caught.value.hint
+        assert "another output directory" in caught.value.hint
+        assert emu.audit.count("jsoc_info/rs_summary") == counts
+
+
+async def test_reset_discards_the_state_of_a_different_pull(tmp_path: Path) -> None:
+    """ClientConfig(reset=True) starts the new pull afresh; earlier files stay on disk."""
+    async with emulator() as emu:
+        config = fast_config(emu)
+        async with Client(config, tmp_path) as client:
+            old = await client.fetch("hmi.M_45s[2012.01.01_00:00:00_TAI]{magnetogram}")
+        reset = dataclasses.replace(config, reset=True)
+        async with Client(reset, tmp_path) as client:
+            new = await client.fetch("hmi.M_45s[2012.01.02_00:00:00_TAI]{magnetogram}")
+        assert new.ok
+        assert len(new.files) == 1
+        assert new.reused == ()
+        assert old.files[0].path.exists()
+        async with StateStore(tmp_path / ".asyncjsoc" / "state.sqlite") as store:
+            assert {f.relpath for f in await store.done_files()} == {new.files[0].relpath}
 
 
 async def test_unregistered_email_fails_fast(tmp_path: Path) -> None:
@@ -317,3 +406,144 @@ async def test_url_tar_fetches_one_tar_per_export(tmp_path: Path) -> None:
         assert len(result.files) == 1
         assert result.files[0].relpath.endswith(".tar")
         assert_identical(emu, result)
+
+
+async def test_resumed_pending_export_holds_its_email(tmp_path: Path) -> None:
+    """A crashed run's still-pending export keeps its email busy: no status 7 on our own."""
+    async with emulator(export_delay=100_000.0) as emu:
+        config = fast_config(emu, max_files_per_export=4)
+        async with Client(config, tmp_path) as client:
+            with anyio.CancelScope() as scope:
+
+                def stop(event: Event) -> None:
+                    if isinstance(event, ExportSubmitted):
+                        scope.cancel()
+
+                client._report = stop
+                await client.fetch(QUERY)
+        assert scope.cancelled_caught
+        assert len(emu.audit.pending) == 1
+        pending_id = emu.audit.pending[0].request_id
+        emu.knobs.export_delay = 20.0
+        events: list[Event] = []
+
+        def reporter(event: Event) -> None:
+            events.append(event)
+            if isinstance(event, ExportWaiting) and event.request_id == pending_id and sum(
+                    isinstance(e, ExportWaiting) and e.request_id == pending_id
+                    for e in events) == 5:
+                # Long enough for chunk 1 to have been sent if the email were free.
+                emu.clock.advance(100_000.0)
+
+        async with Client(config, tmp_path, reporter=reporter) as client:
+            result = await client.fetch(QUERY)
+        assert result.ok, [(f.record, f.error.message) for f in result.failed]
+        assert len(result.files) == 8
+        assert emu.audit.status7() == []
+        assert any(isinstance(e, ExportReused) and e.request_id == pending_id for e in events)
+        assert max(emu.audit.max_pending_per_email().values()) == 1
+        assert_identical(emu, result)
+
+
+async def test_email_lapsing_mid_pull_is_dropped_and_chunks_go_to_the_others(
+        tmp_path: Path) -> None:
+    """An address whose registration lapses is dropped; its chunk is exported with another."""
+    async with emulator() as emu:
+        config = fast_config(emu, "a@example.org", "b@example.org", max_files_per_export=2,
+                             max_pending_exports=2)
+        events: list[Event] = []
+
+        def reporter(event: Event) -> None:
+            events.append(event)
+            if isinstance(event, ExportReady) and not emu.knobs.expired_emails:
+                emu.knobs.expired_emails.add("a@example.org")
+
+        async with Client(config, tmp_path, reporter=reporter) as client:
+            result = await client.fetch(QUERY)
+        assert result.ok
+        assert len(result.files) == 8
+        assert_identical(emu, result)
+        dropped = [e for e in events if isinstance(e, EmailDropped)]
+        assert [e.email for e in dropped] == ["a@example.org"]
+        assert "Cannot process your request" in dropped[0].reason
+        requests = emu.audit.requests("jsoc_fetch/exp_request")
+        refused = [i for i, e in enumerate(requests) if e.status == 4]
+        assert len(refused) == 1
+        assert requests[refused[0]].params["notify"] == "a@example.org"
+        later = {e.params["notify"] for e in requests[refused[0] + 1:] if e.status == 2}
+        assert later == {"b@example.org"}
+
+
+async def test_last_email_lapsing_fails_the_pull_clearly(tmp_path: Path) -> None:
+    """The only address lapses mid-pull: staged files still arrive, then the pull raises."""
+    async with emulator() as emu:
+        config = fast_config(emu, max_files_per_export=2)
+
+        def reporter(event: Event) -> None:
+            if isinstance(event, ExportReady):
+                emu.knobs.expired_emails.add("a@example.org")
+
+        async with Client(config, tmp_path, reporter=reporter) as client:
+            with pytest.raises(EmailNotRegisteredError, match="no usable notify") as caught:
+                await client.fetch(QUERY)
+        assert "expired" in caught.value.message
+        assert caught.value.hint is not None
+        assert "register" in caught.value.hint
+        async with StateStore(tmp_path / ".asyncjsoc" / "state.sqlite") as store:
+            summary = await store.summary()
+        # The export staged before the lapse is still downloaded; the rest is left to do.
+        assert summary.files == {"done": 2}
+        assert summary.chunks["done"] == 1
+        assert summary.chunks.get("failed", 0) == 0
+
+
+async def test_per_ip_status7_backs_off_and_finishes(tmp_path: Path) -> None:
+    """The server's IP cap below the client's: refused requests back off, with reasons."""
+    emails = tuple(f"u{i}@example.org" for i in range(6))
+    async with emulator(max_pending_per_ip=2, export_delay=200.0) as emu:
+        config = fast_config(emu, *emails, max_files_per_export=1, max_pending_exports=6)
+        events: list[Event] = []
+        async with Client(config, tmp_path, reporter=events.append) as client:
+            result = await client.fetch(QUERY)
+        assert result.ok
+        assert len(result.files) == 8
+        assert_identical(emu, result)
+        assert max(emu.audit.max_pending_per_ip().values()) <= 2
+        refusals = emu.audit.status7()
+        assert refusals
+        backoffs = [e for e in events if isinstance(e, Backoff)]
+        assert len(backoffs) == len(refusals)
+        assert all("this IP" in e.reason and e.delay >= config.poll_min for e in backoffs)
+        assert not any(isinstance(e, ExportAdopted) for e in events)
+
+
+async def test_shared_file_names_never_overwrite(tmp_path: Path) -> None:
+    """A filenamefmt without prime keys: names shared inside one export fail, across
+    exports the later record gets a digest suffix; no file is overwritten."""
+    async with emulator() as emu:
+        config = fast_config(emu, max_files_per_export=1, filenamefmt="{seriesname}.{segment}")
+        async with Client(config, tmp_path) as client:
+            result = await client.fetch(QUERY)
+        assert result.ok
+        names = sorted(f.relpath for f in result.files)
+        assert len(set(names)) == 8
+        assert "hmi.M_45s.magnetogram.fits" in names
+        assert sum(n.startswith("hmi.M_45s.magnetogram.") for n in names) == 8
+        assert_identical(emu, result)
+        assert len({f.path.read_bytes() for f in result.files}) == 8
+        on_disk = sorted(p.name for p in await anyio.to_thread.run_sync(
+            lambda: [p for p in tmp_path.iterdir() if p.is_file()]))
+        assert on_disk == names
+
+        async with Client(config, tmp_path) as client:
+            again = await client.fetch(QUERY)
+        assert sorted(f.relpath for f in again.reused) == names
+
+        one = dataclasses.replace(config, max_files_per_export=None)
+        async with Client(one, tmp_path / "one") as client:
+            shared = await client.fetch(QUERY)
+        assert not shared.ok
+        assert shared.files == ()
+        assert len(shared.failed) == 8
+        assert all("share the name" in f.error.message for f in shared.failed)
+        assert not (tmp_path / "one" / "hmi.M_45s.magnetogram.fits").exists()

@@ -141,3 +141,35 @@ def test_mask_email() -> None:
     """Masking keeps the first letter and the domain."""
     assert mask_email("jane.doe@example.org") == "j***@example.org"
     assert mask_email("nonsense") == "***"
+
+
+async def test_slot_for_waits_for_that_email_and_keeps_it_from_others() -> None:
+    """slot_for(email) takes exactly that address; slot() hands out the others meanwhile."""
+    pool = EmailPool(FakeChecker({"a@x.org", "b@x.org"}), ["a@x.org", "b@x.org"], max_pending=8)
+    order: list[str] = []
+    release = anyio.Event()
+
+    async def holder() -> None:
+        async with pool.slot() as held:
+            order.append(f"slot {held.email}")
+            await release.wait()
+
+    async def resumer() -> None:
+        async with pool.slot_for("a@x.org") as held:
+            assert held is not None
+            order.append(f"resumed {held.email}")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(holder)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(resumer)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(holder)
+        await anyio.wait_all_tasks_blocked()
+        assert order == ["slot a@x.org", "slot b@x.org"]
+        release.set()
+    assert order[2:] == ["resumed a@x.org"]
+    async with pool.slot_for("c@x.org") as none:
+        assert none is None
+    assert pool.statistics().ip_borrowed == 0
+    pool.close()

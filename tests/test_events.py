@@ -50,3 +50,11 @@ def test_fan_out_of_one_or_none() -> None:
     assert fan_out(one) is one
     assert isinstance(fan_out(), NullReporter)
     assert isinstance(fan_out(None), NullReporter)
+
+
+def test_file_skipped_carries_the_record() -> None:
+    """FileSkipped names the record; old two-argument calls still work."""
+    from asyncjsoc._events import FileSkipped
+
+    assert FileSkipped("a.fits", 3, "hmi.M_45s[x]").record == "hmi.M_45s[x]"
+    assert FileSkipped("a.fits", 3).record is None

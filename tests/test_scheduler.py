@@ -12,6 +12,7 @@ from asyncjsoc._events import Event, ExportWaiting
 from asyncjsoc._models import ExportStatus, KeywordInfo, SeriesInfo
 from asyncjsoc._scheduler import (
     default_filenamefmt,
+    disambiguated_relpath,
     is_expiry,
     quick_relpath,
     wait_export_ready,
@@ -130,3 +131,14 @@ async def test_statistics_after_a_pull(tmp_path: Path) -> None:
     assert stats.exports_submitted == stats.chunks_total
     assert pool.busy == {"a@example.org": False, "b@example.org": False}
     assert pool.ip_borrowed == 0
+
+
+def test_disambiguated_relpath_is_stable_and_keeps_the_extension() -> None:
+    """The digest goes before the extension and depends only on the record."""
+    a = disambiguated_relpath("hmi.M_45s.magnetogram.fits", "hmi.M_45s[2012.01.01][2]")
+    assert a.startswith("hmi.M_45s.magnetogram.")
+    assert a.endswith(".fits")
+    assert len(a) == len("hmi.M_45s.magnetogram.fits") + 9
+    assert a == disambiguated_relpath("hmi.M_45s.magnetogram.fits", "hmi.M_45s[2012.01.01][2]")
+    assert a != disambiguated_relpath("hmi.M_45s.magnetogram.fits", "hmi.M_45s[2012.01.01][3]")
+    assert disambiguated_relpath("sub/noext", "r").startswith("sub/noext.")

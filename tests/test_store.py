@@ -14,7 +14,7 @@ import pytest
 
 from asyncjsoc._models import Chunk, Plan, RemoteFile
 from asyncjsoc._store import StateStore, StoredExport, default_state_path
-from asyncjsoc.exceptions import StateError, StateLockedError
+from asyncjsoc.exceptions import StateError, StateLockedError, StateMismatchError
 
 pytestmark = pytest.mark.anyio
 
@@ -266,3 +266,37 @@ async def test_many_files_batch(tmp_path: Path) -> None:
         await store.add_files(1, _files(20_000, chunk=1))
         assert (await store.summary()).files == {"pending": 40_000}
         assert len(await store.pending_files(1)) == 20_000
+
+
+async def test_done_files_and_records_of(tmp_path: Path) -> None:
+    """done_files lists finished rows (per chunk or all); records_of maps known relpaths."""
+    async with StateStore.for_output(tmp_path) as store:
+        await store.save_plan(PLAN)
+        await store.add_files(0, _files(3, 0))
+        await store.add_files(1, _files(3, 1))
+        await store.mark_done("f1.fits", 11)
+        await store.mark_done("f4.fits", 44)
+        assert [(f.relpath, f.bytes, f.record) for f in await store.done_files()] == [
+            ("f1.fits", 11, "rec[1]"), ("f4.fits", 44, "rec[4]")]
+        assert [f.relpath for f in await store.done_files(1)] == ["f4.fits"]
+        assert await store.done_files(5) == []
+        names = [f"f{i}.fits" for i in range(600)]
+        assert await store.records_of(names) == {f"f{i}.fits": f"rec[{i}]" for i in range(6)}
+
+
+async def test_mismatch_is_a_dedicated_error_with_a_hint(tmp_path: Path) -> None:
+    """A different fingerprint raises StateMismatchError early; reset lets it through."""
+    async with StateStore.for_output(tmp_path) as store:
+        await store.save_plan(PLAN, "fp1")
+        await store.check_fingerprint("fp1")
+        with pytest.raises(StateMismatchError) as caught:
+            await store.check_fingerprint("fp2")
+        assert isinstance(caught.value, StateError)
+        assert caught.value.hint is not None
+        assert "reset" in caught.value.hint
+        with pytest.raises(StateMismatchError):
+            await store.save_plan(PLAN, "fp2")
+    async with StateStore.for_output(tmp_path, reset=True) as store:
+        await store.check_fingerprint("fp2")
+        await store.save_plan(PLAN, "fp2")
+        assert await store.stored_fingerprint() == "fp2"
