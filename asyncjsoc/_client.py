@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
@@ -44,7 +44,7 @@ from asyncjsoc._events import (
 from asyncjsoc._http import TransportConfig, create_session
 from asyncjsoc._models import EmailStatus, Plan, RemoteFile
 from asyncjsoc._paths import resolve_inside
-from asyncjsoc._plan import make_plan
+from asyncjsoc._plan import estimate_bytes, make_plan
 from asyncjsoc._query import Query
 from asyncjsoc._ratelimit import TokenBucket
 from asyncjsoc._retry import RetryPolicy
@@ -366,8 +366,10 @@ class Client:
             The chunks, with record and file counts.
         """
         api = self._require_open()[0]
-        plan = await make_plan(api, _as_query(query),
-                               max_files_per_export=self.config.max_files_per_export)
+        query = _as_query(query)
+        plan = await make_plan(api, query, max_files_per_export=self.config.max_files_per_export)
+        plan = replace(plan, estimated_bytes=await estimate_bytes(
+            api, plan, segments=query.segments))
         self._report(Planned(plan))
         return plan
 

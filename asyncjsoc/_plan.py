@@ -25,7 +25,7 @@ length limit (long ``ds`` strings do not fit in a URL).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from itertools import pairwise, product
@@ -583,3 +583,67 @@ def _compress(items: tuple[Item, ...], step: float | None) -> list[Item | _Run]:
         else:
             out.append(_Run(moment, 1, step_us))
     return out
+
+
+class RecordSizeApi(Protocol):
+    """What size estimation needs: one ``rs_list`` call with the ``*size*`` pseudo keyword."""
+
+    async def series_info(self, series: str) -> SeriesInfo:
+        """``series_struct`` of a series, typed."""
+        ...
+
+    async def rs_list(
+        self, ds: str, *, keys: Iterable[str] = (), segments: Iterable[str] = (),
+        n: int | None = None,
+    ) -> _RsListLike:
+        """Keyword values of the records ``ds`` selects."""
+        ...
+
+
+class _RsListLike(Protocol):
+    """The part of an ``rs_list`` answer size estimation reads."""
+
+    @property
+    def keywords(self) -> dict[str, list[str]]:
+        """Keyword name → one string value per record."""
+        ...
+
+
+async def estimate_bytes(api: RecordSizeApi, plan: Plan, *, segments: Sequence[str] | None,
+                         sample: int = 3) -> int | None:
+    """Estimate the bytes a plan will download, from a few sampled records.
+
+    JSOC's ``jsoc_info`` reports a record's storage-unit size as the ``*size*`` pseudo keyword
+    (all of its segments together). The estimate takes the mean over the first ``sample``
+    records of the first chunk, scales it by the share of segments selected, and multiplies by
+    the plan's record count. It costs one request; when the server gives no usable number the
+    answer is ``None`` (unknown), never a guess.
+
+    Parameters
+    ----------
+    api
+        Something with ``series_info`` and ``rs_list`` (``JsocApi``).
+    plan
+        The plan to estimate.
+    segments
+        The selected segments (``None``: all of them).
+    sample
+        How many records to sample.
+    """
+    if not plan.chunks or plan.n_records == 0:
+        return 0 if plan.n_records == 0 else None
+    info = await api.series_info(plan.series)
+    answer = await api.rs_list(plan.chunks[0].recordset, keys=("*size*",), n=sample)
+    sizes: list[float] = []
+    for value in next(iter(answer.keywords.values()), []):
+        try:
+            size = float(value)
+        except ValueError:
+            continue
+        if size >= 0 and size == size:  # drop NaN
+            sizes.append(size)
+    if not sizes:
+        return None
+    per_record = sum(sizes) / len(sizes)
+    share = files_per_record(info, segments) / max(1, len(info.segments))
+    return round(per_record * min(1.0, share) * plan.n_records)

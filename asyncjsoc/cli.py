@@ -15,7 +15,6 @@ This is the only place that reads environment variables (``ASYNCJSOC_SERVER``,
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -38,6 +37,7 @@ from asyncjsoc.exceptions import (
     QueryError,
     StateError,
     StateLockedError,
+    StateMismatchError,
     TransportError,
 )
 
@@ -578,7 +578,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 def _is_other_pull(exc: JsocError) -> bool:
     """Whether ``exc`` says the state belongs to a different pull (bad input, exit 2)."""
-    return isinstance(exc, StateError) and "different pull" in exc.message
+    return isinstance(exc, StateMismatchError)
 
 
 class _Undo:
@@ -809,13 +809,15 @@ def _print_summary(display: _Display, out: Path) -> None:
 
 @asynccontextmanager
 async def _scratch_client(config: Any) -> AsyncIterator[Any]:
-    """A client whose state store is a throwaway (plan and check-email write nothing)."""
+    """A client for plan, check-email and series.
+
+    Those never open the state store (only a pull does), so they write nothing and need no
+    output directory.
+    """
     from asyncjsoc._client import Client
 
-    with tempfile.TemporaryDirectory(prefix="asyncjsoc-") as tmp:
-        scratch = dataclasses.replace(config, state_path=Path(tmp) / "state.sqlite")
-        async with Client(scratch, Path(tmp)) as client:
-            yield client
+    async with Client(config, Path.cwd()) as client:
+        yield client
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -839,11 +841,12 @@ async def _plan(config: Any, queries: list[Any], args: argparse.Namespace) -> in
         _emit_json({"plans": [_plan_json(p) for p in plans]}, sys.stdout)
         return EXIT_OK
     for p in plans:
-        size = format_bytes(p.estimated_bytes) if p.estimated_bytes is not None else "unknown"
+        size = (f"about {format_bytes(p.estimated_bytes)} (estimated from sampled records)"
+                if p.estimated_bytes is not None else "unknown (the server reported no sizes)")
         print(f"series:   {p.series}")
         print(f"records:  {p.n_records}")
         print(f"files:    {p.n_files}")
-        print(f"size:     {size} (estimated)")
+        print(f"size:     {size}")
         print(f"exports:  {len(p.chunks)}")
         for c in p.chunks[:20]:
             print(f"  {c.index + 1:>4}  {c.n_records:>7} records {c.n_files:>7} files  "
