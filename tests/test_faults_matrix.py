@@ -19,7 +19,14 @@ from engine_helpers import emulator, fast_config
 
 from asyncjsoc._client import Client, FileResult, PullResult
 from asyncjsoc._config import ClientConfig
-from asyncjsoc._events import Event, ExportExpired, ExportReady, ExportSubmitted, FileDone
+from asyncjsoc._events import (
+    Event,
+    ExportExpired,
+    ExportFailed,
+    ExportReady,
+    ExportSubmitted,
+    FileDone,
+)
 from asyncjsoc.emulator import Emulator
 from asyncjsoc.exceptions import ExportFailedError, IpBlockedError
 
@@ -75,6 +82,9 @@ def budget(pace: tuple[float, int]) -> dict[str, Any]:
 # and a cut arrive together, and aiohttp drops the buffered bytes with the error): 100 KiB
 # files at 1 MB/s come in 50 ms pieces.
 _TRICKLE = {"file_size": 36 * 2880, "bandwidth": 1_000_000}
+# Bodies up to the client's read size are fetched in one piece and never resumed; a 16 KiB
+# read size makes these files stream into .part files, so cuts are resumed with Range.
+_STREAM = {"chunk_size": 16 * 1024}
 
 CASES: dict[str, Case] = {
     "export_delay": Case({"export_delay": 150.0}),
@@ -83,9 +93,11 @@ CASES: dict[str, Case] = {
     "http500": Case({"http500_rate": 0.3}),
     "http503": Case({"http503_rate": 0.3}),
     "http429": Case({"http429_rate": 0.3}),
-    "drop": Case({"drop_rate": 0.3, **_TRICKLE}),
-    "ignore_range": Case({"drop_rate": 0.3, "ignore_range_rate": 1.0, **_TRICKLE}),
-    "truncate": Case({"truncate_rate": 0.3, **_TRICKLE}),
+    "drop": Case({"drop_rate": 0.3, **_TRICKLE}, config=_STREAM),
+    "ignore_range": Case({"drop_rate": 0.3, "ignore_range_rate": 1.0, **_TRICKLE},
+                         config=_STREAM),
+    "truncate": Case({"truncate_rate": 0.3, **_TRICKLE}, config=_STREAM),
+    "drop_small_files": Case({"drop_rate": 0.2}),
     "bandwidth": Case({"bandwidth": 400_000}),
     "first_byte_delay": Case({"first_byte_delay": 0.03}),
     "cgi_delay": Case({"cgi_delay": 0.01}),
@@ -101,7 +113,7 @@ CASES: dict[str, Case] = {
             "first_byte_delay": 0.005, "cgi_delay": 0.002, "max_connections": 2,
             **_TRICKLE, **budget((40.0, 10)),
         },
-        pace=(40.0, 10), expire_after=4, slow_cap=1,
+        config=_STREAM, pace=(40.0, 10), expire_after=4, slow_cap=1,
     ),
 }
 
@@ -122,16 +134,17 @@ class FaultGovernor:
         self.events: list[Event] = []
         self.done = 0
         self.expired_once = False
-        self.staging: set[str | None] = set()
+        self.staging: set[int] = set()
+        """Chunks with an export submitted and not yet ready (or given up)."""
 
     def __call__(self, event: Event) -> None:
         """Record ``event``; apply the caps and the expiry cue."""
         self.events.append(event)
         self.tame()
         if isinstance(event, ExportSubmitted):
-            self.staging.add(event.request_id)
-        elif isinstance(event, ExportReady):
-            self.staging.discard(event.request_id)
+            self.staging.add(event.chunk)
+        elif isinstance(event, ExportReady | ExportFailed):
+            self.staging.discard(event.chunk)
         elif isinstance(event, FileDone):
             self.done += 1
         if (self.expire_after is not None and not self.expired_once and not self.staging
@@ -263,6 +276,7 @@ def assert_fault_fired(emu: Emulator, name: str, case: Case, governor: FaultGove
         # A cut transfer makes the client resume: a ranged GET follows.
         "drop": lambda: any(e.range for e in gets),
         "truncate": lambda: any(e.range for e in gets),
+        "drop_small_files": lambda: any(n.gets > 1 for n in emu.audit.file_stats.values()),
         "ignore_range": lambda: any(e.range and e.http_status == 200 for e in gets),
         "max_connections": lambda: served(emu, 503) == 0,
         # More requests than the burst: the client's pacing, not luck, kept it in budget.
@@ -354,16 +368,16 @@ async def test_rude_pace_is_blocked_then_a_rerun_completes(tmp_path: Path) -> No
                 p.endswith(name) for p in done_before)
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: an export that expires while it is being "
-                   "staged fails its chunk instead of being requested again (_scheduler.py)")
 async def test_export_expiring_while_staging_is_requested_again(tmp_path: Path) -> None:
     """Status 5 from exp_status of a just-submitted export (the client slept through its
-    whole lifetime) should make the scheduler request the chunk again, as it does for ready
-    exports whose files went missing; today the chunk ends in PullResult.failed."""
+    whole lifetime) makes the scheduler request the chunk again, as it does for ready
+    exports whose files went missing."""
     async with emulator(export_delay=2000.0) as emu:
         jumped: list[str | None] = []
+        events: list[Event] = []
 
         def reporter(event: Event) -> None:
+            events.append(event)
             if isinstance(event, ExportSubmitted) and not jumped:
                 jumped.append(event.request_id)
                 emu.clock.advance(emu.knobs.export_delay + emu.knobs.retention + 1.0)
@@ -374,3 +388,32 @@ async def test_export_expiring_while_staging_is_requested_again(tmp_path: Path) 
         assert jumped
         assert result.ok, [str(f.error) for f in result.failed]
         assert len(result.files) == 4
+        assert [e.request_id for e in events if isinstance(e, ExportExpired)] == jumped
+        submitted = [e.request_id for e in events if isinstance(e, ExportSubmitted)]
+        assert len(submitted) == 2
+        assert submitted[0] != submitted[1]
+        check_invariants(emu, tmp_path, {f.relpath: f for f in result.files}, config,
+                         complete=True)
+
+
+async def test_failed_export_is_submitted_again(tmp_path: Path) -> None:
+    """Status 4 from exp_status (a server-side failure, often transient) makes the scheduler
+    submit the chunk again, a bounded number of times; here the second try succeeds."""
+    async with emulator(export_failure_rate=1.0, duplicate_window=0.0, seed=3) as emu:
+        events: list[Event] = []
+
+        def reporter(event: Event) -> None:
+            events.append(event)
+            if isinstance(event, ExportSubmitted):
+                emu.knobs.export_failure_rate = 0.0  # only the first export fails
+
+        config = fast_config(emu)
+        async with Client(config, tmp_path, reporter=reporter) as client:
+            result = await client.fetch(SHORT_QUERY)
+        assert result.ok, [str(f.error) for f in result.failed]
+        assert len(result.files) == 4
+        failed = [e for e in emu.audit.entries if e.op.endswith("exp_status") and e.status == 4]
+        assert len(failed) >= 1
+        assert sum(isinstance(e, ExportSubmitted) for e in events) == 2
+        check_invariants(emu, tmp_path, {f.relpath: f for f in result.files}, config,
+                         complete=True)
