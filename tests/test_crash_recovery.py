@@ -250,8 +250,8 @@ def test_repeated_sigkill_then_resume_is_complete_and_wastes_nothing(
     refetched = {p.rsplit("/", 1)[-1] for p, st in doc["files"].items() if st["complete"] > 1}
     in_flight: set[str] = set()
     for snap in snapshots:
-        asked = {e["path"].rsplit("/", 1)[-1] for e in entries[:snap.n_entries]
-                 if e["op"] == "file"}
-        in_flight |= asked - snap.final
+        fetched = {e["path"].rsplit("/", 1)[-1] for e in entries[:snap.n_entries]
+                   if e["op"] == "file"}
+        in_flight |= fetched - snap.final
     assert refetched <= in_flight, refetched - in_flight
     assert all(n <= 1 for n in doc["max_pending_per_email"].values())
