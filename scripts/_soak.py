@@ -50,7 +50,8 @@ class Kill:
     """One interruption: the signal, and what was final on disk and in the audit then."""
 
     signal: str
-    n_entries: int
+    at: float
+    """Emulator time just after the client died."""
     final: set[str]
 
 
@@ -167,8 +168,7 @@ def soak(args: argparse.Namespace, portal: BlockingPortal, emu: Emulator, out: P
         how, _proc = run_client(argv, log, deadline, rng)
         runs.codes[how] += 1
         if not how.startswith("exit"):
-            n = portal.call(lambda: len(emu.audit.entries))
-            runs.kills.append(Kill(how, n, final_names(out)))
+            runs.kills.append(Kill(how, portal.call(emu.clock.now), final_names(out)))
             if runs.week_jumps == 0 and time.monotonic() >= week_at:
                 portal.call(emu.clock.advance, emu.knobs.retention + 1.0)
                 runs.week_jumps += 1
@@ -230,13 +230,15 @@ def check(emu: Emulator, portal: BlockingPortal, out: Path, runs: Runs, ds: str,
     fail4 = sum(1 for e in entries if e.op.endswith("exp_status") and e.status == 4)
     expired404 = sum(1 for e in gets if e.http_status == 404)
     retried = sum(1 for e in entries if e.http_status in (403, 429, 500, 503))
-    # A finished file fetched again after it had its final name: must never happen.
-    first_final: dict[str, int] = {}
+    # A finished file fetched again after it had its final name: must never happen. (Audit
+    # entries are stamped with the time the request arrived; the dead client's own last
+    # requests arrived before it died.)
+    first_final: dict[str, float] = {}
     for kill in runs.kills:
         for name in kill.final:
-            first_final.setdefault(name, kill.n_entries)
-    again = sorted({e.path for i, e in enumerate(entries) if e.op == "file"
-                    and i >= first_final.get(e.path.rsplit("/", 1)[-1], len(entries))})
+            first_final.setdefault(name, kill.at)
+    again = [e for e in gets
+             if e.time > first_final.get(e.path.rsplit("/", 1)[-1], float("inf"))]
     max_email = max(doc["per_email"].values(), default=0)
     max_ip = max(doc["per_ip"].values(), default=0)
     complete = "INCOMPLETE" not in runs.codes
@@ -268,6 +270,7 @@ def check(emu: Emulator, portal: BlockingPortal, out: Path, runs: Runs, ds: str,
         f"  corrupted        {len(corrupted)}",
         f"  partial left     {len(partial)}",
         f"  finished files fetched again  {len(again)}",
+        *(f"    {e.path} {e.http_status} range={e.range}" for e in again[:5]),
         f"  result           {'OK' if ok else 'FAILED'}",
     ]
     return lines, ok
