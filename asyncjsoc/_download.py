@@ -16,7 +16,7 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,8 @@ from .exceptions import (
 )
 
 __all__ = [
+    "MAX_UNSIZED_BYTES",
+    "PROGRESS_ROUNDS",
     "DownloadOutcome",
     "Downloader",
     "ProgressCallback",
@@ -198,6 +200,13 @@ def _publish(part: Path, dest: Path, meta: Path) -> None:
     _discard(meta)
 
 
+PROGRESS_ROUNDS = 3
+"""Extra rounds of the retry policy for a file that kept arriving in pieces."""
+
+MAX_UNSIZED_BYTES = 100 * 10**9
+"""Default bound of a body without ``Content-Length``: the JSOC's 100 GB export cap."""
+
+
 def _retryable(exc: Exception) -> bool:
     """Transport trouble, 408/425/429/5xx, and IP blocks that say when they end."""
     if isinstance(exc, IpBlockedError):
@@ -229,16 +238,21 @@ class Downloader:
     retry
         How transport errors and retryable HTTP statuses are retried; every retry resumes from
         the bytes already on disk.
+    max_bytes
+        The most bytes taken from a body without ``Content-Length`` (default 100 GB, the
+        JSOC's export size cap), so an endless stream cannot fill the disk.
     """
 
     def __init__(self, session: aiohttp.ClientSession, *, chunk_size: int = 1 << 20,
-                 verify_checksums: bool = True, retry: RetryPolicy | None = None) -> None:
+                 verify_checksums: bool = True, retry: RetryPolicy | None = None,
+                 max_bytes: int = MAX_UNSIZED_BYTES) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self._session = session
         self.chunk_size = chunk_size
         self.verify_checksums = verify_checksums
         self.retry = retry if retry is not None else RetryPolicy()
+        self.max_bytes = max_bytes
 
     async def download(self, remote: RemoteFile, dest: Path, *,
                        on_progress: ProgressCallback | None = None) -> DownloadOutcome:
@@ -278,20 +292,44 @@ class Downloader:
         part, meta = part_path(dest), meta_path(dest)
         await anyio.to_thread.run_sync(lambda: dest.parent.mkdir(parents=True, exist_ok=True))
         attempts = 0
+        answered = [False]
+
+        def progress(done: int, total: int | None) -> None:
+            answered[0] = True  # the server began sending the file
+            if on_progress is not None:
+                on_progress(done, total)
 
         async def attempt() -> DownloadOutcome:
             nonlocal attempts
             attempts += 1
-            size, resumed_from = await self._attempt(remote, dest, part, meta, on_progress)
+            size, resumed_from = await self._attempt(remote, dest, part, meta, progress)
             return DownloadOutcome(path=dest, bytes=size, resumed_from=resumed_from,
                                    attempts=attempts)
 
         try:
-            return await retrying(attempt, self.retry, retry_on=_retryable)
+            return await self._retrying(attempt, answered)
         except IntegrityError:
             # Corrupt bytes cannot be resumed: drop them and fetch the whole file once more.
             await anyio.to_thread.run_sync(_discard, part, meta)
-        return await retrying(attempt, self.retry, retry_on=_retryable)
+        return await self._retrying(attempt, answered)
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[DownloadOutcome]],
+                        answered: list[bool]) -> DownloadOutcome:
+        """``attempt`` under the retry policy, renewed (a few times) while the file flows.
+
+        The retry budget is for attempts that get nowhere: when it runs out but the server
+        did start sending the file meanwhile (``answered[0]``, set by the attempts), the
+        link is flaky, not the file or server dead, and another round starts, at most
+        ``PROGRESS_ROUNDS`` times.
+        """
+        for round_ in range(PROGRESS_ROUNDS + 1):
+            answered[0] = False
+            try:
+                return await retrying(attempt, self.retry, retry_on=_retryable)
+            except Exception as exc:
+                if round_ == PROGRESS_ROUNDS or not answered[0] or not _retryable(exc):
+                    raise
+        raise AssertionError("unreachable")
 
     async def _attempt(self, remote: RemoteFile, dest: Path, part: Path, meta: Path,
                        on_progress: ProgressCallback | None) -> tuple[int, int]:
@@ -396,6 +434,9 @@ class Downloader:
                 if total is not None and done + buffered + len(piece) > total:
                     raise IntegrityError(f"{resp.url}: body longer than the announced "
                                          f"{total} bytes")
+                if total is None and done + buffered + len(piece) > self.max_bytes:
+                    raise IntegrityError(f"{resp.url}: body without Content-Length longer "
+                                         f"than {self.max_bytes} bytes (max_bytes)")
                 pending.append(piece)
                 buffered += len(piece)
                 if buffered >= self.chunk_size:

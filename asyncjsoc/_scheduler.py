@@ -18,6 +18,8 @@ The JSOC's refusals are policy here, not errors:
 * status 3 (too large, also the per-request file cap) → split the chunk and queue the parts;
 * transient status 4 ("Cant save new export-request hash.") → back off and retry;
 * legacy status 6 while polling → still pending, a bounded number of times;
+* status 4, too many 6s or status 5 while staging → submit the export again, a bounded
+  number of times (``MAX_RESUBMITS``);
 * status 5 or HTTP 404 on a file → request the missing records again.
 
 File names that clash are never overwritten: rows of one export sharing a name fail (the
@@ -101,6 +103,12 @@ QUICK_RETENTION = 86400.0
 
 MAX_REEXPORTS = 2
 """How many times one chunk's missing records are requested again after an expiry."""
+
+MAX_RESUBMITS = 2
+"""How many times an export that failed (4, 6) or expired (5) while staging is sent again."""
+
+BROKEN_STATUS_RETRIES = 2
+"""How many broken ``exp_status`` answers in a row are polled past before the export fails."""
 
 MAX_RECORDS_IN_LIST = 100
 """Above this many missing records, the whole chunk is requested again instead of a list."""
@@ -275,12 +283,15 @@ async def wait_export_ready(
     ------
     ExportFailedError
         Status 4, an unexpected status, or too many status 6 answers.
+    ProtocolError
+        More than ``BROKEN_STATUS_RETRIES`` broken answers in a row.
     ExportTooLargeError, ExportExpiredError
         Statuses 3 and 5, from ``exp_status``.
     """
     report = reporter if reporter is not None else NullReporter()
     polls = 0
     sixes = 0
+    broken = 0
     while not status.done:
         request_id = status.request_id
         if not request_id:
@@ -301,7 +312,16 @@ async def wait_export_ready(
         delay = _poll_delay(status.wait, polls, poll_min, poll_max)
         report(ExportWaiting(request_id, status.status, status.wait, delay))
         await anyio.sleep(delay)
-        status = await api.exp_status(request_id)
+        try:
+            status = await api.exp_status(request_id)
+        except ProtocolError as exc:
+            # A proxy's error page or a cut body is often transient: poll again, a few times.
+            broken += 1
+            if broken > BROKEN_STATUS_RETRIES:
+                raise
+            report(Backoff(delay, f"broken exp_status answer ({exc.message}); polling again"))
+            continue
+        broken = 0
     return status
 
 
@@ -592,7 +612,7 @@ class ExportScheduler:
             status=5, request_id=request_id,
         )
         for remote in expired:
-            self.failures.append(Failure(remote.record, error, remote.relpath, request_id))
+            self._fail(Failure(remote.record, error, remote.relpath, request_id))
         await self._store.set_chunk_state(chunk.index, "failed", error=error.message)
         self._failed += 1
 
@@ -602,7 +622,9 @@ class ExportScheduler:
             reused = await self._reuse(chunk)
             if reused is not None:
                 return reused
+        resubmits = 0
         while True:
+            lost: ExportFailedError | ExportExpiredError | None = None
             async with self._pool.slot() as slot:
                 try:
                     status = await self._submit(ds, slot.email)
@@ -628,8 +650,25 @@ class ExportScheduler:
                 self._staging += 1
                 try:
                     status = await self._wait_ready(status)
+                except (ExportFailedError, ExportExpiredError) as exc:
+                    if not _worth_resubmitting(exc) or resubmits >= MAX_RESUBMITS:
+                        raise
+                    lost = exc
                 finally:
                     self._staging -= 1
+            if lost is not None:
+                # The export failed (4), stayed unknown (6) or expired (5) while staging:
+                # often transient on the real JSOC, so submit it again, a bounded number of
+                # times, after a pause (outside the slot: the failed export is not pending).
+                resubmits += 1
+                await self._store.forget_export(chunk.index)
+                if isinstance(lost, ExportExpiredError):
+                    self._reexports += 1
+                    self._report(ExportExpired(chunk.index, lost.request_id, 0))
+                await self._backoff(
+                    resubmits, f"export {lost.request_id} ended in status {lost.status} "
+                    "while staging; requesting it again", floor=self._config.poll_min)
+                continue
             # The slot is free again here: the next chunk can be staged while this downloads.
             self._report(ExportReady(chunk.index, status.request_id, len(status.files)))
             return status
@@ -735,6 +774,7 @@ class ExportScheduler:
         Returns the files and how many of the export's rows could not be given a name.
         """
         named: list[tuple[ExportFile, str]] = []
+        urls: dict[ExportFile, str] = {}
         refused = 0
         for f in self._export_files(status):
             if f.filename in _NO_DATA or f.record.startswith("warning="):
@@ -747,13 +787,16 @@ class ExportScheduler:
                     relpath = safe_relpath(f.filename.rsplit("/", 1)[-1])
                 else:
                     relpath = quick_relpath(f.record, f.filename)
+                url = self._api.file_url(status, f)
             except UnsafePathError as exc:
-                self.failures.append(Failure(f.record, exc, None, status.request_id))
+                self._fail(Failure(f.record, exc, None, status.request_id))
                 refused += 1
                 continue
+            urls[f] = url
             named.append((f, relpath))
         named, shared = _refuse_shared_names(named, status.request_id)
-        self.failures.extend(shared)
+        for failure in shared:
+            self._fail(failure)
         refused += len(shared)
         async with self._names_lock:
             owners = await self._store.records_of([relpath for _, relpath in named])
@@ -764,14 +807,14 @@ class ExportScheduler:
                     # Another export already put a different record under this name.
                     relpath = disambiguated_relpath(relpath, f.record)
                     if owners.get(relpath, f.record) != f.record:
-                        self.failures.append(Failure(f.record, InvalidInputError(
+                        self._fail(Failure(f.record, InvalidInputError(
                             f"no free file name for {f.record}: {relpath!r} is taken"),
                             None, status.request_id))
                         refused += 1
                         continue
                 owners[relpath] = f.record
                 remotes.append(RemoteFile(
-                    url=self._api.file_url(status, f), relpath=relpath, record=f.record,
+                    url=urls[f], relpath=relpath, record=f.record,
                     request_id=status.request_id,
                 ))
             await self._store.add_files(chunk.index, remotes)
@@ -809,8 +852,21 @@ class ExportScheduler:
         records = list(dict.fromkeys(r.record for r in expired))
         if len(records) > MAX_RECORDS_IN_LIST or any(r.startswith("warning=") for r in records):
             return chunk.recordset
-        suffix = _segment_suffix(chunk.recordset)
-        return ",".join(r if "{" in r or not suffix else r + suffix for r in records)
+        # The server applies a record set's segment lists to all its subsets, so one record
+        # named per segment ("r{Bt},r{Br}", as url_quick rows are) would come back twice with
+        # both segments, under shared names: name each record once with the merged segments.
+        bases: dict[str, None] = {}
+        segments: dict[str, None] = {}
+        for record in records:
+            match = re.match(r"^(?P<base>.*?)\{(?P<segs>[^{}]*)\}\s*$", record)
+            if match is None:
+                bases[record] = None
+                continue
+            bases[match["base"]] = None
+            segments.update(dict.fromkeys(s.strip() for s in match["segs"].split(",")))
+        suffix = ("{" + ",".join(segments) + "}" if segments
+                  else _segment_suffix(chunk.recordset))
+        return ",".join(base + suffix for base in bases)
 
     async def _split(self, chunk: Chunk, exc: ExportTooLargeError) -> None:
         """Split a too-large chunk and queue its parts (or fail it if it cannot be split)."""
@@ -843,14 +899,36 @@ class ExportScheduler:
         for part in renumbered:
             self._queue.send_nowait(part)
 
+    def _fail(self, failure: Failure) -> None:
+        """Record ``failure``, replacing an earlier one of the same file or record.
+
+        A re-export of missing records can meet the same refusal again; each file is
+        reported once, with its latest error (a row without a file name, once per message).
+        """
+
+        def key(f: Failure) -> tuple[str, str]:
+            """What identifies the thing that failed."""
+            return (f.record, f.relpath if f.relpath is not None else "\0" + f.error.message)
+
+        for i, earlier in enumerate(self.failures):
+            if key(earlier) == key(failure):
+                self.failures[i] = failure
+                return
+        self.failures.append(failure)
+
     async def _fail_chunk(
         self, chunk: Chunk, ds: str, error: JsocError, request_id: str | None
     ) -> None:
         """Record that a chunk (or its re-export ``ds``) could not be exported."""
-        self.failures.append(Failure(ds, error, None, request_id))
+        self._fail(Failure(ds, error, None, request_id))
         self._report(ExportFailed(chunk.index, request_id, error))
         await self._store.set_chunk_state(chunk.index, "failed", error=error.message)
         self._failed += 1
+
+
+def _worth_resubmitting(error: ExportFailedError | ExportExpiredError) -> bool:
+    """Whether a staging export that ended with ``error`` may be submitted again."""
+    return isinstance(error, ExportExpiredError) or error.status in (4, 6)
 
 
 def _is_fatal(error: JsocError) -> bool:

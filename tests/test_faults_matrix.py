@@ -58,7 +58,8 @@ class Case:
     pace: tuple[float, int] | None = None
     """(requests per second, burst) of the client when it runs under a request budget."""
     expire_after: int | None = None
-    """Move the emulator clock past export retention after this many files are done."""
+    """Move the emulator clock past export retention at the first export staged after this
+    many files are done (at most 3: the fourth chunk is staged only once the first is done)."""
     query: str = QUERY
     n_files: int = 10
     slow_cap: int = 1
@@ -113,7 +114,7 @@ CASES: dict[str, Case] = {
             "first_byte_delay": 0.005, "cgi_delay": 0.002, "max_connections": 2,
             **_TRICKLE, **budget((40.0, 10)),
         },
-        config=_STREAM, pace=(40.0, 10), expire_after=4, slow_cap=1,
+        config=_STREAM, pace=(40.0, 10), expire_after=3, slow_cap=1,
     ),
 }
 
@@ -123,8 +124,11 @@ class FaultGovernor:
 
     Runs synchronously on every engine event, so it needs no timer: once ``cap`` answers of a
     slow fault have been served, that knob is turned off for the rest of the pull. The expiry
-    jump (past the retention) waits for a moment when no export is being staged, so it models
-    exports that expired while their files queued for download.
+    jump (past the retention) comes at the first export staged once ``expire_after`` files
+    are done: that export's files are not handed out yet, so they surely 404 (as do other
+    queued files, and exports still staging answer status 5), and must be requested again.
+    A jump at a file count instead depended on timing: under load every remaining file
+    could already be in flight, or the jump never came.
     """
 
     def __init__(self, emu: Emulator, *, cap: int = 2, expire_after: int | None = None) -> None:
@@ -147,8 +151,8 @@ class FaultGovernor:
             self.staging.discard(event.chunk)
         elif isinstance(event, FileDone):
             self.done += 1
-        if (self.expire_after is not None and not self.expired_once and not self.staging
-                and self.done >= self.expire_after):
+        if (self.expire_after is not None and not self.expired_once
+                and isinstance(event, ExportReady) and self.done >= self.expire_after):
             self.expired_once = True
             self.emu.clock.advance(self.emu.knobs.retention + 1.0)
 

@@ -19,9 +19,19 @@ from engine_helpers import assert_identical, emulator, fast_config
 from asyncjsoc import Client
 from asyncjsoc._api import MAX_BODY_BYTES
 from asyncjsoc._client import PullResult
+from asyncjsoc._download import MAX_UNSIZED_BYTES, Downloader
+from asyncjsoc._events import Backoff, Event
+from asyncjsoc._http import TransportConfig, create_session
+from asyncjsoc._models import RemoteFile
+from asyncjsoc._retry import RetryPolicy
 from asyncjsoc.emulator import Emulator
 from asyncjsoc.emulator._hostile import ESCAPE_DIR
-from asyncjsoc.exceptions import ProtocolError, UnsafePathError
+from asyncjsoc.exceptions import (
+    ExportExpiredError,
+    IntegrityError,
+    ProtocolError,
+    UnsafePathError,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -62,6 +72,11 @@ async def pull(emu: Emulator, tmp_path: Path, query: str = SHARP, **config: obje
     return result, out
 
 
+def disk_usage(root: Path) -> int:
+    """Bytes in every file under ``root``."""
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
 def failed_records(result: PullResult) -> set[str]:
     """The records (or record sets) of every failure."""
     return {f.record for f in result.failed}
@@ -77,11 +92,15 @@ async def test_unsafe_file_names(kind: str, method: str, tmp_path: Path) -> None
                                  max_files_per_export=3)  # fmt: skip
     assert result.failed, "the knob picked no row: change the rate or seed"
     if not (method == "url_quick" and kind == "absolute"):
-        # An absolute path is a legitimate quick answer: it is requested, gets a 404 and is
-        # exported again, so its final error depends on the re-export rules.
         assert all(isinstance(f.error, UnsafePathError) for f in result.failed)
         assert all("refusing" in f.error.message for f in result.failed)
-        assert len(result.files) + len(result.failed) == N_FILES
+    else:
+        # An absolute path is a legitimate quick answer: it is requested, gets a 404 and is
+        # exported again (each time the same path), until the re-exports run out.
+        assert all(isinstance(f.error, ExportExpiredError) for f in result.failed)
+    # One failure per file, however many times its records were requested again.
+    assert len({(f.record, f.relpath, str(f.error)) for f in result.failed}) == len(result.failed)
+    assert len(result.files) + len(result.failed) == N_FILES
     assert len(data_files(out)) == len(result.files) > 0
     assert_identical(emu, result)
 
@@ -111,6 +130,27 @@ async def test_broken_exp_status_fails_that_export_only(kind: str, tmp_path: Pat
     assert "exp_status" in error.message
     assert len(result.files) == 3
     assert len(data_files(out)) == 3
+
+
+async def test_broken_exp_status_once_is_polled_past(tmp_path: Path) -> None:
+    """One proxy error page (HTML, HTTP 200) from exp_status is polled past: all arrive."""
+    async with emulator(hostile_cgi={"exp_status": "html"}, hostile_exports={1}) as emu:
+        events: list[Event] = []
+
+        def heal(event: Event) -> None:
+            events.append(event)
+            if isinstance(event, Backoff) and "broken exp_status" in event.reason:
+                emu.knobs.hostile_cgi = {}
+
+        out = tmp_path / "out"
+        async with Client(fast_config(emu, max_files_per_export=3), out, reporter=heal) as c:
+            result = await c.fetch(SHARP)
+        assert result.ok, result.failed
+        assert len(data_files(out)) == N_FILES
+        assert_identical(emu, result)
+    assert sum(isinstance(e, Backoff) and "broken exp_status" in e.reason for e in events) == 1
+    # Both exports were submitted once: the broken answer did not cost a new export.
+    assert len([e for e in emu.audit.requests() if e.op.endswith("exp_request")]) == 2
 
 
 @pytest.mark.parametrize("kind", ["html", "status-abc"])
@@ -174,3 +214,24 @@ async def test_body_longer_than_the_file_is_not_kept(kind: str, tmp_path: Path) 
     assert {f.relpath for f in result.failed}.isdisjoint(data_files(out))
     assert len(data_files(out)) == len(result.files) > 0
     assert_identical(emu, result)
+
+
+async def test_endless_body_without_length_is_cut_at_max_bytes(tmp_path: Path) -> None:
+    """A body without Content-Length stops at the Downloader's max_bytes, not at the disk."""
+    junk = 64 << 20
+    async with emulator(oversize_files={"chunked": 1.0}, oversize_bytes=junk) as emu:
+        sel = emu.catalog.select("hmi.M_45s[2012.01.01_00:00:45_TAI]{magnetogram}")
+        path = next(iter(sel)).segment_path(sel.segments[0])
+        size = len(emu.file_bytes(path))
+        remote = RemoteFile(url=emu.url + path, relpath="m.fits", record="r")
+        dest = tmp_path / "m.fits"
+        async with create_session(TransportConfig(requests_per_second=0)) as session:
+            downloader = Downloader(session, chunk_size=1 << 16, max_bytes=4 * size,
+                                    retry=RetryPolicy.no_wait(2))
+            assert Downloader(session).max_bytes == MAX_UNSIZED_BYTES == 100 * 10**9
+            with pytest.raises(IntegrityError, match="max_bytes"):
+                await downloader.download(remote, dest)
+        # Once, then once more from scratch (corrupt bytes are dropped).
+        assert emu.audit.file_gets(path) == 2
+    assert not dest.exists()
+    assert disk_usage(tmp_path) <= 4 * size
