@@ -151,6 +151,9 @@ class _PullState:
     failures: list[Failure] = field(default_factory=list)
     reused: list[FileResult] = field(default_factory=list)
     reused_paths: set[str] = field(default_factory=set)
+    # Relpaths the store may hold as done beyond reused_paths (only these need a look-up).
+    done_here: set[str] = field(default_factory=set)
+    store_has_more_done: bool = True
 
 
 class Pull:
@@ -470,6 +473,8 @@ class Client:
         state = _PullState()
         async with results:
             await self._reuse_done(store, state)
+            summary = await store.summary()
+            state.store_has_more_done = summary.files.get("done", 0) > len(state.reused_paths)
             states = await store.chunk_states()
             if self.config.emails and any(s != "done" for s in states.values()):
                 await pool.check()
@@ -477,7 +482,10 @@ class Client:
                 self.config.download_buffer)
             async with anyio.create_task_group() as tg, jobs_receive:
                 tg.start_soon(scheduler.run, plan, jobs_send)
-                for _ in range(self.config.connections):
+                # Twice as many workers as connections: while one worker writes, fsyncs and
+                # renames a file, another uses the connection (the session's connector
+                # still allows only ``connections`` transfers at a time).
+                for _ in range(2 * self.config.connections):
                     tg.start_soon(self._download_worker, jobs_receive.clone(), results.clone(),
                                   state)
             failed = tuple(scheduler.failures) + tuple(state.failures)
@@ -543,9 +551,12 @@ class Client:
         if relpath in state.reused_paths:
             return None, None  # reported at the start of the pull
         try:
-            dest = await anyio.to_thread.run_sync(resolve_inside, self.out_dir, relpath)
-            known = await store.file_state(relpath)
+            # Every file the store held as done at the start is in reused_paths (or was put
+            # back to pending); only files finished since can be done without a look-up.
+            maybe_done = state.store_has_more_done or relpath in state.done_here
+            known = await store.file_state(relpath) if maybe_done else None
             if known is not None and known.state == "done":
+                dest = await anyio.to_thread.run_sync(resolve_inside, self.out_dir, relpath)
                 size = await anyio.to_thread.run_sync(_size_or_none, dest)
                 if size == known.bytes:
                     state.reused.append(FileResult(
@@ -564,7 +575,7 @@ class Client:
                     report(FileStarted(relpath, total, done))
                 report(FileProgress(relpath, done, total))
 
-            outcome = await downloader.download(remote, dest, on_progress=progress)
+            outcome = await downloader.download_into(remote, self.out_dir, on_progress=progress)
         except JsocError as exc:
             if isinstance(exc, IpBlockedError | StateError):
                 raise
@@ -575,6 +586,7 @@ class Client:
                 report(FileFailed(relpath, remote.record, exc))
             return None, exc
         await store.mark_done(relpath, outcome.bytes)
+        state.done_here.add(relpath)
         report(FileDone(relpath, outcome.bytes))
         return FileResult(path=outcome.path, relpath=relpath, record=remote.record,
                           bytes=outcome.bytes, request_id=remote.request_id, url=remote.url,

@@ -73,7 +73,8 @@ class ClientConfig:
         Check FITS ``DATASUM``/``CHECKSUM`` of downloaded files when present (the JSOC sends
         no HTTP digest). The size is always checked.
     chunk_size
-        Bytes read from the network at a time while downloading.
+        Bytes collected in memory before each write to disk while downloading (files of at
+        most 1 MiB, and at most this size, are fetched whole and written in one go).
     state_path
         The SQLite file that makes a pull resumable; ``None`` means
         ``<out_dir>/.asyncjsoc/state.sqlite``.
@@ -116,7 +117,7 @@ class ClientConfig:
     requests_per_second: float = 5.0
     burst: int = 10
     verify_checksums: bool = True
-    chunk_size: int = 1 << 20
+    chunk_size: int = 4 << 20
     state_path: Path | None = None
     reset: bool = False
     ca_bundle: Path | None = None

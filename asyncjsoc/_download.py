@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import aiofiles
 import aiohttp
 import anyio
 import anyio.lowlevel
@@ -30,9 +29,9 @@ import anyio.to_thread
 
 from ._http import is_retryable, map_transport_errors, raise_for_status
 from ._models import RemoteFile
-from ._paths import PART_SUFFIX
+from ._paths import PART_SUFFIX, resolve_inside
 from ._retry import RetryPolicy, retrying
-from ._verify import check_size, verify_fits
+from ._verify import FITS_MAGIC, check_size, verify_fits
 from .exceptions import (
     ExportExpiredError,
     IntegrityError,
@@ -45,6 +44,7 @@ from .exceptions import (
 __all__ = [
     "MAX_UNSIZED_BYTES",
     "PROGRESS_ROUNDS",
+    "WHOLE_BODY_MAX",
     "DownloadOutcome",
     "Downloader",
     "ProgressCallback",
@@ -174,6 +174,14 @@ def _resume_point(part: Path, meta: Path) -> tuple[int, _Validator | None]:
     return size, validator
 
 
+def _size(path: Path) -> int:
+    """Bytes in ``path`` (0 if it does not exist)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def _discard(*paths: Path) -> None:
     """Delete files that may not exist."""
     for p in paths:
@@ -188,17 +196,142 @@ def _write_meta(meta: Path, validator: _Validator) -> None:
     os.replace(tmp, meta)
 
 
+_Prepared = tuple[int, int, "_Validator | None"]
+"""What :func:`_prepare_part` found: bytes in the part file, resume offset, validator."""
+
+
+def _prepare_part(dest: Path, part: Path, meta: Path) -> _Prepared:
+    """Create ``dest``'s directory, then :func:`_size` and :func:`_resume_point` (one hop)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return (_size(part), *_resume_point(part, meta))
+
+
+def _locate_and_prepare(out_dir: Path, relpath: str) -> tuple[Path, _Prepared]:
+    """:func:`~asyncjsoc._paths.resolve_inside`, then :func:`_prepare_part` (one hop)."""
+    dest = resolve_inside(out_dir, relpath)
+    return dest, _prepare_part(dest, part_path(dest), meta_path(dest))
+
+
+def _write_whole(part: Path, dest: Path, meta: Path, data: bytes, publish: bool) -> None:
+    """Write a whole body to the part file and fsync it; with ``publish``, rename it into place.
+
+    One worker-thread hop for what the streaming path does in several: a body this small is
+    never resumed, so no sidecar is kept (a stale one is dropped first).
+    """
+    _discard(meta)
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)  # the data is durable before the rename that gives it its final name
+    finally:
+        os.close(fd)
+    if publish:
+        _publish(part, dest, meta)
+
+
 def _publish(part: Path, dest: Path, meta: Path) -> None:
-    """Rename the finished part to its final name, make the rename durable, drop the sidecar."""
+    """Rename the finished part to its final name and drop the sidecar.
+
+    The rename is made durable by :class:`_DirSyncer` afterwards, before the caller learns
+    that the file is done.
+    """
     os.replace(part, dest)
+    _discard(meta)
+
+
+def _open_part(part: Path, offset: int, new_meta: tuple[Path, _Validator] | None) -> int:
+    """Write the sidecar (if starting afresh), then open the part file for appending."""
+    if new_meta is not None:
+        _write_meta(*new_meta)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if offset else os.O_TRUNC)
+    return os.open(part, flags, 0o666)
+
+
+def _write_pieces(fd: int, pieces: list[bytes]) -> int:
+    """Write every piece, in order, with as few system calls as it takes. Returns the bytes."""
+    views = [memoryview(p) for p in pieces if p]
+    written = 0
+    while views:
+        n = os.writev(fd, views[:1024])  # IOV_MAX is 1024 on Linux
+        written += n
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if n:
+            views[0] = views[0][n:]
+    return written
+
+
+def _seal_part(fd: int, drop_cache: bool) -> int:
+    """fsync and close a part file; returns its size. Optionally drop its cached pages."""
+    try:
+        os.fsync(fd)
+        size = os.fstat(fd).st_size
+        if drop_cache and hasattr(os, "posix_fadvise"):
+            # Clean pages of a file nobody reads back: recycling them is cheaper than
+            # growing the page cache by a whole download.
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return size
+
+
+def _fsync_dir(directory: Path) -> None:
+    """fsync a directory, making the renames in it durable (best effort: not every OS can)."""
     with contextlib.suppress(OSError):
-        fd = os.open(dest.parent, os.O_RDONLY)
+        fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-    _discard(meta)
 
+
+@dataclass(slots=True)
+class _DirState:
+    """Group-commit bookkeeping of one directory's fsyncs."""
+
+    requested: int = 0
+    synced: int = 0
+    busy: bool = False
+    done: anyio.Event | None = None
+
+
+class _DirSyncer:
+    """Directory fsyncs as a group commit: one fsync covers every rename made before it began.
+
+    Many downloaders finishing small files in one directory share one ``fsync`` of it instead
+    of one each; every caller still returns only after an fsync that started after its own
+    rename.
+    """
+
+    def __init__(self) -> None:
+        self._dirs: dict[Path, _DirState] = {}
+
+    async def sync(self, directory: Path) -> None:
+        """Return once an fsync of ``directory`` begun after this call has finished."""
+        st = self._dirs.setdefault(directory, _DirState())
+        st.requested += 1
+        mine = st.requested
+        while st.synced < mine:
+            if st.busy and st.done is not None:
+                await st.done.wait()
+                continue
+            st.busy, st.done = True, anyio.Event()
+            target = st.requested
+            try:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_fsync_dir, directory)
+                st.synced = max(st.synced, target)
+            finally:
+                st.busy = False
+                st.done.set()
+
+
+WHOLE_BODY_MAX = 1 << 20
+"""Largest body read whole in memory: losing it to an interrupt costs little to fetch again."""
 
 PROGRESS_ROUNDS = 3
 """Extra rounds of the retry policy for a file that kept arriving in pieces."""
@@ -232,7 +365,9 @@ class Downloader:
     session
         The client's session (see :func:`asyncjsoc._http.create_session`); not closed here.
     chunk_size
-        Bytes collected in memory before each write to disk.
+        Bytes collected in memory before each write to disk. A body of at most this size
+        and at most :data:`WHOLE_BODY_MAX` (by its ``Content-Length``) is read whole and
+        written, fsynced and renamed in one worker-thread hop, without a resume sidecar.
     verify_checksums
         Verify FITS ``CHECKSUM``/``DATASUM`` before giving a file its final name.
     retry
@@ -243,7 +378,7 @@ class Downloader:
         JSOC's export size cap), so an endless stream cannot fill the disk.
     """
 
-    def __init__(self, session: aiohttp.ClientSession, *, chunk_size: int = 1 << 20,
+    def __init__(self, session: aiohttp.ClientSession, *, chunk_size: int = 4 << 20,
                  verify_checksums: bool = True, retry: RetryPolicy | None = None,
                  max_bytes: int = MAX_UNSIZED_BYTES) -> None:
         if chunk_size < 1:
@@ -253,6 +388,7 @@ class Downloader:
         self.verify_checksums = verify_checksums
         self.retry = retry if retry is not None else RetryPolicy()
         self.max_bytes = max_bytes
+        self._dirsync = _DirSyncer()
 
     async def download(self, remote: RemoteFile, dest: Path, *,
                        on_progress: ProgressCallback | None = None) -> DownloadOutcome:
@@ -289,9 +425,49 @@ class Downloader:
             The URL's path has ``..``, a backslash or a control character (nothing is fetched).
         """
         check_url_path(remote.url)
+        prepared = await anyio.to_thread.run_sync(
+            _prepare_part, dest, part_path(dest), meta_path(dest))
+        return await self._download(remote, dest, prepared, on_progress)
+
+    async def download_into(self, remote: RemoteFile, out_dir: Path, *,
+                            on_progress: ProgressCallback | None = None) -> DownloadOutcome:
+        """Fetch ``remote`` to its ``relpath`` under ``out_dir``, like :meth:`download`.
+
+        The destination is :func:`~asyncjsoc._paths.resolve_inside` ``(out_dir,
+        remote.relpath)``, worked out in the same worker-thread hop that prepares the part
+        file (one hop fewer per file than resolving it first).
+
+        Parameters
+        ----------
+        remote
+            The file.
+        out_dir
+            The output directory.
+        on_progress
+            As for :meth:`download`.
+
+        Returns
+        -------
+        DownloadOutcome
+            What was fetched; ``path`` is the resolved destination.
+
+        Raises
+        ------
+        UnsafePathError
+            If ``remote.relpath`` is unsafe or resolves outside ``out_dir``; else as
+            :meth:`download`.
+        """
+        check_url_path(remote.url)
+        dest, prepared = await anyio.to_thread.run_sync(
+            _locate_and_prepare, out_dir, remote.relpath)
+        return await self._download(remote, dest, prepared, on_progress)
+
+    async def _download(self, remote: RemoteFile, dest: Path, prepared: _Prepared,
+                        on_progress: ProgressCallback | None) -> DownloadOutcome:
+        """The body of :meth:`download`, the part file already looked at (``prepared``)."""
         part, meta = part_path(dest), meta_path(dest)
-        await anyio.to_thread.run_sync(lambda: dest.parent.mkdir(parents=True, exist_ok=True))
         attempts = 0
+        first: list[_Prepared] = [prepared]  # the first attempt needs no look of its own
         answered = [False]
 
         def progress(done: int, total: int | None) -> None:
@@ -302,40 +478,50 @@ class Downloader:
         async def attempt() -> DownloadOutcome:
             nonlocal attempts
             attempts += 1
-            size, resumed_from = await self._attempt(remote, dest, part, meta, progress)
+            size, resumed_from = await self._attempt(remote, dest, part, meta, progress,
+                                                     first.pop() if first else None)
             return DownloadOutcome(path=dest, bytes=size, resumed_from=resumed_from,
                                    attempts=attempts)
 
         try:
-            return await self._retrying(attempt, answered)
+            return await self._retrying(attempt, part, answered, prepared[0])
         except IntegrityError:
             # Corrupt bytes cannot be resumed: drop them and fetch the whole file once more.
             await anyio.to_thread.run_sync(_discard, part, meta)
-        return await self._retrying(attempt, answered)
+        return await self._retrying(attempt, part, answered)
 
     async def _retrying(self, attempt: Callable[[], Awaitable[DownloadOutcome]],
-                        answered: list[bool]) -> DownloadOutcome:
+                        part: Path, answered: list[bool],
+                        size_now: int | None = None) -> DownloadOutcome:
         """``attempt`` under the retry policy, renewed (a few times) while the file flows.
 
-        The retry budget is for attempts that get nowhere: when it runs out but the server
-        did start sending the file meanwhile (``answered[0]``, set by the attempts), the
-        link is flaky, not the file or server dead, and another round starts, at most
-        ``PROGRESS_ROUNDS`` times.
+        The retry budget is for attempts that get nowhere: when it runs out but the part
+        file grew meanwhile, or the server began sending the file (``answered[0]``, set by
+        the attempts; a small file arrives whole or not at all), the link is flaky, not
+        the file or server dead, and another round starts, at most ``PROGRESS_ROUNDS``.
         """
         for round_ in range(PROGRESS_ROUNDS + 1):
+            if round_ == 0 and size_now is not None:
+                before = size_now  # the caller just looked
+            else:
+                before = await anyio.to_thread.run_sync(_size, part)
             answered[0] = False
             try:
                 return await retrying(attempt, self.retry, retry_on=_retryable)
             except Exception as exc:
-                if round_ == PROGRESS_ROUNDS or not answered[0] or not _retryable(exc):
+                grew = answered[0] or await anyio.to_thread.run_sync(_size, part) > before
+                if round_ == PROGRESS_ROUNDS or not grew or not _retryable(exc):
                     raise
         raise AssertionError("unreachable")
 
     async def _attempt(self, remote: RemoteFile, dest: Path, part: Path, meta: Path,
-                       on_progress: ProgressCallback | None) -> tuple[int, int]:
+                       on_progress: ProgressCallback | None,
+                       prepared: _Prepared | None = None) -> tuple[int, int]:
         """One GET: resume or restart the part file, then finish it. Returns (size, offset)."""
         url = remote.url
-        offset, stored = await anyio.to_thread.run_sync(_resume_point, part, meta)
+        if prepared is None:
+            prepared = await anyio.to_thread.run_sync(_prepare_part, dest, part, meta)
+        _, offset, stored = prepared
         headers = {"Accept-Encoding": "identity"}
         total: int | None
         if stored is not None:
@@ -355,15 +541,42 @@ class Downloader:
                     offset = 0
                     total = _content_length(resp)
                     self._check_expected(remote, total)
-                    await anyio.to_thread.run_sync(_write_meta, meta, _Validator(
+                    if total is not None and total <= min(self.chunk_size, WHOLE_BODY_MAX):
+                        # The whole body fits in one write: read it, then write, fsync and
+                        # rename it in one worker-thread hop (the small-file fast path).
+                        if on_progress is not None:
+                            on_progress(0, total)
+                        data = await resp.read()
+                        if len(data) != total:
+                            raise TransportError(f"{url}: body ended after {len(data)} of "
+                                                 f"{total} bytes", url=url)
+                        return await self._finish_whole(dest, part, meta, data,
+                                                        on_progress), 0
+                    validator: _Validator | None = _Validator(
                         etag=resp.headers.get("ETag"),
-                        last_modified=resp.headers.get("Last-Modified"), total=total))
+                        last_modified=resp.headers.get("Last-Modified"), total=total)
                 else:
                     raise ProtocolError(f"unexpected HTTP {resp.status} for {url}")
+                if resp.status != 200:
+                    validator = None
                 if on_progress is not None:
                     on_progress(offset, total)
-                await self._stream(resp, part, offset, total, on_progress)
-        return await self._finish(remote, dest, part, meta, total), offset
+                size = await self._stream(resp, part, offset, total, on_progress,
+                                          (meta, validator) if validator else None)
+        return await self._finish(remote, dest, part, meta, total, size), offset
+
+    async def _finish_whole(self, dest: Path, part: Path, meta: Path, data: bytes,
+                            on_progress: ProgressCallback | None) -> int:
+        """Write a whole (already size-checked) body and publish it. Returns the size."""
+        verify = self.verify_checksums and data.startswith(FITS_MAGIC)
+        await anyio.to_thread.run_sync(_write_whole, part, dest, meta, data, not verify)
+        if on_progress is not None:
+            on_progress(len(data), len(data))
+        if verify:
+            await verify_fits(part)
+            await anyio.to_thread.run_sync(_publish, part, dest, meta)
+        await self._dirsync.sync(dest.parent)
+        return len(data)
 
     async def _unsatisfiable(self, resp: aiohttp.ClientResponse, part: Path, meta: Path,
                              offset: int, stored: _Validator | None) -> int:
@@ -410,27 +623,39 @@ class Downloader:
                                  f"expected {remote.expected_size}")
 
     async def _stream(self, resp: aiohttp.ClientResponse, part: Path, offset: int,
-                      total: int | None, on_progress: ProgressCallback | None) -> None:
-        """Append the body to the part file in large writes; fsync once at the end."""
+                      total: int | None, on_progress: ProgressCallback | None,
+                      new_meta: tuple[Path, _Validator] | None) -> int:
+        """Append the body to the part file in large writes; fsync once at the end.
+
+        ``new_meta``, for a fresh start, is the sidecar to write before any byte. Returns the
+        size of the part file once it is durable.
+        """
         done = offset
         pending: list[bytes] = []
         buffered = 0
-        f = await aiofiles.open(part, "ab" if offset else "wb")
+        # Page-cache pages of a file nobody reads back are dropped once durable (verification
+        # reads it back, so then they stay).
+        drop_cache = not self.verify_checksums
+        fd: int | None = await anyio.to_thread.run_sync(_open_part, part, offset, new_meta)
 
         async def write_pending() -> None:
             nonlocal done, buffered
-            data = b"".join(pending)
+            assert fd is not None
+            pieces = pending.copy()
             pending.clear()
             buffered = 0
             # A write cancelled half-way would leave us unsure what reached the file.
             with anyio.CancelScope(shield=True):
-                await f.write(data)
-            done += len(data)
+                done += await anyio.to_thread.run_sync(_write_pieces, fd, pieces)
             # Reads from aiohttp's buffer need not suspend: let a pending cancel land here.
             await anyio.lowlevel.checkpoint_if_cancelled()
 
         try:
-            async for piece in resp.content.iter_chunked(self.chunk_size):
+            # Pieces as they came off the socket: no copy into chunk_size blocks here, and
+            # the writes below hand the list to the kernel as it is (writev).
+            async for piece, _ in resp.content.iter_chunks():
+                if not piece:
+                    continue
                 if total is not None and done + buffered + len(piece) > total:
                     raise IntegrityError(f"{resp.url}: body longer than the announced "
                                          f"{total} bytes")
@@ -447,25 +672,36 @@ class Downloader:
                 await write_pending()
                 if on_progress is not None:
                     on_progress(done, total)
-            await f.flush()
-            await anyio.to_thread.run_sync(os.fsync, f.fileno())
+            sealing, fd = fd, None
+            assert sealing is not None
+            size = await anyio.to_thread.run_sync(_seal_part, sealing, drop_cache)
         finally:
             # Keep what arrived (it is a valid prefix) and never leak the descriptor, even
             # when cancelled: the part file is what the next attempt resumes from.
-            with anyio.CancelScope(shield=True):
-                try:
-                    if pending:
-                        await write_pending()
-                finally:
-                    await f.close()
+            if fd is not None:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        if pending:
+                            await write_pending()
+                    finally:
+                        await anyio.to_thread.run_sync(os.close, fd)
         if total is not None and done != total:
             raise TransportError(f"{resp.url}: body ended after {done} of {total} bytes",
                                  url=str(resp.url))
+        return size
 
     async def _finish(self, remote: RemoteFile, dest: Path, part: Path, meta: Path,
-                      total: int | None) -> int:
-        """Check size and checksums, then give the part its final name. Returns the size."""
-        if total is not None:
+                      total: int | None, on_disk: int | None = None) -> int:
+        """Check size and checksums, then give the part its final name. Returns the size.
+
+        ``on_disk`` is the part file's size if the caller just measured it (after fsync).
+        """
+        if on_disk is not None:
+            size = on_disk
+            if total is not None and size != total:
+                raise IntegrityError(f"{part.name}: {size} bytes on disk, the server "
+                                     f"announced {total}")
+        elif total is not None:
             size = await check_size(part, total)
         else:
             size = (await anyio.to_thread.run_sync(os.stat, part)).st_size
@@ -474,4 +710,5 @@ class Downloader:
         if self.verify_checksums:
             await verify_fits(part)
         await anyio.to_thread.run_sync(_publish, part, dest, meta)
+        await self._dirsync.sync(dest.parent)
         return size

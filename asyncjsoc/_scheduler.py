@@ -239,13 +239,15 @@ def is_expiry(error: BaseException) -> bool:
     return isinstance(error, HttpStatusError) and error.status in (404, 410)
 
 
-def _poll_delay(hint: float, polls: int, poll_min: float, poll_max: float) -> float:
-    """Seconds until the next status poll: the server's hint if any, else a growing backoff."""
+def _poll_delay(hint: float, late_polls: int, poll_min: float, poll_max: float, *,
+                eta_spent: bool) -> float:
+    """Seconds until the next status poll (see :func:`wait_export_ready` for the policy)."""
     if hint > 0:
-        # Poll just after the server's own estimate rather than just before it.
-        base = hint * random.uniform(1.0, 1.2)
-    else:
-        base = poll_min * 1.5 ** min(polls - 1, 64) * random.uniform(0.8, 1.2)
+        if not eta_spent:
+            # Exactly at the server's estimate, even when that is sooner than poll_min.
+            return min(hint, poll_max)
+        return min(max(hint, poll_min), poll_max)
+    base = poll_min * 1.5 ** min(late_polls, 64) * random.uniform(1.0, 1.5)
     return min(max(base, poll_min), poll_max)
 
 
@@ -267,8 +269,7 @@ async def wait_export_ready(
     status
         The export's latest status (from ``exp_request`` or an earlier poll).
     poll_min, poll_max
-        Bounds of the pause between polls, in seconds. The server's ``wait`` hint is
-        honoured within them; without one the pause grows from ``poll_min``.
+        Bounds of the pause between polls, in seconds (see Notes).
     status6_retries
         How many legacy status-6 answers ("not found yet") count as pending.
     reporter
@@ -287,9 +288,26 @@ async def wait_export_ready(
         More than ``BROKEN_STATUS_RETRIES`` broken answers in a row.
     ExportTooLargeError, ExportExpiredError
         Statuses 3 and 5, from ``exp_status``.
+
+    Notes
+    -----
+    The polling policy. The server's ``wait`` hint says when it expects the export to be
+    staged (the answer's arrival + ``wait``):
+
+    * the first time a positive hint comes, the next poll is made exactly then, even if that
+      is sooner than ``poll_min`` (capped at ``poll_max``): a ready export is noticed at once
+      rather than on a coarse grid;
+    * later positive hints are followed within ``[poll_min, poll_max]``: a server that keeps
+      saying "almost" is never polled more often than every ``poll_min`` seconds;
+    * once the estimate has passed (no hint, or ``wait <= 0``), the pause backs off from
+      ``poll_min`` by a factor of 1.5 per poll, with 0-50 % random jitter (so exports staged
+      together are not polled in lock step), capped at ``poll_max``.
+
+    There is never a pause of zero unless ``poll_min`` is zero: no busy polling.
     """
     report = reporter if reporter is not None else NullReporter()
-    polls = 0
+    late_polls = 0
+    eta_spent = False
     sixes = 0
     broken = 0
     while not status.done:
@@ -308,8 +326,11 @@ async def wait_export_ready(
                 f"export {request_id} has unexpected status {status.status}",
                 status=status.status, server_message=status.error, request_id=request_id,
             )
-        polls += 1
-        delay = _poll_delay(status.wait, polls, poll_min, poll_max)
+        delay = _poll_delay(status.wait, late_polls, poll_min, poll_max, eta_spent=eta_spent)
+        if status.wait > 0:
+            eta_spent = True
+        else:
+            late_polls += 1
         report(ExportWaiting(request_id, status.status, status.wait, delay))
         await anyio.sleep(delay)
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import sqlite3
@@ -168,6 +169,16 @@ _FILE_COLUMNS = ("relpath, url, record, chunk_idx, state, bytes, request_id, exp
                  "etag, error")
 
 
+@dataclass(slots=True)
+class _DoneBatch:
+    """Completions committed together by :meth:`StateStore.mark_done`."""
+
+    rows: list[tuple[int, str | None, str]] = field(default_factory=list)
+    committed: anyio.Event = field(default_factory=anyio.Event)
+    unknown: set[str] = field(default_factory=set)
+    error: Exception | None = None
+
+
 def _file_record(row: tuple[object, ...]) -> FileRecord:
     """A FileRecord from a row selected with ``_FILE_COLUMNS``."""
     relpath, url, record, chunk_idx, state, nbytes, request_id, size, etag, error = row
@@ -219,6 +230,8 @@ class StateStore:
         self._lock_fd: int | None = None
         self._limiter = anyio.CapacityLimiter(1)
         self._closed = False
+        self._done_next: _DoneBatch | None = None
+        self._flushing: anyio.Event | None = None
 
     @classmethod
     def for_output(cls, out_dir: Path, *, fingerprint: str | None = None,
@@ -269,6 +282,9 @@ class StateStore:
             return
         self._closed = True
         with anyio.CancelScope(shield=True):
+            # Completions being committed are written before the database closes.
+            while self._flushing is not None:
+                await self._flushing.wait()
             await anyio.to_thread.run_sync(self._close_sync, limiter=self._limiter)
 
     def _open_sync(self) -> None:
@@ -602,10 +618,64 @@ class StateStore:
         await self._run(work)
 
     async def mark_done(self, relpath: str, nbytes: int, *, etag: str | None = None) -> None:
-        """Record that ``relpath`` is complete on disk with ``nbytes`` bytes."""
-        await self._update_file(
-            relpath, "UPDATE files SET state = 'done', bytes = ?, etag = coalesce(?, etag), "
-                     "error = NULL WHERE relpath = ?", (nbytes, etag))
+        """Record that ``relpath`` is complete on disk with ``nbytes`` bytes.
+
+        Calls made while another is being committed are committed together, in one
+        transaction (a group commit): many downloaders finishing small files share one
+        worker-thread hop and one SQLite commit. Each call still returns only once its own
+        row is committed, so a file is never reported done before the store says so. A call
+        that is cancelled while it waits is committed all the same (the file is complete on
+        disk), and :meth:`close` waits for commits in progress.
+
+        Raises
+        ------
+        StateError
+            If ``relpath`` is not a known file of this pull.
+        """
+        if self._conn is None:
+            raise StateError("the state store is not open")
+        batch = self._done_next
+        if batch is None:
+            batch = self._done_next = _DoneBatch()
+        batch.rows.append((nbytes, etag, relpath))
+        if self._flushing is None:
+            await self._flush_done()
+        else:
+            await batch.committed.wait()
+        if batch.error is not None:
+            raise batch.error
+        if relpath in batch.unknown:
+            raise StateError(f"{relpath!r} is not a known file of this pull")
+
+    async def _flush_done(self) -> None:
+        """Commit queued completions, batch after batch, until none is left (shielded)."""
+        flushing = self._flushing = anyio.Event()
+        try:
+            with anyio.CancelScope(shield=True):
+                while (batch := self._done_next) is not None:
+                    self._done_next = None
+                    try:
+                        batch.unknown = await self._run(
+                            functools.partial(self._mark_done_rows, rows=batch.rows))
+                    except Exception as exc:  # every caller of the batch sees it
+                        batch.error = exc
+                    batch.committed.set()
+        finally:
+            self._flushing = None
+            flushing.set()
+
+    @classmethod
+    def _mark_done_rows(cls, conn: sqlite3.Connection,
+                        rows: list[tuple[int, str | None, str]]) -> set[str]:
+        """Mark files done in one transaction; returns the relpaths that are not known."""
+        unknown = set()
+        with cls._transaction(conn):
+            for row in rows:
+                if conn.execute("UPDATE files SET state = 'done', bytes = ?, "
+                                "etag = coalesce(?, etag), error = NULL WHERE relpath = ?",
+                                row).rowcount == 0:
+                    unknown.add(row[2])
+        return unknown
 
     async def mark_partial(self, relpath: str, nbytes: int) -> None:
         """Record that ``relpath`` has ``nbytes`` bytes in its ``.part`` file."""
