@@ -169,9 +169,11 @@ async def test_expired_export_is_requested_again_for_missing_records(tmp_path: P
         requests = [e for e in emu.audit.requests("jsoc_fetch/exp_request") if e.status == 2]
         assert len(requests) == 2
         again = _ds_param(requests[1].params)
-        assert again.count("hmi.M_45s[") == 6
+        # Two files are done when the export expires; with a download in flight behind them
+        # (downloaders overlap one file's fsync with the next transfer) a third may be too.
         second = [f for f in result.files if f.request_id != result.exports[0]]
-        assert len(second) == 6
+        assert len(second) in (5, 6)
+        assert again.count("hmi.M_45s[") == len(second)
         for f in second:
             assert f.path.read_bytes() == emu.file_bytes(f.url)
         sizes = {f.path.stat().st_size for f in result.files}
