@@ -555,6 +555,10 @@ class Client:
             # back to pending); only files finished since can be done without a look-up.
             maybe_done = state.store_has_more_done or relpath in state.done_here
             known = await store.file_state(relpath) if maybe_done else None
+            # A final file the store does not list as done was finished by a run killed
+            # between the rename and its (group-committed) record: keep it. One the store
+            # lists with another size was changed on disk: fetch it again.
+            trust_final = True
             if known is not None and known.state == "done":
                 dest = await anyio.to_thread.run_sync(resolve_inside, self.out_dir, relpath)
                 size = await anyio.to_thread.run_sync(_size_or_none, dest)
@@ -566,6 +570,7 @@ class Client:
                     report(FileSkipped(relpath, size, remote.record))
                     return None, None
                 await store.mark_pending(relpath)
+                trust_final = False
             started = False
 
             def progress(done: int, total: int | None) -> None:
@@ -575,7 +580,8 @@ class Client:
                     report(FileStarted(relpath, total, done))
                 report(FileProgress(relpath, done, total))
 
-            outcome = await downloader.download_into(remote, self.out_dir, on_progress=progress)
+            outcome = await downloader.download_into(remote, self.out_dir, on_progress=progress,
+                                                     trust_final=trust_final)
         except JsocError as exc:
             if isinstance(exc, IpBlockedError | StateError):
                 raise

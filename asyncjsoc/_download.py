@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,10 +207,25 @@ def _prepare_part(dest: Path, part: Path, meta: Path) -> _Prepared:
     return (_size(part), *_resume_point(part, meta))
 
 
-def _locate_and_prepare(out_dir: Path, relpath: str) -> tuple[Path, _Prepared]:
-    """:func:`~asyncjsoc._paths.resolve_inside`, then :func:`_prepare_part` (one hop)."""
+def _locate_and_prepare(out_dir: Path, relpath: str,
+                        look_for_final: bool = False) -> tuple[Path, _Prepared, int | None]:
+    """:func:`~asyncjsoc._paths.resolve_inside`, then :func:`_prepare_part` (one hop).
+
+    With ``look_for_final``, also the size of a regular file already under the final name
+    (``None`` when there is none).
+    """
     dest = resolve_inside(out_dir, relpath)
-    return dest, _prepare_part(dest, part_path(dest), meta_path(dest))
+    final_size = _final_size(dest) if look_for_final else None
+    return dest, _prepare_part(dest, part_path(dest), meta_path(dest)), final_size
+
+
+def _final_size(dest: Path) -> int | None:
+    """The size of a regular file at ``dest`` (not following a symlink), else ``None``."""
+    try:
+        st = os.stat(dest, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
 def _write_whole(part: Path, dest: Path, meta: Path, data: bytes, publish: bool) -> None:
@@ -430,7 +446,8 @@ class Downloader:
         return await self._download(remote, dest, prepared, on_progress)
 
     async def download_into(self, remote: RemoteFile, out_dir: Path, *,
-                            on_progress: ProgressCallback | None = None) -> DownloadOutcome:
+                            on_progress: ProgressCallback | None = None,
+                            trust_final: bool = True) -> DownloadOutcome:
         """Fetch ``remote`` to its ``relpath`` under ``out_dir``, like :meth:`download`.
 
         The destination is :func:`~asyncjsoc._paths.resolve_inside` ``(out_dir,
@@ -445,11 +462,18 @@ class Downloader:
             The output directory.
         on_progress
             As for :meth:`download`.
+        trust_final
+            A file already under the final name is taken as complete and not fetched (its
+            size must match ``remote.expected_size`` when that is known): asyncjsoc gives a
+            final name only to a complete, verified file, so one found there was finished by
+            an earlier run, possibly killed between the rename and recording it. Pass
+            ``False`` to fetch it again regardless.
 
         Returns
         -------
         DownloadOutcome
-            What was fetched; ``path`` is the resolved destination.
+            What was fetched (``attempts == 0`` when a final file was taken as it is);
+            ``path`` is the resolved destination.
 
         Raises
         ------
@@ -458,8 +482,10 @@ class Downloader:
             :meth:`download`.
         """
         check_url_path(remote.url)
-        dest, prepared = await anyio.to_thread.run_sync(
-            _locate_and_prepare, out_dir, remote.relpath)
+        dest, prepared, final_size = await anyio.to_thread.run_sync(
+            _locate_and_prepare, out_dir, remote.relpath, trust_final)
+        if final_size is not None and remote.expected_size in (None, final_size):
+            return DownloadOutcome(dest, final_size, resumed_from=final_size, attempts=0)
         return await self._download(remote, dest, prepared, on_progress)
 
     async def _download(self, remote: RemoteFile, dest: Path, prepared: _Prepared,

@@ -118,7 +118,11 @@ class Snapshot:
     """What one kill left behind."""
 
     phase: str
-    n_entries: int
+    killed_at: float
+    """Wall time once the killed client was reaped; the emulator's clock runs at wall speed,
+    so requests that *arrived* later (audit ``time``) came from later runs. The audit lists
+    requests in completion order, so a count of entries would misplace a dead client's
+    stragglers."""
     final: set[str]
     recorded: dict[str, str]
     """Record set of each chunk → the export id the store had for it."""
@@ -200,13 +204,14 @@ def test_repeated_sigkill_then_resume_is_complete_and_wastes_nothing(
     snapshots: list[Snapshot] = []
     for phase in phases:
         killed = run_and_kill(server, out, phase, rng)
+        killed_at = time.time()
         if not killed:
             break
         time.sleep(0.05)  # let the server finish answering the dead client's last request
         chunk_ids = store_rows(out, "SELECT c.recordset, e.request_id FROM chunks c "
                                     "JOIN exports e ON e.chunk_idx = c.idx "
                                     "WHERE e.request_id IS NOT NULL")
-        snapshots.append(Snapshot(phase, len(audit(server)["requests"]),
+        snapshots.append(Snapshot(phase, killed_at,
                                   set(final_files(out)), dict(chunk_ids)))
     assert len(snapshots) >= 4, [s.phase for s in snapshots]
 
@@ -232,7 +237,7 @@ def test_repeated_sigkill_then_resume_is_complete_and_wastes_nothing(
     doc = audit(server)
     entries = doc["requests"]
     for snap in snapshots:
-        later = entries[snap.n_entries:]
+        later = [e for e in entries if e["time"] > snap.killed_at]
         # No finished file fetched again by a later run.
         again = [e["path"] for e in later
                  if e["op"] == "file" and urlsplit(e["path"]).path.rsplit("/", 1)[-1]
@@ -250,8 +255,8 @@ def test_repeated_sigkill_then_resume_is_complete_and_wastes_nothing(
     refetched = {p.rsplit("/", 1)[-1] for p, st in doc["files"].items() if st["complete"] > 1}
     in_flight: set[str] = set()
     for snap in snapshots:
-        fetched = {e["path"].rsplit("/", 1)[-1] for e in entries[:snap.n_entries]
-                   if e["op"] == "file"}
+        fetched = {e["path"].rsplit("/", 1)[-1] for e in entries
+                   if e["op"] == "file" and e["time"] <= snap.killed_at}
         in_flight |= fetched - snap.final
     assert refetched <= in_flight, refetched - in_flight
     assert all(n <= 1 for n in doc["max_pending_per_email"].values())

@@ -352,3 +352,23 @@ async def test_ip_block_with_retry_after_is_waited_out(
     assert statuses[-1] == 200
     assert outcome.attempts == len(statuses) >= 2
     assert len(emulator.audit.blocks) == 1
+
+
+async def test_final_file_from_a_killed_run_is_kept(emulator: Emulator,
+                                                    session: aiohttp.ClientSession,
+                                                    tmp_path: Path) -> None:
+    """A file already under its final name is not fetched again, unless told to."""
+    (path,) = _paths(emulator, 1)
+    remote = _remote(emulator, path)
+    dest = tmp_path / remote.relpath
+    dest.write_bytes(emulator.file_bytes(path))  # a run finished it, then died unrecorded
+    dl = _downloader(session)
+
+    kept = await dl.download_into(remote, tmp_path)
+    assert (kept.attempts, kept.bytes, kept.path) == (0, len(emulator.file_bytes(path)), dest)
+    assert emulator.audit.file_gets(path) == 0
+
+    dest.write_bytes(b"changed on disk")
+    fetched = await dl.download_into(remote, tmp_path, trust_final=False)
+    assert fetched.attempts >= 1
+    assert dest.read_bytes() == emulator.file_bytes(path)
