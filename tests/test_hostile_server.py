@@ -64,7 +64,7 @@ async def pull(emu: Emulator, tmp_path: Path, query: str = SHARP, **config: obje
     """Fetch ``query`` into ``tmp_path/out``; nothing may appear next to ``out``."""
     out = tmp_path / "out"
     before = set(os.listdir(tmp_path))
-    async with Client(fast_config(emu, **config), out) as client:  # type: ignore[arg-type]
+    async with Client(fast_config(emu, **config), out) as client:
         result = await client.fetch(query)
     assert set(os.listdir(tmp_path)) - before == {"out"}
     for name in data_files(out):
