@@ -75,6 +75,12 @@ class ClientConfig:
     chunk_size
         Bytes collected in memory before each write to disk while downloading (files of at
         most 1 MiB, and at most this size, are fetched whole and written in one go).
+    inline_io
+        Make quick file-system calls (stat, open, page-cache writes, rename) on the event
+        loop's thread instead of handing each to a worker thread, which costs more CPU than
+        the call; three calls in a row slower than 20 ms each (a throttled or network disk)
+        switch to worker threads for the rest of the run. ``fsync`` always runs in a worker thread.
+        See :class:`~asyncjsoc._download.Downloader`.
     state_path
         The SQLite file that makes a pull resumable; ``None`` means
         ``<out_dir>/.asyncjsoc/state.sqlite``.
@@ -118,6 +124,7 @@ class ClientConfig:
     burst: int = 10
     verify_checksums: bool = True
     chunk_size: int = 4 << 20
+    inline_io: bool = True
     state_path: Path | None = None
     reset: bool = False
     ca_bundle: Path | None = None

@@ -63,9 +63,11 @@ def _remote(emu: Emulator, path: str, expected_size: int | None = None) -> Remot
                       expected_size=expected_size)
 
 
-def _downloader(session: aiohttp.ClientSession, attempts: int = 6) -> Downloader:
+def _downloader(session: aiohttp.ClientSession, attempts: int = 6, *,
+                inline_io: bool = True) -> Downloader:
     """A downloader with small writes and no retry waits."""
-    return Downloader(session, chunk_size=CHUNK, retry=RetryPolicy.no_wait(attempts))
+    return Downloader(session, chunk_size=CHUNK, retry=RetryPolicy.no_wait(attempts),
+                      inline_io=inline_io)
 
 
 def _leftovers(dest: Path) -> list[str]:
@@ -85,14 +87,15 @@ async def _cancel_midway(dl: Downloader, remote: RemoteFile, dest: Path, after: 
     assert scope.cancelled_caught
 
 
+@pytest.mark.parametrize("inline_io", [True, False])
 async def test_full_download(emulator: Emulator, session: aiohttp.ClientSession,
-                             tmp_path: Path) -> None:
+                             tmp_path: Path, inline_io: bool) -> None:
     """A plain download is byte-identical, renamed into place, with honest progress."""
     (path,) = _paths(emulator, 1)
     expected = emulator.file_bytes(path)
     dest = tmp_path / "sub" / "f.fits"
     seen: list[tuple[int, int | None]] = []
-    outcome = await _downloader(session).download(
+    outcome = await _downloader(session, inline_io=inline_io).download(
         _remote(emulator, path), dest, on_progress=lambda d, t: seen.append((d, t)))
     assert outcome == DownloadOutcome(path=dest, bytes=len(expected), resumed_from=0, attempts=1)
     assert dest.read_bytes() == expected
@@ -103,15 +106,18 @@ async def test_full_download(emulator: Emulator, session: aiohttp.ClientSession,
     assert emulator.audit.ranges(path) == [None]
 
 
+@pytest.mark.parametrize("inline_io", [True, False])
 async def test_cancel_keeps_part_and_resume_fetches_only_the_rest(
-        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path) -> None:
+        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path,
+        inline_io: bool) -> None:
     """Cancelled mid-transfer: the .part stays; the rerun asks Range: bytes=N- with If-Range."""
     (path,) = _paths(emulator, 1)
     expected = emulator.file_bytes(path)
     dest = tmp_path / "f.fits"
     remote = _remote(emulator, path)
     emulator.knobs.bandwidth = 4 * 1024 * 1024
-    await _cancel_midway(_downloader(session), remote, dest, after=len(expected) // 3)
+    await _cancel_midway(_downloader(session, inline_io=inline_io), remote, dest,
+                         after=len(expected) // 3)
     assert not dest.exists()
     n = part_path(dest).stat().st_size
     assert 0 < n < len(expected)
@@ -119,7 +125,7 @@ async def test_cancel_keeps_part_and_resume_fetches_only_the_rest(
     assert meta_path(dest).exists()
 
     emulator.knobs.bandwidth = None
-    outcome = await _downloader(session).download(remote, dest)
+    outcome = await _downloader(session, inline_io=inline_io).download(remote, dest)
     assert dest.read_bytes() == expected
     assert outcome.resumed_from == n
     assert _leftovers(dest) == ["f.fits"]
@@ -130,6 +136,24 @@ async def test_cancel_keeps_part_and_resume_fetches_only_the_rest(
     # the first GET may have sent more than was written before the cancel, never a 2nd copy
     assert emulator.audit.bytes_sent(path) < len(expected) + n
     assert emulator.audit.file_stats[path].complete <= 1
+
+
+async def test_steadily_slow_inline_io_moves_to_worker_threads(
+        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """Inline file calls stay inline while fast; steadily slow ones move to worker threads."""
+    paths = _paths(emulator, 2)
+    dl = _downloader(session)
+
+    def inline(d: Downloader) -> bool:
+        return d.inline_io  # (read through a call: mypy would narrow the attribute)
+
+    await dl.download(_remote(emulator, paths[0]), tmp_path / "a.fits")
+    assert inline(dl)  # every call on a local disk is far under SLOW_IO_S
+    dl.slow_io_s = 0.0  # from now on every call counts as slow
+    await dl.download(_remote(emulator, paths[1]), tmp_path / "b.fits")
+    assert not inline(dl)
+    assert (tmp_path / "b.fits").read_bytes() == emulator.file_bytes(paths[1])
+    assert _leftovers(tmp_path / "b.fits") == ["a.fits", "b.fits"]
 
 
 async def test_resume_at_every_cut_point(emulator: Emulator, session: aiohttp.ClientSession,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asyncjsoc._paths import resolve_inside, safe_relpath
+from asyncjsoc._paths import Placer, resolve_inside, safe_relpath
 from asyncjsoc.exceptions import UnsafePathError
 
 
@@ -132,3 +132,48 @@ def test_resolve_inside_property(tmp_path: Path, name: str) -> None:
     assert os.path.normpath(p) == str(p)
     rel = safe_relpath(name)
     assert safe_relpath(rel) == rel
+
+
+def test_placer_agrees_with_resolve_inside_and_creates_directories(tmp_path: Path) -> None:
+    """Placer gives resolve_inside's path, creates the parents, and reports what is there."""
+    out = tmp_path / "out"
+    placer = Placer(out)
+    path, st = placer.place("a/b/c.fits")
+    assert path == resolve_inside(out, "a/b/c.fits")
+    assert path.parent.is_dir()
+    assert st is None
+    path.write_bytes(b"12345")
+    again, st = placer.place("a/b/c.fits")
+    assert again == path
+    assert st is not None
+    assert st.st_size == 5
+    assert placer.place("a/b/d.fits")[0] == out.resolve() / "a" / "b" / "d.fits"
+
+
+def test_placer_refuses_what_resolve_inside_refuses(tmp_path: Path) -> None:
+    """Symlinked directories or final names pointing outside, and unsafe names, are refused."""
+    out = tmp_path / "out"
+    out.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / "link").symlink_to(elsewhere)
+    (out / "x.fits").symlink_to(tmp_path / "victim")
+    placer = Placer(out)
+    with pytest.raises(UnsafePathError, match="outside"):
+        placer.place("link/y.fits")
+    with pytest.raises(UnsafePathError, match="symlink"):
+        placer.place("x.fits")
+    with pytest.raises(UnsafePathError):
+        placer.place("../y.fits")
+    assert not (elsewhere / "y.fits").exists()
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_placer_checks_a_final_symlink_in_a_known_directory(tmp_path: Path) -> None:
+    """A cached directory does not skip the check of the final name."""
+    out = tmp_path / "out"
+    placer = Placer(out)
+    placer.place("d/a.fits")
+    (out / "d" / "b.fits").symlink_to(tmp_path / "victim")
+    with pytest.raises(UnsafePathError, match="symlink"):
+        placer.place("d/b.fits")
