@@ -223,9 +223,14 @@ def run_drms(spec: Spec) -> Result:
     failed = 0
     method = spec.get("method", "url_quick")
     protocol = spec.get("protocol", "as-is")
+    # drms polls a staged export every 5 s by default; the quick (smoke) runs pass a shorter
+    # ``wait_sleep`` through drms's own ``wait(sleep=...)`` so they stay a few seconds long.
+    wait_kwargs = {}
+    if spec.get("options", {}).get("wait_sleep") is not None:
+        wait_kwargs["sleep"] = float(spec["options"]["wait_sleep"])
     for ds in spec["chunks"]:
         req = client.export(ds, method=method, protocol=protocol)
-        req.wait()
+        req.wait(**wait_kwargs)
         table = req.download(str(out))
         failed += int(table["download"].isna().sum())
     return {"failed_files": failed, "exports": len(spec["chunks"])}
@@ -251,6 +256,11 @@ def run_sunpy(spec: Spec) -> Result:
 
     logging.getLogger("sunpy").setLevel(logging.ERROR)
     queries = spec.get("options", {}).get("chunks") or [spec["query"]]
+    # ``Fido.fetch`` sleeps ``sleep / 2`` (default 10 s) after requesting the export; the quick
+    # (smoke) runs pass a shorter one through that documented keyword.
+    fetch_kwargs: dict[str, Any] = {}
+    if spec.get("options", {}).get("sleep") is not None:
+        fetch_kwargs["sleep"] = float(spec["options"]["sleep"])
     t_search = 0.0
     failed = 0
     errors: list[str] = []
@@ -268,7 +278,8 @@ def run_sunpy(spec: Spec) -> Result:
         t0 = time.perf_counter()
         res = Fido.search(*attrs)
         t_search += time.perf_counter() - t0
-        files = Fido.fetch(res, path=str(Path(spec["out"]) / "{file}"), progress=False)
+        files = Fido.fetch(res, path=str(Path(spec["out"]) / "{file}"), progress=False,
+                           **fetch_kwargs)
         failed += len(getattr(files, "errors", []))
         errors += [str(e)[:200] for e in getattr(files, "errors", [])][:3]
     return {"search_s": t_search, "failed_files": failed, "errors": errors[:5]}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -42,9 +44,10 @@ class ChildProcess:
     def stop(self) -> None:
         """Terminate (then kill) the process we started, by its pid."""
         if self.proc.poll() is None:
-            if self.proc.stdin:
-                self.proc.stdin.close()
             try:
+                if not self.proc.stdin:  # nothing to close: it only stops on a signal
+                    raise subprocess.TimeoutExpired(self.proc.args, 0)
+                self.proc.stdin.close()  # the emulator launcher exits when stdin closes
                 self.proc.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 self.proc.terminate()
@@ -125,7 +128,10 @@ def stage_urls(emu: Emulator, chunks: list[str], email: str) -> list[tuple[str, 
             "jsoc_fetch", op="exp_request", ds=ds, notify=email, method="url_quick",
             protocol="as-is", format="json",
         )
+        deadline = time.monotonic() + 300
         while int(d.get("status", 4)) in (1, 2, 6, 12):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"staging {ds}: still pending after 300 s: {d}")
             time.sleep(0.2)
             d = emu.cgi("jsoc_fetch", op="exp_status", requestid=d["requestid"])
         if int(d["status"]) != 0:
@@ -174,27 +180,35 @@ def run_worker(
     out_dir = Path(spec["out"])
     spec_path = out_dir.parent / (out_dir.name + ".spec.json")
     res_path = out_dir.parent / (out_dir.name + ".result.json")
-    spec.setdefault("timeout", timeout)
+    spec.setdefault("timeout", timeout)  # external tools (curl, the CLI, ...) get this one
     spec_path.write_text(json.dumps(spec))
     child_env = dict(os.environ)
     child_env.update(env or {})
     t0 = time.perf_counter()
+    # The worker runs in its own session so that a hung run is ended with everything it
+    # started (the CLI, curl, ...): after ``timeout`` plus a grace period for the worker to
+    # end its tool and report, the whole process group we created is killed.
+    proc = subprocess.Popen(
+        [PYTHON, str(HERE / "_worker.py"), str(spec_path), str(res_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE, env=child_env,
+        start_new_session=True,
+    )
     try:
-        proc = subprocess.run(
-            [PYTHON, str(HERE / "_worker.py"), str(spec_path), str(res_path)],
-            capture_output=True, text=True, timeout=timeout, cwd=HERE, env=child_env,
-        )
+        _, stderr = proc.communicate(timeout=timeout + 15)
     except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         return {"contender": spec["contender"], "ok": False, "error": f"timeout after {timeout}s",
                 "wall_s": time.perf_counter() - t0}
     finally:
         spec_path.unlink(missing_ok=True)
     if not res_path.exists():
         return {"contender": spec["contender"], "ok": False,
-                "error": f"worker died rc={proc.returncode}: {proc.stderr[-1500:]}",
+                "error": f"worker died rc={proc.returncode}: {stderr[-1500:]}",
                 "wall_s": time.perf_counter() - t0}
     result: dict[str, Any] = json.loads(res_path.read_text())
     res_path.unlink()
-    if proc.stderr.strip() and not result.get("ok"):
-        result["stderr"] = proc.stderr[-1500:]
+    if stderr.strip() and not result.get("ok"):
+        result["stderr"] = stderr[-1500:]
     return result

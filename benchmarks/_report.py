@@ -9,6 +9,15 @@ from typing import Any
 
 Column = tuple[str, str, str]  # (key in the row, header, format spec)
 
+NOT_INSTALLED = "not installed"
+"""Prefix of an unavailability reason that means "absent here", not "installed but broken"."""
+
+# Contenders that come with asyncjsoc itself (raw aiohttp is a dependency): never skippable.
+ALWAYS_AVAILABLE = frozenset({"asyncjsoc", "asyncjsoc-cli", "asyncjsoc-plan", "raw-aiohttp"})
+
+# Row statuses that mean the run did what it should (``_scenarios.derive``).
+HEALTHY = frozenset({"ok", "FAILED (expected)"})
+
 
 def _fmt(value: Any, spec: str) -> str:
     """Format one table cell; missing values print as an en dash."""
@@ -19,6 +28,36 @@ def _fmt(value: Any, spec: str) -> str:
     if isinstance(value, int | float) and spec:
         return format(value, spec)
     return str(value)
+
+
+def problems(results: dict[str, Any]) -> list[str]:
+    """Why the run is broken (empty: every run completed, or failed as expected).
+
+    Broken means: a scenario crashed; a row FAILED that is not marked as failing by design
+    (``FAILED (expected)``, with the error it was expected to fail with); or a contender was
+    skipped although it is installed (its probe failed) or comes with asyncjsoc itself.
+    Performance targets play no part here.
+    """
+    unavailable = results.get("meta", {}).get("unavailable", {})
+    found: list[str] = []
+    for sc in results.get("scenarios", []):
+        name = sc.get("name", "?")
+        if sc.get("error"):
+            found.append(f"[{name}] scenario crashed: {sc['error']}")
+        for row in sc.get("rows", []):
+            status = row.get("status")
+            if status in HEALTHY:
+                continue
+            contender = row.get("contender", "")
+            if status == "skipped":
+                why = unavailable.get(contender, "")
+                if contender not in ALWAYS_AVAILABLE and why.startswith(NOT_INSTALLED):
+                    continue
+                found.append(f"[{name}] {row.get('label')}: skipped although installed: {why}")
+                continue
+            error = str(row.get("error") or "no error recorded").replace("\n", " ")[:300]
+            found.append(f"[{name}] {row.get('label')}: {status}: {error}")
+    return found
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -34,6 +73,13 @@ def markdown(results: dict[str, Any]) -> str:
         meta["method_note"],
         "",
     ]
+    if meta["quick"]:
+        lines += [
+            "**Quick (smoke) run.** Every scenario at a tiny size: the numbers and the PASS/FAIL "
+            "of the targets are indicative only, and are not the measurement (run without "
+            "`--quick` for that). A quick run fails only when a run is broken (see Run health).",
+            "",
+        ]
     all_checks: list[tuple[str, dict[str, Any]]] = []
     for sc in results["scenarios"]:
         lines += [f"## {sc['title']}", ""]
@@ -59,9 +105,17 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"- **{'PASS' if check['pass'] else 'FAIL'}** {check['text']}")
         lines.append("")
     passed = sum(1 for _, c in all_checks if c["pass"])
-    lines += [f"## Targets: {passed}/{len(all_checks)} pass", ""]
+    indicative = " (indicative at quick size)" if meta["quick"] else ""
+    lines += [f"## Targets{indicative}: {passed}/{len(all_checks)} pass", ""]
     for name, check in all_checks:
         lines.append(f"- {'PASS' if check['pass'] else 'FAIL'} [{name}] {check['text']}")
+    lines.append("")
+    broken = problems(results)
+    lines += ["## Run health", ""]
+    if broken:
+        lines += [f"- BROKEN {p}" for p in broken]
+    else:
+        lines.append("- every run completed (or failed as expected, by design)")
     lines.append("")
     return "\n".join(lines)
 
@@ -117,20 +171,26 @@ def chart(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_all(results: dict[str, Any], out_dir: Path, stamp: str) -> list[Path]:
-    """Write ``<stamp>.json/.md/.png`` and ``latest.*`` copies; returns the written paths."""
+def write_all(results: dict[str, Any], out_dir: Path, stamp: str | None) -> list[Path]:
+    """Write ``<stamp>.json/.md/.png`` and ``latest.*`` copies; returns the written paths.
+
+    With ``stamp=None`` only ``latest.*`` is written (quick runs keep no history).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     text_json = json.dumps(results, indent=1, default=str)
     text_md = markdown(results)
+    stems = [stamp, "latest"] if stamp else ["latest"]
     written: list[Path] = []
-    for stem in (stamp, "latest"):
+    for stem in stems:
         (out_dir / f"{stem}.json").write_text(text_json)
         (out_dir / f"{stem}.md").write_text(text_md)
         written += [out_dir / f"{stem}.json", out_dir / f"{stem}.md"]
     try:
-        chart(results, out_dir / f"{stamp}.png")
-        (out_dir / "latest.png").write_bytes((out_dir / f"{stamp}.png").read_bytes())
-        written += [out_dir / f"{stamp}.png", out_dir / "latest.png"]
+        chart(results, out_dir / f"{stems[0]}.png")
+        written.append(out_dir / f"{stems[0]}.png")
+        if stamp:
+            (out_dir / "latest.png").write_bytes((out_dir / f"{stamp}.png").read_bytes())
+            written.append(out_dir / "latest.png")
     except Exception as exc:  # a missing matplotlib must not lose the numbers
         print(f"chart not written: {exc!r}")
     return written

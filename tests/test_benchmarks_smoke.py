@@ -9,6 +9,7 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,3 +61,39 @@ def test_harness_runs_a_contender_and_writes_results(tmp_path: Path) -> None:
     # The chart needs matplotlib, which only the `bench` extra installs.
     has_matplotlib = importlib.util.find_spec("matplotlib") is not None
     assert (tmp_path / "results" / "latest.png" in written) is has_matplotlib
+
+
+@pytest.mark.usefixtures("bench_modules")
+def test_expected_failures_and_broken_runs() -> None:
+    """A run failing by design (with its expected error) is healthy; anything else is broken."""
+    from _report import markdown, problems
+    from _scenarios import derive
+
+    cap = ("over the file cap", "max file limit")
+    refused = {"ok": False, "error": "DrmsExportError: Request exceeds max file limit of 5"}
+    assert derive("fido", refused, None, cap)["status"] == "FAILED (expected)"
+    other = {"ok": False, "error": "ConnectionRefusedError: [Errno 111]"}
+    assert derive("fido", other, None, cap)["status"] == "FAILED"
+    assert derive("fido", {"ok": True}, None, cap)["status"] == "ok"
+    short = derive("aj", {"ok": True, "files_on_disk": 3}, 4)
+    assert short["status"] == "FAILED"
+
+    def run(rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        """A one-scenario results dict."""
+        meta = {"started": "now", "quick": True, "machine": "test", "python": "3",
+                "versions": {}, "method_note": "smoke",
+                "unavailable": {"curl": "not installed: curl not on PATH",
+                                "sunpy": "ImportError: broken", "asyncjsoc-cli": "no exe"}}
+        sc = {"name": "s", "title": "s", "rows": rows, "checks": [{"text": "t", "pass": False}]}
+        return {"meta": meta, "scenarios": [sc | extra]}
+
+    skipped = {"status": "skipped", "ok": None}
+    healthy = run([derive("fido", refused, None, cap), {"label": "a", "status": "ok"},
+                   skipped | {"label": "curl", "contender": "curl"}])
+    assert problems(healthy) == []
+    assert "indicative at quick size" in markdown(healthy)
+    assert len(problems(run([derive("fido", other, None, cap)]))) == 1
+    assert len(problems(run([short]))) == 1
+    assert len(problems(run([skipped | {"label": "f", "contender": "sunpy"}]))) == 1
+    assert len(problems(run([skipped | {"label": "c", "contender": "asyncjsoc-cli"}]))) == 1
+    assert len(problems(run([], error="RuntimeError: emulator did not start"))) == 1
