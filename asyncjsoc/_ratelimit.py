@@ -5,29 +5,64 @@ addresses of heavy users before. So every HTTP request the client makes (CGI cal
 downloads, every retry and redirect) takes a token from one shared :class:`TokenBucket`, and a
 server that says "slow down" (429/503 with ``Retry-After``, or a 403 block with ``Retry-After``)
 pauses the whole bucket, not just the request that was told.
+
+Waiting requests are served by :class:`Priority`: calls to the JSOC's CGIs (export requests,
+status polls, ``jsoc_info``, ``checkAddress``) take the next token before queued file
+downloads. A poll or an export submission is a handful of requests that gates minutes of
+staging, while a file GET only moves data, so letting the CGI call go first costs the
+downloads one token's time and can save the whole pipeline an export's worth. The rate and the
+burst are the same for both classes: priority only reorders the queue.
 """
 
 from __future__ import annotations
 
 import email.utils
+import enum
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
+import anyio.lowlevel
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 from aiohttp.client_middlewares import ClientMiddlewareType
+from yarl import URL
 
 __all__ = [
     "BucketStatistics",
+    "Priority",
     "TokenBucket",
     "parse_retry_after",
     "rate_limit_middleware",
+    "request_priority",
 ]
 
 PAUSING_STATUSES = frozenset({429, 503})
 """Statuses whose ``Retry-After`` pauses every request (403 needs the header to count)."""
+
+
+class Priority(enum.IntEnum):
+    """Which queue a request waits in for its token; lower values are served first."""
+
+    CONTROL = 0
+    """CGI calls: export requests, status polls, record counts, email checks."""
+    BULK = 1
+    """File downloads."""
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    """One caller queued in :meth:`TokenBucket.acquire`."""
+
+    granted: bool = False
+    wake: anyio.Event = field(default_factory=anyio.Event)
+
+    async def wait(self) -> None:
+        """Sleep until woken (granted a token, or asked to take over dispatching)."""
+        await self.wake.wait()
+        self.wake = anyio.Event()
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +96,14 @@ class BucketStatistics:
 class TokenBucket:
     """A token bucket: at most ``burst`` requests at once, refilled at ``rate`` per second.
 
-    Waiters are served first come, first served. A pause (:meth:`pause_until`) holds back
+    Waiters are served by :class:`Priority` (every ``CONTROL`` waiter before any ``BULK``
+    one), first come, first served within a priority. A pause (:meth:`pause_until`) holds back
     everyone, and afterwards the bucket restarts with one token, so a lifted block is not
     greeted with a full burst.
+
+    A steady stream of ``CONTROL`` requests above ``rate`` would starve ``BULK`` ones; the
+    client's CGI calls are few (one submission per chunk, polls seconds apart), so that does
+    not happen in practice.
 
     Parameters
     ----------
@@ -97,7 +137,10 @@ class TokenBucket:
         self._tokens = float(burst)
         self._last = clock()
         self._paused_until = -math.inf
-        self._lock = anyio.Lock()
+        self._queues: tuple[deque[_Waiter], ...] = tuple(deque() for _ in Priority)
+        # The one waiter that sleeps until the next token and hands tokens out; the others
+        # wait on their own events, so only one task ever sleeps on the clock.
+        self._dispatcher: _Waiter | None = None
         self._waiting = 0
         self._granted = 0
         self._waited = 0.0
@@ -147,7 +190,7 @@ class TokenBucket:
         bool
             Whether a token was taken.
         """
-        if self._lock.locked() or self._waiting:
+        if self._dispatcher is not None or any(self._queues):
             return False
         if self._time_to_token(self._clock()) > 0:
             return False
@@ -165,21 +208,64 @@ class TokenBucket:
         if not self.try_acquire():
             raise anyio.WouldBlock
 
-    async def acquire(self) -> None:
-        """Wait for a token and take it (first come, first served).
+    async def acquire(self, priority: Priority = Priority.CONTROL) -> None:
+        """Wait for a token and take it: by priority, first come, first served within one.
 
-        A pause that starts while waiting extends the wait. Cancelling the wait takes nothing.
+        A pause that starts while waiting extends the wait. Cancelling the wait takes nothing,
+        unless the token was handed over just before the cancellation arrived: then it is spent
+        (the bucket errs towards fewer requests, never more).
+
+        Parameters
+        ----------
+        priority
+            The queue to wait in; ``CONTROL`` waiters get tokens before ``BULK`` ones.
         """
         start = self._clock()
+        # Always a checkpoint (like anyio's own primitives), even when a token is free.
+        await anyio.lowlevel.checkpoint()
+        me = _Waiter()
+        queue = self._queues[priority]
+        queue.append(me)
         self._waiting += 1
         try:
-            async with self._lock:
-                while (wait := self._time_to_token(self._clock())) > 0:
-                    await self._sleep(wait)
-                self._take()
+            while not me.granted:
+                if self._dispatcher is None:
+                    await self._dispatch(me)
+                else:
+                    await me.wait()
         finally:
+            if not me.granted:
+                queue.remove(me)
+            if self._dispatcher is None:
+                self._wake_head()
             self._waiting -= 1
             self._waited += max(self._clock() - start, 0.0)
+
+    async def _dispatch(self, me: _Waiter) -> None:
+        """Hand out tokens to the head of the queues until ``me`` has one."""
+        self._dispatcher = me
+        try:
+            while not me.granted:
+                wait = self._time_to_token(self._clock())
+                if wait > 0:
+                    await self._sleep(wait)
+                    continue
+                head = self._pop_head()
+                self._take()
+                head.granted = True
+                head.wake.set()
+        finally:
+            self._dispatcher = None
+
+    def _pop_head(self) -> _Waiter:
+        """Remove and return the first waiter of the most urgent non-empty queue."""
+        return next(q for q in self._queues if q).popleft()
+
+    def _wake_head(self) -> None:
+        """Wake the first waiter, if any, to take over dispatching."""
+        head = next((q[0] for q in self._queues if q), None)
+        if head is not None:
+            head.wake.set()
 
     def pause_until(self, deadline: float) -> None:
         """Hold back every request until ``deadline`` (on this bucket's clock).
@@ -279,11 +365,33 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(seconds, 0.0)
 
 
-def rate_limit_middleware(bucket: TokenBucket) -> ClientMiddlewareType:
+def request_priority(url: URL) -> Priority:
+    """The queue a request to ``url`` waits in: ``CONTROL`` for the CGIs, ``BULK`` otherwise.
+
+    The JSOC's CGIs live under ``/cgi-bin/`` (also on NetDRMS sites and behind a path
+    prefix); exported files are served from ``/SUM…`` paths.
+
+    Parameters
+    ----------
+    url
+        The request URL.
+
+    Returns
+    -------
+    Priority
+        ``CONTROL`` when a path segment is ``cgi-bin``, else ``BULK``.
+    """
+    return Priority.CONTROL if "cgi-bin" in url.parts else Priority.BULK
+
+
+def rate_limit_middleware(
+    bucket: TokenBucket, *, classify: Callable[[URL], Priority] = request_priority
+) -> ClientMiddlewareType:
     """An aiohttp client middleware that makes every request pay ``bucket``.
 
     It takes a token before each request (aiohttp calls middlewares again for redirects and
-    its own reconnect retries, so those pay too). When a reply is 429 or 503 with a
+    its own reconnect retries, so those pay too), waiting in the queue ``classify`` picks for
+    the URL: by default CGI calls go before file downloads. When a reply is 429 or 503 with a
     ``Retry-After``, or 403 with a ``Retry-After`` (the form an IP block is assumed to take),
     the bucket is paused for that long, which holds back every request sharing it.
 
@@ -291,6 +399,8 @@ def rate_limit_middleware(bucket: TokenBucket) -> ClientMiddlewareType:
     ----------
     bucket
         The shared bucket.
+    classify
+        The priority of a request, from its URL.
 
     Returns
     -------
@@ -299,7 +409,7 @@ def rate_limit_middleware(bucket: TokenBucket) -> ClientMiddlewareType:
     """
 
     async def middleware(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
-        await bucket.acquire()
+        await bucket.acquire(classify(request.url))
         response = await handler(request)
         if response.status in PAUSING_STATUSES or response.status == 403:
             delay = parse_retry_after(response.headers.get("Retry-After"))

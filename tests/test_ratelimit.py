@@ -12,8 +12,15 @@ import pytest
 from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from yarl import URL
 
-from asyncjsoc._ratelimit import TokenBucket, parse_retry_after, rate_limit_middleware
+from asyncjsoc._ratelimit import (
+    Priority,
+    TokenBucket,
+    parse_retry_after,
+    rate_limit_middleware,
+    request_priority,
+)
 
 
 class FakeClock:
@@ -32,6 +39,54 @@ class FakeClock:
         self.sleeps.append(seconds)
         self.now += seconds
         await anyio.lowlevel.checkpoint()
+
+
+class ManualClock:
+    """A clock that moves only when the test calls :meth:`advance`; sleepers wait for it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._sleepers: list[tuple[float, anyio.Event]] = []
+
+    def __call__(self) -> float:
+        """The current manual time."""
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        """Block until the test has advanced the clock by ``seconds``."""
+        wake = anyio.Event()
+        self._sleepers.append((self.now + seconds, wake))
+        await wake.wait()
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward and wake every sleeper whose deadline has come."""
+        self.now += seconds
+        due = [s for s in self._sleepers if s[0] <= self.now]
+        self._sleepers = [s for s in self._sleepers if s[0] > self.now]
+        for _, wake in due:
+            wake.set()
+
+
+class GrantLog(TokenBucket):
+    """A bucket that notes the clock time of every token it hands out.
+
+    A waiter resumes a little after its token was handed over; on a fake clock that jumps
+    when the next waiter sleeps, only the hand-over time says what the bucket did.
+    """
+
+    def __init__(self, rate: float, burst: int, clock: FakeClock) -> None:
+        super().__init__(rate, burst, clock=clock, sleep=clock.sleep)
+        self.times: list[float] = []
+
+    def _take(self) -> None:
+        super()._take()
+        self.times.append(self._clock())
+
+
+def manual_bucket(rate: float, burst: int) -> tuple[TokenBucket, ManualClock]:
+    """A bucket on a manual clock."""
+    clock = ManualClock()
+    return TokenBucket(rate, burst, clock=clock, sleep=clock.sleep), clock
 
 
 def fake_bucket(rate: float, burst: int) -> tuple[TokenBucket, FakeClock]:
@@ -144,6 +199,62 @@ async def test_acquire_waits_on_fake_clock_fifo() -> None:
 
 
 @pytest.mark.anyio
+async def test_control_waiter_overtakes_queued_bulk_waiters() -> None:
+    """A CGI call queued after file downloads gets the very next token; the rest stay FIFO."""
+    bucket, clock = manual_bucket(rate=1.0, burst=1)
+    bucket.acquire_nowait()
+    granted: list[tuple[str, float]] = []
+
+    async def take(name: str, priority: Priority) -> None:
+        await bucket.acquire(priority)
+        granted.append((name, clock.now - 1000.0))
+
+    async with anyio.create_task_group() as tg:
+        for n in range(3):
+            tg.start_soon(take, f"file{n}", Priority.BULK)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(take, "poll", Priority.CONTROL)
+        await anyio.wait_all_tasks_blocked()
+        assert bucket.statistics().waiting == 4
+        for _ in range(4):
+            assert not bucket.try_acquire()  # queued waiters come first
+            clock.advance(1.0)
+            await anyio.wait_all_tasks_blocked()
+    assert granted == [("poll", 1.0), ("file0", 2.0), ("file1", 3.0), ("file2", 4.0)]
+    stats = bucket.statistics()
+    assert stats.requests_granted == 5
+    assert stats.waiting == 0
+
+
+@pytest.mark.anyio
+async def test_cancelled_dispatcher_hands_over() -> None:
+    """When the waiter sleeping for the next token is cancelled, the next one takes over."""
+    bucket, clock = manual_bucket(rate=1.0, burst=1)
+    bucket.acquire_nowait()
+    granted: list[str] = []
+
+    async def take(name: str, priority: Priority) -> None:
+        await bucket.acquire(priority)
+        granted.append(name)
+
+    # A lost hand-over would leave file1 waiting for ever.
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            with anyio.CancelScope() as first:
+                async with anyio.create_task_group() as inner:
+                    inner.start_soon(take, "file0", Priority.BULK)
+                    await anyio.wait_all_tasks_blocked()
+                    tg.start_soon(take, "file1", Priority.BULK)
+                    await anyio.wait_all_tasks_blocked()
+                    first.cancel()  # file0 was sleeping for the next token
+            await anyio.wait_all_tasks_blocked()
+            assert bucket.statistics().waiting == 1
+            clock.advance(1.0)
+    assert granted == ["file1"]
+    assert bucket.statistics().requests_granted == 2
+
+
+@pytest.mark.anyio
 async def test_pause_during_wait_extends_it() -> None:
     """A pause that arrives while someone waits delays that waiter too."""
     bucket, clock = fake_bucket(rate=1.0, burst=1)
@@ -189,6 +300,21 @@ async def test_real_clock_rate() -> None:
         await bucket.acquire()
     elapsed = anyio.current_time() - start
     assert 0.045 <= elapsed < 1.0
+
+
+@pytest.mark.parametrize(
+    ("url", "priority"),
+    [
+        ("http://jsoc.stanford.edu/cgi-bin/ajax/jsoc_fetch?op=exp_status", Priority.CONTROL),
+        ("http://jsoc.stanford.edu/cgi-bin/ajax/checkAddress.sh", Priority.CONTROL),
+        ("https://example.org/netdrms/cgi-bin/ajax/jsoc_info?op=rs_summary", Priority.CONTROL),
+        ("http://jsoc.stanford.edu/SUM1/D123/S00000/a.fits", Priority.BULK),
+        ("http://jsoc.stanford.edu/SUM1/D123/S00000/cgi-bin.fits", Priority.BULK),
+    ],
+)
+def test_request_priority(url: str, priority: Priority) -> None:
+    """CGI calls are CONTROL, exported files BULK."""
+    assert request_priority(URL(url)) is priority
 
 
 @pytest.mark.parametrize(
@@ -280,6 +406,42 @@ async def test_middleware_pauses_on_retry_after(
 
 
 @pytest.mark.anyio
+async def test_middleware_sends_cgi_calls_before_queued_file_gets(
+    loopback_server: tuple[str, list[str]],
+) -> None:
+    """Through a real session: a CGI call started after three file GETs is sent second."""
+    url, seen = loopback_server
+    bucket, clock = manual_bucket(rate=1.0, burst=1)
+    send, receive = anyio.create_memory_object_stream[str](10)
+
+    async def get(path: str) -> None:
+        async with session.get(f"{url}{path}") as resp:
+            await resp.read()
+        await send.send(path)
+
+    files = [f"/SUM1/D1/S00000/f{n}.fits" for n in range(3)]
+    cgi = "/cgi-bin/ajax/jsoc_fetch"
+    async with (
+        aiohttp.ClientSession(middlewares=[rate_limit_middleware(bucket)]) as session,
+        anyio.create_task_group() as tg,
+        send,
+        receive,
+    ):
+        for path in files:
+            tg.start_soon(get, path)
+        assert await receive.receive() == files[0]  # the one token there was
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(get, cgi)
+        await anyio.wait_all_tasks_blocked()
+        arrived = []
+        for _ in range(3):
+            clock.advance(1.0)
+            arrived.append(await receive.receive())
+    assert arrived == [cgi, files[1], files[2]]
+    assert seen == [files[0], cgi, files[1], files[2]]
+
+
+@pytest.mark.anyio
 async def test_middleware_plain_403_does_not_pause(loopback_server: tuple[str, list[str]]) -> None:
     """A 403 without Retry-After is an ordinary refusal, not a block."""
     url, _ = loopback_server
@@ -298,16 +460,22 @@ async def test_middleware_plain_403_does_not_pause(loopback_server: tuple[str, l
     burst=st.integers(1, 8),
     arrivals=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=25),
     pause=st.none() | st.tuples(st.integers(0, 24), st.floats(0.0, 2.0)),
+    bulk=st.sets(st.integers(0, 24)),
 )
 def test_async_acquire_never_over_budget(
-    rate: float, burst: int, arrivals: list[float], pause: tuple[int, float] | None
+    rate: float, burst: int, arrivals: list[float], pause: tuple[int, float] | None,
+    bulk: set[int],
 ) -> None:
-    """Concurrent acquire() calls on a fake clock keep every window within budget, in order."""
-    bucket, clock = fake_bucket(rate, burst)
+    """Concurrent acquire() calls on a fake clock keep every window within budget.
+
+    Whatever the mix of priorities, each priority is served in arrival order.
+    """
+    clock = FakeClock()
+    bucket = GrantLog(rate, burst, clock)
     grants: list[tuple[int, float]] = []
 
     async def worker(n: int) -> None:
-        await bucket.acquire()
+        await bucket.acquire(Priority.BULK if n in bulk else Priority.CONTROL)
         grants.append((n, clock.now))
         if pause is not None and pause[0] == n:
             bucket.pause_for(pause[1])
@@ -320,8 +488,12 @@ def test_async_acquire_never_over_budget(
                 await anyio.lowlevel.checkpoint()
 
     anyio.run(main)
-    assert [n for n, _ in grants] == list(range(len(arrivals)))
-    times = [t for _, t in grants]
+    assert sorted(n for n, _ in grants) == list(range(len(arrivals)))
+    for members in (bulk, set(range(len(arrivals))) - bulk):
+        served = [n for n, _ in grants if n in members]
+        assert served == sorted(served)
+    times = bucket.times
+    assert len(times) == len(arrivals)
     assert times == sorted(times)
     for i in range(len(times)):
         for j in range(i, len(times)):
