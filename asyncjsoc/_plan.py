@@ -16,7 +16,9 @@ How a query is cut, per comma-separated subset:
   again piece by piece, recursively: a time range or span first (even pieces on the
   cadence/slot grid anchored at the range start, written ``start/duration[@cadence]``, the
   last piece keeping the original end), then a value list (partitioned), then an integer
-  range (``7300-7310`` halves). Adjacent pieces are merged back while they fit.
+  range (``7300-7310`` halves). Adjacent pieces are merged back while they fit. A time range
+  that is *full* (one record in every slot it spans) is cut without counting its pieces:
+  their counts follow by arithmetic (see :func:`_slot_capacity`).
 
 Pieces are then packed into chunks (comma-joined subsets) up to the cap and a record-set
 length limit (long ``ds`` strings do not fit in a URL).
@@ -220,6 +222,8 @@ class _Axis:
     index: int
     size: int
     render: Callable[[int, int], Filter]
+    capacity: Callable[[int, int], int] | None = None
+    """At least as many records as slices ``[lo, hi)`` can select, when that is known."""
 
     def subset(self, lo: int, hi: int) -> Subset:
         """The template with slices ``[lo, hi)`` of this filter."""
@@ -293,7 +297,8 @@ def _find_axis(subset: Subset, info: SeriesInfo) -> _Axis | None:
             continue
         item = f.items[0]
         if isinstance(item, Range | Span) and isinstance(item.start, TimeValue):
-            axis = _time_axis(subset, index, item, _step_of(info, keys.get(index)))
+            axis = _time_axis(subset, index, item, _step_of(info, keys.get(index)),
+                              one_per_slot=_one_record_per_slot(subset, index, keys, info))
             if axis is not None:
                 return axis
         elif (isinstance(item, Range) and isinstance(item.start, IntValue)
@@ -321,6 +326,31 @@ def _positional_keys(subset: Subset, info: SeriesInfo) -> dict[int, str]:
     return out
 
 
+def _one_record_per_slot(subset: Subset, index: int, keys: dict[int, str],
+                         info: SeriesInfo) -> bool:
+    """Whether ``subset`` selects at most one record per slot of the time key at ``index``.
+
+    DRMS keeps one current record per combination of prime-key values (older versions are
+    hidden unless ``[! ... !]`` turns prime-key logic off). So when the filter at ``index`` is
+    a slotted time prime key and every *other* prime key of the series is pinned to a single
+    value, each slot holds at most one selected record. A prime key left out or given as
+    ``[]``, a list, or a range can hold several records per slot (``hmi.M_45s`` has
+    ``CAMERA``), and then nothing bounds a slice's count.
+    """
+    if keys.get(index) is None or _step_of(info, keys[index]) is None:
+        return False
+    if len(subset.positional) > len(info.primekeys):
+        return False
+    pinned = {keys[i] for i, f in enumerate(subset.filters)
+              if i != index and i in keys and isinstance(f, Select) and len(f.items) == 1
+              and isinstance(f.items[0], TimeValue | IntValue | NumberValue | WordValue)}
+    others = [k for k in info.primekeys if k != keys[index]]
+    if any(k not in pinned for k in others):
+        return False
+    return all(isinstance(f, Select) or (isinstance(f, Where) and not f.negate)
+               for f in subset.filters)
+
+
 def _step_of(info: SeriesInfo, key: str | None) -> float | None:
     """The slot step of a time prime key, if the series says."""
     if key is None:
@@ -341,13 +371,15 @@ def _int_axis(subset: Subset, index: int, a: int, b: int) -> _Axis:
     return _Axis(subset, index, b - a + 1, render)
 
 
-def _time_axis(subset: Subset, index: int, item: Range | Span, slot_step: float | None
-               ) -> _Axis | None:
+def _time_axis(subset: Subset, index: int, item: Range | Span, slot_step: float | None, *,
+               one_per_slot: bool = False) -> _Axis | None:
     """Cut a time range or span on the grid ``start + k * step``.
 
     The step is the cadence when there is one (so every piece samples the same instants as
     the whole), else the series' slot step, else a minute. Every piece but the last is
-    written ``start/duration`` (end excluded); the last keeps the original end.
+    written ``start/duration`` (end excluded); the last keeps the original end. With
+    ``one_per_slot`` (see :func:`_one_record_per_slot`) and no cadence, the axis knows each
+    slice's :func:`_slot_capacity`.
     """
     origin = item.start
     assert isinstance(origin, TimeValue)
@@ -385,7 +417,41 @@ def _time_axis(subset: Subset, index: int, item: Range | Span, slot_step: float 
             return Select((Range(first, item.end, item.cadence),))
         return Select((Span(first, (span_us - step_us * lo) / 1e6, item.cadence),))
 
-    return _Axis(subset, index, size, render)
+    capacity: Callable[[int, int], int] | None = None
+    if (one_per_slot and item.cadence is None and slot_step is not None
+            and abs(slot_step * 1e6 - step_us) < 1e-3):
+        ragged_end = isinstance(item, Range) and span_us % step_us != 0
+
+        def slots(lo: int, hi: int) -> int:
+            """Slots slices ``[lo, hi)`` can reach."""
+            return _slot_capacity(hi - lo, ragged_end and hi == size)
+
+        capacity = slots
+    return _Axis(subset, index, size, render, capacity)
+
+
+def _slot_capacity(steps: int, ragged_end: bool) -> int:
+    """How many slots a time slice ``steps`` slot steps long can select, at most.
+
+    A slice ``t/d`` with ``d = k * step`` reaches exactly ``k`` slots, wherever ``t`` lies:
+    whether the server takes the records whose slot time is in ``[t, t + d)`` or (as DRMS
+    does) the slot indices ``[slot(t), slot(t + d))`` with ``slot`` rounding to the nearest
+    slot. The last slice of a span may be shorter than whole steps; it reaches at most
+    ``ceil(d / step)`` slots, its number of grid steps. The last slice of an inclusive range
+    ``a-b`` whose length is not a whole number of steps may reach one slot more under
+    nearest-slot rounding (``ragged_end``).
+
+    Why this lets the planner skip counting: the slices of a piece partition its records (the
+    planner's standing assumption: adjacent slices share their boundary instant), so their
+    counts add up to the piece's count ``n``. If every slice holds at most one record
+    per slot (:func:`_one_record_per_slot`), each count is at most its capacity; when the
+    capacities add up to exactly ``n``, no slice can be below its capacity without another
+    being above, so every slice holds exactly its capacity. The piece was full when it was
+    counted, so records added to the series later cannot change that (a slot holds one record
+    at most); records deleted meanwhile would make the count stale, as they make any count.
+    When the capacities add up to more than ``n`` (a gap somewhere), the slices are counted.
+    """
+    return steps + (1 if ragged_end else 0)
 
 
 class _Planner:
@@ -461,10 +527,13 @@ class _Planner:
                     hint="add a time range (start-end or start/duration) to the record set")
             axis, lo, hi = found, 0, found.size
         want = math.ceil(piece.n * _OVERSPLIT / self.max_records)
+        bounds = _bounds(lo, hi, max(2, want))
+        known = _full_counts(axis, bounds, piece.n)
         out: list[_Piece] = []
-        for a, b in _bounds(lo, hi, max(2, want)):
+        for (a, b), n in zip(bounds, known, strict=True):
             sub = axis.subset(a, b)
-            n = await self.count([sub])
+            if n is None:
+                n = await self.count([sub])
             out.extend(await self.split(_Piece(sub, n, True, (axis, a, b))))
         return self.merge(out)
 
@@ -533,6 +602,19 @@ class _Planner:
             return await self.finish(group[:half]) + await self.finish(group[half:])
         only = subsets[0]
         return [(str(p.subset), p.n) for p in await self.split(_Piece(only, n))]
+
+
+def _full_counts(axis: _Axis, bounds: list[tuple[int, int]], n: int) -> list[int | None]:
+    """The record counts of slices ``bounds`` of a piece of ``n`` records, where they follow.
+
+    When the slices' capacities add up to ``n`` every slice is full, so its count is its
+    capacity (the reasoning is at :func:`_slot_capacity`); otherwise all are unknown.
+    """
+    if axis.capacity is not None:
+        capacities = [axis.capacity(a, b) for a, b in bounds]
+        if sum(capacities) == n:
+            return list(capacities)
+    return [None] * len(bounds)
 
 
 def _render(group: list[_Piece | _Atom]) -> list[Subset]:

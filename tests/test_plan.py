@@ -379,6 +379,42 @@ async def test_million_files_fast() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("span", [False, True])
+async def test_full_time_range_is_cut_without_counting_pieces(span: bool) -> None:
+    """One HARP in every slot: only the whole range is counted, the pieces follow."""
+    api = CountingApi({7000: (0, 1000), 7001: (0, 1000)})
+    query = sharp_query(100, 400 if span else 399, harps="7000", span=span)  # 300 slots
+    plan = await make_plan(api, query, max_files_per_export=50)
+    assert api.calls == [query.recordset()]
+    assert len(plan.chunks) == 6
+    assert_exact_cover(api, query, plan, 50, 1)
+
+
+@pytest.mark.anyio
+async def test_time_range_with_gaps_is_counted_piece_by_piece() -> None:
+    """A HARP alive over part of the range: its pieces are counted as before."""
+    api = CountingApi({7000: (150, 1000)})
+    query = sharp_query(100, 399, harps="7000")
+    plan = await make_plan(api, query, max_files_per_export=50)
+    assert len(api.calls) > 1
+    assert_exact_cover(api, query, plan, 50, 1)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("harps", [None, "7000,7001", "7000-7001"])
+async def test_range_as_full_as_its_slots_is_counted_when_a_key_is_free(
+    harps: str | None,
+) -> None:
+    """Two HARPs in the first half, none in the second: as many records as slots, yet the
+    pieces must be counted (arithmetic would put half the records in the wrong chunks)."""
+    api = CountingApi({7000: (0, 149), 7001: (0, 149)})
+    query = sharp_query(0, 299, harps=harps)
+    assert await api.count(query.recordset()) == 300
+    plan = await make_plan(api, query, max_files_per_export=50)
+    assert_exact_cover(api, query, plan, 50, 1)
+
+
+@pytest.mark.anyio
 async def test_split_chunk_bisects() -> None:
     """split_chunk halves a chunk's time range; parts add up and cover it."""
     api = CountingApi(dict.fromkeys(range(5), (0, 1000)))
@@ -417,7 +453,7 @@ _harp_maps = st.dictionaries(
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(harps=_harp_maps, start=st.integers(0, 500), length=st.integers(1, 300),
        cadence=st.none() | st.integers(1, 9), span=st.booleans(),
-       harp_sel=st.sampled_from([None, "7000-7030", "7001,7003,7005-7020"]),
+       harp_sel=st.sampled_from([None, "7000-7030", "7001,7003,7005-7020", "7000", "7030"]),
        cap=st.integers(1, 600) | st.integers(40, 600), nseg=st.integers(1, 3))
 def test_chunks_cover_exactly(harps: dict[int, tuple[int, int]], start: int, length: int,
                               cadence: int | None, span: bool, harp_sel: str | None,
@@ -511,3 +547,51 @@ async def test_plans_cover_exactly_on_the_emulator() -> None:
         halves = [await _records(api, p.recordset) for p in parts]
         assert halves[0] | halves[1] == await _records(api, plan.chunks[0].recordset)
         assert not halves[0] & halves[1]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("times", "full"),
+    [
+        ("2012.01.01_00:00:00_TAI/1350s", True),
+        ("2012.01.01_00:00:30_TAI/1350s", True),  # off the 45 s grid: rounds to a slot
+        ("2012.01.01_00:00:00_TAI-2012.01.01_00:21:45_TAI", True),
+        # Ends off the grid, 29.6 steps apart: they round to 31 slots, the most possible.
+        ("2012.01.01_00:00:10_TAI-2012.01.01_00:22:20_TAI", True),
+        # 29.1 steps apart: they round to 30 slots, one short of what such a range can reach.
+        ("2012.01.01_00:00:05_TAI-2012.01.01_00:21:55_TAI", False),
+    ],
+)
+async def test_full_ranges_on_the_emulator(times: str, full: bool) -> None:
+    """hmi.M_45s with CAMERA pinned: a full range costs one count, and every chunk's count
+    is what the emulator lists; with CAMERA free, every piece is counted."""
+    from asyncjsoc._api import JsocApi
+    from asyncjsoc._http import TransportConfig, create_session
+    from asyncjsoc._ratelimit import TokenBucket
+    from asyncjsoc.emulator import Knobs, run_emulator
+
+    async with (
+        run_emulator(Knobs()) as emu,
+        create_session(TransportConfig(), TokenBucket(1000.0, 100)) as session,
+    ):
+        api = JsocApi(session, emu.url)
+        for pinned in (True, False):
+            query = Query.from_recordset(
+                f"hmi.M_45s[{times}]{'[2]' if pinned else ''}{{magnetogram}}")
+            emu.audit.clear()
+            plan = await make_plan(api, query, max_files_per_export=5)
+            counts = emu.audit.count("jsoc_info/rs_summary")
+            if pinned and full:
+                assert counts == 1
+            else:
+                assert counts >= 1 + len(plan.chunks)
+            assert plan.n_records == await api.count(query.recordset())
+            seen: set[str] = set()
+            for chunk in plan.chunks:
+                listing = await api.rs_list(chunk.recordset, keys=("T_REC",))
+                got = set(listing.keywords["T_REC"])
+                assert len(got) == chunk.n_records <= 5
+                assert not got & seen
+                seen |= got
+            listing = await api.rs_list(query.recordset(), keys=("T_REC",))
+            assert seen == set(listing.keywords["T_REC"])
