@@ -5,8 +5,10 @@ IP-wide cap), sends ``exp_request``, polls with :func:`wait_export_ready` and gi
 back the moment the export is staged. The files then go, one :class:`DownloadJob` each, into a
 bounded memory stream that the downloaders read; a chunk stays open until every one of its
 files is settled, so an export deleted by the server meanwhile can be requested again for the
-missing records only. At most ``capacity + 1`` chunks are open at once, so chunk N+1 is staged
-while chunk N downloads, and no further.
+missing records only. At most ``capacity + 1`` chunks are *ahead* at once (staging, or staged
+with files not yet queued for download): chunk N+1 is staged while chunk N waits for
+downloaders, and no further. A chunk whose files are all queued no longer counts, so an email
+freed while earlier chunks are still downloading starts its next export at once.
 
 The JSOC's refusals are policy here, not errors:
 
@@ -558,19 +560,34 @@ class ExportScheduler:
     async def _chunk_task(
         self, chunk: Chunk, lookahead: anyio.Semaphore, jobs: MemoryObjectSendStream[DownloadJob]
     ) -> None:
-        """Process one chunk, then free its lookahead place; the last one closes the queue."""
+        """Process one chunk; the last one closes the queue.
+
+        The chunk's lookahead place is freed as soon as its files are all queued for download
+        (or it ends without files), not when they are downloaded.
+        """
         self._open += 1
+        ahead = [True]
+
+        def queued() -> None:
+            if ahead[0]:
+                ahead[0] = False
+                lookahead.release()
+
         try:
-            await self._process_chunk(chunk, jobs)
+            await self._process_chunk(chunk, jobs, queued)
         finally:
             self._open -= 1
-            lookahead.release()
+            queued()
             self._outstanding -= 1
             if self._outstanding == 0 and self._queue is not None:
                 self._queue.close()
 
-    async def _process_chunk(self, chunk: Chunk, jobs: MemoryObjectSendStream[DownloadJob]) -> None:
-        """Export one chunk, hand its files over, and re-export what expired meanwhile."""
+    async def _process_chunk(self, chunk: Chunk, jobs: MemoryObjectSendStream[DownloadJob],
+                             queued: Callable[[], None] = lambda: None) -> None:
+        """Export one chunk, hand its files over, and re-export what expired meanwhile.
+
+        ``queued`` is called once the first hand-off has queued every file.
+        """
         state = self._states.get(chunk.index, "planned")
         if state == "done":
             self._skipped += 1
@@ -610,7 +627,7 @@ class ExportScheduler:
                 remotes, refused = await self._register(chunk, status,
                                                         full=ds == chunk.recordset)
                 unnamed += refused
-            errors = await self._hand_off(chunk, remotes, jobs)
+            errors = await self._hand_off(chunk, remotes, jobs, queued)
             expired = [remote for remote, error in errors if is_expiry(error)]
             if not expired:
                 failed = bool(errors) or unnamed > 0
@@ -859,12 +876,13 @@ class ExportScheduler:
 
     async def _hand_off(
         self, chunk: Chunk, remotes: Sequence[RemoteFile],
-        jobs: MemoryObjectSendStream[DownloadJob],
+        jobs: MemoryObjectSendStream[DownloadJob], queued: Callable[[], None],
     ) -> list[tuple[RemoteFile, JsocError]]:
-        """Send the files to the downloaders and wait until each is settled."""
+        """Send the files to the downloaders, call ``queued``, wait until each is settled."""
         batch = _Batch(remotes)
         for remote in remotes:
             await jobs.send(DownloadJob(remote, chunk.index, batch))
+        queued()
         await batch.settled.wait()
         return batch.errors
 

@@ -57,9 +57,9 @@ class Case:
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     pace: tuple[float, int] | None = None
     """(requests per second, burst) of the client when it runs under a request budget."""
-    expire_after: int | None = None
-    """Move the emulator clock past export retention at the first export staged after this
-    many files are done (at most 3: the fourth chunk is staged only once the first is done)."""
+    expire_at_ready: int | None = None
+    """Move the emulator clock past export retention when this many exports are staged
+    (``ExportReady`` events; 4 = the last of the four chunks)."""
     query: str = QUERY
     n_files: int = 10
     slow_cap: int = 1
@@ -105,7 +105,7 @@ CASES: dict[str, Case] = {
     "max_connections": Case({"max_connections": 2}),
     "rate_budget": Case(budget(_DEFAULT_PACE), pace=_DEFAULT_PACE, query=SHORT_QUERY,
                         n_files=4),
-    "expiry": Case({}, config={"connections": 1}, expire_after=3),
+    "expiry": Case({}, config={"connections": 1}, expire_at_ready=4),
     "all": Case(
         {
             "export_delay": 60.0, "status6_polls": 2, "hash_error_rate": 0.2,
@@ -114,7 +114,7 @@ CASES: dict[str, Case] = {
             "first_byte_delay": 0.005, "cgi_delay": 0.002, "max_connections": 2,
             **_TRICKLE, **budget((40.0, 10)),
         },
-        config=_STREAM, pace=(40.0, 10), expire_after=3, slow_cap=1,
+        config=_STREAM, pace=(40.0, 10), expire_at_ready=4, slow_cap=1,
     ),
 }
 
@@ -124,17 +124,19 @@ class FaultGovernor:
 
     Runs synchronously on every engine event, so it needs no timer: once ``cap`` answers of a
     slow fault have been served, that knob is turned off for the rest of the pull. The expiry
-    jump (past the retention) comes at the first export staged once ``expire_after`` files
-    are done: that export's files are not handed out yet, so they surely 404 (as do other
-    queued files, and exports still staging answer status 5), and must be requested again.
-    A jump at a file count instead depended on timing: under load every remaining file
-    could already be in flight, or the jump never came.
+    jump (past the retention) comes when the ``expire_at_ready``-th export is staged: that
+    export's files are not handed out yet, so they surely 404 (as do other queued files, and
+    exports still staging answer status 5), and must be requested again. A jump at a file
+    count instead depended on timing: under load every remaining file could already be in
+    flight, or (chunks being staged ahead of the downloads) the jump never came.
     """
 
-    def __init__(self, emu: Emulator, *, cap: int = 2, expire_after: int | None = None) -> None:
+    def __init__(self, emu: Emulator, *, cap: int = 2,
+                 expire_at_ready: int | None = None) -> None:
         self.emu = emu
         self.cap = cap
-        self.expire_after = expire_after
+        self.expire_at_ready = expire_at_ready
+        self.ready = 0
         self.events: list[Event] = []
         self.done = 0
         self.expired_once = False
@@ -151,8 +153,10 @@ class FaultGovernor:
             self.staging.discard(event.chunk)
         elif isinstance(event, FileDone):
             self.done += 1
-        if (self.expire_after is not None and not self.expired_once
-                and isinstance(event, ExportReady) and self.done >= self.expire_after):
+        if isinstance(event, ExportReady):
+            self.ready += 1
+        if (self.expire_at_ready is not None and not self.expired_once
+                and isinstance(event, ExportReady) and self.ready >= self.expire_at_ready):
             self.expired_once = True
             self.emu.clock.advance(self.emu.knobs.retention + 1.0)
 
@@ -237,7 +241,7 @@ async def test_fault(name: str, tmp_path: Path) -> None:
     case = CASES[name]
     async with emulator(**case.knobs, seed=sum(map(ord, name))) as emu:
         config = case_config(emu, case)
-        governor = FaultGovernor(emu, cap=case.slow_cap, expire_after=case.expire_after)
+        governor = FaultGovernor(emu, cap=case.slow_cap, expire_at_ready=case.expire_at_ready)
         result = await pull(tmp_path, config, governor, case.query)
         assert result.ok, [f"{f.record}: {f.error}" for f in result.failed]
         files = {f.relpath: f for f in result.files}
@@ -245,7 +249,7 @@ async def test_fault(name: str, tmp_path: Path) -> None:
         check_invariants(emu, tmp_path, files, config, complete=True)
         if case.pace is not None:
             assert emu.audit.blocks == []
-        if case.expire_after is not None:
+        if case.expire_at_ready is not None:
             assert any(isinstance(e, ExportExpired) for e in governor.events)
         assert_fault_fired(emu, name, case, governor)
         assert_retry_after_honoured(emu)

@@ -8,7 +8,7 @@ import pytest
 from engine_helpers import QUERY, emulator, fast_config
 
 from asyncjsoc._client import Client
-from asyncjsoc._events import Event, ExportWaiting
+from asyncjsoc._events import Event, ExportSubmitted, ExportWaiting, FileDone
 from asyncjsoc._models import ExportStatus, KeywordInfo, SeriesInfo
 from asyncjsoc._scheduler import (
     default_filenamefmt,
@@ -142,3 +142,22 @@ def test_disambiguated_relpath_is_stable_and_keeps_the_extension() -> None:
     assert a == disambiguated_relpath("hmi.M_45s.magnetogram.fits", "hmi.M_45s[2012.01.01][2]")
     assert a != disambiguated_relpath("hmi.M_45s.magnetogram.fits", "hmi.M_45s[2012.01.01][3]")
     assert disambiguated_relpath("sub/noext", "r").startswith("sub/noext.")
+
+
+async def test_a_freed_email_exports_again_while_earlier_chunks_download(
+        tmp_path: Path) -> None:
+    """A chunk stops counting against the lookahead once its files are queued.
+
+    One email and single-file chunks whose downloads each take 0.4 s: every export is
+    submitted before the first file arrives. (Before, chunk 3 waited for chunk 1's file.)
+    """
+    events: list[Event] = []
+    async with emulator(first_byte_delay=0.4) as emu:
+        config = fast_config(emu, max_files_per_export=1, connections=4)
+        async with Client(config, tmp_path, reporter=events.append) as client:
+            result = await client.fetch(QUERY)
+    assert len(result.files) == 8
+    assert not result.failed
+    kinds = [type(e).__name__ for e in events if isinstance(e, ExportSubmitted | FileDone)]
+    assert kinds.count("ExportSubmitted") == 8
+    assert kinds.index("FileDone") > kinds.index("ExportSubmitted") + 4, kinds
