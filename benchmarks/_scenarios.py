@@ -268,8 +268,12 @@ def s1_export_bound(ctx: Ctx) -> dict[str, Any]:
                                      "--max-files-per-export", str(per_chunk)]
     file_cap = ("Fido sends the whole query as one export, over the server's file cap",
                 "max file limit")
+    aj_lifted = asyncjsoc_fields(2, lifted=True, method="url", protocol="fits",
+                                 extra={"max_files_per_export": per_chunk})
     runs: list[tuple[str, str, dict[str, Any]]] = [
         ("asyncjsoc", "asyncjsoc", aj | {"emails": EMAILS[:emails], "query": query}),
+        ("asyncjsoc, rate limit lifted", "asyncjsoc",
+         aj_lifted | {"emails": EMAILS[:emails], "query": query}),
         ("asyncjsoc-cli", "asyncjsoc-cli", aj_cli | {"emails": EMAILS[:emails], "query": query}),
         ("drms (serial chunks)", "drms",
          {"chunks": chunk_ds, "method": "url", "protocol": "fits"} | drms_opts),
@@ -298,8 +302,11 @@ def s1_export_bound(ctx: Ctx) -> dict[str, Any]:
         rows.append(row)
     rows.insert(0, ref | {"vs_ideal": None})
     best = row_of(rows, "asyncjsoc")
+    lifted = row_of(rows, "asyncjsoc, rate limit lifted")
     checks = [
         check("asyncjsoc makespan / ideal", ok_value(best, "vs_ideal"), 1.10, at_most=True),
+        check("asyncjsoc (request rate limit lifted) makespan / ideal",
+              ok_value(lifted, "vs_ideal"), 1.10, at_most=True),
         check("asyncjsoc peak pending exports per email (audit)",
               (best.get("audit") or {}).get("max_pending_per_email") if best.get("ok") else None,
               1, at_most=True),
@@ -307,6 +314,14 @@ def s1_export_bound(ctx: Ctx) -> dict[str, Any]:
     notes.append(
         f"ideal = ceil({chunks} chunks / {emails} emails) × {delay:g} s + last chunk's transfer "
         f"by raw aiohttp ({last_transfer:.2f} s) = {ideal:.2f} s."
+    )
+    notes.append(
+        "`asyncjsoc` runs at its defaults: every request (planning, checkAddress, exports, "
+        "polls, file GETs) takes a token of its 5 requests/s, burst 10, limiter; the ideal "
+        "has no such budget. At the start the planning calls and one checkAddress per email "
+        "use the burst, so the last email's first export leaves later; at the end the last "
+        "wave's polls and file GETs (one per file) queue at 5/s. "
+        "`asyncjsoc, rate limit lifted` (10,000 requests/s) shows the scheduler's own overhead."
     )
     return {
         "name": "export-bound", "title": "1. Export-bound (many chunks, several emails)",
