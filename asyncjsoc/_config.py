@@ -64,7 +64,9 @@ class ClientConfig:
         than 10 per IP address, so this must stay below 10; leave room for other users.
     connections
         Concurrent file downloads from the JSOC host. The JSOC asked tool authors for very
-        few (sunpy uses 1); 2 overlaps one file's latency with another's transfer.
+        few (sunpy uses 1); 2 overlaps one file's latency with another's transfer. JSOC API
+        calls (export requests, status polls, ``jsoc_info``) use one more connection of
+        their own, so they never wait behind downloads.
     requests_per_second
         Sustained rate of HTTP requests of every kind (CGI calls, polls, file GETs, retries).
     burst

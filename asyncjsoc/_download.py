@@ -417,11 +417,16 @@ class Downloader:
         them to worker threads for good, so a slow disk stalls the event loop only a few
         times. ``False`` runs every call in worker threads.
         ``fsync`` and checksum verification always run in worker threads.
+    transfers
+        At most this many requests at once (normally the session's connection limit), each
+        holding its place from before the rate limiter until its body is read, not while
+        the file is written. ``None``: no bound beyond the session's.
     """
 
     def __init__(self, session: aiohttp.ClientSession, *, chunk_size: int = 4 << 20,
                  verify_checksums: bool = True, retry: RetryPolicy | None = None,
-                 max_bytes: int = MAX_UNSIZED_BYTES, inline_io: bool = True) -> None:
+                 max_bytes: int = MAX_UNSIZED_BYTES, inline_io: bool = True,
+                 transfers: int | None = None) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self._session = session
@@ -434,6 +439,7 @@ class Downloader:
         self._slow_strikes = 0
         self._dirsync = _DirSyncer()
         self._placers: dict[Path, Placer] = {}
+        self._transfers = anyio.CapacityLimiter(transfers) if transfers is not None else None
 
     def _placer(self, out_dir: Path) -> Placer:
         """The :class:`~asyncjsoc._paths.Placer` of ``out_dir`` (one per output directory)."""
@@ -607,43 +613,57 @@ class Downloader:
         if stored is not None:
             headers["Range"] = f"bytes={offset}-"
             headers["If-Range"] = stored.if_range() or ""
-        with map_transport_errors(url):
-            async with self._session.get(url, headers=headers) as resp:
-                if resp.status == 404:
-                    raise ExportExpiredError(f"HTTP 404 for {url}", hint=_EXPIRED_HINT)
-                if resp.status == 416:
-                    total = await self._unsatisfiable(resp, part, meta, offset, stored)
-                    return await self._finish(remote, dest, part, meta, total), offset
-                raise_for_status(resp)
-                if resp.status == 206 and stored is not None:
-                    total = await self._check_partial(resp, part, meta, offset, stored)
-                elif resp.status == 200:
-                    offset = 0
-                    total = _content_length(resp)
-                    self._check_expected(remote, total)
-                    if total is not None and total <= min(self.chunk_size, WHOLE_BODY_MAX):
-                        # The whole body fits in one write: read it, then write, fsync and
-                        # rename it in one worker-thread hop (the small-file fast path).
+        data: bytes | None = None  # a small body, read whole
+        size: int | None = None
+        # The transfer slot is held while the connection is in use, not while the file is
+        # written: the workers beyond the connections do the disk work meanwhile, and no
+        # request takes a rate-limit token long before a connection is free to send it.
+        async with self._transfer_slot():
+            with map_transport_errors(url):
+                async with self._session.get(url, headers=headers) as resp:
+                    if resp.status == 404:
+                        raise ExportExpiredError(f"HTTP 404 for {url}", hint=_EXPIRED_HINT)
+                    if resp.status == 416:
+                        total = await self._unsatisfiable(resp, part, meta, offset, stored)
+                        return await self._finish(remote, dest, part, meta, total), offset
+                    raise_for_status(resp)
+                    validator: _Validator | None = None
+                    if resp.status == 206 and stored is not None:
+                        total = await self._check_partial(resp, part, meta, offset, stored)
+                    elif resp.status == 200:
+                        offset = 0
+                        total = _content_length(resp)
+                        self._check_expected(remote, total)
+                        if total is not None and total <= min(self.chunk_size, WHOLE_BODY_MAX):
+                            # The whole body fits in one write: read it here; it is written,
+                            # fsynced and renamed below in one worker-thread hop (the
+                            # small-file fast path).
+                            if on_progress is not None:
+                                on_progress(0, total)
+                            data = await resp.read()
+                            if len(data) != total:
+                                raise TransportError(f"{url}: body ended after {len(data)} "
+                                                     f"of {total} bytes", url=url)
+                        else:
+                            validator = _Validator(
+                                etag=resp.headers.get("ETag"),
+                                last_modified=resp.headers.get("Last-Modified"), total=total)
+                    else:
+                        raise ProtocolError(f"unexpected HTTP {resp.status} for {url}")
+                    if data is None:
                         if on_progress is not None:
-                            on_progress(0, total)
-                        data = await resp.read()
-                        if len(data) != total:
-                            raise TransportError(f"{url}: body ended after {len(data)} of "
-                                                 f"{total} bytes", url=url)
-                        return await self._finish_whole(dest, part, meta, data,
-                                                        on_progress), 0
-                    validator: _Validator | None = _Validator(
-                        etag=resp.headers.get("ETag"),
-                        last_modified=resp.headers.get("Last-Modified"), total=total)
-                else:
-                    raise ProtocolError(f"unexpected HTTP {resp.status} for {url}")
-                if resp.status != 200:
-                    validator = None
-                if on_progress is not None:
-                    on_progress(offset, total)
-                size = await self._stream(resp, part, offset, total, on_progress,
-                                          (meta, validator) if validator else None)
+                            on_progress(offset, total)
+                        size = await self._stream(resp, part, offset, total, on_progress,
+                                                  (meta, validator) if validator else None)
+        if data is not None:
+            return await self._finish_whole(dest, part, meta, data, on_progress), 0
         return await self._finish(remote, dest, part, meta, total, size), offset
+
+    def _transfer_slot(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """One of :attr:`transfers` places (nothing to hold when it is ``None``)."""
+        if self._transfers is None:
+            return contextlib.nullcontext()
+        return self._transfers
 
     async def _finish_whole(self, dest: Path, part: Path, meta: Path, data: bytes,
                             on_progress: ProgressCallback | None) -> int:

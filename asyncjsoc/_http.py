@@ -1,7 +1,8 @@
 """The HTTP session asyncjsoc uses, and the one place aiohttp errors become ours.
 
-:func:`create_session` builds the single :class:`aiohttp.ClientSession` a client owns: few
-connections, no overall timeout (big files take as long as they take; callers bound waits with
+:func:`create_session` builds the :class:`aiohttp.ClientSession` objects a client owns (one
+for file downloads, one for JSOC API calls, sharing one rate limiter): few connections, no
+overall timeout (big files take as long as they take; callers bound waits with
 ``anyio.fail_after``), verified TLS, and the rate-limit middleware on every request.
 :func:`map_transport_errors` and :func:`raise_for_status` translate what aiohttp and the OS
 raise into :mod:`asyncjsoc.exceptions`.
@@ -72,8 +73,9 @@ class TransportConfig:
         Open connections per host (default 2). JSOC staff have asked download tools to use very
         few parallel connections: sunpy limits JSOC downloads to one (sunpy PR #5714, after a
         private request from the JSOC), and the JSOC has blocked IP addresses of heavy users
-        (sunpy #4291). Two keeps one CGI call possible while a file downloads; raise it only
-        with good reason.
+        (sunpy #4291). Two overlaps one file's latency with another's transfer; raise it
+        only with good reason. (:class:`~asyncjsoc.Client` gives the JSOC API calls a
+        session of their own with one connection, so they never wait behind downloads.)
     requests_per_second
         Sustained rate of HTTP requests (CGI calls and file GETs, retries included) from this
         client. The JSOC publishes no request budget (protocol notes §13), so the default of 5
@@ -146,7 +148,7 @@ def _ssl_context(ca_bundle: str | Path | None) -> ssl.SSLContext:
 def create_session(
     config: TransportConfig, bucket: TokenBucket | None = None
 ) -> aiohttp.ClientSession:
-    """Build the client's one HTTP session.
+    """Build an HTTP session of the client (downloads and API calls each have one).
 
     Must be called with an event loop running; close the session (``async with``) when done.
 

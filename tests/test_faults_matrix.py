@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from engine_helpers import emulator, fast_config
 
-from asyncjsoc._client import Client, FileResult, PullResult
+from asyncjsoc._client import API_CONNECTIONS, Client, FileResult, PullResult
 from asyncjsoc._config import ClientConfig
 from asyncjsoc._events import (
     Event,
@@ -67,6 +67,9 @@ class Case:
 
 
 _DEFAULT_PACE = (ClientConfig().requests_per_second, ClientConfig().burst)
+# Requests a client at the default connection count can have in flight: its download
+# connections plus the connection of its own for JSOC API calls.
+_IN_FLIGHT = ClientConfig().connections + API_CONNECTIONS
 
 
 def budget(pace: tuple[float, int]) -> dict[str, Any]:
@@ -102,7 +105,7 @@ CASES: dict[str, Case] = {
     "bandwidth": Case({"bandwidth": 400_000}),
     "first_byte_delay": Case({"first_byte_delay": 0.03}),
     "cgi_delay": Case({"cgi_delay": 0.01}),
-    "max_connections": Case({"max_connections": 2}),
+    "max_connections": Case({"max_connections": _IN_FLIGHT}),
     "rate_budget": Case(budget(_DEFAULT_PACE), pace=_DEFAULT_PACE, query=SHORT_QUERY,
                         n_files=4),
     "expiry": Case({}, config={"connections": 1}, expire_at_ready=4),
@@ -111,7 +114,7 @@ CASES: dict[str, Case] = {
             "export_delay": 60.0, "status6_polls": 2, "hash_error_rate": 0.2,
             "http500_rate": 0.1, "http503_rate": 0.05, "http429_rate": 0.05,
             "drop_rate": 0.15, "truncate_rate": 0.15, "ignore_range_rate": 0.5,
-            "first_byte_delay": 0.005, "cgi_delay": 0.002, "max_connections": 2,
+            "first_byte_delay": 0.005, "cgi_delay": 0.002, "max_connections": _IN_FLIGHT,
             **_TRICKLE, **budget((40.0, 10)),
         },
         config=_STREAM, pace=(40.0, 10), expire_at_ready=4, slow_cap=1,
