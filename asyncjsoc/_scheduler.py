@@ -566,11 +566,12 @@ class ExportScheduler:
         (or it ends without files), not when they are downloaded.
         """
         self._open += 1
-        ahead = [True]
+        ahead = True
 
         def queued() -> None:
-            if ahead[0]:
-                ahead[0] = False
+            nonlocal ahead
+            if ahead:
+                ahead = False
                 lookahead.release()
 
         try:
@@ -583,7 +584,7 @@ class ExportScheduler:
                 self._queue.close()
 
     async def _process_chunk(self, chunk: Chunk, jobs: MemoryObjectSendStream[DownloadJob],
-                             queued: Callable[[], None] = lambda: None) -> None:
+                             queued: Callable[[], None]) -> None:
         """Export one chunk, hand its files over, and re-export what expired meanwhile.
 
         ``queued`` is called once the first hand-off has queued every file.

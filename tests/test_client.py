@@ -24,6 +24,7 @@ from asyncjsoc._events import (
     ExportWaiting,
     FileDone,
     FileSkipped,
+    FileStarted,
     PullFinished,
 )
 from asyncjsoc._store import StateStore
@@ -90,17 +91,17 @@ async def test_next_export_is_staged_while_previous_downloads(tmp_path: Path) ->
 async def test_export_calls_do_not_queue_behind_file_downloads(tmp_path: Path) -> None:
     """JSOC API calls have a connection of their own: with the one download connection busy
     (and more downloads waiting for it), the next chunk is still exported and staged before
-    the first file arrives."""
+    the first file's headers arrive (0.2 s after its request)."""
     async with emulator(first_byte_delay=0.2) as emu:
         config = fast_config(emu, max_files_per_export=4, connections=1)
         events: list[Event] = []
         async with Client(config, tmp_path, reporter=events.append) as client:
             result = await client.fetch(QUERY)
         assert result.ok
-        first_done = next(i for i, e in enumerate(events) if isinstance(e, FileDone))
+        first_started = next(i for i, e in enumerate(events) if isinstance(e, FileStarted))
         second_ready = next(i for i, e in enumerate(events)
                             if isinstance(e, ExportReady) and e.chunk == 1)
-        assert second_ready < first_done
+        assert second_ready < first_started
 
 
 async def test_status7_pending_export_is_adopted(tmp_path: Path) -> None:

@@ -396,3 +396,22 @@ async def test_final_file_from_a_killed_run_is_kept(emulator: Emulator,
     fetched = await dl.download_into(remote, tmp_path, trust_final=False)
     assert fetched.attempts >= 1
     assert dest.read_bytes() == emulator.file_bytes(path)
+
+
+async def test_transfers_bound_requests_in_flight(emulator: Emulator,
+                                                  session: aiohttp.ClientSession,
+                                                  tmp_path: Path) -> None:
+    """With ``transfers=1`` only one request is in flight, whatever the session allows.
+
+    The emulator answers 503 to a second concurrent request from the IP; the session here
+    allows two connections and four downloads run at once.
+    """
+    emulator.knobs.max_connections = 1
+    dl = Downloader(session, chunk_size=CHUNK, retry=RetryPolicy.no_wait(1), transfers=1)
+    paths = _paths(emulator, 4)
+    async with anyio.create_task_group() as tg:
+        for i, path in enumerate(paths):
+            tg.start_soon(dl.download, _remote(emulator, path), tmp_path / f"{i}.fits")
+    assert [e for e in emulator.audit.entries if e.http_status == 503] == []
+    for i, path in enumerate(paths):
+        assert (tmp_path / f"{i}.fits").read_bytes() == emulator.file_bytes(path)

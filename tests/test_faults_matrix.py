@@ -25,7 +25,6 @@ from asyncjsoc._events import (
     ExportFailed,
     ExportReady,
     ExportSubmitted,
-    FileDone,
 )
 from asyncjsoc.emulator import Emulator
 from asyncjsoc.exceptions import ExportFailedError, IpBlockedError
@@ -140,8 +139,8 @@ class FaultGovernor:
         self.cap = cap
         self.expire_at_ready = expire_at_ready
         self.ready = 0
+        """``ExportReady`` events seen so far."""
         self.events: list[Event] = []
-        self.done = 0
         self.expired_once = False
         self.staging: set[int] = set()
         """Chunks with an export submitted and not yet ready (or given up)."""
@@ -154,14 +153,12 @@ class FaultGovernor:
             self.staging.add(event.chunk)
         elif isinstance(event, ExportReady | ExportFailed):
             self.staging.discard(event.chunk)
-        elif isinstance(event, FileDone):
-            self.done += 1
         if isinstance(event, ExportReady):
             self.ready += 1
-        if (self.expire_at_ready is not None and not self.expired_once
-                and isinstance(event, ExportReady) and self.ready >= self.expire_at_ready):
-            self.expired_once = True
-            self.emu.clock.advance(self.emu.knobs.retention + 1.0)
+            if (self.expire_at_ready is not None and not self.expired_once
+                    and self.ready >= self.expire_at_ready):
+                self.expired_once = True
+                self.emu.clock.advance(self.emu.knobs.retention + 1.0)
 
     def tame(self) -> None:
         """Switch off each slow fault once it has been served ``cap`` times."""
