@@ -29,6 +29,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
+from ._durable import BatchPublisher
 from ._http import is_retryable, map_transport_errors, raise_for_status
 from ._models import RemoteFile
 from ._paths import PART_SUFFIX, Placer
@@ -232,11 +233,10 @@ def _locate_and_prepare(placer: Placer, relpath: str,
     return dest, _look_at_part(part_path(dest), meta_path(dest)), final_size
 
 
-def _write_whole(part: Path, dest: Path, meta: Path, data: bytes, publish: bool) -> None:
-    """Write a whole body to the part file and fsync it; with ``publish``, rename it into place.
+def _write_whole(part: Path, meta: Path, data: bytes) -> None:
+    """Write a whole body to the part file and fsync it (one worker-thread hop).
 
-    One worker-thread hop for what the streaming path does in several: a body this small is
-    never resumed, so no sidecar is kept (a stale one is dropped first).
+    A body this small is never resumed, so no sidecar is kept (a stale one is dropped first).
     """
     _discard(meta)
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
@@ -247,8 +247,6 @@ def _write_whole(part: Path, dest: Path, meta: Path, data: bytes, publish: bool)
         os.fsync(fd)  # the data is durable before the rename that gives it its final name
     finally:
         os.close(fd)
-    if publish:
-        _publish(part, dest, meta)
 
 
 def _publish(part: Path, dest: Path, meta: Path) -> None:
@@ -395,8 +393,10 @@ class Downloader:
         The client's session (see :func:`asyncjsoc._http.create_session`); not closed here.
     chunk_size
         Bytes collected in memory before each write to disk. A body of at most this size
-        and at most :data:`WHOLE_BODY_MAX` (by its ``Content-Length``) is read whole and
-        written, fsynced and renamed in one worker-thread hop, without a resume sidecar.
+        and at most :data:`WHOLE_BODY_MAX` (by its ``Content-Length``) is read whole and,
+        without a resume sidecar, handed to the :class:`~asyncjsoc._durable.BatchPublisher`,
+        which writes, syncs and renames many such files together (unless its checksums are
+        to be verified: then it is written, verified and renamed on its own).
     verify_checksums
         Verify FITS ``CHECKSUM``/``DATASUM`` before giving a file its final name.
     retry
@@ -421,12 +421,16 @@ class Downloader:
         At most this many requests at once (normally the session's connection limit), each
         holding its place from before the rate limiter until its body is read, not while
         the file is written. ``None``: no bound beyond the session's.
+    publisher
+        Publishes the small bodies read whole; by default a new
+        :class:`~asyncjsoc._durable.BatchPublisher`.
     """
 
     def __init__(self, session: aiohttp.ClientSession, *, chunk_size: int = 4 << 20,
                  verify_checksums: bool = True, retry: RetryPolicy | None = None,
                  max_bytes: int = MAX_UNSIZED_BYTES, inline_io: bool = True,
-                 transfers: int | None = None) -> None:
+                 transfers: int | None = None,
+                 publisher: BatchPublisher | None = None) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self._session = session
@@ -438,6 +442,7 @@ class Downloader:
         self.slow_io_s = SLOW_IO_S
         self._slow_strikes = 0
         self._dirsync = _DirSyncer()
+        self.publisher = publisher if publisher is not None else BatchPublisher()
         self._placers: dict[Path, Placer] = {}
         self._transfers = anyio.CapacityLimiter(transfers) if transfers is not None else None
 
@@ -635,9 +640,9 @@ class Downloader:
                         total = _content_length(resp)
                         self._check_expected(remote, total)
                         if total is not None and total <= min(self.chunk_size, WHOLE_BODY_MAX):
-                            # The whole body fits in one write: read it here; it is written,
-                            # fsynced and renamed below in one worker-thread hop (the
-                            # small-file fast path).
+                            # The whole body fits in one write: read it here; it is published
+                            # below with other small files, in batches (the small-file fast
+                            # path).
                             if on_progress is not None:
                                 on_progress(0, total)
                             data = await resp.read()
@@ -667,15 +672,22 @@ class Downloader:
 
     async def _finish_whole(self, dest: Path, part: Path, meta: Path, data: bytes,
                             on_progress: ProgressCallback | None) -> int:
-        """Write a whole (already size-checked) body and publish it. Returns the size."""
-        verify = self.verify_checksums and data.startswith(FITS_MAGIC)
-        await anyio.to_thread.run_sync(_write_whole, part, dest, meta, data, not verify)
-        if on_progress is not None:
-            on_progress(len(data), len(data))
-        if verify:
+        """Write a whole (already size-checked) body and publish it. Returns the size.
+
+        A body to verify is written and fsynced, verified from disk, then renamed; any other
+        goes to :attr:`publisher` with the other small files finishing meanwhile.
+        """
+        if self.verify_checksums and data.startswith(FITS_MAGIC):
+            await anyio.to_thread.run_sync(_write_whole, part, meta, data)
+            if on_progress is not None:
+                on_progress(len(data), len(data))
             await verify_fits(part)
             await self._quick(_publish, part, dest, meta)
-        await self._dirsync.sync(dest.parent)
+            await self._dirsync.sync(dest.parent)
+        else:
+            await self.publisher.publish(part, dest, meta, data)
+            if on_progress is not None:
+                on_progress(len(data), len(data))
         return len(data)
 
     async def _unsatisfiable(self, resp: aiohttp.ClientResponse, part: Path, meta: Path,
