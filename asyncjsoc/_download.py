@@ -29,7 +29,8 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from ._durable import BatchPublisher
+from ._durable import BatchPublisher, write_whole
+from ._durable import fsync_dir as _fsync_dir
 from ._http import is_retryable, map_transport_errors, raise_for_status
 from ._models import RemoteFile
 from ._paths import PART_SUFFIX, Placer
@@ -233,22 +234,6 @@ def _locate_and_prepare(placer: Placer, relpath: str,
     return dest, _look_at_part(part_path(dest), meta_path(dest)), final_size
 
 
-def _write_whole(part: Path, meta: Path, data: bytes) -> None:
-    """Write a whole body to the part file and fsync it (one worker-thread hop).
-
-    A body this small is never resumed, so no sidecar is kept (a stale one is dropped first).
-    """
-    _discard(meta)
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)  # the data is durable before the rename that gives it its final name
-    finally:
-        os.close(fd)
-
-
 def _publish(part: Path, dest: Path, meta: Path) -> None:
     """Rename the finished part to its final name and drop the sidecar.
 
@@ -295,16 +280,6 @@ def _seal_part(fd: int, drop_cache: bool) -> int:
     finally:
         os.close(fd)
     return size
-
-
-def _fsync_dir(directory: Path) -> None:
-    """fsync a directory, making the renames in it durable (best effort: not every OS can)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @dataclass(slots=True)
@@ -678,7 +653,7 @@ class Downloader:
         goes to :attr:`publisher` with the other small files finishing meanwhile.
         """
         if self.verify_checksums and data.startswith(FITS_MAGIC):
-            await anyio.to_thread.run_sync(_write_whole, part, meta, data)
+            await anyio.to_thread.run_sync(write_whole, part, meta, data)
             if on_progress is not None:
                 on_progress(len(data), len(data))
             await verify_fits(part)

@@ -37,7 +37,7 @@ from typing import Literal
 import anyio
 import anyio.to_thread
 
-__all__ = ["BatchPublisher", "load_syncfs"]
+__all__ = ["BatchPublisher", "fsync_dir", "load_syncfs", "write_whole"]
 
 SyncFs = Callable[[int], None]
 """``syncfs(fd)``: flush the file system holding ``fd``; raises :class:`OSError` on failure."""
@@ -153,7 +153,7 @@ def _publish_batch(items: list[_Item], syncfs: SyncFs | None) -> list[BaseExcept
     written: list[int] = []
     for i, item in enumerate(items):
         try:
-            _write_part(item, fsync=syncfs is None)
+            write_whole(item.part, item.meta, item.data, fsync=syncfs is None)
             written.append(i)
         except OSError as exc:
             errors[i] = exc
@@ -179,20 +179,24 @@ def _publish_batch(items: list[_Item], syncfs: SyncFs | None) -> list[BaseExcept
             _sync_filesystems(renamed_dirs, syncfs)
         else:
             for directory in renamed_dirs:
-                _fsync_dir(directory)
+                fsync_dir(directory)
     except OSError as exc:
         for i in renamed:
             errors[i] = exc
     return errors
 
 
-def _write_part(item: _Item, *, fsync: bool) -> None:
-    """Write the whole body to the part file (dropping a stale sidecar first)."""
+def write_whole(part: Path, meta: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Write a whole body to the part file, dropping a stale sidecar ``meta`` first.
+
+    A body this small is never resumed, so no sidecar is kept. With ``fsync`` the bytes are
+    durable on return.
+    """
     with contextlib.suppress(FileNotFoundError):
-        item.meta.unlink()
-    fd = os.open(item.part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        meta.unlink()
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
     try:
-        view = memoryview(item.data)
+        view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
         if fsync:
@@ -215,14 +219,11 @@ def _sync_filesystems(dirs: set[Path], syncfs: SyncFs) -> None:
             os.close(fd)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """fsync a directory, making the renames in it durable (best effort: not every OS can)."""
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
+        try:
             os.fsync(fd)
-    finally:
-        os.close(fd)
+        finally:
+            os.close(fd)

@@ -10,7 +10,8 @@ import anyio
 import pytest
 from engine_helpers import QUERY, assert_identical, emulator, fast_config
 
-from asyncjsoc._client import WORKERS_PER_CONNECTION, Client, FileResult
+from asyncjsoc._client import WORKERS_PER_CONNECTION, Client, FileResult, PullResult
+from asyncjsoc._config import ClientConfig
 from asyncjsoc._events import (
     Backoff,
     ChunkSplit,
@@ -38,6 +39,14 @@ from asyncjsoc.exceptions import (
 pytestmark = pytest.mark.anyio
 
 
+async def _fetch_recording(config: ClientConfig, out: Path) -> tuple[PullResult, list[Event]]:
+    """Fetch ``QUERY`` with a new client; returns the result and every event it reported."""
+    events: list[Event] = []
+    async with Client(config, out, reporter=events.append) as client:
+        result = await client.fetch(QUERY)
+    return result, events
+
+
 def _ds_param(params: dict[str, str]) -> str:
     """The record set of an audited exp_request."""
     return params.get("ds", "")
@@ -48,9 +57,7 @@ async def test_several_emails_respect_email_and_ip_caps(tmp_path: Path) -> None:
     emails = ("a@example.org", "b@example.org", "c@example.org")
     async with emulator() as emu:
         config = fast_config(emu, *emails, max_files_per_export=2, max_pending_exports=2)
-        events: list[Event] = []
-        async with Client(config, tmp_path, reporter=events.append) as client:
-            result = await client.fetch(QUERY)
+        result, events = await _fetch_recording(config, tmp_path)
         assert result.ok
         assert len(result.files) == 8
         assert result.plan is not None
@@ -71,9 +78,7 @@ async def test_next_export_is_staged_while_previous_downloads(tmp_path: Path) ->
     """With one email, chunk 1 is exported before chunk 0's files are all downloaded."""
     async with emulator(bandwidth=200_000) as emu:
         config = fast_config(emu, max_files_per_export=4, connections=1)
-        events: list[Event] = []
-        async with Client(config, tmp_path, reporter=events.append) as client:
-            result = await client.fetch(QUERY)
+        result, events = await _fetch_recording(config, tmp_path)
         assert result.ok
         first_rid = next(e.request_id for e in events
                          if isinstance(e, ExportSubmitted) and e.chunk == 0)
@@ -94,9 +99,7 @@ async def test_export_calls_do_not_queue_behind_file_downloads(tmp_path: Path) -
     the first file's headers arrive (0.2 s after its request)."""
     async with emulator(first_byte_delay=0.2) as emu:
         config = fast_config(emu, max_files_per_export=4, connections=1)
-        events: list[Event] = []
-        async with Client(config, tmp_path, reporter=events.append) as client:
-            result = await client.fetch(QUERY)
+        result, events = await _fetch_recording(config, tmp_path)
         assert result.ok
         first_started = next(i for i, e in enumerate(events) if isinstance(e, FileStarted))
         second_ready = next(i for i, e in enumerate(events)
@@ -157,10 +160,8 @@ async def test_file_cap_in_plan_and_bisect_on_status3(tmp_path: Path) -> None:
 async def test_size_cap_bisects(tmp_path: Path) -> None:
     """A tiny size cap (status 3, VOID) bisects the chunk; planner caps also split up front."""
     async with emulator(size_cap_mb=1, file_size=300 * 2880) as emu:
-        events: list[Event] = []
         config = fast_config(emu, max_files_per_export=4)
-        async with Client(config, tmp_path, reporter=events.append) as client:
-            result = await client.fetch(QUERY)
+        result, events = await _fetch_recording(config, tmp_path)
         assert result.ok
         assert len(result.files) == 8
         assert any(isinstance(e, ChunkSplit) for e in events)
@@ -213,9 +214,7 @@ async def test_resume_after_cancel_fetches_nothing_twice(tmp_path: Path) -> None
         assert scope.cancelled_caught
         assert len(got) == 3
         requests_before = emu.audit.count("jsoc_fetch/exp_request")
-        events: list[Event] = []
-        async with Client(config, tmp_path, reporter=events.append) as client:
-            result = await client.fetch(QUERY)
+        result, events = await _fetch_recording(config, tmp_path)
         assert result.ok
         assert emu.audit.count("jsoc_fetch/exp_request") == requests_before
         assert {f.relpath for f in got}.isdisjoint(f.relpath for f in result.files)
@@ -405,9 +404,7 @@ async def test_resume_with_expired_export_requests_only_missing(tmp_path: Path) 
                         if len(got) == 2:
                             scope.cancel()
         emu.clock.advance(8 * 86400)
-        events: list[Event] = []
-        async with Client(config, tmp_path, reporter=events.append) as client:
-            result = await client.fetch(QUERY)
+        result, events = await _fetch_recording(config, tmp_path)
         assert result.ok
         assert len(got) + len(result.files) == 8
         assert any(isinstance(e, ExportExpired) for e in events)
@@ -522,9 +519,7 @@ async def test_per_ip_status7_backs_off_and_finishes(tmp_path: Path) -> None:
     emails = tuple(f"u{i}@example.org" for i in range(6))
     async with emulator(max_pending_per_ip=2, export_delay=200.0) as emu:
         config = fast_config(emu, *emails, max_files_per_export=1, max_pending_exports=6)
-        events: list[Event] = []
-        async with Client(config, tmp_path, reporter=events.append) as client:
-            result = await client.fetch(QUERY)
+        result, events = await _fetch_recording(config, tmp_path)
         assert result.ok
         assert len(result.files) == 8
         assert_identical(emu, result)
