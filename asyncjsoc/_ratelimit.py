@@ -254,6 +254,10 @@ class TokenBucket:
                 self._take()
                 head.granted = True
                 head.wake.set()
+                if head is not me:
+                    # Let the waiter just served resume (and send its request) before this
+                    # one can serve itself: requests go out in the order tokens were granted.
+                    await anyio.lowlevel.checkpoint()
         finally:
             self._dispatcher = None
 
