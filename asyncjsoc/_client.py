@@ -56,7 +56,7 @@ from asyncjsoc._scheduler import (
     is_expiry,
 )
 from asyncjsoc._store import StateStore, default_state_path
-from asyncjsoc.exceptions import IpBlockedError, JsocError, StateError
+from asyncjsoc.exceptions import DiskError, IpBlockedError, JsocError, StateError
 
 __all__ = ["API_CONNECTIONS", "WORKERS_PER_CONNECTION", "Client", "FileResult", "Pull",
            "PullResult"]
@@ -452,10 +452,12 @@ class Client:
         EmailNotRegisteredError
             No configured email can be used for exports.
         """
-        api, _ = self._require_open()
+        api, downloader = self._require_open()
         query = _as_query(query)
         store = await self._open_store()
         async with self._pull_lock:
+            # The output directory may have changed since the last pull: look at it afresh.
+            downloader.forget_directories()
             plan = await self._prepare(query, store)
             info = await api.series_info(plan.series)
             filenamefmt = self.config.filenamefmt or default_filenamefmt(info)
@@ -611,7 +613,7 @@ class Client:
             outcome = await downloader.download_into(remote, self.out_dir, on_progress=progress,
                                                      trust_final=trust_final)
         except JsocError as exc:
-            if isinstance(exc, IpBlockedError | StateError):
+            if isinstance(exc, IpBlockedError | StateError | DiskError):
                 raise
             if not is_expiry(exc):
                 # Expired files are not failures yet: the scheduler requests them again.
@@ -654,7 +656,7 @@ def _size_or_none(path: Path) -> int | None:
 
 
 def _sole_error(group: BaseExceptionGroup[BaseException]) -> Exception | None:
-    """The one ordinary exception inside nested groups, if there is exactly one."""
+    """The one ordinary exception inside nested groups (the first, if all are of one type)."""
     leaves: list[BaseException] = []
 
     def walk(exc: BaseException) -> None:
@@ -665,6 +667,8 @@ def _sole_error(group: BaseExceptionGroup[BaseException]) -> Exception | None:
             leaves.append(exc)
 
     walk(group)
-    if len(leaves) == 1 and isinstance(leaves[0], Exception):
-        return leaves[0]
+    # Several of one kind (every download worker meeting the same full disk) count as one.
+    first = leaves[0] if leaves else None
+    if isinstance(first, Exception) and all(type(e) is type(first) for e in leaves):
+        return first
     return None

@@ -18,7 +18,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, TypeVarTuple
@@ -29,7 +29,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from ._durable import BatchPublisher, write_whole
+from ._durable import NOFOLLOW, BatchPublisher, write_whole
 from ._durable import fsync_dir as _fsync_dir
 from ._http import is_retryable, map_transport_errors, raise_for_status
 from ._models import RemoteFile
@@ -37,6 +37,7 @@ from ._paths import PART_SUFFIX, Placer
 from ._retry import RetryPolicy, retrying
 from ._verify import FITS_MAGIC, check_size, verify_fits
 from .exceptions import (
+    DiskError,
     ExportExpiredError,
     IntegrityError,
     IpBlockedError,
@@ -200,7 +201,9 @@ def _discard(*paths: Path) -> None:
 def _write_meta(meta: Path, validator: _Validator) -> None:
     """Write the sidecar (replaced atomically, so it is never half-written)."""
     tmp = meta.with_name(meta.name + ".tmp")
-    tmp.write_text(validator.to_json(), encoding="utf-8")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | NOFOLLOW, 0o666)
+    with open(fd, "w", encoding="utf-8") as f:
+        f.write(validator.to_json())
     os.replace(tmp, meta)
 
 
@@ -227,7 +230,9 @@ def _locate_and_prepare(placer: Placer, relpath: str,
     With ``look_for_final``, also the size of a regular file already under the final name
     (``None`` when there is none).
     """
-    dest, st = placer.place(relpath)
+    dest, st, fresh = placer.place_fresh(relpath)
+    if fresh:
+        return dest, (0, 0, None), None
     final_size = None
     if look_for_final and st is not None and stat.S_ISREG(st.st_mode):
         final_size = st.st_size
@@ -248,7 +253,8 @@ def _open_part(part: Path, offset: int, new_meta: tuple[Path, _Validator] | None
     """Write the sidecar (if starting afresh), then open the part file for appending."""
     if new_meta is not None:
         _write_meta(*new_meta)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if offset else os.O_TRUNC)
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | NOFOLLOW
+             | (os.O_APPEND if offset else os.O_TRUNC))
     return os.open(part, flags, 0o666)
 
 
@@ -316,7 +322,7 @@ class _DirSyncer:
             target = st.requested
             try:
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(_fsync_dir, directory)
+                    await _in_thread(_fsync_dir, directory)
                 st.synced = max(st.synced, target)
             finally:
                 st.busy = False
@@ -340,6 +346,32 @@ SLOW_IO_STRIKES = 3
 
 _T = TypeVar("_T")
 _Args = TypeVarTuple("_Args")
+
+
+_DISK_HINT = ("free some space, or fix the permissions, under the output directory, then run "
+              "again: finished files are kept and partial ones resume")
+
+
+@contextlib.contextmanager
+def _disk_errors(path: Path | None = None) -> Iterator[None]:
+    """Turn an :class:`OSError` from a local file operation into a :class:`DiskError`.
+
+    Inside a transfer this must happen where the file call is made: the transfer's own
+    handler takes any other :class:`OSError` for a network failure (and retries it).
+    ``path`` names the file when the error does not (calls on a file descriptor).
+    """
+    try:
+        yield
+    except OSError as exc:
+        name = exc.filename or path
+        where = f" {name}" if name else ""
+        raise DiskError(f"cannot write{where}: {exc.strerror or exc}", hint=_DISK_HINT) from exc
+
+
+async def _in_thread(fn: Callable[[*_Args], _T], *args: *_Args, where: Path | None = None) -> _T:
+    """``fn(*args)``, a local file operation, in a worker thread (see :func:`_disk_errors`)."""
+    with _disk_errors(where):
+        return await anyio.to_thread.run_sync(fn, *args)
 
 
 def _retryable(exc: Exception) -> bool:
@@ -421,6 +453,14 @@ class Downloader:
         self._placers: dict[Path, Placer] = {}
         self._transfers = anyio.CapacityLimiter(transfers) if transfers is not None else None
 
+    def forget_directories(self) -> None:
+        """Forget what was learnt about output directories (call between pulls).
+
+        A :class:`~asyncjsoc._paths.Placer` trusts that only this downloader changes its
+        directory; between pulls anything may, so each pull starts with new ones.
+        """
+        self._placers.clear()
+
     def _placer(self, out_dir: Path) -> Placer:
         """The :class:`~asyncjsoc._paths.Placer` of ``out_dir`` (one per output directory)."""
         placer = self._placers.get(out_dir)
@@ -428,16 +468,19 @@ class Downloader:
             placer = self._placers[out_dir] = Placer(out_dir)
         return placer
 
-    async def _quick(self, fn: Callable[[*_Args], _T], *args: *_Args) -> _T:
+    async def _quick(self, fn: Callable[[*_Args], _T], *args: *_Args,
+                     where: Path | None = None) -> _T:
         """Run a quick file-system call inline while :attr:`inline_io` holds, else in a thread.
 
-        An inline call is never cancelled half-way, like a shielded thread call.
+        An inline call is never cancelled half-way, like a shielded thread call. An
+        :class:`OSError` becomes a :class:`DiskError` (naming ``where`` if it names no file).
         """
         if not self.inline_io:
-            return await anyio.to_thread.run_sync(fn, *args)
+            return await _in_thread(fn, *args, where=where)
         started = time.perf_counter()
         try:
-            return fn(*args)
+            with _disk_errors(where):
+                return fn(*args)
         finally:
             if time.perf_counter() - started <= self.slow_io_s:
                 self._slow_strikes = 0
@@ -553,7 +596,7 @@ class Downloader:
             return await self._retrying(attempt, part, answered, prepared[0])
         except IntegrityError:
             # Corrupt bytes cannot be resumed: drop them and fetch the whole file once more.
-            await anyio.to_thread.run_sync(_discard, part, meta)
+            await _in_thread(_discard, part, meta)
         return await self._retrying(attempt, part, answered)
 
     async def _retrying(self, attempt: Callable[[], Awaitable[DownloadOutcome]],
@@ -653,14 +696,16 @@ class Downloader:
         goes to :attr:`publisher` with the other small files finishing meanwhile.
         """
         if self.verify_checksums and data.startswith(FITS_MAGIC):
-            await anyio.to_thread.run_sync(write_whole, part, meta, data)
+            await _in_thread(write_whole, part, meta, data)
             if on_progress is not None:
                 on_progress(len(data), len(data))
-            await verify_fits(part)
+            with _disk_errors():
+                await verify_fits(part)
             await self._quick(_publish, part, dest, meta)
             await self._dirsync.sync(dest.parent)
         else:
-            await self.publisher.publish(part, dest, meta, data)
+            with _disk_errors():
+                await self.publisher.publish(part, dest, meta, data)
             if on_progress is not None:
                 on_progress(len(data), len(data))
         return len(data)
@@ -672,7 +717,7 @@ class Downloader:
         total = int(match.group(1)) if match else None
         if stored is not None and total is not None and total == offset:
             return total
-        await anyio.to_thread.run_sync(_discard, part, meta)
+        await _in_thread(_discard, part, meta)
         raise _Restart(f"HTTP 416 at offset {offset} (total {total}); starting over",
                        url=str(resp.url))
 
@@ -697,7 +742,7 @@ class Downloader:
             elif stored.etag and etag and etag != stored.etag:
                 why = "the ETag changed"
         if why is not None:
-            await anyio.to_thread.run_sync(_discard, part, meta)
+            await _in_thread(_discard, part, meta)
             raise _Restart(f"cannot resume {resp.url}: {why}; starting over", url=str(resp.url))
         return total
 
@@ -732,11 +777,11 @@ class Downloader:
             pending.clear()
             buffered = 0
             if self.inline_io:
-                done += await self._quick(_write_pieces, fd, pieces)
+                done += await self._quick(_write_pieces, fd, pieces, where=part)
             else:
                 # A write cancelled half-way would leave us unsure what reached the file.
                 with anyio.CancelScope(shield=True):
-                    done += await anyio.to_thread.run_sync(_write_pieces, fd, pieces)
+                    done += await _in_thread(_write_pieces, fd, pieces, where=part)
             # Reads from aiohttp's buffer need not suspend: let a pending cancel land here.
             await anyio.lowlevel.checkpoint_if_cancelled()
 
@@ -764,7 +809,7 @@ class Downloader:
                     on_progress(done, total)
             sealing, fd = fd, None
             assert sealing is not None
-            size = await anyio.to_thread.run_sync(_seal_part, sealing, drop_cache)
+            size = await _in_thread(_seal_part, sealing, drop_cache, where=part)
         finally:
             # Keep what arrived (it is a valid prefix) and never leak the descriptor, even
             # when cancelled: the part file is what the next attempt resumes from.
@@ -774,7 +819,7 @@ class Downloader:
                         if pending:
                             await write_pending()
                     finally:
-                        await anyio.to_thread.run_sync(os.close, fd)
+                        await _in_thread(os.close, fd, where=part)
         if total is not None and done != total:
             raise TransportError(f"{resp.url}: body ended after {done} of {total} bytes",
                                  url=str(resp.url))
@@ -792,13 +837,15 @@ class Downloader:
                 raise IntegrityError(f"{part.name}: {size} bytes on disk, the server "
                                      f"announced {total}")
         elif total is not None:
-            size = await check_size(part, total)
+            with _disk_errors():
+                size = await check_size(part, total)
         else:
             size = (await self._quick(os.stat, part)).st_size
         if remote.expected_size is not None and size != remote.expected_size:
             raise IntegrityError(f"{dest.name}: {size} bytes, expected {remote.expected_size}")
         if self.verify_checksums:
-            await verify_fits(part)
+            with _disk_errors():
+                await verify_fits(part)
         await self._quick(_publish, part, dest, meta)
         await self._dirsync.sync(dest.parent)
         return size

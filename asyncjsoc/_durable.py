@@ -37,7 +37,10 @@ from typing import Literal
 import anyio
 import anyio.to_thread
 
-__all__ = ["BatchPublisher", "fsync_dir", "load_syncfs", "write_whole"]
+__all__ = ["NOFOLLOW", "BatchPublisher", "fsync_dir", "load_syncfs", "write_whole"]
+
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+"""``os.open`` flag refusing to follow a symlink in the last component (0 where unknown)."""
 
 SyncFs = Callable[[int], None]
 """``syncfs(fd)``: flush the file system holding ``fd``; raises :class:`OSError` on failure."""
@@ -194,7 +197,7 @@ def write_whole(part: Path, meta: Path, data: bytes, *, fsync: bool = True) -> N
     """
     with contextlib.suppress(FileNotFoundError):
         meta.unlink()
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | NOFOLLOW, 0o666)
     try:
         view = memoryview(data)
         while view:

@@ -27,6 +27,9 @@ _MAX_COMPONENT_BYTES = 255
 _DRIVE = re.compile(r"^[A-Za-z]:")
 # C0 controls, DEL and C1 controls: never part of a sane file name, and dangerous on terminals.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Names made only of these, each component starting with a letter, digit or underscore, are
+# safe as they are (no empty, ".", ".." or hidden component, nothing to normalize).
+_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+\-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.+\-]*)*")
 _HINT = "the server sent a file name asyncjsoc will not write; report it if it looks legitimate"
 
 
@@ -59,6 +62,14 @@ def safe_relpath(name: str) -> str:
         a name under the state directory ``.asyncjsoc``, or a name ending in ``.part`` or
         ``.part.meta`` (the downloader's temporary files).
     """
+    if (len(name) <= _MAX_COMPONENT_BYTES and _PLAIN.fullmatch(name)
+            and not name.endswith((PART_SUFFIX, PART_SUFFIX + ".meta"))):
+        return name  # the common case, which _checked_relpath would return unchanged
+    return _checked_relpath(name)
+
+
+def _checked_relpath(name: str) -> str:
+    """:func:`safe_relpath`, every check spelled out."""
     if not name:
         raise _refuse(name, "empty name")
     if _CONTROL.search(name):
@@ -131,12 +142,20 @@ def resolve_inside(out_dir: Path, relpath: str) -> Path:
 class Placer:
     """:func:`resolve_inside` for many names under one output directory, cheaply.
 
-    Each distinct parent directory is resolved, checked, created and remembered once; later
-    names in it cost one ``lstat`` (of the final name, whose symlink target, if it is one,
-    must be inside the output directory too) instead of a walk over every component. This
-    assumes that nothing but asyncjsoc changes the directories under the output directory
-    during a pull (asyncjsoc itself only creates directories and regular files there, and
-    a pull holds the directory's lock).
+    Each distinct parent directory is resolved, checked, created, listed and remembered once.
+    A name that was not in its directory's listing and has not been placed before is known to
+    be absent, with its ``.part`` file: placing it costs no system call. Any other name costs
+    one ``lstat`` (of the final name, whose symlink target, if it is one, must be inside the
+    output directory too). Directories with more than :data:`LISTING_LIMIT` entries are not
+    listed, and after :data:`PLACED_LIMIT` names every name gets its ``lstat``, which bounds
+    the memory this takes.
+
+    This assumes that nothing but asyncjsoc changes the directories under the output
+    directory during a pull (asyncjsoc itself only creates directories and regular files
+    there, and a pull holds the directory's lock). Should something break the assumption, a
+    name created behind the placer's back is taken as absent: the download then replaces that
+    directory entry with an atomic rename (a symlink is replaced, never followed), and the
+    downloader opens its temporary files with ``O_NOFOLLOW``.
 
     This touches the filesystem; in async code call it from a worker thread (or inline
     where a few microseconds of blocking are acceptable).
@@ -146,6 +165,8 @@ class Placer:
         self.out_dir = out_dir
         self._base: Path | None = None
         self._parents: dict[str, Path] = {}
+        self._listings: dict[str, frozenset[str] | None] = {}
+        self._placed: set[str] = set()
 
     def place(self, relpath: str) -> tuple[Path, os.stat_result | None]:
         """The final path of ``relpath`` (parent directories created) and its ``lstat``.
@@ -161,6 +182,25 @@ class Placer:
         UnsafePathError
             As :func:`resolve_inside`.
         """
+        final, st, _ = self.place_fresh(relpath)
+        return final, st
+
+    def place_fresh(self, relpath: str) -> tuple[Path, os.stat_result | None, bool]:
+        """:meth:`place`, and whether the name is known fresh.
+
+        Returns
+        -------
+        tuple
+            The path, its ``lstat`` (``None`` if nothing is there) and ``True`` when neither
+            the name nor its ``.part`` file existed when its directory was listed and the
+            name was not placed since: then nothing is there, and there is no part file
+            to resume either.
+
+        Raises
+        ------
+        UnsafePathError
+            As :func:`resolve_inside`.
+        """
         clean = safe_relpath(relpath)
         head, _, name = clean.rpartition("/")
         parent = self._parents.get(head)
@@ -168,13 +208,38 @@ class Placer:
             resolve_inside(self.out_dir, clean).parent.mkdir(parents=True, exist_ok=True)
             # Resolved again now that the directories exist.
             parent = self._parents[head] = resolve_inside(self.out_dir, clean).parent
+            self._listings[head] = _list_names(parent)
         if self._base is None:
             self._base = self.out_dir.resolve()
         final = parent / name
+        listing = self._listings[head]
+        if listing is not None and len(self._placed) < PLACED_LIMIT:
+            placed_before = clean in self._placed
+            self._placed.add(clean)
+            if not placed_before and name not in listing and name + PART_SUFFIX not in listing:
+                return final, None, True
         try:
             st = os.lstat(final)
         except FileNotFoundError:
-            return final, None
+            return final, None, False
         if stat.S_ISLNK(st.st_mode) and not final.resolve().is_relative_to(self._base):
             raise _refuse(relpath, f"is a symlink pointing outside {self._base}")
-        return final, st
+        return final, st, False
+
+
+LISTING_LIMIT = 100_000
+"""A directory with more entries than this is not listed by :class:`Placer`."""
+
+PLACED_LIMIT = 200_000
+"""After this many names, :class:`Placer` stops remembering them (and ``lstat`` s each)."""
+
+
+def _list_names(directory: Path) -> frozenset[str] | None:
+    """The names in ``directory``; ``None`` if it has more than :data:`LISTING_LIMIT`."""
+    names: set[str] = set()
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            names.add(entry.name)
+            if len(names) > LISTING_LIMIT:
+                return None
+    return frozenset(names)

@@ -20,6 +20,7 @@ Every error asyncjsoc raises on purpose derives from :class:`JsocError`, in thre
         │   ├── RecordSetSyntaxError  with the position of the problem
         │   └── JobFileError          with the line number
         ├── IntegrityError        size or checksum mismatch of a downloaded file
+        ├── DiskError             a file could not be written (disk full, permissions…)
         ├── UnsafePathError       a server-sent name would land outside the output directory
         └── StateError            the state store is unusable
             ├── StateLockedError  another run holds the output directory
@@ -32,6 +33,7 @@ do about it, so the command line can print both without a traceback.
 from __future__ import annotations
 
 __all__ = [
+    "DiskError",
     "EmailNotRegisteredError",
     "ExportExpiredError",
     "ExportFailedError",
@@ -244,6 +246,15 @@ class JobFileError(InvalidInputError):
 
 class IntegrityError(LocalError):
     """A downloaded file failed its size or checksum check; it was not given its final name."""
+
+
+class DiskError(LocalError):
+    """A file under the output directory could not be written, read or renamed.
+
+    Disk full, no permission, an I/O error, or something other than asyncjsoc put in the way
+    (a symlink where a temporary file goes). It stops the pull: every other file would meet
+    the same disk. Files already finished are kept and partial ones resume on the next run.
+    """
 
 
 class UnsafePathError(LocalError):

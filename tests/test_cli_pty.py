@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -169,3 +170,28 @@ def test_demo_quick_in_a_terminal(tmp_path: Path) -> None:
     child.close()
     assert child.exitstatus == 0
     assert _files(tmp_path / "demo")
+
+
+def _limit_file_size() -> None:
+    """In the child: no file may grow past 1 MiB (writes beyond fail with EFBIG, like ENOSPC)."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+
+def test_a_disk_that_refuses_writes_stops_the_pull_with_one_clear_error(
+        emulator: Emulator, tmp_path: Path) -> None:
+    """A local write error is reported as such (not as a network error), then resumed."""
+    emulator.knobs.file_size = 700 * 2880  # ~2 MB: streamed, and over the child's file limit
+    out = tmp_path / "out"
+    proc = subprocess.run([EXE, *_fetch_argv(emulator, out)], env=_env(), capture_output=True,
+                          text=True, timeout=60, check=False, preexec_fn=_limit_file_size)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "cannot write" in proc.stderr
+    assert "network" not in proc.stderr
+    assert "free some space" in proc.stderr
+    assert _files(out) == {}  # nothing half-written under a final name
+    assert emulator.audit.count("file") <= 4  # it stopped at once instead of trying every file
+    proc = subprocess.run([EXE, *_fetch_argv(emulator, out)], env=_env(), capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert len(_files(out)) == 12

@@ -23,6 +23,7 @@ from asyncjsoc._paths import resolve_inside
 from asyncjsoc._retry import RetryPolicy
 from asyncjsoc.emulator import Emulator, Knobs, run_emulator
 from asyncjsoc.exceptions import (
+    DiskError,
     ExportExpiredError,
     HttpStatusError,
     IntegrityError,
@@ -415,3 +416,40 @@ async def test_transfers_bound_requests_in_flight(emulator: Emulator,
     assert [e for e in emulator.audit.entries if e.http_status == 503] == []
     for i, path in enumerate(paths):
         assert (tmp_path / f"{i}.fits").read_bytes() == emulator.file_bytes(path)
+
+
+@pytest.mark.parametrize("chunk_size", [CHUNK, 4 << 20], ids=["streamed", "whole-body"])
+async def test_symlinks_planted_after_the_listing_are_never_written_through(
+        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path,
+        chunk_size: int) -> None:
+    """Names made behind the placer's back are replaced or refused, never followed.
+
+    The placer lists a directory once and then takes names it did not see as absent, so a
+    symlink planted later (breaking the one-writer assumption) must still not lead outside.
+    """
+    first, second, third = (RemoteFile(url=emulator.url + path, relpath=f"{i}.fits", record="r")
+                            for i, path in enumerate(_paths(emulator, 3)))
+    out = tmp_path / "out"
+    dl = Downloader(session, chunk_size=chunk_size, retry=RetryPolicy.no_wait(2))
+    await dl.download_into(first, out)  # the directory is listed now
+    victims = [tmp_path / f"victim{i}" for i in range(3)]
+    for victim in victims:
+        victim.write_bytes(b"keep")
+
+    remote = second
+    dest = out / remote.relpath
+    dest.symlink_to(victims[0])
+    await dl.download_into(remote, out)  # the final name is replaced by the rename
+    assert not dest.is_symlink()
+    assert dest.read_bytes() == emulator.file_bytes(_paths(emulator, 2)[1])
+
+    remote = third
+    part = part_path(out / remote.relpath)
+    part.symlink_to(victims[1])
+    meta = meta_path(out / remote.relpath)
+    meta.with_name(meta.name + ".tmp").symlink_to(victims[2])
+    with pytest.raises(DiskError, match="cannot write") as caught:
+        await dl.download_into(remote, out)
+    assert caught.value.hint is not None
+    assert emulator.audit.file_gets(_paths(emulator, 3)[2]) <= 1  # not retried as a network error
+    assert [v.read_bytes() for v in victims] == [b"keep"] * 3

@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from asyncjsoc import _paths
 from asyncjsoc._paths import Placer, resolve_inside, safe_relpath
 from asyncjsoc.exceptions import UnsafePathError
 
@@ -134,6 +135,38 @@ def test_resolve_inside_property(tmp_path: Path, name: str) -> None:
     assert safe_relpath(rel) == rel
 
 
+_PLAIN_ALPHABET = st.sampled_from(["a", "Z", "0", "_", "-", "+", ".", "/", "part", "meta",
+                                   ".asyncjsoc", "..", "\\", ":", " ", "é"])
+
+
+_COMPONENT = st.lists(_PLAIN_ALPHABET, max_size=6).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(name=st.one_of(st.lists(_COMPONENT, min_size=1, max_size=4).map("/".join),
+                      st.text(alphabet=st.sampled_from(["a", "/"]), min_size=250,
+                              max_size=260)))
+@example(name="a.part")
+@example(name="d/b.fits.part.meta")
+@example(name="a" * 256)
+@example(name="a/" * 130 + "b")
+@example(name=".asyncjsoc/x")
+@example(name="a/../b")
+@example(name="a//b")
+@example(name="./a")
+def test_safe_relpath_fast_path_agrees_with_every_check(name: str) -> None:
+    """The shortcut for plain names answers exactly what the full checks answer."""
+    try:
+        expected: str | None = _paths._checked_relpath(name)
+    except UnsafePathError:
+        expected = None
+    try:
+        got: str | None = safe_relpath(name)
+    except UnsafePathError:
+        got = None
+    assert got == expected
+
+
 def test_placer_agrees_with_resolve_inside_and_creates_directories(tmp_path: Path) -> None:
     """Placer gives resolve_inside's path, creates the parents, and reports what is there."""
     out = tmp_path / "out"
@@ -169,11 +202,55 @@ def test_placer_refuses_what_resolve_inside_refuses(tmp_path: Path) -> None:
     assert list(elsewhere.iterdir()) == []
 
 
-def test_placer_checks_a_final_symlink_in_a_known_directory(tmp_path: Path) -> None:
-    """A cached directory does not skip the check of the final name."""
+def test_placer_knows_fresh_names_from_its_listing(tmp_path: Path) -> None:
+    """Names absent from the directory listing, with no part file, are fresh, once only."""
     out = tmp_path / "out"
+    (out / "d").mkdir(parents=True)
+    (out / "d" / "done.fits").write_bytes(b"123")
+    (out / "d" / "half.fits.part").write_bytes(b"1")
+    placer = Placer(out)
+    path, st, fresh = placer.place_fresh("d/new.fits")
+    assert (path, st, fresh) == (out.resolve() / "d" / "new.fits", None, True)
+    done = placer.place_fresh("d/done.fits")
+    assert done[1] is not None
+    assert (done[1].st_size, done[2]) == (3, False)
+    assert placer.place_fresh("d/half.fits")[1:] == (None, False)
+    # Placed before: whatever the pull did to it since, it is looked at.
+    path.write_bytes(b"12345")
+    again = placer.place_fresh("d/new.fits")
+    assert again[1] is not None
+    assert (again[1].st_size, again[2]) == (5, False)
+
+
+def test_placer_checks_a_final_symlink_it_listed(tmp_path: Path) -> None:
+    """A symlink pointing outside is refused when the listing saw it."""
+    out = tmp_path / "out"
+    (out / "d").mkdir(parents=True)
+    (out / "d" / "b.fits").symlink_to(tmp_path / "victim")
     placer = Placer(out)
     placer.place("d/a.fits")
+    with pytest.raises(UnsafePathError, match="symlink"):
+        placer.place("d/b.fits")
+
+
+def test_placer_checks_every_name_of_a_directory_too_big_to_list(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a listing, even a symlink made after the directory was seen is checked."""
+    monkeypatch.setattr(_paths, "LISTING_LIMIT", 1)
+    out = tmp_path / "out"
+    (out / "d").mkdir(parents=True)
+    (out / "d" / "x.fits").write_bytes(b"")
+    (out / "d" / "y.fits").write_bytes(b"")
+    placer = Placer(out)
+    assert placer.place_fresh("d/a.fits")[2] is False
     (out / "d" / "b.fits").symlink_to(tmp_path / "victim")
     with pytest.raises(UnsafePathError, match="symlink"):
         placer.place("d/b.fits")
+
+
+def test_placer_stops_remembering_names_at_its_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past PLACED_LIMIT names nothing is taken as fresh (memory stays bounded)."""
+    monkeypatch.setattr(_paths, "PLACED_LIMIT", 2)
+    placer = Placer(tmp_path / "out")
+    assert [placer.place_fresh(f"f{i}.fits")[2] for i in range(4)] == [True, True, False, False]
