@@ -453,3 +453,18 @@ async def test_symlinks_planted_after_the_listing_are_never_written_through(
     assert caught.value.hint is not None
     assert emulator.audit.file_gets(_paths(emulator, 3)[2]) <= 1  # not retried as a network error
     assert [v.read_bytes() for v in victims] == [b"keep"] * 3
+
+
+async def test_forget_directories_sees_files_added_between_pulls(
+        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """After ``forget_directories`` a finished file added behind the placer's back is kept."""
+    first, second = (RemoteFile(url=emulator.url + path, relpath=f"{i}.fits", record="r")
+                     for i, path in enumerate(_paths(emulator, 2)))
+    dl = _downloader(session)
+    await dl.download_into(first, tmp_path)  # the directory is listed now
+    body = emulator.file_bytes(_paths(emulator, 2)[1])
+    (tmp_path / second.relpath).write_bytes(body)  # e.g. copied in between two pulls
+    dl.forget_directories()
+    kept = await dl.download_into(second, tmp_path)
+    assert kept.attempts == 0
+    assert emulator.audit.file_gets(_paths(emulator, 2)[1]) == 0
