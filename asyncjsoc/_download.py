@@ -29,7 +29,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from ._durable import NOFOLLOW, BatchPublisher, write_whole
+from ._durable import NOFOLLOW, BatchPublisher, load_start_writeback, write_whole
 from ._durable import fsync_dir as _fsync_dir
 from ._http import is_retryable, map_transport_errors, raise_for_status
 from ._models import RemoteFile
@@ -258,8 +258,24 @@ def _open_part(part: Path, offset: int, new_meta: tuple[Path, _Validator] | None
     return os.open(part, flags, 0o666)
 
 
+_start_writeback = load_start_writeback()
+
+
 def _write_pieces(fd: int, pieces: list[bytes]) -> int:
-    """Write every piece, in order, with as few system calls as it takes. Returns the bytes."""
+    """Write every piece, in order, with as few system calls as it takes. Returns the bytes.
+
+    Write-out of the bytes just written is started at once (:func:`load_start_writeback`),
+    so the disk works while the rest of the file arrives.
+    """
+    written = _writev_all(fd, pieces)
+    if written:
+        end = os.lseek(fd, 0, os.SEEK_CUR)  # also right for O_APPEND, after the write
+        _start_writeback(fd, end - written, written)
+    return written
+
+
+def _writev_all(fd: int, pieces: list[bytes]) -> int:
+    """``writev`` until every piece is written. Returns the bytes."""
     views = [memoryview(p) for p in pieces if p]
     written = 0
     while views:

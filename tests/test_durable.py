@@ -12,7 +12,7 @@ import pytest
 from engine_helpers import emulator
 
 from asyncjsoc._download import Downloader, meta_path, part_path
-from asyncjsoc._durable import BatchPublisher, load_syncfs
+from asyncjsoc._durable import BatchPublisher, load_start_writeback, load_syncfs
 from asyncjsoc._models import RemoteFile
 from asyncjsoc._retry import RetryPolicy
 
@@ -197,3 +197,42 @@ async def test_downloader_publishes_small_files_in_batches(tmp_path: Path) -> No
         assert 1 <= dl.publisher.batches < len(paths)
     assert sorted(os.listdir(tmp_path)) == sorted(
         f"f{i}.fits" for i in range(len(paths)))
+
+
+def test_writes_start_write_out_of_exactly_the_bytes_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each streamed write asks for write-out of its own range, appending or not."""
+    from asyncjsoc import _download
+
+    ranges: list[tuple[int, int]] = []
+    monkeypatch.setattr(_download, "_start_writeback",
+                        lambda fd, offset, nbytes: ranges.append((offset, nbytes)))
+    path = tmp_path / "f.part"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        assert _download._write_pieces(fd, [b"0123456789"]) == 10
+        assert _download._write_pieces(fd, [b"ab", b"", b"cde"]) == 5
+        assert _download._write_pieces(fd, []) == 0
+    finally:
+        os.close(fd)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)  # a resume: the offset starts at 0
+    try:
+        assert _download._write_pieces(fd, [b"xyz"]) == 3
+    finally:
+        os.close(fd)
+    assert ranges == [(0, 10), (10, 5), (15, 3)]
+    assert path.read_bytes() == b"0123456789abcdexyz"
+
+
+def test_start_writeback_is_harmless_on_a_real_file(tmp_path: Path) -> None:
+    """The loaded call (sync_file_range on Linux, else nothing) accepts any range quietly."""
+    start_writeback = load_start_writeback()
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 10_000)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        start_writeback(fd, 0, 10_000)
+        start_writeback(fd, 5_000, 1_000_000)  # past the end
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"x" * 10_000
