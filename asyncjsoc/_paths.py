@@ -227,8 +227,11 @@ class Placer:
         return final, st, False
 
 
-LISTING_LIMIT = 100_000
-"""A directory with more entries than this is not listed by :class:`Placer`."""
+LISTING_LIMIT = 10_000
+"""A directory with more entries than this is not listed by :class:`Placer`.
+
+The listing may run on the event loop (the downloader's inline file calls), so it is kept to
+a few milliseconds; a fresh pull lists its directories while they are still nearly empty."""
 
 PLACED_LIMIT = 200_000
 """After this many names, :class:`Placer` stops remembering them (and ``lstat`` s each)."""
