@@ -135,10 +135,15 @@ class TransportConfig:
         return TokenBucket(self.requests_per_second, self.burst)
 
 
-def _ssl_context(ca_bundle: str | Path | None) -> ssl.SSLContext:
-    """A verifying TLS context, trusting ``ca_bundle`` instead of the system CAs if given."""
+def _ssl_context(ca_bundle: str | Path | None) -> ssl.SSLContext | bool:
+    """What the connector verifies TLS with: the system CAs, or ``ca_bundle`` if given.
+
+    ``True`` is aiohttp's own verifying context, built once when aiohttp is imported: a new
+    default context per session would read the system certificates again, blocking the
+    event loop for tens of milliseconds.
+    """
     if ca_bundle is None:
-        return ssl.create_default_context()
+        return True
     path = Path(ca_bundle)
     if not path.is_file():
         raise ValueError(f"ca_bundle {str(path)!r} is not a file")
