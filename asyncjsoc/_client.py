@@ -318,7 +318,7 @@ class Client:
             self._downloader = Downloader(
                 self._session, chunk_size=config.chunk_size,
                 verify_checksums=config.verify_checksums, retry=retry,
-                inline_io=config.inline_io, transfers=config.connections,
+                inline_io=config.inline_io, transfers=config.connections, fsync=config.fsync,
             )
             self._stack = stack.pop_all()
         return self

@@ -74,6 +74,14 @@ class ClientConfig:
     verify_checksums
         Check FITS ``DATASUM``/``CHECKSUM`` of downloaded files when present (the JSOC sends
         no HTTP digest). The size is always checked.
+    fsync
+        Make each file durable (``fsync``) before giving it its final name, and the rename
+        durable before the file counts as done (the default). ``False`` skips every
+        ``fsync``: a killed process still never leaves a partial file under a final name,
+        but a power loss or kernel crash may lose recently finished files (a resumed pull
+        fetches again any file whose size on disk is not the recorded one). Worth it on
+        scratch space or file systems where ``fsync`` is slow; see
+        :class:`~asyncjsoc._download.Downloader`.
     chunk_size
         Bytes collected in memory before each write to disk while downloading (files of at
         most 1 MiB, and at most this size, are fetched whole and written in one go).
@@ -125,6 +133,7 @@ class ClientConfig:
     requests_per_second: float = 5.0
     burst: int = 10
     verify_checksums: bool = True
+    fsync: bool = True
     chunk_size: int = 4 << 20
     inline_io: bool = True
     state_path: Path | None = None

@@ -130,11 +130,18 @@ class BatchPublisher:
     syncfs
         The durability barrier (see the module docs): ``"auto"`` (the default) takes
         :func:`load_syncfs`; ``None`` uses one ``fsync`` per file and per directory.
+    fsync
+        ``False`` skips every barrier: bodies are written and renamed (still in that order,
+        so a killed process never leaves a partial file under a final name), but nothing is
+        forced to disk, so a power loss or kernel crash may lose recent files.
     """
 
-    def __init__(self, syncfs: SyncFs | Literal["auto"] | None = "auto") -> None:
+    def __init__(self, syncfs: SyncFs | Literal["auto"] | None = "auto", *,
+                 fsync: bool = True) -> None:
         self.syncfs: SyncFs | None = load_syncfs() if syncfs == "auto" else syncfs
         """The barrier in use (``None``: ``fsync`` per file and directory)."""
+        self.fsync = fsync
+        """Whether batches are made durable at all (see ``fsync`` above)."""
         self._queue: list[_Item] = []
         self._idle: anyio.Event | None = None  # set when the batch in progress ends
         self.batches = 0
@@ -176,7 +183,7 @@ class BatchPublisher:
             with anyio.CancelScope(shield=True):
                 try:
                     errors = await anyio.to_thread.run_sync(_publish_batch, batch,
-                                                            self.syncfs)
+                                                            self.syncfs, self.fsync)
                 except BaseException as exc:  # a bug or an interpreter shutdown
                     errors = [exc] * len(batch)
             self.batches += 1
@@ -188,13 +195,19 @@ class BatchPublisher:
             idle.set()
 
 
-def _publish_batch(items: list[_Item], syncfs: SyncFs | None) -> list[BaseException | None]:
-    """Write, sync, rename and sync every item; returns each item's error (or ``None``)."""
+def _publish_batch(items: list[_Item], syncfs: SyncFs | None,
+                   durable: bool = True) -> list[BaseException | None]:
+    """Write, sync, rename and sync every item; returns each item's error (or ``None``).
+
+    Without ``durable`` nothing is synced: only written, then renamed.
+    """
+    if not durable:
+        syncfs = None
     errors: list[BaseException | None] = [None] * len(items)
     written: list[int] = []
     for i, item in enumerate(items):
         try:
-            write_whole(item.part, item.meta, item.data, fsync=syncfs is None)
+            write_whole(item.part, item.meta, item.data, fsync=durable and syncfs is None)
             written.append(i)
         except OSError as exc:
             errors[i] = exc
@@ -218,7 +231,7 @@ def _publish_batch(items: list[_Item], syncfs: SyncFs | None) -> list[BaseExcept
         renamed_dirs = {items[i].dest.parent for i in renamed}
         if syncfs is not None:
             _sync_filesystems(renamed_dirs, syncfs)
-        else:
+        elif durable:
             for directory in renamed_dirs:
                 fsync_dir(directory)
     except OSError as exc:

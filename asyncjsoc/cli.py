@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--state", type=Path, metavar="PATH",
                    help="state file that makes the pull resumable "
                    "(default DIR/.asyncjsoc/state.sqlite)")
+    g.add_argument("--no-fsync", action="store_true",
+                   help="do not fsync files (faster on slow or network file systems; a "
+                   "power loss may then lose recently finished files)")
     g.add_argument("--no-progress", action="store_true",
                    help="plain log lines on stderr instead of the live display")
     g.add_argument("--json", action="store_true",
@@ -655,6 +658,8 @@ def _client_config(args: argparse.Namespace, *, server: str, emails: tuple[str, 
         value = getattr(args, option, None)
         if value is not None:
             kwargs[field_name] = value
+    if getattr(args, "no_fsync", False):
+        kwargs["fsync"] = False
     if getattr(args, "no_retry_wait", False):
         from asyncjsoc._retry import RetryPolicy
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -368,3 +369,28 @@ def test_different_query_same_out_is_one_line(
     last = _last_line(capsys.readouterr().err)
     assert "different pull" in last
     assert "--state" in last
+
+
+@pytest.mark.parametrize("no_fsync", [False, True])
+def test_no_fsync_option_reaches_the_downloads(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, no_fsync: bool,
+) -> None:
+    """--no-fsync: the same files, byte for byte, and not one os.fsync; without it, some."""
+    calls: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        calls.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    out = tmp_path / "out"
+    extra = ("--no-fsync",) if no_fsync else ()
+    assert main(_fetch_args(emulator, out, RS, "--json", *extra, *FAST)) == EXIT_OK
+    doc = _json(capsys.readouterr().out)
+    assert len(doc["files"]) == 6
+    for f in doc["files"]:
+        (served,) = [k for k in emulator.audit.file_stats if k.endswith("/" + f["path"])]
+        assert (out / f["path"]).read_bytes() == emulator.file_bytes(served)
+    assert (len(calls) == 0) is no_fsync

@@ -236,3 +236,68 @@ def test_start_writeback_is_harmless_on_a_real_file(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert path.read_bytes() == b"x" * 10_000
+
+
+class FsyncCounter:
+    """Counts ``os.fsync`` calls (the per-file and per-directory barriers) and writeback hints."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from asyncjsoc import _download
+
+        self.fsyncs = 0
+        self.writebacks = 0
+        real_fsync = os.fsync
+        real_writeback = _download._start_writeback
+
+        def fsync(fd: int) -> None:
+            self.fsyncs += 1
+            real_fsync(fd)
+
+        def writeback(fd: int, offset: int, nbytes: int) -> None:
+            self.writebacks += 1
+            real_writeback(fd, offset, nbytes)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(_download, "_start_writeback", writeback)
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+async def test_fsync_off_skips_every_barrier_and_files_still_arrive_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool) -> None:
+    """``fsync=False``: no fsync, syncfs or writeback hint on any path; files are complete.
+
+    The three paths: streamed (large body), whole bodies verified alone, whole bodies
+    published in batches. With ``fsync=True`` each path syncs (the control).
+    """
+    counter = FsyncCounter(monkeypatch)
+    barrier = RecordingBarrier(tmp_path / "small")
+    async with emulator(file_size=8 * 2880) as emu, aiohttp.ClientSession() as session:
+        sel = emu.catalog.select("hmi.M_45s[2012.01.01_00:00:45_TAI/5m]{magnetogram}")
+        paths = [rec.segment_path(sel.segments[0]) for rec in sel]
+        (tmp_path / "small").mkdir()
+        setups = [  # (directory, downloader)
+            ("streamed", Downloader(session, chunk_size=2880, verify_checksums=False,
+                                    retry=RetryPolicy.no_wait(2), fsync=fsync)),
+            ("verified", Downloader(session, verify_checksums=True,
+                                    retry=RetryPolicy.no_wait(2), fsync=fsync)),
+            ("small", Downloader(session, verify_checksums=False, retry=RetryPolicy.no_wait(2),
+                                 publisher=BatchPublisher(syncfs=barrier, fsync=fsync),
+                                 fsync=fsync)),
+        ]
+        for name, dl in setups:
+            async with anyio.create_task_group() as tg:
+                for i, path in enumerate(paths):
+                    remote = RemoteFile(url=emu.url + path, relpath=f"f{i}.fits", record=str(i))
+                    tg.start_soon(dl.download_into, remote, tmp_path / name)
+            for i, path in enumerate(paths):
+                assert (tmp_path / name / f"f{i}.fits").read_bytes() == emu.file_bytes(path)
+            assert sorted(os.listdir(tmp_path / name)) == sorted(
+                f"f{i}.fits" for i in range(len(paths)))
+        assert Downloader(session, fsync=fsync).publisher.fsync is fsync
+    if fsync:
+        # Every file of the streamed and verified paths, plus their directories.
+        assert counter.fsyncs >= 2 * len(paths) + 2
+        assert counter.writebacks >= len(paths)
+        assert barrier.calls
+    else:
+        assert (counter.fsyncs, counter.writebacks, barrier.calls) == (0, 0, [])
