@@ -301,3 +301,34 @@ async def test_fsync_off_skips_every_barrier_and_files_still_arrive_whole(
         assert barrier.calls
     else:
         assert (counter.fsyncs, counter.writebacks, barrier.calls) == (0, 0, [])
+
+
+@pytest.mark.parametrize("inline_io", [True, False])
+async def test_streamed_write_out_hints_cover_the_file_once_in_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inline_io: bool) -> None:
+    """Written inline piece by piece or in worker-thread batches, the write-out hints of a
+    streamed file cover its bytes exactly once, in order, and progress ends at its size."""
+    from asyncjsoc import _download
+
+    ranges: list[tuple[int, int]] = []
+    monkeypatch.setattr(_download, "_start_writeback",
+                        lambda fd, offset, nbytes: ranges.append((offset, nbytes)))
+    async with emulator(file_size=64 * 2880) as emu, aiohttp.ClientSession() as session:
+        sel = emu.catalog.select("hmi.M_45s[2012.01.01_00:00:45_TAI]{magnetogram}")
+        path = next(iter(sel)).segment_path(sel.segments[0])
+        progress: list[int] = []
+        dl = Downloader(session, chunk_size=4096, verify_checksums=False,
+                        retry=RetryPolicy.no_wait(2), inline_io=inline_io)
+        remote = RemoteFile(url=emu.url + path, relpath="f.fits", record="r")
+        await dl.download_into(remote, tmp_path, on_progress=lambda d, t: progress.append(d))
+        body = emu.file_bytes(path)
+        assert (tmp_path / "f.fits").read_bytes() == body
+    size = len(body)
+    assert ranges, "no write-out hint at all"
+    position = 0
+    for offset, nbytes in ranges:
+        assert (offset, nbytes > 0) == (position, True)
+        position += nbytes
+    assert position == size
+    assert progress == sorted(progress)
+    assert progress[-1] == size
