@@ -83,8 +83,10 @@ class ClientConfig:
         scratch space or file systems where ``fsync`` is slow; see
         :class:`~asyncjsoc._download.Downloader`.
     chunk_size
-        Bytes collected in memory before each write to disk while downloading (files of at
-        most 1 MiB, and at most this size, are fetched whole and written in one go).
+        Bytes between progress reports (and write-out hints) of a large file. With
+        ``inline_io`` its pieces are written as they arrive; with worker threads this many
+        bytes are collected per write. Files of at most 1 MiB, and at most this size, are
+        fetched whole and written in one go.
     inline_io
         Make quick file-system calls (stat, open, page-cache writes, rename) on the event
         loop's thread instead of handing each to a worker thread, which costs more CPU than

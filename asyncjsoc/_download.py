@@ -423,7 +423,9 @@ class Downloader:
     session
         The client's session (see :func:`asyncjsoc._http.create_session`); not closed here.
     chunk_size
-        Bytes collected in memory before each write to disk. A body of at most this size
+        Bytes between progress reports, write-out hints and cancellation checks of a
+        streamed body (see :meth:`_stream`); worker-thread writes collect this many bytes
+        per hand-off. A body of at most this size
         and at most :data:`WHOLE_BODY_MAX` (by its ``Content-Length``) is read whole and,
         without a resume sidecar, handed to the :class:`~asyncjsoc._durable.BatchPublisher`,
         which writes, syncs and renames many such files together (unless its checksums are
