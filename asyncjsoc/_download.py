@@ -13,7 +13,6 @@ final name.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import re
@@ -30,13 +29,13 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from ._durable import NOFOLLOW, BatchPublisher, load_start_writeback, write_whole
+from ._durable import NOFOLLOW, BatchPublisher, load_start_writeback
 from ._durable import fsync_dir as _fsync_dir
 from ._http import is_retryable, map_transport_errors, raise_for_status
 from ._models import RemoteFile
 from ._paths import PART_SUFFIX, Placer
 from ._retry import RetryPolicy, retrying
-from ._verify import FITS_MAGIC, check_size, verify_fits
+from ._verify import FITS_MAGIC, check_size, verify_fits, verify_fits_bytes
 from .exceptions import (
     DiskError,
     ExportExpiredError,
@@ -726,24 +725,17 @@ class Downloader:
 
     async def _finish_whole(self, dest: Path, part: Path, meta: Path, data: bytes,
                             on_progress: ProgressCallback | None) -> int:
-        """Write a whole (already size-checked) body and publish it. Returns the size.
+        """Verify a whole (already size-checked) body in memory, then publish it with the
+        other small files finishing meanwhile (:attr:`publisher`). Returns the size.
 
-        A body to verify is written and fsynced, verified from disk, then renamed; any other
-        goes to :attr:`publisher` with the other small files finishing meanwhile.
+        A body that fails verification is never written.
         """
         if self.verify_checksums and data.startswith(FITS_MAGIC):
-            await _in_thread(functools.partial(write_whole, fsync=self.fsync), part, meta, data)
-            if on_progress is not None:
-                on_progress(len(data), len(data))
-            with _disk_errors():
-                await verify_fits(part)
-            await self._quick(_publish, part, dest, meta)
-            await self._sync_dir(dest.parent)
-        else:
-            with _disk_errors():
-                await self.publisher.publish(part, dest, meta, data)
-            if on_progress is not None:
-                on_progress(len(data), len(data))
+            await verify_fits_bytes(dest.name, data)
+        with _disk_errors():
+            await self.publisher.publish(part, dest, meta, data)
+        if on_progress is not None:
+            on_progress(len(data), len(data))
         return len(data)
 
     async def _unsatisfiable(self, resp: aiohttp.ClientResponse, part: Path, meta: Path,

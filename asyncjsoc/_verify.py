@@ -7,16 +7,18 @@ All file work runs in a worker thread so the event loop never blocks.
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import anyio.to_thread
 
 from .exceptions import IntegrityError
 
-__all__ = ["FITS_BLOCK", "FITS_MAGIC", "check_size", "verify_fits"]
+__all__ = ["FITS_BLOCK", "FITS_MAGIC", "check_size", "verify_fits", "verify_fits_bytes"]
 
 FITS_MAGIC = b"SIMPLE  ="
 """How every FITS file starts: the first card of the primary header."""
@@ -80,16 +82,47 @@ async def verify_fits(path: Path) -> None:
     await anyio.to_thread.run_sync(_verify_fits_sync, path)
 
 
+async def verify_fits_bytes(name: str, data: bytes) -> None:
+    """:func:`verify_fits` for a whole file held in memory, before it is written anywhere.
+
+    Small files are verified this way and then written and published with other small
+    files in one batch, instead of being written, synced and read back one by one.
+
+    Parameters
+    ----------
+    name
+        The file's name, for messages.
+    data
+        Its whole content.
+
+    Raises
+    ------
+    IntegrityError
+        As :func:`verify_fits`.
+    """
+    await anyio.to_thread.run_sync(_verify_fits_bytes_sync, name, data)
+
+
 def _verify_fits_sync(path: Path) -> None:
     """Blocking body of :func:`verify_fits`."""
     with open(path, "rb") as f:
         head = f.read(len(FITS_MAGIC))
         size = os.fstat(f.fileno()).st_size
+    _verify_source(path.name, head, size, path)
+
+
+def _verify_fits_bytes_sync(name: str, data: bytes) -> None:
+    """Blocking body of :func:`verify_fits_bytes`."""
+    _verify_source(name, data[:len(FITS_MAGIC)], len(data), io.BytesIO(data))
+
+
+def _verify_source(name: str, head: bytes, size: int, source: Path | BinaryIO) -> None:
+    """Verify the FITS file ``source`` (a path or an open binary stream) called ``name``."""
     if head != FITS_MAGIC:
         return
     if size % FITS_BLOCK:
         raise IntegrityError(
-            f"{path.name}: {size} bytes is not a whole number of FITS blocks (truncated?)",
+            f"{name}: {size} bytes is not a whole number of FITS blocks (truncated?)",
             hint=_HINT,
         )
     from astropy.io import fits  # deferred: astropy is slow to import and only needed here
@@ -97,19 +130,19 @@ def _verify_fits_sync(path: Path) -> None:
     with _warnings_lock, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            with fits.open(path, memmap=False, disable_image_compression=True,
+            with fits.open(source, memmap=False, disable_image_compression=True,
                            do_not_scale_image_data=True, lazy_load_hdus=False) as hdul:
                 problems = [_check_hdu(i, hdu) for i, hdu in enumerate(hdul)]
         except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
-            raise IntegrityError(f"{path.name}: not a readable FITS file ({exc})",
+            raise IntegrityError(f"{name}: not a readable FITS file ({exc})",
                                  hint=_HINT) from exc
     for w in caught:
         text = str(w.message).lower()
         if "truncated" in text or "checksum" in text or "datasum" in text:
-            raise IntegrityError(f"{path.name}: {w.message}", hint=_HINT)
+            raise IntegrityError(f"{name}: {w.message}", hint=_HINT)
     bad = [p for p in problems if p]
     if bad:
-        raise IntegrityError(f"{path.name}: {'; '.join(bad)}", hint=_HINT)
+        raise IntegrityError(f"{name}: {'; '.join(bad)}", hint=_HINT)
 
 
 def _check_hdu(index: int, hdu: object) -> str:

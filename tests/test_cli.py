@@ -376,15 +376,32 @@ def test_no_fsync_option_reaches_the_downloads(
     emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch, no_fsync: bool,
 ) -> None:
-    """--no-fsync: the same files, byte for byte, and not one os.fsync; without it, some."""
+    """--no-fsync: the same files, byte for byte, and not one fsync or syncfs; without it,
+    some."""
+    from asyncjsoc import _durable
+
     calls: list[int] = []
     real_fsync = os.fsync
+    real_load_syncfs = _durable.load_syncfs
 
     def counting_fsync(fd: int) -> None:
         calls.append(fd)
         real_fsync(fd)
 
+    def counting_load_syncfs() -> _durable.SyncFs | None:
+        syncfs = real_load_syncfs()
+        if syncfs is None:
+            return None
+        found = syncfs
+
+        def counting_syncfs(fd: int) -> None:
+            calls.append(fd)
+            found(fd)
+
+        return counting_syncfs
+
     monkeypatch.setattr(os, "fsync", counting_fsync)
+    monkeypatch.setattr(_durable, "load_syncfs", counting_load_syncfs)
     out = tmp_path / "out"
     extra = ("--no-fsync",) if no_fsync else ()
     assert main(_fetch_args(emulator, out, RS, "--json", *extra, *FAST)) == EXIT_OK

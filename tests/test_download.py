@@ -468,3 +468,34 @@ async def test_forget_directories_sees_files_added_between_pulls(
     kept = await dl.download_into(second, tmp_path)
     assert kept.attempts == 0
     assert emulator.audit.file_gets(_paths(emulator, 2)[1]) == 0
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_body_corrupted_in_transit_is_never_written_under_its_name(
+        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path,
+        streamed: bool) -> None:
+    """One byte flipped in transit (emulator ``corrupt_rate``): the FITS checksums catch it,
+    whether the body was read whole (verified in memory) or streamed to a part file, and no
+    file gets its final name; once the transfers are clean the file arrives intact."""
+    (path,) = _paths(emulator, 1)
+    expected = emulator.file_bytes(path)
+    remote = _remote(emulator, path)
+    emulator.knobs.corrupt_rate = 1.0
+    async with session.get(remote.url) as resp:  # the knob itself: same length, one byte off
+        sent = await resp.read()
+    assert len(sent) == len(expected)
+    assert sum(a != b for a, b in zip(sent, expected, strict=True)) == 1
+
+    dl = _downloader(session, attempts=2) if streamed else Downloader(
+        session, retry=RetryPolicy.no_wait(2))
+    dest = tmp_path / "f.fits"
+    with pytest.raises(IntegrityError, match=r"DATASUM|CHECKSUM"):
+        await dl.download(remote, dest)
+    assert not dest.exists()
+    if not streamed:  # verified before any byte is written
+        assert _leftovers(dest) == []
+    assert emulator.audit.file(path).corrupted >= 2  # the knob check and the download
+
+    emulator.knobs.corrupt_rate = 0.0
+    await dl.download(remote, dest)
+    assert dest.read_bytes() == expected

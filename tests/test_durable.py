@@ -266,20 +266,25 @@ async def test_fsync_off_skips_every_barrier_and_files_still_arrive_whole(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool) -> None:
     """``fsync=False``: no fsync, syncfs or writeback hint on any path; files are complete.
 
-    The three paths: streamed (large body), whole bodies verified alone, whole bodies
-    published in batches. With ``fsync=True`` each path syncs (the control).
+    The three paths: streamed (large body), whole bodies verified in memory then published
+    in batches, whole bodies published in batches. With ``fsync=True`` each path syncs (the
+    control).
     """
     counter = FsyncCounter(monkeypatch)
     barrier = RecordingBarrier(tmp_path / "small")
+    verified_barrier = RecordingBarrier(tmp_path / "verified")
     async with emulator(file_size=8 * 2880) as emu, aiohttp.ClientSession() as session:
         sel = emu.catalog.select("hmi.M_45s[2012.01.01_00:00:45_TAI/5m]{magnetogram}")
         paths = [rec.segment_path(sel.segments[0]) for rec in sel]
         (tmp_path / "small").mkdir()
+        (tmp_path / "verified").mkdir()
         setups = [  # (directory, downloader)
             ("streamed", Downloader(session, chunk_size=2880, verify_checksums=False,
                                     retry=RetryPolicy.no_wait(2), fsync=fsync)),
-            ("verified", Downloader(session, verify_checksums=True,
-                                    retry=RetryPolicy.no_wait(2), fsync=fsync)),
+            ("verified", Downloader(session, verify_checksums=True, retry=RetryPolicy.no_wait(2),
+                                    publisher=BatchPublisher(syncfs=verified_barrier,
+                                                             fsync=fsync),
+                                    fsync=fsync)),
             ("small", Downloader(session, verify_checksums=False, retry=RetryPolicy.no_wait(2),
                                  publisher=BatchPublisher(syncfs=barrier, fsync=fsync),
                                  fsync=fsync)),
@@ -295,12 +300,14 @@ async def test_fsync_off_skips_every_barrier_and_files_still_arrive_whole(
                 f"f{i}.fits" for i in range(len(paths)))
         assert Downloader(session, fsync=fsync).publisher.fsync is fsync
     if fsync:
-        # Every file of the streamed and verified paths, plus their directories.
-        assert counter.fsyncs >= 2 * len(paths) + 2
+        # Every streamed file, plus its directory; the batches sync through their barrier.
+        assert counter.fsyncs >= len(paths) + 1
         assert counter.writebacks >= len(paths)
         assert barrier.calls
+        assert verified_barrier.calls
     else:
-        assert (counter.fsyncs, counter.writebacks, barrier.calls) == (0, 0, [])
+        assert (counter.fsyncs, counter.writebacks, barrier.calls,
+                verified_barrier.calls) == (0, 0, [], [])
 
 
 @pytest.mark.parametrize("inline_io", [True, False])

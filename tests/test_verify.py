@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.io import fits
 
-from asyncjsoc._verify import FITS_BLOCK, check_size, verify_fits
+from asyncjsoc._verify import FITS_BLOCK, check_size, verify_fits, verify_fits_bytes
 from asyncjsoc.exceptions import IntegrityError
 
 pytestmark = pytest.mark.anyio
+
+Verifier = Callable[[Path], Awaitable[None]]
+
+
+async def _in_memory(path: Path) -> None:
+    """verify_fits_bytes on the file's content (how small downloads are verified)."""
+    await verify_fits_bytes(path.name, path.read_bytes())  # noqa: ASYNC240 (a tiny test file)
+
+
+@pytest.fixture(params=["file", "memory"])
+def verify(request: pytest.FixtureRequest) -> Verifier:
+    """Each check runs on the file (verify_fits) and on its bytes (verify_fits_bytes)."""
+    return verify_fits if request.param == "file" else _in_memory
 
 
 def _write_fits(path: Path, *, checksum: bool = True) -> bytes:
@@ -29,76 +43,76 @@ def _flip(path: Path, offset: int) -> None:
     path.write_bytes(bytes(data))
 
 
-async def test_valid_fits_passes(tmp_path: Path) -> None:
+async def test_valid_fits_passes(tmp_path: Path, verify: Verifier) -> None:
     """A FITS file with matching CHECKSUM/DATASUM in every HDU passes."""
     path = tmp_path / "ok.fits"
     data = _write_fits(path)
     assert b"CHECKSUM" in data
     assert b"DATASUM" in data
-    await verify_fits(path)
+    await verify(path)
 
 
-async def test_fits_without_checksums_passes(tmp_path: Path) -> None:
+async def test_fits_without_checksums_passes(tmp_path: Path, verify: Verifier) -> None:
     """A FITS file without checksum cards has nothing to verify and passes."""
     path = tmp_path / "plain.fits"
     data = _write_fits(path, checksum=False)
     assert b"CHECKSUM" not in data
-    await verify_fits(path)
+    await verify(path)
 
 
-async def test_primary_data_corruption_detected(tmp_path: Path) -> None:
+async def test_primary_data_corruption_detected(tmp_path: Path, verify: Verifier) -> None:
     """One flipped bit in the primary data fails DATASUM."""
     path = tmp_path / "bad.fits"
     _write_fits(path)
     _flip(path, FITS_BLOCK + 17)
     with pytest.raises(IntegrityError, match="HDU 0 DATASUM"):
-        await verify_fits(path)
+        await verify(path)
 
 
-async def test_compressed_hdu_corruption_detected(tmp_path: Path) -> None:
+async def test_compressed_hdu_corruption_detected(tmp_path: Path, verify: Verifier) -> None:
     """A flipped bit in the compressed HDU's stored bytes is caught too."""
     path = tmp_path / "bad.fits"
     data = _write_fits(path)
     _flip(path, len(data) - FITS_BLOCK + 5)
     with pytest.raises(IntegrityError, match="HDU 1"):
-        await verify_fits(path)
+        await verify(path)
 
 
-async def test_header_corruption_detected(tmp_path: Path) -> None:
+async def test_header_corruption_detected(tmp_path: Path, verify: Verifier) -> None:
     """A changed header byte fails CHECKSUM even though the data are intact."""
     path = tmp_path / "bad.fits"
     data = _write_fits(path)
     _flip(path, data.index(b"array data type") + 3)
     with pytest.raises(IntegrityError, match="CHECKSUM"):
-        await verify_fits(path)
+        await verify(path)
 
 
-async def test_truncated_fits_detected(tmp_path: Path) -> None:
+async def test_truncated_fits_detected(tmp_path: Path, verify: Verifier) -> None:
     """A FITS file cut short is refused, whether or not on a block boundary."""
     path = tmp_path / "cut.fits"
     data = _write_fits(path)
     path.write_bytes(data[:-100])
     with pytest.raises(IntegrityError, match="truncated"):
-        await verify_fits(path)
+        await verify(path)
     path.write_bytes(data[:-FITS_BLOCK])
     with pytest.raises(IntegrityError):
-        await verify_fits(path)
+        await verify(path)
 
 
-async def test_garbage_after_magic_detected(tmp_path: Path) -> None:
+async def test_garbage_after_magic_detected(tmp_path: Path, verify: Verifier) -> None:
     """A file that claims to be FITS but does not parse is refused."""
     path = tmp_path / "junk.fits"
     path.write_bytes(b"SIMPLE  =" + b"\xff" * (FITS_BLOCK - 9))
     with pytest.raises(IntegrityError):
-        await verify_fits(path)
+        await verify(path)
 
 
-async def test_non_fits_passes(tmp_path: Path) -> None:
+async def test_non_fits_passes(tmp_path: Path, verify: Verifier) -> None:
     """Files that are not FITS (tar, jpg, empty) pass: there is nothing to verify."""
     for name, content in [("a.tar", b"ustar" * 1000), ("b.jpg", b"\xff\xd8\xff"), ("e", b"")]:
         path = tmp_path / name
         path.write_bytes(content)
-        await verify_fits(path)
+        await verify(path)
 
 
 async def test_check_size(tmp_path: Path) -> None:

@@ -449,6 +449,10 @@ class Emulator:
                 cut, abort = self.state.rng.randrange(length), True
             elif self.state.chance(knobs.truncate_rate):
                 cut = self.state.rng.randrange(length)
+        flip: int | None = None  # absolute offset of the byte sent flipped
+        if request.method == "GET" and length > 0 and self.state.chance(knobs.corrupt_rate):
+            flip = start + self.state.rng.randrange(length)
+            stats.corrupted += 1
         junk = b""
         oversize = pick(knobs.seed, knobs.oversize_files, path) if status == 200 else None
         if oversize is not None and cut is None:
@@ -471,7 +475,12 @@ class Emulator:
         t0 = loop.time()
         while pos < stop:
             n = min(step, stop - pos)
-            await resp.write(body[pos : pos + n])
+            piece: bytes | memoryview = body[pos : pos + n]
+            if flip is not None and pos <= flip < pos + n:
+                changed = bytearray(piece)
+                changed[flip - pos] ^= 0xFF
+                piece = bytes(changed)
+            await resp.write(piece)
             pos += n
             stats.bytes_sent += n
             if knobs.bandwidth:

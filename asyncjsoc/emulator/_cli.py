@@ -66,6 +66,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--cgi-delay", type=float, default=0.0)
     p.add_argument("--drop-rate", type=float, default=0.0)
     p.add_argument("--truncate-rate", type=float, default=0.0)
+    p.add_argument("--corrupt-rate", type=float, default=0.0)
     p.add_argument("--ignore-range-rate", type=float, default=0.0)
     p.add_argument("--bandwidth", type=int, default=None, help="bytes/s per transfer")
     p.add_argument("--max-connections", type=int, default=None, help="per client IP")
@@ -91,7 +92,8 @@ def knobs_from_args(args: argparse.Namespace) -> Knobs:
         export_failure_rate=args.export_failure_rate, http500_rate=args.http500_rate,
         http503_rate=args.http503_rate, http429_rate=args.http429_rate,
         retry_after=args.retry_after, cgi_delay=args.cgi_delay, drop_rate=args.drop_rate,
-        truncate_rate=args.truncate_rate, ignore_range_rate=args.ignore_range_rate,
+        truncate_rate=args.truncate_rate, corrupt_rate=args.corrupt_rate,
+        ignore_range_rate=args.ignore_range_rate,
         bandwidth=args.bandwidth, max_connections=args.max_connections,
         first_byte_delay=args.first_byte_delay, trust_forwarded_for=args.trust_forwarded_for,
     )  # fmt: skip

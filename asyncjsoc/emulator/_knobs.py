@@ -79,6 +79,9 @@ class Knobs:
         Chance that a file transfer is cut (connection aborted) at a random offset.
     truncate_rate : float
         Chance that a file body ends early while Content-Length promised the full length.
+    corrupt_rate : float
+        Chance that one byte of a file transfer arrives flipped (full length, the file on
+        the server unchanged): what only a checksum catches.
     ignore_range_rate : float
         Chance that a Range request gets 200 with the whole body.
     bandwidth : int | None
@@ -161,6 +164,7 @@ class Knobs:
     cgi_delay: float = 0.0
     drop_rate: float = 0.0
     truncate_rate: float = 0.0
+    corrupt_rate: float = 0.0
     ignore_range_rate: float = 0.0
     bandwidth: int | None = None
     max_connections: int | None = None
