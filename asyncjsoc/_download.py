@@ -424,11 +424,11 @@ class Downloader:
     chunk_size
         Bytes between progress reports, write-out hints and cancellation checks of a
         streamed body (see :meth:`_stream`); worker-thread writes collect this many bytes
-        per hand-off. A body of at most this size
-        and at most :data:`WHOLE_BODY_MAX` (by its ``Content-Length``) is read whole and,
+        per hand-off. A body of at most this size and at most :data:`WHOLE_BODY_MAX` (by
+        its ``Content-Length``) is read whole and,
         without a resume sidecar, handed to the :class:`~asyncjsoc._durable.BatchPublisher`,
-        which writes, syncs and renames many such files together (unless its checksums are
-        to be verified: then it is written, verified and renamed on its own).
+        which writes, syncs and renames many such files together (FITS checksums, when to be
+        verified, are checked in memory first: a body that fails is never written).
     verify_checksums
         Verify FITS ``CHECKSUM``/``DATASUM`` before giving a file its final name.
     retry
