@@ -35,7 +35,7 @@ from ._http import is_retryable, map_transport_errors, raise_for_status
 from ._models import RemoteFile
 from ._paths import PART_SUFFIX, Placer
 from ._retry import RetryPolicy, retrying
-from ._verify import FITS_MAGIC, check_size, verify_fits, verify_fits_bytes
+from ._verify import FITS_MAGIC, check_fits_bytes, check_size, verify_fits, verify_fits_bytes
 from .exceptions import (
     DiskError,
     ExportExpiredError,
@@ -731,7 +731,13 @@ class Downloader:
         A body that fails verification is never written.
         """
         if self.verify_checksums and data.startswith(FITS_MAGIC):
-            await verify_fits_bytes(dest.name, data)
+            if self.inline_io:
+                # About a millisecond of astropy: cheaper here than a hop to a worker
+                # thread that then contends with this one for the GIL (small-files probe,
+                # 4,000 x 5.8 kB, 3 rounds: 441-481 -> 517-528 files/s).
+                check_fits_bytes(dest.name, data)
+            else:
+                await verify_fits_bytes(dest.name, data)
         with _disk_errors():
             await self.publisher.publish(part, dest, meta, data)
         if on_progress is not None:

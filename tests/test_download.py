@@ -470,10 +470,11 @@ async def test_forget_directories_sees_files_added_between_pulls(
     assert emulator.audit.file_gets(_paths(emulator, 2)[1]) == 0
 
 
-@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize(("streamed", "inline_io"), [(False, True), (False, False),
+                                                     (True, True)])
 async def test_body_corrupted_in_transit_is_never_written_under_its_name(
         emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path,
-        streamed: bool) -> None:
+        streamed: bool, inline_io: bool) -> None:
     """One byte flipped in transit (emulator ``corrupt_rate``): the FITS checksums catch it,
     whether the body was read whole (verified in memory) or streamed to a part file, and no
     file gets its final name; once the transfers are clean the file arrives intact."""
@@ -487,7 +488,7 @@ async def test_body_corrupted_in_transit_is_never_written_under_its_name(
     assert sum(a != b for a, b in zip(sent, expected, strict=True)) == 1
 
     dl = _downloader(session, attempts=2) if streamed else Downloader(
-        session, retry=RetryPolicy.no_wait(2))
+        session, retry=RetryPolicy.no_wait(2), inline_io=inline_io)
     dest = tmp_path / "f.fits"
     with pytest.raises(IntegrityError, match=r"DATASUM|CHECKSUM"):
         await dl.download(remote, dest)
