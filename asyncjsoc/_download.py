@@ -262,7 +262,7 @@ _start_writeback = load_start_writeback()
 
 
 def _write_pieces(fd: int, pieces: list[bytes], start_writeback: bool = True) -> int:
-    """Write every piece, in order, with as few system calls as it takes. Returns the bytes.
+    """Write every piece, in order (:func:`_write_all`). Returns the bytes.
 
     With ``start_writeback``, write-out of the bytes just written is started at once
     (:func:`load_start_writeback`), so the disk works while the rest of the file arrives
