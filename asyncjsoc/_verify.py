@@ -2,7 +2,8 @@
 
 The JSOC's export index carries no sizes or checksums, but FITS files written by DRMS carry
 ``CHECKSUM``/``DATASUM`` cards in every HDU; when present they catch corruption in transit.
-All file work runs in a worker thread so the event loop never blocks.
+Files are read and checked in worker threads; a small body already in memory may be checked
+in the calling thread (:func:`check_fits_bytes`), never waiting there for another check.
 """
 
 from __future__ import annotations
@@ -112,16 +113,26 @@ def _verify_fits_sync(path: Path) -> None:
     _verify_source(path.name, head, size, path)
 
 
-def check_fits_bytes(name: str, data: bytes) -> None:
+def check_fits_bytes(name: str, data: bytes, *, wait: bool = True) -> bool:
     """:func:`verify_fits_bytes` in the calling thread: about a millisecond for a small file
-    (astropy's header parsing), so a small body can be checked without a thread hand-off."""
-    _verify_source(name, data[:len(FITS_MAGIC)], len(data), io.BytesIO(data))
+    (astropy's header parsing), so a small body can be checked without a thread hand-off.
+
+    Checks run one at a time (see ``_warnings_lock``). With ``wait=False`` it returns
+    ``False``, having checked nothing, when another check is running (an event loop must not
+    wait for a large file's check in a worker thread); otherwise ``True`` once checked.
+    """
+    return _verify_source(name, data[:len(FITS_MAGIC)], len(data), io.BytesIO(data),
+                          wait=wait)
 
 
-def _verify_source(name: str, head: bytes, size: int, source: Path | BinaryIO) -> None:
-    """Verify the FITS file ``source`` (a path or an open binary stream) called ``name``."""
+def _verify_source(name: str, head: bytes, size: int, source: Path | BinaryIO, *,
+                   wait: bool = True) -> bool:
+    """Verify the FITS file ``source`` (a path or an open binary stream) called ``name``.
+
+    ``False`` (nothing checked) only when ``wait`` is false and another check holds the lock.
+    """
     if head != FITS_MAGIC:
-        return
+        return True
     if size % FITS_BLOCK:
         raise IntegrityError(
             f"{name}: {size} bytes is not a whole number of FITS blocks (truncated?)",
@@ -129,15 +140,20 @@ def _verify_source(name: str, head: bytes, size: int, source: Path | BinaryIO) -
         )
     from astropy.io import fits  # deferred: astropy is slow to import and only needed here
 
-    with _warnings_lock, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            with fits.open(source, memmap=False, disable_image_compression=True,
-                           do_not_scale_image_data=True, lazy_load_hdus=False) as hdul:
-                problems = [_check_hdu(i, hdu) for i, hdu in enumerate(hdul)]
-        except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
-            raise IntegrityError(f"{name}: not a readable FITS file ({exc})",
-                                 hint=_HINT) from exc
+    if not _warnings_lock.acquire(blocking=wait):
+        return False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                with fits.open(source, memmap=False, disable_image_compression=True,
+                               do_not_scale_image_data=True, lazy_load_hdus=False) as hdul:
+                    problems = [_check_hdu(i, hdu) for i, hdu in enumerate(hdul)]
+            except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
+                raise IntegrityError(f"{name}: not a readable FITS file ({exc})",
+                                     hint=_HINT) from exc
+    finally:
+        _warnings_lock.release()
     for w in caught:
         text = str(w.message).lower()
         if "truncated" in text or "checksum" in text or "datasum" in text:
@@ -145,6 +161,7 @@ def _verify_source(name: str, head: bytes, size: int, source: Path | BinaryIO) -
     bad = [p for p in problems if p]
     if bad:
         raise IntegrityError(f"{name}: {'; '.join(bad)}", hint=_HINT)
+    return True
 
 
 def _check_hdu(index: int, hdu: object) -> str:

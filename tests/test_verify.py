@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -9,7 +11,13 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from asyncjsoc._verify import FITS_BLOCK, check_size, verify_fits, verify_fits_bytes
+from asyncjsoc._verify import (
+    FITS_BLOCK,
+    check_fits_bytes,
+    check_size,
+    verify_fits,
+    verify_fits_bytes,
+)
 from asyncjsoc.exceptions import IntegrityError
 
 pytestmark = pytest.mark.anyio
@@ -122,3 +130,31 @@ async def test_check_size(tmp_path: Path) -> None:
     assert await check_size(path, 10) == 10
     with pytest.raises(IntegrityError, match="10 bytes on disk"):
         await check_size(path, 11)
+
+
+def test_check_in_the_calling_thread_never_waits_for_another_check(tmp_path: Path) -> None:
+    """check_fits_bytes(wait=False) checks at once when no other check runs, and returns
+    False, having checked nothing, while one does (the lock is held)."""
+    from asyncjsoc import _verify
+
+    path = tmp_path / "bad.fits"
+    _write_fits(path)
+    _flip(path, FITS_BLOCK + 17)
+    data = path.read_bytes()
+    with pytest.raises(IntegrityError, match="HDU 0 DATASUM"):
+        check_fits_bytes("bad.fits", data, wait=False)
+    good = tmp_path / "ok.fits"
+    assert check_fits_bytes("ok.fits", _write_fits(good), wait=False) is True
+    answers: list[bool] = []
+
+    def check_while_locked() -> None:
+        with contextlib.suppress(IntegrityError):  # only if it waited (the test then fails)
+            answers.append(check_fits_bytes("bad.fits", data, wait=False))
+
+    with _verify._warnings_lock:  # another check is running
+        worker = threading.Thread(target=check_while_locked)
+        worker.start()
+        worker.join(timeout=10)
+        assert answers == [False]
+    worker.join()
+    assert not _verify._warnings_lock.locked()
