@@ -163,7 +163,10 @@ def chart(results: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("connections")
         ax.set_ylabel("MB/s")
         ax.set_title(f"{sc['title']}: throughput vs connections", fontsize=9)
-        ax.legend(fontsize=7)
+        # Headroom above the highest point for the legend, so it covers none.
+        top = max((p[1] for points in sc["sweep"].values() for p in points), default=1.0)
+        ax.set_ylim(0, top * 1.4)
+        ax.legend(fontsize=7, loc="upper center", ncol=2)
     for ax in flat[i:]:
         ax.axis("off")
     fig.tight_layout()
