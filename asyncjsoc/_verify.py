@@ -12,10 +12,12 @@ import io
 import os
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import anyio.to_thread
+import numpy as np
 
 from .exceptions import IntegrityError
 
@@ -110,7 +112,8 @@ def _verify_fits_sync(path: Path) -> None:
     with open(path, "rb") as f:
         head = f.read(len(FITS_MAGIC))
         size = os.fstat(f.fileno()).st_size
-    _verify_source(path.name, head, size, path)
+        fd = f.fileno()
+        _verify_source(path.name, head, size, f, lambda offset, n: os.pread(fd, n, offset))
 
 
 def check_fits_bytes(name: str, data: bytes, *, wait: bool = True) -> bool:
@@ -121,17 +124,29 @@ def check_fits_bytes(name: str, data: bytes, *, wait: bool = True) -> bool:
     ``False``, having checked nothing, when another check is running (an event loop must not
     wait for a large file's check in a worker thread); otherwise ``True`` once checked.
     """
+    view = memoryview(data)
     return _verify_source(name, data[:len(FITS_MAGIC)], len(data), io.BytesIO(data),
-                          wait=wait)
+                          lambda offset, n: view[offset:offset + n], wait=wait)
 
 
-def _verify_source(name: str, head: bytes, size: int, source: Path | BinaryIO, *,
+_FITS_SUFFIXES = (".fits", ".fit", ".fts")
+"""Names of files that must be FITS: one of these not starting with a FITS header is damaged."""
+
+RawReader = Callable[[int, int], "bytes | memoryview"]
+"""``read(offset, n)``: up to ``n`` raw bytes of the file from ``offset``."""
+
+
+def _verify_source(name: str, head: bytes, size: int, source: BinaryIO, read: RawReader, *,
                    wait: bool = True) -> bool:
-    """Verify the FITS file ``source`` (a path or an open binary stream) called ``name``.
+    """Verify the FITS file ``source`` called ``name``; ``read`` gives its raw bytes.
 
-    ``False`` (nothing checked) only when ``wait`` is false and another check holds the lock.
+    astropy parses the headers and locates each HDU; the sums are taken over the raw bytes
+    (:func:`_check_hdu`). ``False`` (nothing checked) only when ``wait`` is false and another
+    check holds the lock.
     """
     if head != FITS_MAGIC:
+        if name.lower().endswith(_FITS_SUFFIXES):
+            raise IntegrityError(f"{name}: does not start with a FITS header", hint=_HINT)
         return True
     if size % FITS_BLOCK:
         raise IntegrityError(
@@ -139,6 +154,7 @@ def _verify_source(name: str, head: bytes, size: int, source: Path | BinaryIO, *
             hint=_HINT,
         )
     from astropy.io import fits  # deferred: astropy is slow to import and only needed here
+    from astropy.io.fits.verify import VerifyError  # a card astropy cannot parse
 
     if not _warnings_lock.acquire(blocking=wait):
         return False
@@ -148,8 +164,12 @@ def _verify_source(name: str, head: bytes, size: int, source: Path | BinaryIO, *
             try:
                 with fits.open(source, memmap=False, disable_image_compression=True,
                                do_not_scale_image_data=True, lazy_load_hdus=False) as hdul:
-                    problems = [_check_hdu(i, hdu) for i, hdu in enumerate(hdul)]
-            except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
+                    problems = [_check_hdu(i, hdu, hdul, size, read)
+                                for i, hdu in enumerate(hdul)]
+                    problems.append(_check_coverage(hdul, size))
+            # AttributeError too: astropy can trip over its own placeholders for damaged HDUs.
+            except (OSError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+                    VerifyError) as exc:
                 raise IntegrityError(f"{name}: not a readable FITS file ({exc})",
                                      hint=_HINT) from exc
     finally:
@@ -164,15 +184,108 @@ def _verify_source(name: str, head: bytes, size: int, source: Path | BinaryIO, *
     return True
 
 
-def _check_hdu(index: int, hdu: object) -> str:
-    """An empty string when the HDU's checksums match or are absent, else what is wrong."""
+def _check_coverage(hdul: Any, size: int) -> str:
+    """An empty string when the HDUs astropy read fill the file exactly, else what is wrong.
+
+    astropy stops at a header it cannot parse and only warns ("extra bytes after the last
+    HDU"), so a damaged extension header would otherwise pass unchecked.
+    """
+    end = 0
+    for index in range(len(hdul)):
+        info = hdul.fileinfo(index)
+        if int(info["hdrLoc"]) != end:
+            return f"HDU {index} does not start where HDU {index - 1} ends"
+        end = int(info["datLoc"]) + int(info["datSpan"])
+    if end != size:
+        return f"{size - end} bytes after the last readable HDU (a damaged header?)"
+    return ""
+
+
+_NOT_TEXT = bytes(range(0x20)) + bytes(range(0x7F, 0x100))
+"""Bytes a FITS header may not hold (it is ASCII text, 0x20-0x7E)."""
+
+_SUM_CHUNK = 64 << 20
+"""Raw bytes summed per read: bounds memory for files of any size."""
+
+
+def _check_hdu(index: int, hdu: object, hdul: Any, size: int, read: RawReader) -> str:
+    """An empty string when an HDU's raw bytes match its checksums (or it has none), else
+    what is wrong.
+
+    The sums follow the FITS checksum convention (32-bit ones' complement, end-around
+    carry) over the raw bytes: ``DATASUM`` over the data records, ``CHECKSUM`` over the
+    whole HDU, which must sum to -0. astropy's own ``verify_checksum`` sums a header it
+    re-serialised, so damage it does not parse back (in the blank fill after ``END``, or
+    in the ``CHECKSUM`` keyword itself) went unnoticed; raw sums and a text check of the
+    header catch it. Each byte is read once.
+    """
     header = getattr(hdu, "header", None)
     if header is None:
         return ""
+    if not hasattr(hdu, "verify_datasum"):  # astropy's _CorruptedHDU: its size is wrong
+        return f"HDU {index} is corrupted ({type(hdu).__name__})"
+    info = hdul.fileinfo(index)
+    header_at, data_at = int(info["hdrLoc"]), int(info["datLoc"])
+    data_span = int(info["datSpan"])
+    if data_at + data_span > size:
+        return f"HDU {index} is cut short"
+    raw_header = bytes(read(header_at, data_at - header_at))
+    if raw_header.translate(None, _NOT_TEXT) != raw_header:
+        return f"HDU {index} header holds bytes that are not FITS text"
+    has_datasum, has_checksum = "DATASUM" in header, "CHECKSUM" in header
+    if not has_checksum and any(_one_off(str(k), "CHECKSUM") for k in header):
+        return f"HDU {index} has a damaged CHECKSUM card"
+    if not (has_datasum or has_checksum):
+        return ""
+    data_sum = _sum_region(read, data_at, data_span)
     wrong = []
-    # verify_*: 0 = mismatch, 1 = match, 2 = keyword absent
-    if "DATASUM" in header and hdu.verify_datasum() == 0:  # type: ignore[attr-defined]
-        wrong.append("DATASUM")
-    if "CHECKSUM" in header and hdu.verify_checksum() == 0:  # type: ignore[attr-defined]
+    if has_datasum:
+        try:
+            expected = int(str(header["DATASUM"]).strip())
+        except ValueError:
+            return f"HDU {index} DATASUM is not a number"
+        if data_sum != expected:
+            wrong.append("DATASUM")
+    if has_checksum and _add32(_sum32(raw_header), data_sum) != 0xFFFFFFFF:
         wrong.append("CHECKSUM")
     return f"HDU {index} {' and '.join(wrong)} mismatch" if wrong else ""
+
+
+def _one_off(keyword: str, wanted: str) -> bool:
+    """Whether ``keyword`` is ``wanted`` with exactly one character changed."""
+    return len(keyword) == len(wanted) and sum(
+        a != b for a, b in zip(keyword, wanted, strict=True)) == 1
+
+
+def _sum_region(read: RawReader, offset: int, length: int) -> int:
+    """Ones' complement sum of ``length`` raw bytes from ``offset``, read in chunks."""
+    total = 0
+    done = 0
+    while done < length:
+        piece = read(offset + done, min(_SUM_CHUNK, length - done))
+        if not piece:
+            break
+        total = _add32(total, _sum32(piece))
+        done += len(piece)
+    return total
+
+
+def _sum32(buf: bytes | memoryview) -> int:
+    """32-bit ones' complement sum of big-endian words (FITS regions are whole words)."""
+    whole = len(buf) - len(buf) % 4
+    total = int(np.frombuffer(buf[:whole], dtype=">u4").sum(dtype=np.uint64)) if whole else 0
+    if whole < len(buf):
+        total += int.from_bytes(bytes(buf[whole:]).ljust(4, b"\0"), "big")
+    return _fold(total)
+
+
+def _add32(a: int, b: int) -> int:
+    """Ones' complement addition of two 32-bit sums."""
+    return _fold(a + b)
+
+
+def _fold(total: int) -> int:
+    """Fold the carries above 32 bits back in (end-around carry)."""
+    while total > 0xFFFFFFFF:
+        total = (total & 0xFFFFFFFF) + (total >> 32)
+    return total

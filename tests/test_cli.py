@@ -411,3 +411,26 @@ def test_no_fsync_option_reaches_the_downloads(
         (served,) = [k for k in emulator.audit.file_stats if k.endswith("/" + f["path"])]
         assert (out / f["path"]).read_bytes() == emulator.file_bytes(served)
     assert (len(calls) == 0) is no_fsync
+
+
+def test_no_checksums_option_skips_the_checksums(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every transfer arrives with one byte flipped: the default run refuses the files (exit 1,
+    none under its final name); with --no-checksums they are kept (exit 0), as sent."""
+    emulator.knobs.corrupt_rate = 1.0
+    out = tmp_path / "checked"
+    assert main(_fetch_args(emulator, out, RS, "--json", *FAST)) == EXIT_FAILED
+    doc = _json(capsys.readouterr().out)
+    assert (len(doc["files"]), len(doc["failed"])) == (0, 6)
+    assert _files(out) == []
+
+    out = tmp_path / "unchecked"
+    assert main(_fetch_args(emulator, out, RS, "--json", "--no-checksums", *FAST)) == EXIT_OK
+    doc = _json(capsys.readouterr().out)
+    assert len(doc["files"]) == 6
+    for f in doc["files"]:
+        (served,) = [k for k in emulator.audit.file_stats if k.endswith("/" + f["path"])]
+        kept = (out / f["path"]).read_bytes()
+        assert len(kept) == len(emulator.file_bytes(served))
+        assert kept != emulator.file_bytes(served)

@@ -158,3 +158,51 @@ def test_check_in_the_calling_thread_never_waits_for_another_check(tmp_path: Pat
         assert answers == [False]
     worker.join()
     assert not _verify._warnings_lock.locked()
+
+
+def test_every_sampled_byte_flip_is_caught(tmp_path: Path) -> None:
+    """A byte flipped anywhere in a checksummed FITS file fails verification: data, header
+    cards, the CHECKSUM keyword itself and the blank fill after END (which astropy's own
+    verify_checksum, summing a re-serialised header, let through)."""
+    data = _write_fits(tmp_path / "f.fits")
+    end = data.index(b"END" + b" " * 77)
+    checksum_card = data.index(b"CHECKSUM= ")
+    offsets = sorted({*range(0, len(data), 23), end + 80 + 5, FITS_BLOCK - 1,
+                      checksum_card + 1, 3})
+    missed = []
+    for offset in offsets:
+        for mask in (0x01, 0xFF):
+            damaged = bytearray(data)
+            damaged[offset] ^= mask
+            try:
+                check_fits_bytes("f.fits", bytes(damaged))
+            except IntegrityError:
+                continue
+            missed.append((offset, mask))
+    assert missed == []
+    assert check_fits_bytes("f.fits", data) is True
+
+
+async def test_non_fits_bytes_under_a_fits_name_fail(tmp_path: Path) -> None:
+    """A file named .fits whose first bytes are not a FITS header is damaged, not 'not FITS'."""
+    path = tmp_path / "cut.fits"
+    path.write_bytes(b"<html>error</html>".ljust(FITS_BLOCK))
+    with pytest.raises(IntegrityError, match="does not start with a FITS header"):
+        await verify_fits(path)
+    with pytest.raises(IntegrityError, match="does not start with a FITS header"):
+        await verify_fits_bytes("cut.fits", path.read_bytes())
+
+
+@pytest.mark.parametrize("chunk", [4, 2880, 3 * 2880 + 4])
+async def test_sums_read_in_chunks_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         verify: Verifier, chunk: int) -> None:
+    """Whatever the read size, a good file passes and a damaged one fails."""
+    from asyncjsoc import _verify
+
+    monkeypatch.setattr(_verify, "_SUM_CHUNK", chunk)
+    path = tmp_path / "ok.fits"
+    data = _write_fits(path)
+    await verify(path)
+    _flip(path, len(data) - 11)
+    with pytest.raises(IntegrityError, match="HDU 1"):
+        await verify(path)
