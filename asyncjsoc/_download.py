@@ -914,7 +914,7 @@ class Downloader:
             raise IntegrityError(f"{dest.name}: {size} bytes, expected {remote.expected_size}")
         if self.verify_checksums:
             with _disk_errors():
-                await verify_fits(part)
+                await verify_fits(part, name=dest.name)
         await self._quick(_publish, part, dest, meta)
         await self._sync_dir(dest.parent)
         return size

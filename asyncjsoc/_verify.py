@@ -65,10 +65,11 @@ async def check_size(path: Path, expected: int) -> int:
     return size
 
 
-async def verify_fits(path: Path) -> None:
+async def verify_fits(path: Path, *, name: str | None = None) -> None:
     """Verify a FITS file's ``CHECKSUM`` and ``DATASUM`` cards, if it is a FITS file.
 
-    A file that does not start with a FITS primary header passes (there is nothing to check).
+    A file that does not start with a FITS primary header passes (there is nothing to check),
+    unless its name ends in ``.fits``, ``.fit`` or ``.fts``: then it is damaged.
     A FITS file passes when every HDU's ``CHECKSUM`` and ``DATASUM`` match, or are absent.
     Compressed image HDUs are checked as stored (their binary table), which is what the
     transfer must preserve.
@@ -77,13 +78,16 @@ async def verify_fits(path: Path) -> None:
     ----------
     path
         The file to verify.
+    name
+        The name the file will have (for messages and the rule above); default
+        ``path.name``. A ``NAME.fits.part`` file is checked as ``NAME.fits``.
 
     Raises
     ------
     IntegrityError
         If a checksum does not match, the file is truncated, or it does not parse as FITS.
     """
-    await anyio.to_thread.run_sync(_verify_fits_sync, path)
+    await anyio.to_thread.run_sync(_verify_fits_sync, path, name or path.name)
 
 
 async def verify_fits_bytes(name: str, data: bytes) -> None:
@@ -107,13 +111,13 @@ async def verify_fits_bytes(name: str, data: bytes) -> None:
     await anyio.to_thread.run_sync(check_fits_bytes, name, data)
 
 
-def _verify_fits_sync(path: Path) -> None:
+def _verify_fits_sync(path: Path, name: str) -> None:
     """Blocking body of :func:`verify_fits`."""
     with open(path, "rb") as f:
         head = f.read(len(FITS_MAGIC))
         size = os.fstat(f.fileno()).st_size
         fd = f.fileno()
-        _verify_source(path.name, head, size, f, lambda offset, n: os.pread(fd, n, offset))
+        _verify_source(name, head, size, f, lambda offset, n: os.pread(fd, n, offset))
 
 
 def check_fits_bytes(name: str, data: bytes, *, wait: bool = True) -> bool:

@@ -500,3 +500,22 @@ async def test_body_corrupted_in_transit_is_never_written_under_its_name(
     emulator.knobs.corrupt_rate = 0.0
     await dl.download(remote, dest)
     assert dest.read_bytes() == expected
+
+
+async def test_damaged_first_bytes_of_a_part_are_caught(emulator: Emulator,
+                                                         session: aiohttp.ClientSession,
+                                                         tmp_path: Path) -> None:
+    """A resumed part file whose FITS header start was damaged on disk is checked as
+    NAME.fits (not as 'NAME.fits.part', which need not be FITS): refetched from zero."""
+    (path,) = _paths(emulator, 1)
+    expected = emulator.file_bytes(path)
+    dest = tmp_path / "f.fits"
+    remote = _remote(emulator, path)
+    dl = _downloader(session)
+    await _cancel_midway(dl, remote, dest, after=len(expected) // 2)
+    damaged = bytearray(part_path(dest).read_bytes())
+    damaged[0] ^= 0x01  # "SIMPLE" -> "RIMPLE": no longer starts like a FITS file
+    part_path(dest).write_bytes(bytes(damaged))
+    outcome = await dl.download(remote, dest)
+    assert dest.read_bytes() == expected
+    assert (outcome.resumed_from, outcome.attempts) == (0, 2)

@@ -206,3 +206,15 @@ async def test_sums_read_in_chunks_agree(tmp_path: Path, monkeypatch: pytest.Mon
     _flip(path, len(data) - 11)
     with pytest.raises(IntegrityError, match="HDU 1"):
         await verify(path)
+
+
+async def test_part_file_is_checked_under_its_final_name(tmp_path: Path) -> None:
+    """A streamed NAME.fits.part whose first bytes were damaged fails when checked as
+    NAME.fits (as the downloader does); by its own name it would pass as 'not FITS'."""
+    path = tmp_path / "f.fits.part"
+    data = bytearray(_write_fits(path))
+    data[0] ^= 0x01
+    path.write_bytes(bytes(data))
+    await verify_fits(path)  # ".part": nothing says it must be FITS
+    with pytest.raises(IntegrityError, match=r"f\.fits: does not start with a FITS header"):
+        await verify_fits(path, name="f.fits")
