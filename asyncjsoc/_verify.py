@@ -170,7 +170,7 @@ def _verify_source(name: str, head: bytes, size: int, source: BinaryIO, read: Ra
                                do_not_scale_image_data=True, lazy_load_hdus=False) as hdul:
                     problems = [_check_hdu(i, hdu, hdul, size, read)
                                 for i, hdu in enumerate(hdul)]
-                    problems.append(_check_coverage(hdul, size))
+                    problems.append(_check_coverage(hdul, size, read))
             # AttributeError too: astropy can trip over its own placeholders for damaged HDUs.
             except (OSError, ValueError, TypeError, IndexError, KeyError, AttributeError,
                     VerifyError) as exc:
@@ -188,11 +188,13 @@ def _verify_source(name: str, head: bytes, size: int, source: BinaryIO, read: Ra
     return True
 
 
-def _check_coverage(hdul: Any, size: int) -> str:
-    """An empty string when the HDUs astropy read fill the file exactly, else what is wrong.
+def _check_coverage(hdul: Any, size: int, read: RawReader) -> str:
+    """An empty string when the HDUs astropy read fill the file, else what is wrong.
 
     astropy stops at a header it cannot parse and only warns ("extra bytes after the last
-    HDU"), so a damaged extension header would otherwise pass unchecked.
+    HDU"), so a damaged extension header would otherwise pass unchecked. Bytes after the
+    last HDU are tolerated only when they are all zeros (padding some writers leave, which
+    astropy skips too; a damaged header is text).
     """
     end = 0
     for index in range(len(hdul)):
@@ -200,8 +202,17 @@ def _check_coverage(hdul: Any, size: int) -> str:
         if int(info["hdrLoc"]) != end:
             return f"HDU {index} does not start where HDU {index - 1} ends"
         end = int(info["datLoc"]) + int(info["datSpan"])
-    if end != size:
-        return f"{size - end} bytes after the last readable HDU (a damaged header?)"
+    if end > size:
+        return "the last HDU is cut short"
+    position = end
+    while position < size:
+        piece = bytes(read(position, min(_SUM_CHUNK, size - position)))
+        if not piece:
+            break
+        if piece.strip(b"\0"):
+            return (f"{size - end} bytes after the last readable HDU are not zero padding "
+                    "(a damaged header?)")
+        position += len(piece)
     return ""
 
 

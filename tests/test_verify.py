@@ -218,3 +218,22 @@ async def test_part_file_is_checked_under_its_final_name(tmp_path: Path) -> None
     await verify_fits(path)  # ".part": nothing says it must be FITS
     with pytest.raises(IntegrityError, match=r"f\.fits: does not start with a FITS header"):
         await verify_fits(path, name="f.fits")
+
+
+@pytest.mark.parametrize(("tail", "ok"), [
+    (b"\0" * FITS_BLOCK, True),
+    (b" " * FITS_BLOCK, False),  # astropy reads it as a header without END
+    ((b"XTENSION= 'IMAGE   '" + b"\xff" * 60).ljust(FITS_BLOCK, b" "), False),
+    (b"\0" * (FITS_BLOCK - 1) + b"\x01", False),
+])
+async def test_bytes_after_the_last_hdu(tmp_path: Path, verify: Verifier, tail: bytes,
+                                        ok: bool) -> None:
+    """Blocks of zeros after the last HDU are padding and pass; anything else there (a
+    damaged extension header astropy gave up on) fails."""
+    path = tmp_path / "f.fits"
+    path.write_bytes(_write_fits(path) + tail)
+    if ok:
+        await verify(path)
+    else:
+        with pytest.raises(IntegrityError, match=r"not zero padding|not a readable|not FITS text"):
+            await verify(path)
