@@ -249,10 +249,16 @@ async def test_truncated_body_never_becomes_final(
     assert dest.read_bytes() == expected
 
 
+@pytest.mark.parametrize(("where", "mask"), [
+    ("data", 0xFF),   # inside the data unit: DATASUM must catch it
+    ("start", 0x01),  # "SIMPLE" -> "RIMPLE": checked as NAME.fits, not as 'NAME.fits.part'
+])
 async def test_corrupt_part_is_refetched_whole(emulator: Emulator,
                                                session: aiohttp.ClientSession,
-                                               tmp_path: Path) -> None:
-    """A FITS checksum failure drops the part and fetches the file again from zero, once."""
+                                               tmp_path: Path, where: str, mask: int) -> None:
+    """A resumed part file damaged on disk fails its FITS check (in the data, or in its first
+    bytes, which a part file need not have as a FITS file but NAME.fits must): the part is
+    dropped and the file fetched again from zero, once."""
     (path,) = _paths(emulator, 1)
     expected = emulator.file_bytes(path)
     dest = tmp_path / "f.fits"
@@ -260,7 +266,7 @@ async def test_corrupt_part_is_refetched_whole(emulator: Emulator,
     dl = _downloader(session)
     await _cancel_midway(dl, remote, dest, after=len(expected) // 2)
     corrupt = bytearray(part_path(dest).read_bytes())
-    corrupt[len(corrupt) - 7] ^= 0xFF  # inside the data unit: DATASUM must catch it
+    corrupt[len(corrupt) - 7 if where == "data" else 0] ^= mask
     part_path(dest).write_bytes(bytes(corrupt))
     outcome = await dl.download(remote, dest)
     assert dest.read_bytes() == expected
@@ -500,22 +506,3 @@ async def test_body_corrupted_in_transit_is_never_written_under_its_name(
     emulator.knobs.corrupt_rate = 0.0
     await dl.download(remote, dest)
     assert dest.read_bytes() == expected
-
-
-async def test_damaged_first_bytes_of_a_part_are_caught(emulator: Emulator,
-                                                         session: aiohttp.ClientSession,
-                                                         tmp_path: Path) -> None:
-    """A resumed part file whose FITS header start was damaged on disk is checked as
-    NAME.fits (not as 'NAME.fits.part', which need not be FITS): refetched from zero."""
-    (path,) = _paths(emulator, 1)
-    expected = emulator.file_bytes(path)
-    dest = tmp_path / "f.fits"
-    remote = _remote(emulator, path)
-    dl = _downloader(session)
-    await _cancel_midway(dl, remote, dest, after=len(expected) // 2)
-    damaged = bytearray(part_path(dest).read_bytes())
-    damaged[0] ^= 0x01  # "SIMPLE" -> "RIMPLE": no longer starts like a FITS file
-    part_path(dest).write_bytes(bytes(damaged))
-    outcome = await dl.download(remote, dest)
-    assert dest.read_bytes() == expected
-    assert (outcome.resumed_from, outcome.attempts) == (0, 2)
