@@ -41,6 +41,7 @@ from asyncjsoc._events import (
     PullFinished,
     Reporter,
 )
+from asyncjsoc._handoff import receive_soon, send_soon
 from asyncjsoc._http import TransportConfig, create_session
 from asyncjsoc._models import EmailStatus, Plan, RemoteFile
 from asyncjsoc._paths import resolve_inside
@@ -215,7 +216,7 @@ class Pull:
     async def __anext__(self) -> FileResult:
         """The next verified file; stops when every file is settled."""
         try:
-            return await self._results.receive()
+            return await receive_soon(self._results)
         except anyio.EndOfStream:
             raise StopAsyncIteration from None
 
@@ -564,12 +565,16 @@ class Client:
                                state: _PullState) -> None:
         """Fetch jobs one at a time until the scheduler closes the stream."""
         async with jobs, results:
-            async for job in jobs:
+            while True:
+                try:
+                    job = await receive_soon(jobs)
+                except anyio.EndOfStream:
+                    return
                 result, error = await self._download_one(job.remote, state)
                 job.settle(error)
                 if result is not None:
                     state.files.append(result)
-                    await results.send(result)
+                    await send_soon(results, result)
 
     async def _download_one(self, remote: RemoteFile,
                             state: _PullState) -> tuple[FileResult | None, JsocError | None]:

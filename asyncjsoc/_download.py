@@ -31,6 +31,7 @@ import anyio.to_thread
 
 from ._durable import NOFOLLOW, BatchPublisher, load_start_writeback
 from ._durable import fsync_dir as _fsync_dir
+from ._handoff import LimiterSlot
 from ._http import is_retryable, map_transport_errors, raise_for_status
 from ._models import RemoteFile
 from ._paths import PART_SUFFIX, Placer
@@ -79,6 +80,13 @@ def check_url_path(url: str) -> None:
     UnsafePathError
         For a ``.``/``..`` segment, a backslash or a control character in the (decoded) path.
     """
+    if ("%" not in url and "\\" not in url and "/." not in url and ":." not in url
+            and url[:1] != "."
+            and url.isascii() and url.isprintable()):
+        # Nothing to decode and no segment can be '.' or '..' (every segment but the first
+        # follows a '/'); no backslash or control character anywhere. The usual case,
+        # answered without parsing the URL.
+        return
     path = unquote(urlsplit(url).path)
     why = None
     if any(seg in (".", "..") for seg in path.split("/")):
@@ -721,7 +729,7 @@ class Downloader:
         """One of :attr:`transfers` places (nothing to hold when it is ``None``)."""
         if self._transfers is None:
             return contextlib.nullcontext()
-        return self._transfers
+        return LimiterSlot(self._transfers)
 
     async def _finish_whole(self, dest: Path, part: Path, meta: Path, data: bytes,
                             on_progress: ProgressCallback | None) -> int:

@@ -61,6 +61,7 @@ from asyncjsoc._events import (
     NullReporter,
     Reporter,
 )
+from asyncjsoc._handoff import send_soon
 from asyncjsoc._models import Chunk, ExportFile, ExportStatus, Plan, RemoteFile, SeriesInfo
 from asyncjsoc._paths import safe_relpath
 from asyncjsoc._plan import split_chunk
@@ -882,7 +883,7 @@ class ExportScheduler:
         """Send the files to the downloaders, call ``queued``, wait until each is settled."""
         batch = _Batch(remotes)
         for remote in remotes:
-            await jobs.send(DownloadJob(remote, chunk.index, batch))
+            await send_soon(jobs, DownloadJob(remote, chunk.index, batch))
         queued()
         await batch.settled.wait()
         return batch.errors

@@ -14,6 +14,7 @@ from asyncjsoc._download import (
     PROGRESS_ROUNDS,
     Downloader,
     DownloadOutcome,
+    check_url_path,
     meta_path,
     part_path,
 )
@@ -335,6 +336,34 @@ async def test_429_is_retried_then_reported(emulator: Emulator,
         outcome = await _downloader(fresh).download(_remote(emulator, path), dest)
     assert dest.read_bytes() == emulator.file_bytes(path)
     assert outcome.attempts == 1
+
+
+_REFUSED_URLS = [
+    "http://h/SUM1/D2/../../etc/x.fits", "http://h/SUM1/./x.fits", "http://h/SUM1/D2/..",
+    "http://h/SUM1/D2/.", "http://h/SUM1/%2e%2E/x.fits", "http://h/SUM1/%2E/x.fits",
+    "http://h/SUM1\\x.fits", "http://h/SUM1/%5Cx.fits", "http://h/SUM1/a\x01.fits",
+    "http://h/SUM1/a%00.fits", "http://h/SUM1/a\x7f.fits", "http://h/SUM1/a\x85.fits",
+    "http:../etc/x.fits", "../etc/x.fits", "http://h/SUM1/%0a.fits",
+]
+_ACCEPTED_URLS = [
+    "http://h/SUM1/D2/S3/magnetogram.fits", "https://h:8443/SUM1/D2/S3/.hidden",
+    "http://h/SUM1/D2/S3/a%20b.fits", "http://h/SUM1/D2/S3/x..y.fits",
+    "http://h/SUM1/D2/S3/x.fits?a=/..", "http://h/SUM1/D2/S3/\u00e9.fits",
+]
+
+
+@pytest.mark.parametrize(("url", "refused"), [(u, True) for u in _REFUSED_URLS]
+                         + [(u, False) for u in _ACCEPTED_URLS])
+def test_check_url_path(url: str, refused: bool) -> None:
+    """Dot segments (plain or escaped), backslashes and control characters are refused;
+    ordinary SUMS paths pass, dotted names, escapes and non-ASCII letters included."""
+    try:
+        check_url_path(url)
+    except UnsafePathError:
+        raised = True
+    else:
+        raised = False
+    assert raised == refused
 
 
 def test_unsafe_names_write_nothing_outside(tmp_path: Path) -> None:

@@ -178,23 +178,24 @@ def test_never_over_budget(
 async def test_acquire_waits_on_fake_clock_fifo() -> None:
     """Waiters are served in arrival order at the bucket's rate, without busy looping."""
     bucket, clock = fake_bucket(rate=4.0, burst=1)
-    order: list[tuple[int, float]] = []
+    order: list[tuple[int, float, float]] = []
 
     async def worker(n: int) -> None:
+        called = clock.now
         await bucket.acquire()
-        order.append((n, clock.now))
+        order.append((n, clock.now, called))
 
     async with anyio.create_task_group() as tg:
         for n in range(6):
             tg.start_soon(worker, n)
-    assert [n for n, _ in order] == list(range(6))
-    times = [t - 1000.0 for _, t in order]
+    assert [n for n, _, _ in order] == list(range(6))
+    times = [t - 1000.0 for _, t, _ in order]
     assert times == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0, 1.25])
     # One sleep per missing token: no polling.
     assert len(clock.sleeps) == 5
     stats = bucket.statistics()
     assert stats.requests_granted == 6
-    assert stats.total_wait_seconds == pytest.approx(sum(times))
+    assert stats.total_wait_seconds == pytest.approx(sum(t - c for _, t, c in order))
     assert stats.waiting == 0
 
 
@@ -257,7 +258,7 @@ async def test_cancelled_dispatcher_hands_over() -> None:
 @pytest.mark.anyio
 async def test_pause_during_wait_extends_it() -> None:
     """A pause that arrives while someone waits delays that waiter too."""
-    bucket, clock = fake_bucket(rate=1.0, burst=1)
+    bucket, clock = manual_bucket(rate=1.0, burst=1)
     bucket.acquire_nowait()
     done: list[float] = []
 
@@ -265,18 +266,18 @@ async def test_pause_during_wait_extends_it() -> None:
         await bucket.acquire()
         done.append(clock.now)
 
-    async def pauser() -> None:
-        bucket.pause_until(clock.now + 0.5)
-        # Fires while the waiter sleeps towards t+1 on the fake clock.
-        await anyio.lowlevel.checkpoint()
-        bucket.pause_until(1000.0 + 3.0)
-
     async with anyio.create_task_group() as tg:
         tg.start_soon(waiter)
-        await anyio.lowlevel.checkpoint()
-        tg.start_soon(pauser)
-    assert done == [pytest.approx(1003.0)]
-    assert bucket.statistics().pauses == 2
+        await anyio.wait_all_tasks_blocked()  # sleeping towards t+1 for the next token
+        clock.advance(0.5)
+        bucket.pause_until(1003.0)  # a block arrives while it waits, half a token earned
+        for step in (0.5, 2.0):  # the token would be due at t+1; the pause ends at t+3
+            clock.advance(step)
+            await anyio.wait_all_tasks_blocked()
+            assert done == []
+        clock.advance(0.5)  # no tokens were earned during the pause: the other half now
+    assert done == [pytest.approx(1003.5)]
+    assert bucket.statistics().pauses == 1
 
 
 @pytest.mark.anyio
