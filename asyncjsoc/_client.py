@@ -120,7 +120,7 @@ class FileResult:
     reused: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class PullResult:
     """How a pull ended.
 
@@ -165,6 +165,13 @@ class PullResult:
     def bytes(self) -> int:
         """Bytes fetched by this run."""
         return sum(f.bytes for f in self.files)
+
+    def __repr__(self) -> str:
+        # Counts, not contents: a pull may hold a million files, and ``asyncio.run`` formats
+        # the repr of the finished main task (its result included) on its way out.
+        return (f"PullResult(ok={self.ok}, files={len(self.files)}, bytes={self.bytes}, "
+                f"failed={len(self.failed)}, reused={len(self.reused)}, "
+                f"missing={len(self.missing)}, exports={len(self.exports)})")
 
 
 @dataclass

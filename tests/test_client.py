@@ -562,3 +562,14 @@ async def test_shared_file_names_never_overwrite(tmp_path: Path) -> None:
         assert len(shared.failed) == 8
         assert all("share the name" in f.error.message for f in shared.failed)
         assert not (tmp_path / "one" / "hmi.M_45s.magnetogram.fits").exists()
+
+
+def test_pull_result_repr_counts_instead_of_listing() -> None:
+    """A big result prints as counts: asyncio.run formats the main task's result on exit."""
+    files = tuple(FileResult(path=Path(f"/out/f{i}.fits"), relpath=f"f{i}.fits",
+                             record=f"hmi.m_45s[{i}]", bytes=10, request_id="JSOC_1")
+                  for i in range(5000))
+    result = PullResult(files=files, failed=(), exports=("JSOC_1",), reused=files[:3])
+    text = repr(result)
+    assert text == ("PullResult(ok=True, files=5000, bytes=50000, failed=0, reused=3, "
+                    "missing=0, exports=1)")
