@@ -97,3 +97,22 @@ def test_expected_failures_and_broken_runs() -> None:
     assert len(problems(run([skipped | {"label": "f", "contender": "sunpy"}]))) == 1
     assert len(problems(run([skipped | {"label": "c", "contender": "asyncjsoc-cli"}]))) == 1
     assert len(problems(run([], error="RuntimeError: emulator did not start"))) == 1
+
+
+@pytest.mark.usefixtures("bench_modules")
+def test_workdir_defers_removal_to_the_end_of_a_block(tmp_path: Path) -> None:
+    """Outside a deferred block a run's output goes at once; inside, only when the block ends."""
+    from _harness import Workdir
+
+    work = Workdir(tmp_path / "work")
+    first = work.fresh("a")
+    work.clean(first)
+    assert not first.exists()
+    with work.deferred():
+        kept = [work.fresh(name) for name in ("b", "c")]
+        for path in kept:
+            (path / "f.fits").write_bytes(b"x")
+            work.clean(path)
+        assert all((path / "f.fits").exists() for path in kept)
+    assert not any(path.exists() for path in kept)
+    assert work.pending is None
