@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta, timezone
 
 import astropy.units as u
 import pytest
-from astropy.time import Time
+from astropy.time import Time, TimeDelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -145,7 +147,7 @@ def test_tai_fast_path_agrees_with_astropy(moment: datetime) -> None:
     ("value", "seconds"),
     [("96m", 5760.0), ("12s", 12.0), ("1d", 86400.0), ("6h", 21600.0), ("720s", 720.0),
      ("90.0s", 90.0), ("45", 45.0), (720, 720.0), (0.5, 0.5), (96 * u.min, 5760.0),
-     (timedelta(hours=1), 3600.0), (" 12s ", 12.0)],
+     (timedelta(hours=1), 3600.0), (" 12s ", 12.0), (TimeDelta(90, format="sec"), 90.0)],
 )
 def test_parse_duration(value: object, seconds: float) -> None:
     """Strings with units, numbers, Quantities and timedeltas all give seconds."""
@@ -173,3 +175,17 @@ def test_format_duration_units() -> None:
     """The largest exact unit is used."""
     assert [format_duration(x) for x in (86400, 5760, 720, 45, 0.5)] == \
         ["1d", "96m", "12m", "45s", "0.5s"]
+
+
+def test_importing_the_package_leaves_astropy_time_unloaded() -> None:
+    """astropy.time (a third of the command line's start-up) loads only when a time needs it."""
+    code = ("import sys, asyncjsoc.cli, asyncjsoc._times as t\n"
+            "assert 'astropy.time' not in sys.modules\n"
+            "assert str(t.to_tai_parts('2010.07.25_13:30_TAI')) == '2010.07.25_13:30:00_TAI'\n"
+            "assert 'astropy.time' not in sys.modules\n"
+            "print(t.to_tai_parts('2010-07-25T13:30:00Z'))\n"
+            "assert 'astropy.time' in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "2010.07.25_13:30:34_TAI"  # TAI - UTC = 34 s in 2010
