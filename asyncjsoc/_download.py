@@ -34,7 +34,7 @@ from ._durable import fsync_dir as _fsync_dir
 from ._handoff import LimiterSlot
 from ._http import is_retryable, map_transport_errors, raise_for_status
 from ._models import RemoteFile
-from ._paths import PART_SUFFIX, Placer
+from ._paths import PART_SUFFIX, SIDECAR_SUFFIX, Placer
 from ._retry import RetryPolicy, retrying
 from ._verify import FITS_MAGIC, check_fits_bytes, check_size, verify_fits, verify_fits_bytes
 from .exceptions import (
@@ -107,7 +107,7 @@ def part_path(dest: Path) -> Path:
 
 def meta_path(dest: Path) -> Path:
     """The sidecar holding the resume validator of ``dest``'s part file."""
-    return dest.with_name(dest.name + PART_SUFFIX + ".meta")
+    return dest.with_name(dest.name + SIDECAR_SUFFIX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +218,10 @@ def _write_meta(meta: Path, validator: _Validator) -> None:
 _Prepared = tuple[int, int, "_Validator | None"]
 """What :func:`_prepare_part` found: bytes in the part file, resume offset, validator."""
 
+_FRESH: _Prepared = (0, 0, None)
+"""What :func:`_locate_and_prepare` returns (this very object) for a name the
+:class:`~asyncjsoc._paths.Placer` knows fresh: no final file, part file or sidecar there."""
+
 
 def _prepare_part(dest: Path, part: Path, meta: Path) -> _Prepared:
     """Create ``dest``'s directory, then :func:`_size` and :func:`_resume_point` (one hop)."""
@@ -240,7 +244,7 @@ def _locate_and_prepare(placer: Placer, relpath: str,
     """
     dest, st, fresh = placer.place_fresh(relpath)
     if fresh:
-        return dest, (0, 0, None), None
+        return dest, _FRESH, None
     final_size = None
     if look_for_final and st is not None and stat.S_ISREG(st.st_mode):
         final_size = st.st_size
@@ -673,6 +677,8 @@ class Downloader:
         url = remote.url
         if prepared is None:
             prepared = await self._quick(_prepare_part, dest, part, meta)
+        # Known fresh (see _FRESH): no stale sidecar to delete when a whole body is published.
+        stale_meta = None if prepared is _FRESH else meta
         _, offset, stored = prepared
         headers = {"Accept-Encoding": "identity"}
         total: int | None
@@ -722,7 +728,7 @@ class Downloader:
                         size = await self._stream(resp, part, offset, total, on_progress,
                                                   (meta, validator) if validator else None)
         if data is not None:
-            return await self._finish_whole(dest, part, meta, data, on_progress), 0
+            return await self._finish_whole(dest, part, stale_meta, data, on_progress), 0
         return await self._finish(remote, dest, part, meta, total, size), offset
 
     def _transfer_slot(self) -> contextlib.AbstractAsyncContextManager[object]:
@@ -731,7 +737,7 @@ class Downloader:
             return contextlib.nullcontext()
         return LimiterSlot(self._transfers)
 
-    async def _finish_whole(self, dest: Path, part: Path, meta: Path, data: bytes,
+    async def _finish_whole(self, dest: Path, part: Path, meta: Path | None, data: bytes,
                             on_progress: ProgressCallback | None) -> int:
         """Verify a whole (already size-checked) body in memory, then publish it with the
         other small files finishing meanwhile (:attr:`publisher`). Returns the size.

@@ -116,7 +116,7 @@ class _Item:
 
     part: Path
     dest: Path
-    meta: Path
+    meta: Path | None
     data: bytes
     error: BaseException | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
@@ -147,10 +147,11 @@ class BatchPublisher:
         self.batches = 0
         """Batches published so far (for tests and diagnostics)."""
 
-    async def publish(self, part: Path, dest: Path, meta: Path, data: bytes) -> None:
+    async def publish(self, part: Path, dest: Path, meta: Path | None, data: bytes) -> None:
         """Write ``data`` to ``part``, make it durable, rename it to ``dest``, durably.
 
-        ``meta`` (a stale resume sidecar, if any) is deleted. Returns once the rename is on
+        ``meta`` (a stale resume sidecar, if any) is deleted; ``None`` when the caller knows
+        there is none. Returns once the rename is on
         disk. A caller cancelled before its body was taken into a batch writes nothing; once
         taken, the batch is finished regardless (the file is then complete under its final
         name).
@@ -240,14 +241,15 @@ def _publish_batch(items: list[_Item], syncfs: SyncFs | None,
     return errors
 
 
-def write_whole(part: Path, meta: Path, data: bytes, *, fsync: bool = True) -> None:
+def write_whole(part: Path, meta: Path | None, data: bytes, *, fsync: bool = True) -> None:
     """Write a whole body to the part file, dropping a stale sidecar ``meta`` first.
 
-    A body this small is never resumed, so no sidecar is kept. With ``fsync`` the bytes are
-    durable on return.
+    A body this small is never resumed, so no sidecar is kept (``meta`` is ``None`` when
+    there is known to be none). With ``fsync`` the bytes are durable on return.
     """
-    with contextlib.suppress(FileNotFoundError):
-        meta.unlink()
+    if meta is not None:
+        with contextlib.suppress(FileNotFoundError):
+            meta.unlink()
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | NOFOLLOW, 0o666)
     try:
         view = memoryview(data)

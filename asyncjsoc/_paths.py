@@ -15,13 +15,18 @@ from pathlib import Path, PurePosixPath
 
 from .exceptions import UnsafePathError
 
-__all__ = ["PART_SUFFIX", "STATE_DIRNAME", "Placer", "resolve_inside", "safe_relpath"]
+__all__ = [
+    "PART_SUFFIX", "SIDECAR_SUFFIX", "STATE_DIRNAME", "Placer", "resolve_inside", "safe_relpath",
+]
 
 STATE_DIRNAME = ".asyncjsoc"
 """The directory under the output directory that holds asyncjsoc's own state."""
 
 PART_SUFFIX = ".part"
 """Suffix of a file that is still being downloaded (its resume sidecar adds ``.meta``)."""
+
+SIDECAR_SUFFIX = PART_SUFFIX + ".meta"
+"""Suffix of a part file's resume sidecar (its ETag, Last-Modified and size)."""
 
 _MAX_COMPONENT_BYTES = 255
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -63,7 +68,7 @@ def safe_relpath(name: str) -> str:
         ``.part.meta`` (the downloader's temporary files).
     """
     if (len(name) <= _MAX_COMPONENT_BYTES and _PLAIN.fullmatch(name)
-            and not name.endswith((PART_SUFFIX, PART_SUFFIX + ".meta"))):
+            and not name.endswith((PART_SUFFIX, SIDECAR_SUFFIX))):
         return name  # the common case, which _checked_relpath would return unchanged
     return _checked_relpath(name)
 
@@ -95,7 +100,7 @@ def _checked_relpath(name: str) -> str:
     if parts[0] == STATE_DIRNAME:
         raise _refuse(name, f"inside asyncjsoc's state directory {STATE_DIRNAME}")
     last = parts[-1]
-    if last.endswith((PART_SUFFIX, PART_SUFFIX + ".meta")):
+    if last.endswith((PART_SUFFIX, SIDECAR_SUFFIX)):
         raise _refuse(name, "collides with asyncjsoc's temporary files")
     return str(PurePosixPath(*parts))
 
@@ -144,11 +149,11 @@ class Placer:
 
     Each distinct parent directory is resolved, checked, created, listed and remembered once.
     A name that was not in its directory's listing and has not been placed before is known to
-    be absent, with its ``.part`` file: placing it costs no system call. Any other name costs
-    one ``lstat`` (of the final name, whose symlink target, if it is one, must be inside the
-    output directory too). Directories with more than :data:`LISTING_LIMIT` entries are not
-    listed, and after :data:`PLACED_LIMIT` names every name gets its ``lstat``, which bounds
-    the memory this takes.
+    be absent, with its ``.part`` file and sidecar: placing it costs no system call. Any other
+    name costs one ``lstat`` (of the final name, whose symlink target, if it is one, must be
+    inside the output directory too). Directories with more than :data:`LISTING_LIMIT` entries
+    are not listed, and after :data:`PLACED_LIMIT` names every name gets its ``lstat``, which
+    bounds the memory this takes.
 
     This assumes that nothing but asyncjsoc changes the directories under the output
     directory during a pull (asyncjsoc itself only creates directories and regular files
@@ -191,10 +196,10 @@ class Placer:
         Returns
         -------
         tuple
-            The path, its ``lstat`` (``None`` if nothing is there) and ``True`` when neither
-            the name nor its ``.part`` file existed when its directory was listed and the
-            name was not placed since: then nothing is there, and there is no part file
-            to resume either.
+            The path, its ``lstat`` (``None`` if nothing is there) and ``True`` when none
+            of the name, its ``.part`` file and that file's ``.part.meta`` sidecar existed
+            when its directory was listed and the name was not placed since: then nothing
+            is there, no part file to resume and no stale sidecar to delete.
 
         Raises
         ------
@@ -216,7 +221,8 @@ class Placer:
         if listing is not None and len(self._placed) < PLACED_LIMIT:
             placed_before = clean in self._placed
             self._placed.add(clean)
-            if not placed_before and name not in listing and name + PART_SUFFIX not in listing:
+            if (not placed_before and name not in listing and name + PART_SUFFIX not in listing
+                    and name + SIDECAR_SUFFIX not in listing):
                 return final, None, True
         try:
             st = os.lstat(final)

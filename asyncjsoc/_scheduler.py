@@ -366,6 +366,7 @@ def default_filenamefmt(info: SeriesInfo) -> str:
     return ".".join(parts)
 
 
+_KEY_VALUE = re.compile(r"\[([^\]]*)\]")
 _RECORD = re.compile(r"^(?P<series>[^\[{]+)(?P<keys>(?:\[[^\]]*\])*)(?:\{(?P<segment>[^}]*)\})?$")
 
 
@@ -386,8 +387,8 @@ def quick_relpath(record: str, filename: str) -> str:
     match = _RECORD.match(record.strip())
     if match is None:
         return safe_relpath(stored)
-    values = re.findall(r"\[([^\]]*)\]", match["keys"])
-    cleaned = [re.sub(r"[.:]", "", v).replace("/", "_") for v in values if v]
+    values = _KEY_VALUE.findall(match["keys"])
+    cleaned = [v.replace(".", "").replace(":", "").replace("/", "_") for v in values if v]
     return safe_relpath(".".join([match["series"].strip().lower(), *cleaned, stored]))
 
 

@@ -453,6 +453,24 @@ async def test_transfers_bound_requests_in_flight(emulator: Emulator,
         assert (tmp_path / f"{i}.fits").read_bytes() == emulator.file_bytes(path)
 
 
+async def test_whole_body_drops_a_stale_sidecar_and_leaves_only_the_file(
+        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """A sidecar left without its part file (a crash between the two deletions) is removed
+    when the file is fetched whole; a name listed fresh has nothing to remove."""
+    stale_path, fresh_path = _paths(emulator, 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    stale, fresh = (RemoteFile(url=emulator.url + path, relpath=name, record="r")
+                    for path, name in ((stale_path, "stale.fits"), (fresh_path, "fresh.fits")))
+    meta_path(out / stale.relpath).write_text("left over")
+    dl = Downloader(session, chunk_size=4 << 20, retry=RetryPolicy.no_wait(2))
+    for remote in (stale, fresh):
+        outcome = await dl.download_into(remote, out)
+        assert outcome.attempts == 1
+    assert sorted(p.name for p in out.iterdir()) == sorted([stale.relpath, fresh.relpath])
+    assert (out / stale.relpath).read_bytes() == emulator.file_bytes(stale_path)
+
+
 @pytest.mark.parametrize("chunk_size", [CHUNK, 4 << 20], ids=["streamed", "whole-body"])
 async def test_symlinks_planted_after_the_listing_are_never_written_through(
         emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path,

@@ -203,11 +203,13 @@ def test_placer_refuses_what_resolve_inside_refuses(tmp_path: Path) -> None:
 
 
 def test_placer_knows_fresh_names_from_its_listing(tmp_path: Path) -> None:
-    """Names absent from the directory listing, with no part file, are fresh, once only."""
+    """Names absent from the directory listing, with no part file or sidecar, are fresh,
+    once only."""
     out = tmp_path / "out"
     (out / "d").mkdir(parents=True)
     (out / "d" / "done.fits").write_bytes(b"123")
     (out / "d" / "half.fits.part").write_bytes(b"1")
+    (out / "d" / "crashed.fits.part.meta").write_text("{}")  # a sidecar without its part
     placer = Placer(out)
     path, st, fresh = placer.place_fresh("d/new.fits")
     assert (path, st, fresh) == (out.resolve() / "d" / "new.fits", None, True)
@@ -215,6 +217,7 @@ def test_placer_knows_fresh_names_from_its_listing(tmp_path: Path) -> None:
     assert done[1] is not None
     assert (done[1].st_size, done[2]) == (3, False)
     assert placer.place_fresh("d/half.fits")[1:] == (None, False)
+    assert placer.place_fresh("d/crashed.fits")[1:] == (None, False)
     # Placed before: whatever the pull did to it since, it is looked at.
     path.write_bytes(b"12345")
     again = placer.place_fresh("d/new.fits")
