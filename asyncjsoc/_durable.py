@@ -151,10 +151,9 @@ class BatchPublisher:
         """Write ``data`` to ``part``, make it durable, rename it to ``dest``, durably.
 
         ``meta`` (a stale resume sidecar, if any) is deleted; ``None`` when the caller knows
-        there is none. Returns once the rename is on
-        disk. A caller cancelled before its body was taken into a batch writes nothing; once
-        taken, the batch is finished regardless (the file is then complete under its final
-        name).
+        there is none. Returns once the rename is on disk. A caller cancelled before its
+        body was taken into a batch writes nothing; once taken, the batch is finished
+        regardless (the file is then complete under its final name).
 
         Raises
         ------
