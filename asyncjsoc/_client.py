@@ -598,7 +598,7 @@ class Client:
             maybe_done = state.store_has_more_done or relpath in state.done_here
             known = await store.file_state(relpath) if maybe_done else None
             # A final file the store does not list as done was finished by a run killed
-            # between the rename and its (group-committed) record: keep it. One the store
+            # between the rename and its (bulk-committed) record: keep it. One the store
             # lists with another size was changed on disk: fetch it again.
             trust_final = True
             if known is not None and known.state == "done":
@@ -633,7 +633,8 @@ class Client:
                 state.failures.append(Failure(remote.record, exc, relpath, remote.request_id))
                 report(FileFailed(relpath, remote.record, exc))
             return None, exc
-        await store.mark_done(relpath, outcome.bytes)
+        # Committed in bulk (StateStore.record_done): the file is final on disk already.
+        await store.record_done(relpath, outcome.bytes)
         state.done_here.add(relpath)
         report(FileDone(relpath, outcome.bytes))
         return FileResult(path=outcome.path, relpath=relpath, record=remote.record,

@@ -6,6 +6,12 @@ one run holds for the store's whole lifetime. SQLite runs in WAL mode with
 ``synchronous=NORMAL``: a committed change survives the process being killed.
 
 All SQLite work runs in worker threads, one call at a time, on a single connection.
+
+Completions recorded with :meth:`StateStore.record_done` are kept in memory and committed in
+bulk (at most :data:`DEFERRED_ROWS` rows or :data:`DEFERRED_SECONDS` old, and always before any
+other operation of the store runs, so every read sees them). A file is given its final name
+before it is recorded, so a run killed before such a commit leaves complete files that the
+store still lists as pending; the next run finds them under their final names and keeps them.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import functools
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +45,20 @@ __all__ = [
     "StoredExport",
     "default_state_path",
 ]
+
+DEFERRED_ROWS = 1024
+"""Completions :meth:`StateStore.record_done` keeps before committing them."""
+
+DEFERRED_SECONDS = 0.5
+"""Age of the oldest kept completion after which the next :meth:`StateStore.record_done`
+commits them all.
+
+Committing each small file's completion on its own (even grouped with the few finishing at the
+same moment) cost a worker-thread hop and a transaction per handful of files. Measured on 2
+cores, 20,000 files of 5.8 kB over 4 connections, 4 alternating rounds against the commit
+before: into tmpfs 2,812 -> 3,153 files/s (medians), on ext4 2,223 -> 2,311 files/s and 0.332
+-> 0.299 ms of user CPU per file.
+"""
 
 T = TypeVar("T")
 
@@ -179,6 +200,10 @@ class _DoneBatch:
     error: Exception | None = None
 
 
+def _no_work(conn: sqlite3.Connection) -> None:
+    """Nothing (for a hop that only commits deferred completions)."""
+
+
 def _file_record(row: tuple[object, ...]) -> FileRecord:
     """A FileRecord from a row selected with ``_FILE_COLUMNS``."""
     relpath, url, record, chunk_idx, state, nbytes, request_id, size, etag, error = row
@@ -232,6 +257,9 @@ class StateStore:
         self._closed = False
         self._done_next: _DoneBatch | None = None
         self._flushing: anyio.Event | None = None
+        self._deferred: list[tuple[int, str | None, str]] = []  # see record_done
+        self._deferred_since = 0.0  # time.monotonic() of the oldest deferred row
+        self._deferred_flush: anyio.Event | None = None  # set when flush() ends
 
     @classmethod
     def for_output(cls, out_dir: Path, *, fingerprint: str | None = None,
@@ -277,15 +305,22 @@ class StateStore:
         await anyio.to_thread.run_sync(self._open_sync, limiter=self._limiter)
 
     async def close(self) -> None:
-        """Close the database and release the lock. Safe to call twice."""
+        """Commit what :meth:`record_done` kept, close the database, release the lock.
+
+        Safe to call twice.
+        """
         if self._closed:
             return
         self._closed = True
         with anyio.CancelScope(shield=True):
             # Completions being committed are written before the database closes.
-            while self._flushing is not None:
-                await self._flushing.wait()
-            await anyio.to_thread.run_sync(self._close_sync, limiter=self._limiter)
+            while (busy := self._flushing or self._deferred_flush) is not None:
+                await busy.wait()
+            try:
+                if self._deferred and self._conn is not None:
+                    await self._run(_no_work)
+            finally:
+                await anyio.to_thread.run_sync(self._close_sync, limiter=self._limiter)
 
     def _open_sync(self) -> None:
         """Blocking body of :meth:`open`."""
@@ -365,11 +400,33 @@ class StateStore:
     # -- plumbing ---------------------------------------------------------------------------
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(conn)`` in a worker thread, one call at a time."""
+        """Run ``fn(conn)`` in a worker thread, one call at a time.
+
+        Completions deferred by :meth:`record_done` are committed first, in the same hop.
+        """
         conn = self._conn
         if conn is None:
             raise StateError("the state store is not open")
-        return await anyio.to_thread.run_sync(fn, conn, limiter=self._limiter)
+        if not self._deferred:
+            return await anyio.to_thread.run_sync(fn, conn, limiter=self._limiter)
+        rows, self._deferred = self._deferred, []
+        try:
+            return await anyio.to_thread.run_sync(
+                functools.partial(self._after_deferred, rows=rows, fn=fn), conn,
+                limiter=self._limiter)
+        except sqlite3.Error:
+            self._deferred[:0] = rows  # not committed: the next operation tries again
+            raise
+
+    @classmethod
+    def _after_deferred(cls, conn: sqlite3.Connection, rows: list[tuple[int, str | None, str]],
+                        fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Commit deferred completions, then run ``fn(conn)``."""
+        unknown = cls._mark_done_rows(conn, rows)
+        if unknown:
+            raise StateError(f"recorded as done but not files of this pull: "
+                             f"{', '.join(sorted(unknown)[:5])}")
+        return fn(conn)
 
     @staticmethod
     @contextlib.contextmanager
@@ -646,6 +703,45 @@ class StateStore:
             raise batch.error
         if relpath in batch.unknown:
             raise StateError(f"{relpath!r} is not a known file of this pull")
+
+    async def record_done(self, relpath: str, nbytes: int) -> None:
+        """Record that ``relpath`` is complete on disk with ``nbytes`` bytes, in bulk.
+
+        Unlike :meth:`mark_done` this does not wait for a commit: the completion is kept in
+        memory and committed with others once :data:`DEFERRED_ROWS` are kept or the oldest is
+        :data:`DEFERRED_SECONDS` old (this call then commits them), before any other operation
+        of the store, and on :meth:`close`. Call it only for a file that is already complete
+        under its final name: a run killed before the commit leaves it listed as pending, and
+        the next run keeps it as found on disk.
+
+        Raises
+        ------
+        StateError
+            If the store is not open; or, from the operation that commits them, if a deferred
+            completion names a file this pull does not have.
+        """
+        if self._conn is None:
+            raise StateError("the state store is not open")
+        deferred = self._deferred
+        if not deferred:
+            self._deferred_since = time.monotonic()
+        deferred.append((nbytes, None, relpath))
+        if self._deferred_flush is None and (
+                len(deferred) >= DEFERRED_ROWS
+                or time.monotonic() - self._deferred_since >= DEFERRED_SECONDS):
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Commit the completions kept by :meth:`record_done` (shielded from cancellation)."""
+        if not self._deferred:
+            return
+        flushing = self._deferred_flush = anyio.Event()
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._run(_no_work)
+        finally:
+            self._deferred_flush = None
+            flushing.set()
 
     async def _flush_done(self) -> None:
         """Commit queued completions, batch after batch, until none is left (shielded)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 
 import aiohttp
@@ -11,6 +13,7 @@ import pytest
 from engine_helpers import emulator
 
 from asyncjsoc import _download
+from asyncjsoc import _store as store_module
 from asyncjsoc._download import Downloader, _DirSyncer
 from asyncjsoc._models import Chunk, Plan, RemoteFile
 from asyncjsoc._retry import RetryPolicy
@@ -99,6 +102,70 @@ async def test_cancelled_waiters_are_committed_and_close_waits(tmp_path: Path) -
     await store.close()
     async with StateStore(tmp_path / "state.sqlite") as again:
         assert await again.done_relpaths() == {f"f{i}.fits" for i in range(20)}
+
+
+def _committed_done(path: Path) -> set[str]:
+    """The files a second connection sees as done (what is committed, not what is kept)."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return {r for (r,) in conn.execute("SELECT relpath FROM files WHERE state = 'done'")}
+
+
+async def test_record_done_is_kept_until_a_threshold_or_another_operation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """record_done commits nothing by itself below the thresholds; any other operation of the
+    store commits the kept rows first (so it reads them), and the row threshold commits them."""
+    monkeypatch.setattr(store_module, "DEFERRED_ROWS", 5)
+    monkeypatch.setattr(store_module, "DEFERRED_SECONDS", 3600.0)
+    store = await _store(tmp_path, 12)
+    try:
+        for i in range(3):
+            await store.record_done(f"f{i}.fits", 10 + i)
+        assert _committed_done(store.path) == set()
+        record = await store.file_state("f1.fits")  # reads see the kept rows
+        assert record is not None
+        assert (record.state, record.bytes) == ("done", 11)
+        assert _committed_done(store.path) == {"f0.fits", "f1.fits", "f2.fits"}
+        for i in range(3, 7):
+            await store.record_done(f"f{i}.fits", 1)
+        assert _committed_done(store.path) == {f"f{i}.fits" for i in range(3)}
+        await store.record_done("f7.fits", 1)  # the fifth kept row: all five are committed
+        assert _committed_done(store.path) == {f"f{i}.fits" for i in range(8)}
+        await store.record_done("f8.fits", 1)
+        await store.mark_pending("f8.fits")  # committed after the kept row, so it wins
+        assert (await store.summary()).files == {"done": 8, "pending": 4}
+    finally:
+        await store.close()
+
+
+async def test_record_done_commits_when_old_and_on_close(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an age limit of zero every record_done commits; close commits what is kept."""
+    monkeypatch.setattr(store_module, "DEFERRED_SECONDS", 0.0)
+    store = await _store(tmp_path, 4)
+    try:
+        await store.record_done("f0.fits", 5)
+        assert _committed_done(store.path) == {"f0.fits"}
+        monkeypatch.setattr(store_module, "DEFERRED_SECONDS", 3600.0)
+        await store.record_done("f1.fits", 5)
+        await store.record_done("f2.fits", 5)
+        assert _committed_done(store.path) == {"f0.fits"}
+    finally:
+        await store.close()
+    assert _committed_done(tmp_path / "state.sqlite") == {"f0.fits", "f1.fits", "f2.fits"}
+
+
+async def test_record_done_of_an_unknown_file_fails_the_committing_operation(
+        tmp_path: Path) -> None:
+    """A kept completion naming no file of the pull is reported, not dropped silently."""
+    store = await _store(tmp_path, 2)
+    try:
+        await store.record_done("f0.fits", 1)
+        await store.record_done("ghost.fits", 1)
+        with pytest.raises(StateError, match=r"ghost\.fits"):
+            await store.flush()
+        assert await store.done_relpaths() == {"f0.fits"}
+    finally:
+        await store.close()
 
 
 async def test_dir_syncer_shares_fsyncs_and_never_returns_early(
