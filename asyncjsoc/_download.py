@@ -29,6 +29,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
+from ._allocator import raise_malloc_thresholds
 from ._durable import NOFOLLOW, BatchPublisher, load_start_writeback
 from ._durable import fsync_dir as _fsync_dir
 from ._handoff import LimiterSlot
@@ -499,6 +500,9 @@ class Downloader:
         self.publisher = publisher if publisher is not None else BatchPublisher(fsync=fsync)
         self._placers: dict[Path, Placer] = {}
         self._transfers = anyio.CapacityLimiter(transfers) if transfers is not None else None
+        # Streaming churns ~256 KiB socket buffers: without this, glibc keeps faulting
+        # them in afresh (about 80,000 page faults per GB; see asyncjsoc._allocator).
+        raise_malloc_thresholds()
 
     def forget_directories(self) -> None:
         """Forget what was learnt about output directories (call between pulls).
