@@ -501,7 +501,7 @@ class Downloader:
         self._placers: dict[Path, Placer] = {}
         self._transfers = anyio.CapacityLimiter(transfers) if transfers is not None else None
         # Streaming churns ~256 KiB socket buffers: without this, glibc keeps faulting
-        # them in afresh (about 80,000 page faults per GB; see asyncjsoc._allocator).
+        # them in afresh (tens of thousands of page faults per GB; see asyncjsoc._allocator).
         raise_malloc_thresholds()
 
     def forget_directories(self) -> None:
