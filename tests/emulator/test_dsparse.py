@@ -106,7 +106,11 @@ def test_sharp_examples() -> None:
 
 
 def test_counting_is_arithmetic() -> None:
-    """Years of records count in milliseconds, and iteration is lazy."""
+    """Years of records count by arithmetic, and iteration is lazy.
+
+    Counting takes milliseconds; the bound only catches a per-record loop over 10^8
+    records, which would take minutes, with room for a loaded machine.
+    """
     start = time.perf_counter()
     big = CATALOG.select("aia.lev1_euv_12s[2010.06.01_TAI-2020.06.01_TAI]")
     sharp = CATALOG.select("hmi.sharp_720s[][2011.01.01_TAI-2019.01.01_TAI]")
@@ -114,7 +118,7 @@ def test_counting_is_arithmetic() -> None:
     elapsed = time.perf_counter() - start
     assert n_aia > 100_000_000
     assert n_sharp > 1_000_000
-    assert elapsed < 0.5
+    assert elapsed < 5
     first = next(iter(big))
     assert first.spec() == "aia.lev1_euv_12s[2010-05-31T23:59:26Z][94]"
 
