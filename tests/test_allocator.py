@@ -68,6 +68,7 @@ def _heap_state(setup: str, env: dict[str, str] | None = None) -> dict[str, int]
 
 
 def _kept_in_heap(state: dict[str, int]) -> bool:
+    """No block was mmap'd, and freeing them left their bytes in the heap (no trim)."""
     return state["mmapped_blocks"] == 0 and state["heap_free_bytes"] >= 3 * _BLOCK
 
 
