@@ -293,6 +293,9 @@ class Client:
         self._bucket: TokenBucket | None = None
         self._pull_lock = anyio.Lock()
         self._store_lock = anyio.Lock()
+        # Addresses the JSOC confirmed as registered during this client's life: later pulls
+        # do not ask again (EmailPool's ``known``).
+        self._registered: dict[str, EmailStatus] = {}
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -380,16 +383,36 @@ class Client:
     async def check_emails(self) -> list[EmailStatus]:
         """Ask the JSOC about each configured email (``checkAddress``); nothing is exported.
 
+        Always asks afresh. The client remembers the registered addresses (here and in every
+        pull), and its later pulls do not ask about those again; an address a pull had to
+        drop, or one found not registered, is asked about again.
+
         Returns
         -------
         list of EmailStatus
             One per address, in order; ``registered`` says if it can be used.
         """
+        statuses = await self._ask_emails(fresh=True)
+        for status in statuses:
+            self._report(EmailChecked(status))
+        return statuses
+
+    async def _ask_emails(self, *, fresh: bool = False) -> list[EmailStatus]:
+        """The status of each configured email, remembering the registered ones.
+
+        Unless ``fresh``, an address already confirmed during this client's life is not
+        asked again. Reports nothing: the pulls report what their pools found.
+        """
         api = self._require_open()[0]
         statuses: list[EmailStatus] = []
         for email in self.config.emails:
-            status = await api.check_email(email)
-            self._report(EmailChecked(status))
+            status = None if fresh else self._registered.get(email)
+            if status is None:
+                status = await api.check_email(email)
+            if status.registered:
+                self._registered[email] = status
+            else:
+                self._registered.pop(email, None)
             statuses.append(status)
         return statuses
 
@@ -470,7 +493,8 @@ class Client:
             info = await api.series_info(plan.series)
             filenamefmt = self.config.filenamefmt or default_filenamefmt(info)
             pool = EmailPool(api, self.config.emails,
-                             max_pending=self.config.max_pending_exports, reporter=self._report)
+                             max_pending=self.config.max_pending_exports, reporter=self._report,
+                             known=self._registered)
             scheduler = ExportScheduler(api, pool, store, self.config, reporter=self._report,
                                         filenamefmt=filenamefmt)
             results_send, results_receive = anyio.create_memory_object_stream[FileResult](

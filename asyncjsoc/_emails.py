@@ -10,7 +10,7 @@ downloaded, so the next chunk is staged while the previous one downloads.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
@@ -82,6 +82,15 @@ class EmailPool:
     reporter
         Receives :class:`~asyncjsoc._events.EmailChecked` and
         :class:`~asyncjsoc._events.EmailDropped`.
+    known
+        Addresses the JSOC already confirmed as registered in this session (the
+        :class:`~asyncjsoc.Client` keeps one such map for all its pulls), so they are not
+        asked again: a multi-query run or a second pull costs no extra ``checkAddress``
+        calls. The pool adds each address it finds registered and removes each one it
+        drops (the JSOC refused it mid-run), so a later pool asks about that one afresh.
+        Addresses found not registered are always asked again: the owner may have
+        confirmed the registration meanwhile. ``EmailChecked`` is reported for every
+        address either way.
     """
 
     def __init__(
@@ -91,8 +100,10 @@ class EmailPool:
         *,
         max_pending: int,
         reporter: Reporter | None = None,
+        known: MutableMapping[str, EmailStatus] | None = None,
     ) -> None:
         self._checker = checker
+        self._known: MutableMapping[str, EmailStatus] = known if known is not None else {}
         self._emails = tuple(dict.fromkeys(emails))
         self._reporter: Reporter = reporter if reporter is not None else NullReporter()
         self._ip = anyio.CapacityLimiter(max_pending)
@@ -119,7 +130,8 @@ class EmailPool:
     async def check(self) -> list[EmailStatus]:
         """Check every address with the JSOC once and keep the registered ones.
 
-        Later calls return the first answers without asking again.
+        Addresses in ``known`` are not asked (see the class docs). Later calls return the
+        first answers without asking again.
 
         Returns
         -------
@@ -142,7 +154,11 @@ class EmailPool:
                     )
                 statuses: dict[str, EmailStatus] = {}
                 for email in self._emails:
-                    status = await self._checker.check_email(email)
+                    status = self._known.get(email)
+                    if status is None or not status.registered:
+                        status = await self._checker.check_email(email)
+                        if status.registered:
+                            self._known[email] = status
                     statuses[email] = status
                     self._reporter(EmailChecked(status))
                 self._statuses = statuses
@@ -214,6 +230,7 @@ class EmailPool:
         if email in self._dropped:
             return
         self._dropped[email] = reason
+        self._known.pop(email, None)
         self._reporter(EmailDropped(email, reason))
         # Wake the waiters: those waiting for this address, or for any when none is left.
         self._notify()

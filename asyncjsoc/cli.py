@@ -751,10 +751,14 @@ async def _fetch(config: Any, queries: list[Any], out: Path, args: argparse.Name
 
 
 async def _require_usable_email(client: Any) -> None:
-    """Fail before planning (one line, nothing shown) when no notify address is usable."""
+    """Fail before planning (one line, nothing shown) when no notify address is usable.
+
+    The client remembers the registered addresses, so the pulls that follow do not ask
+    the JSOC about them again.
+    """
     from asyncjsoc._progress import mask_email
 
-    statuses = [await client.api.check_email(e) for e in client.config.emails]
+    statuses = await client._ask_emails()
     if statuses and not any(s.registered for s in statuses):
         reasons = "; ".join(f"{mask_email(s.email)}: {s.message or 'not registered'}"
                             for s in statuses)

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from anyio.from_thread import start_blocking_portal
@@ -172,6 +173,10 @@ def test_fetch_recordset_json_shape(
     # Emails are masked in the document too (it often ends up in logs), unless --debug.
     assert {e["email"] for e in doc["exports"]} == {"a***@example.org", "b***@example.org"}
     assert all(e["requestid"].startswith("JSOC_") and e["status"] == 0 for e in doc["exports"])
+    # Each address is asked about once: the check before planning serves the pull too.
+    # (The address travels encoded twice, as drms sends it; the audit undoes one.)
+    asked = [unquote(e.params["address"]) for e in emulator.audit.requests("checkAddress.sh")]
+    assert sorted(asked) == sorted([EMAIL, EMAIL2])
     # Human output went to stderr only, with masked addresses.
     assert "a***@example.org" in captured.err
     assert EMAIL not in captured.err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from urllib.parse import unquote
 
 import aiohttp
 import anyio
@@ -15,6 +16,7 @@ from asyncjsoc._config import ClientConfig
 from asyncjsoc._events import (
     Backoff,
     ChunkSplit,
+    EmailChecked,
     EmailDropped,
     Event,
     ExportAdopted,
@@ -29,6 +31,7 @@ from asyncjsoc._events import (
     PullFinished,
 )
 from asyncjsoc._store import StateStore
+from asyncjsoc.emulator import Emulator
 from asyncjsoc.exceptions import (
     EmailNotRegisteredError,
     StateError,
@@ -353,6 +356,44 @@ async def test_unregistered_email_fails_fast(tmp_path: Path) -> None:
             with pytest.raises(EmailNotRegisteredError):
                 await client.fetch(QUERY)
         assert emu.audit.count("jsoc_fetch/exp_request") == 0
+
+
+def _asked(emu: Emulator) -> list[str]:
+    """The addresses checkAddress was asked about, in order (sent encoded twice, as drms
+    does; the audit undoes one)."""
+    return [unquote(e.params["address"]) for e in emu.audit.requests("checkAddress.sh")]
+
+
+async def test_a_client_asks_about_each_email_once(tmp_path: Path) -> None:
+    """Later pulls of one client reuse its registered addresses; a dropped one is asked again,
+    and check_emails() always asks."""
+    a, b = "a@example.org", "b@example.org"
+    async with emulator() as emu:
+        config = fast_config(emu, a, b, max_files_per_export=2, max_pending_exports=2,
+                             reset=True)
+        events: list[Event] = []
+        lapse = True
+
+        def reporter(event: Event) -> None:
+            nonlocal lapse
+            events.append(event)
+            if isinstance(event, ExportReady) and lapse:
+                lapse = False
+                emu.knobs.expired_emails.add(a)
+
+        async with Client(config, tmp_path, reporter=reporter) as client:
+            assert (await client.fetch(QUERY)).ok
+            assert [e.email for e in events if isinstance(e, EmailDropped)] == [a]
+            assert sorted(_asked(emu)) == [a, b]
+            emu.knobs.expired_emails.clear()  # the owner registered again
+            events.clear()
+            assert (await client.fetch("hmi.M_45s[2012.01.02_00:00:00_TAI]{magnetogram}")).ok
+            assert _asked(emu)[2:] == [a]  # only the dropped address
+            assert [e.status.email for e in events if isinstance(e, EmailChecked)] == [a, b]
+            assert [s.registered for s in await client.check_emails()] == [True, True]
+            assert _asked(emu)[3:] == [a, b]
+            assert (await client.fetch("hmi.M_45s[2012.01.03_00:00:00_TAI]{magnetogram}")).ok
+            assert _asked(emu)[5:] == []
 
 
 async def test_as_is_uses_url_quick_without_a_slot(tmp_path: Path) -> None:

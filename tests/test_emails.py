@@ -48,6 +48,35 @@ async def test_check_keeps_registered_and_reports_each() -> None:
     pool.close()
 
 
+async def test_known_registered_addresses_are_not_asked_again() -> None:
+    """A shared ``known`` map spares later pools the registered addresses only."""
+    known: dict[str, EmailStatus] = {}
+    checker = FakeChecker({"a@x.org"})
+    first = EmailPool(checker, ["a@x.org", "u@x.org"], max_pending=8, known=known)
+    await first.check()
+    assert checker.calls == ["a@x.org", "u@x.org"]
+    assert set(known) == {"a@x.org"}
+    events: list[Event] = []
+    second = EmailPool(checker, ["a@x.org", "u@x.org"], max_pending=8, reporter=events.append,
+                       known=known)
+    statuses = await second.check()
+    # The unregistered address is asked again (it may have been confirmed meanwhile).
+    assert checker.calls[2:] == ["u@x.org"]
+    assert [s.code for s in statuses] == [2, 4]
+    assert second.emails == ("a@x.org",)
+    # Every address is still reported, asked or not.
+    assert [e.status.email for e in events if isinstance(e, EmailChecked)] == [
+        "a@x.org", "u@x.org"]
+    # A dropped address is forgotten: the next pool asks about it.
+    second.drop("a@x.org", "expired")
+    assert known == {}
+    third = EmailPool(checker, ["a@x.org"], max_pending=8, known=known)
+    await third.check()
+    assert checker.calls[3:] == ["a@x.org"]
+    for pool in (first, second, third):
+        pool.close()
+
+
 async def test_all_bad_raises_with_register_hint() -> None:
     """With no registered address the error names them and points at the register page."""
     pool = EmailPool(FakeChecker(set()), ["u@x.org"], max_pending=8)
