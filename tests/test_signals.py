@@ -104,10 +104,13 @@ def test_signal_saves_state_and_rerun_resumes_parts_with_range(
     proc = subprocess.Popen(_argv(emulator, out), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=_env())
     try:
-        # Some files done and the next one part-way: a prefix has trickled in.
-        _wait_for(lambda: len(list(out.glob("*.fits"))) >= 1 and _parts(out), proc,
-                  "partial download")
-        time.sleep(0.3)
+        # Some files done and the next one part-way: a prefix has trickled in, and at 2 MB/s
+        # the rest of it takes over 0.25 s more, so the signal lands before it completes
+        # even on a loaded machine. (Waiting a fixed time instead sometimes let the file
+        # finish first under load, leaving no partial bytes to resume.)
+        _wait_for(lambda: len(list(out.glob("*.fits"))) >= 1
+                  and any(0 < size < FILE_SIZE // 2 for size in _parts(out).values()),
+                  proc, "partial download")
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=20)
     finally:
