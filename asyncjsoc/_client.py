@@ -28,7 +28,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from asyncjsoc._api import JsocApi
 from asyncjsoc._config import ClientConfig
 from asyncjsoc._download import Downloader
-from asyncjsoc._emails import EmailPool
+from asyncjsoc._emails import EmailPool, ask_email
 from asyncjsoc._events import (
     EmailChecked,
     FileDone,
@@ -404,17 +404,8 @@ class Client:
         asked again. Reports nothing: the pulls report what their pools found.
         """
         api = self._require_open()[0]
-        statuses: list[EmailStatus] = []
-        for email in self.config.emails:
-            status = None if fresh else self._registered.get(email)
-            if status is None:
-                status = await api.check_email(email)
-            if status.registered:
-                self._registered[email] = status
-            else:
-                self._registered.pop(email, None)
-            statuses.append(status)
-        return statuses
+        return [await ask_email(api, email, self._registered, fresh=fresh)
+                for email in self.config.emails]
 
     async def plan(self, query: Query | str) -> Plan:
         """Split a query into export-sized chunks, without exporting anything.

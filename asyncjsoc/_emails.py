@@ -26,6 +26,7 @@ __all__ = [
     "EmailPool",
     "EmailPoolStatistics",
     "EmailSlot",
+    "ask_email",
     "mask_email",
 ]
 
@@ -60,6 +61,24 @@ class EmailSlot:
     """One held export slot: the address to put in ``notify``."""
 
     email: str
+
+
+async def ask_email(checker: EmailChecker, email: str,
+                    known: MutableMapping[str, EmailStatus], *, fresh: bool = False,
+                    ) -> EmailStatus:
+    """The status of ``email``, asking the JSOC only when ``known`` has no registered answer.
+
+    ``known`` holds the addresses confirmed as registered: a registered answer is added to
+    it, any other removes the address. With ``fresh`` the JSOC is asked in any case.
+    """
+    status = None if fresh else known.get(email)
+    if status is None or not status.registered:
+        status = await checker.check_email(email)
+    if status.registered:
+        known[email] = status
+    else:
+        known.pop(email, None)
+    return status
 
 
 def mask_email(email: str) -> str:
@@ -154,11 +173,7 @@ class EmailPool:
                     )
                 statuses: dict[str, EmailStatus] = {}
                 for email in self._emails:
-                    status = self._known.get(email)
-                    if status is None or not status.registered:
-                        status = await self._checker.check_email(email)
-                        if status.registered:
-                            self._known[email] = status
+                    status = await ask_email(self._checker, email, self._known)
                     statuses[email] = status
                     self._reporter(EmailChecked(status))
                 self._statuses = statuses

@@ -4,9 +4,9 @@ Each case runs in a new interpreter (the thresholds are per process and only eve
 holds three 256 KiB blocks the way asyncio's receive buffers and aiohttp's body pieces do
 (1 MiB ones where it expects ``mmap``; see :data:`_MAPPED_BLOCK`), frees them, and reads
 glibc's own account with ``mallinfo2`` (as differences, since the interpreter holds a few
-mapped blocks of its own): how many of the blocks were
-served by ``mmap`` (each one faulted in afresh and unmapped on free) and how many free bytes
-the heap kept for reuse (none when the top of the heap is trimmed back to the system).
+mapped blocks of its own): how many of the blocks were served by ``mmap`` (each one faulted
+in afresh and unmapped on free) and how many free bytes the heap kept for reuse (none when
+the top of the heap is trimmed back to the system).
 
 Page-fault counts show the cost too, but they depend on the kernel: the same churn loop
 counted over 20,000 minor faults on one machine and 1,247 on a CI machine (the cause there was
