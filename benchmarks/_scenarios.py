@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import time
 from collections.abc import Callable
@@ -339,8 +340,11 @@ def s1_export_bound(ctx: Ctx) -> dict[str, Any]:
 
 # ============================================================== 2. bandwidth-bound
 
-REPEATS = 3
-"""Runs of each cap-off contender at the main connection count (full size)."""
+REPEATS = 5
+"""Runs of each repeated contender (full size): the cap-off contenders at the main connection
+count (bandwidth) and the all-files rows (small files). On the 2-CPU machines these run on,
+one contender's MB/s moved by up to 45 % between rounds of one run (raw aiohttp 654-1,195 MB/s
+in six rounds), so three runs often left a median that one slow spell decided."""
 
 
 def _download_rows(ctx: Ctx, emu: Emulator, urls_file: Path, query: dict[str, Any],
@@ -350,7 +354,7 @@ def _download_rows(ctx: Ctx, emu: Emulator, urls_file: Path, query: dict[str, An
 
     With ``repeats`` > 1 every contender runs that many times, round-robin (so a slow spell
     of the machine hits all of them alike), and its row is the run with the median MB/s,
-    with every run's MB/s in ``mb_s_runs``.
+    with every run's MB/s in ``mb_s_runs``; its CPU s/GB is the median over the runs too.
     """
     n = len(json.loads(urls_file.read_text()))
     common = {"urls_file": str(urls_file), "expect_files": n}
@@ -391,12 +395,18 @@ def _download_rows(ctx: Ctx, emu: Emulator, urls_file: Path, query: dict[str, An
             if name == "parfive sunpy-mode":
                 contender = "parfive-sunpy"
             runs[name].append(ctx.run(f"{name}{suffix}", contender, emu, **fields_))
-    return [_median_run(found) for found in runs.values()]
+    return [_median_run(found, also="cpu_s_per_gb") for found in runs.values()]
 
 
-def _median_run(found: list[dict[str, Any]], key: str = "mb_s") -> dict[str, Any]:
+def _median_run(found: list[dict[str, Any]], key: str = "mb_s", *,
+                also: str | None = None) -> dict[str, Any]:
     """The run with the median ``key`` (a failed run, if any failed), with every run's
-    ``key`` in ``<key>_runs``."""
+    ``key`` in ``<key>_runs``.
+
+    ``also`` names a second measure (CPU per unit of work) that is replaced by its own median
+    over the runs, with every run's value in ``<also>_runs``: the CPU time of the run with
+    the median speed is one sample of a noisy quantity, not its median.
+    """
     if len(found) == 1:
         return found[0]
     failed = [r for r in found if not r.get("ok")]
@@ -405,6 +415,11 @@ def _median_run(found: list[dict[str, Any]], key: str = "mb_s") -> dict[str, Any
     ordered = sorted(found, key=lambda r: r.get(key) or 0.0)
     row = dict(ordered[(len(ordered) - 1) // 2])
     row[f"{key}_runs"] = [r.get(key) for r in found]
+    if also is not None:
+        values = [r[also] for r in found if r.get(also) is not None]
+        if values:
+            row[also] = statistics.median(values)
+            row[f"{also}_runs"] = values
     return row
 
 
@@ -529,11 +544,16 @@ def s2_bandwidth(ctx: Ctx) -> dict[str, Any]:
     spread = ", ".join(
         f"{r['label']} {min(r['mb_s_runs']):.0f}-{max(r['mb_s_runs']):.0f}"
         for r in rows if r.get("mb_s_runs"))
+    cpu_spread = ", ".join(
+        f"{r['label']} {min(r['cpu_s_per_gb_runs']):.2f}-{max(r['cpu_s_per_gb_runs']):.2f}"
+        for r in rows if r.get("cpu_s_per_gb_runs"))
     notes = [
         "One emulator for the whole scenario (url_quick/as-is exports hold no server state); its "
         "body cache is warmed first so every contender is served from memory.",
         *([f"Cap off, each contender at 2 connections ran {REPEATS} times, round-robin; its "
-           f"row is its median run (by MB/s). Range of MB/s over the runs: {spread}."]
+           f"row is its median run (by MB/s), except CPU s/GB, which is the median of its "
+           f"runs' CPU s/GB. Range of MB/s over the runs: {spread}. Range of CPU s/GB: "
+           f"{cpu_spread}."]
           if spread else []),
         "asyncjsoc rows lift the request-rate limit (`requests_per_second=10000`) and turn "
         "checksum verification off to compare the data path like for like; `asyncjsoc+verify` "
@@ -626,7 +646,8 @@ def s3_small_files(ctx: Ctx) -> dict[str, Any]:
                     continue
                 found[label].append(ctx.run(label, contender, emu, expect_files=expect,
                                             **fields_))
-        rows = [_median_run(found[label], "files_s") for label, *_ in runs]
+        rows = [_median_run(found[label], "files_s", also="cpu_ms_per_file")
+                for label, *_ in runs]
     raw = row_of(rows, "raw-aiohttp")
     raw_fsync = row_of(rows, f"raw-aiohttp+fsync ({slow_n})")
     for r in rows:
@@ -657,7 +678,8 @@ def s3_small_files(ctx: Ctx) -> dict[str, Any]:
         bound + " `client CPU ceiling` = 1000 ÷ CPU ms per file: the files/s the client "
         "could sustain on one core of its own if the server were infinitely fast.",
         *([f"The rows on all {n:,} files ran {REPEATS} times, round-robin; each is its "
-           f"median run (by files/s). Range over the runs: {spread}."] if spread else []),
+           f"median run (by files/s), except CPU ms/file, which is the median of its runs'. "
+           f"Range over the runs: {spread}."] if spread else []),
         f"{conns} connections for every contender that takes a number (drms is serial, "
         "parfive-default is 5×5).",
         f"Rows marked ({slow_n}) are timed on the first {slow_n} files only, to keep the "
