@@ -87,7 +87,7 @@ def markdown(results: dict[str, Any]) -> str:
             lines += ["Parameters: " + ", ".join(f"{k}={v}" for k, v in sc["params"].items()), ""]
         if sc.get("error"):
             lines += [f"**Scenario error:** `{sc['error']}`", ""]
-        columns: list[Column] = [tuple(c) for c in sc.get("columns", [])]  # type: ignore[misc]
+        columns: list[Column] = [tuple(c) for c in sc.get("columns", [])]
         rows = sc.get("rows", [])
         if rows and columns:
             lines.append("| " + " | ".join(h for _, h, _ in columns) + " |")

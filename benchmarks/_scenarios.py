@@ -462,9 +462,10 @@ def s2_bandwidth(ctx: Ctx) -> dict[str, Any]:
                 if c == conns:  # already measured above
                     r = row_of(off, name)
                 else:
+                    rest: dict[str, Any] = {k: v for k, v in fields_.items()
+                                            if k != "connections"}
                     r = ctx.run(f"{name} ×{c}", contender, emu, connections=c,
-                                expect_files=n_off, **{k: v for k, v in fields_.items()
-                                                       if k != "connections"})
+                                expect_files=n_off, **rest)
                     r["variant"] = "cap off"
                     rows.append(r)
                 if r.get("ok") and r.get("mb_s"):
@@ -493,9 +494,9 @@ def s2_bandwidth(ctx: Ctx) -> dict[str, Any]:
                 if c == conns:
                     r = row_of(on, f"{name} @20MB/s")
                 else:
+                    rest = {k: v for k, v in fields_.items() if k != "connections"}
                     r = ctx.run(f"{name} ×{c} @20MB/s", contender, emu, connections=c,
-                                expect_files=n_on, **{k: v for k, v in fields_.items()
-                                                      if k != "connections"})
+                                expect_files=n_on, **rest)
                     r["variant"] = "20 MB/s per transfer"
                     rows.append(r)
                 if r.get("ok") and r.get("mb_s"):

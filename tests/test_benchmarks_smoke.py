@@ -123,11 +123,13 @@ def test_a_repeated_row_is_its_median_run_with_the_median_cpu() -> None:
     replaced by the median over all runs (not the CPU of the median-speed run)."""
     from _scenarios import _median_run
 
-    runs = [{"ok": True, "mb_s": 900.0, "cpu_s_per_gb": 1.5, "label": "a"},
-            {"ok": True, "mb_s": 700.0, "cpu_s_per_gb": 1.0, "label": "b"},
-            {"ok": True, "mb_s": 1100.0, "cpu_s_per_gb": 0.9, "label": "c"},
-            {"ok": True, "mb_s": 800.0, "cpu_s_per_gb": 1.2, "label": "d"},
-            {"ok": True, "mb_s": 1000.0, "cpu_s_per_gb": 0.8, "label": "e"}]
+    runs: list[dict[str, Any]] = [
+        {"ok": True, "mb_s": 900.0, "cpu_s_per_gb": 1.5, "label": "a"},
+        {"ok": True, "mb_s": 700.0, "cpu_s_per_gb": 1.0, "label": "b"},
+        {"ok": True, "mb_s": 1100.0, "cpu_s_per_gb": 0.9, "label": "c"},
+        {"ok": True, "mb_s": 800.0, "cpu_s_per_gb": 1.2, "label": "d"},
+        {"ok": True, "mb_s": 1000.0, "cpu_s_per_gb": 0.8, "label": "e"},
+    ]
     row = _median_run(runs, also="cpu_s_per_gb")
     assert row["label"] == "a"
     assert row["mb_s"] == 900.0
@@ -135,5 +137,5 @@ def test_a_repeated_row_is_its_median_run_with_the_median_cpu() -> None:
     assert row["mb_s_runs"] == [900.0, 700.0, 1100.0, 800.0, 1000.0]
     assert row["cpu_s_per_gb_runs"] == [1.5, 1.0, 0.9, 1.2, 0.8]
     assert runs[0]["cpu_s_per_gb"] == 1.5  # the runs themselves are left as measured
-    failed = [*runs, {"ok": False, "mb_s": None, "label": "f"}]
+    failed: list[dict[str, Any]] = [*runs, {"ok": False, "mb_s": None, "label": "f"}]
     assert _median_run(failed, also="cpu_s_per_gb")["label"] == "f"
