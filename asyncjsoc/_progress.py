@@ -389,6 +389,12 @@ def describe(event: Event, view: PullView, *, mask: bool = True) -> str | None:
     show = mask_email if mask else _identity
     match event:
         case Planned(plan=plan):
+            if not plan.n_records:
+                return (
+                    f"planned {plan.series}: the query matches no records, so there is "
+                    "nothing to export (check the prime-key values, the time range and any "
+                    "keyword filter)"
+                )
             size = f", about {format_bytes(plan.estimated_bytes)}" if plan.estimated_bytes else ""
             return (
                 f"planned {plan.series}: {plan.n_records} records, {plan.n_files} files "
@@ -602,13 +608,14 @@ class RichReporter:
         with self._lock:
             self.view.apply(event)
             self._update_bars(event)
-        if isinstance(
+        empty_plan = isinstance(event, Planned) and not event.plan.n_records
+        if empty_plan or isinstance(
             event, ExportFailed | FileFailed | ChunkSplit | EmailDropped | ExportExpired
             | ExportAdopted | Backoff
         ):
             line = describe(event, self.view, mask=self.mask)
             if line is not None:
-                mild = isinstance(event, ChunkSplit | Backoff | ExportAdopted)
+                mild = empty_plan or isinstance(event, ChunkSplit | Backoff | ExportAdopted)
                 style = "yellow" if mild else "red"
                 self.console.print(Text(line, style=style))
 

@@ -863,6 +863,9 @@ async def _plan(config: Any, queries: list[Any], args: argparse.Namespace) -> in
         print(f"files:    {p.n_files}")
         print(f"size:     {size}")
         print(f"exports:  {len(p.chunks)}")
+        if not p.n_records:
+            print("note:     the query matches no records; check the prime-key values, the "
+                  "time range and any keyword filter")
         for c in p.chunks[:20]:
             print(f"  {c.index + 1:>4}  {c.n_records:>7} records {c.n_files:>7} files  "
                   f"{c.recordset}")

@@ -242,6 +242,24 @@ def test_plan_json_and_text(emulator: Emulator, capsys: pytest.CaptureFixture[st
     assert not [e for e in emulator.audit.entries if e.op == "exp_request"]
 
 
+def test_plan_and_fetch_say_when_the_query_matches_nothing(
+    emulator: Emulator, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:
+    """A query that matches no records (a HARP number with no data) still exits 0, and both
+    commands say so and what to check, instead of only counting zeros."""
+    empty = "hmi.sharp_cea_720s[99999][2018.09.06_00:00:00_TAI/3h]"
+    assert main(["plan", empty, "--server", emulator.url]) == EXIT_OK
+    text = capsys.readouterr().out
+    assert "records:  0" in text
+    assert "matches no records" in text
+    out = tmp_path / "out"
+    assert main(_fetch_args(emulator, out, empty, "--no-progress", *FAST)) == EXIT_OK
+    err = capsys.readouterr().err
+    assert "matches no records" in err
+    assert _files(out) == []
+    assert not [e for e in emulator.audit.entries if e.op == "exp_request"]
+
+
 def test_check_email(emulator: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
     """check-email exits 0 only when every address is registered; output is masked."""
     emulator.knobs.unknown_emails.add("nobody@example.org")

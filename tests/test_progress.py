@@ -150,6 +150,28 @@ def test_plain_reporter_lines_are_timestamped_and_masked() -> None:
     assert "finished with failures" in text
 
 
+def test_describe_says_when_a_query_matches_nothing() -> None:
+    """An empty plan names the problem and what to check, instead of '0 records, 0 files'."""
+    view = PullView()
+    empty = Plan(series="hmi.sharp_cea_720s", chunks=(), n_records=0, n_files=0,
+                 estimated_bytes=0)
+    line = describe(Planned(empty), view)
+    assert line is not None
+    assert "matches no records" in line
+    assert "prime-key" in line
+    full = describe(Planned(_plan()), view)
+    assert full is not None
+    assert "2 records, 6 files in 2 export(s)" in full
+    # The progress-bar display prints it too (it prints no line for a plan with records).
+    console, buf = _rich_console()
+    rep = RichReporter(console, emails=EMAILS, title="demo")
+    rep(Planned(_plan()))
+    assert "records" not in buf.getvalue()
+    rep(Planned(empty))
+    assert "matches no records" in buf.getvalue()
+    rep.close()
+
+
 def test_describe_unmasked_when_asked() -> None:
     """--debug shows full addresses."""
     view = PullView()
