@@ -224,6 +224,25 @@ _FRESH: _Prepared = (0, 0, None)
 :class:`~asyncjsoc._paths.Placer` knows fresh: no final file, part file or sidecar there."""
 
 
+@dataclass(slots=True)
+class _Got:
+    """What one GET of :meth:`Downloader._attempt` got, filled in as it goes."""
+
+    offset: int
+    """Where the body starts in the file (0 unless a Range request was honoured)."""
+    total: int | None = None
+    """The file's full size as the server announced it, if it did."""
+    data: bytes | None = None
+    """A small body, read whole (the small-file path); nothing was written."""
+    fd: int | None = None
+    """The part file, every byte of the body written, still open: sealing it is left to
+    the caller, after the connection is released."""
+    written: int = 0
+    """Bytes in the part file once the body was written (``offset`` plus what arrived)."""
+    complete_part: bool = False
+    """A 416 said the part file was already complete; ``total`` is its size."""
+
+
 def _prepare_part(dest: Path, part: Path, meta: Path) -> _Prepared:
     """Create ``dest``'s directory, then :func:`_size` and :func:`_resume_point` (one hop)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -685,55 +704,83 @@ class Downloader:
         stale_meta = None if prepared is _FRESH else meta
         _, offset, stored = prepared
         headers = {"Accept-Encoding": "identity"}
-        total: int | None
         if stored is not None:
             headers["Range"] = f"bytes={offset}-"
             headers["If-Range"] = stored.if_range() or ""
-        data: bytes | None = None  # a small body, read whole
-        size: int | None = None
         # The transfer slot is held while the connection is in use, not while the file is
-        # written: the workers beyond the connections do the disk work meanwhile, and no
-        # request takes a rate-limit token long before a connection is free to send it.
-        async with self._transfer_slot():
-            with map_transport_errors(url):
-                async with self._session.get(url, headers=headers) as resp:
-                    if resp.status == 404:
-                        raise ExportExpiredError(f"HTTP 404 for {url}", hint=_EXPIRED_HINT)
-                    if resp.status == 416:
-                        total = await self._unsatisfiable(resp, part, meta, offset, stored)
-                        return await self._finish(remote, dest, part, meta, total), offset
-                    raise_for_status(resp)
-                    validator: _Validator | None = None
-                    if resp.status == 206 and stored is not None:
-                        total = await self._check_partial(resp, part, meta, offset, stored)
-                    elif resp.status == 200:
-                        offset = 0
-                        total = _content_length(resp)
-                        self._check_expected(remote, total)
-                        if total is not None and total <= min(self.chunk_size, WHOLE_BODY_MAX):
-                            # The whole body fits in one write: read it here; it is published
-                            # below with other small files, in batches (the small-file fast
-                            # path).
-                            if on_progress is not None:
-                                on_progress(0, total)
-                            data = await resp.read()
-                            if len(data) != total:
-                                raise TransportError(f"{url}: body ended after {len(data)} "
-                                                     f"of {total} bytes", url=url)
-                        else:
-                            validator = _Validator(
-                                etag=resp.headers.get("ETag"),
-                                last_modified=resp.headers.get("Last-Modified"), total=total)
-                    else:
-                        raise ProtocolError(f"unexpected HTTP {resp.status} for {url}")
-                    if data is None:
+        # made durable: a streamed part file is sealed (fsync, close) after the response is
+        # released, and a small body is written after it too, so the connection goes on to
+        # the next file meanwhile. The workers beyond the connections do that disk work, and
+        # no request takes a rate-limit token long before a connection is free to send it.
+        got = _Got(offset=offset)
+        size: int | None = None  # of a streamed part file, once sealed
+        try:
+            async with self._transfer_slot():
+                await self._get(got, url, headers, remote, part, meta, stored, on_progress)
+            if got.fd is not None:
+                fd, got.fd = got.fd, None
+                size = await self._seal(fd, part)  # closes fd, whatever happens
+        finally:
+            if got.fd is not None:  # failed or cancelled before sealing: keep what arrived
+                with anyio.CancelScope(shield=True):
+                    await _in_thread(os.close, got.fd, where=part)
+        if got.complete_part:
+            return await self._finish(remote, dest, part, meta, got.total), got.offset
+        if got.data is not None:
+            return await self._finish_whole(dest, part, stale_meta, got.data, on_progress), 0
+        if got.total is not None and got.written != got.total:
+            raise TransportError(f"{url}: body ended after {got.written} of {got.total} "
+                                 "bytes", url=url)
+        return await self._finish(remote, dest, part, meta, got.total, size), got.offset
+
+    async def _get(self, got: _Got, url: str, headers: dict[str, str], remote: RemoteFile,
+                   part: Path, meta: Path, stored: _Validator | None,
+                   on_progress: ProgressCallback | None) -> None:
+        """The GET of :meth:`_attempt`, made while it holds a transfer slot; fills ``got``.
+
+        ``got`` ends up with a small body read whole, or with the descriptor of a part file
+        the body was written to, still open (the caller seals it, or closes it if anything
+        fails before), or, after a 416, marked as a part file that was already complete.
+        """
+        offset = got.offset
+        with map_transport_errors(url):
+            async with self._session.get(url, headers=headers) as resp:
+                if resp.status == 404:
+                    raise ExportExpiredError(f"HTTP 404 for {url}", hint=_EXPIRED_HINT)
+                if resp.status == 416:
+                    got.total = await self._unsatisfiable(resp, part, meta, offset, stored)
+                    got.complete_part = True
+                    return
+                raise_for_status(resp)
+                validator: _Validator | None = None
+                total: int | None
+                if resp.status == 206 and stored is not None:
+                    total = await self._check_partial(resp, part, meta, offset, stored)
+                elif resp.status == 200:
+                    offset = got.offset = 0
+                    total = _content_length(resp)
+                    self._check_expected(remote, total)
+                    if total is not None and total <= min(self.chunk_size, WHOLE_BODY_MAX):
+                        # The whole body fits in one write: read it here; it is published
+                        # with other small files, in batches (the small-file fast path).
                         if on_progress is not None:
-                            on_progress(offset, total)
-                        size = await self._stream(resp, part, offset, total, on_progress,
-                                                  (meta, validator) if validator else None)
-        if data is not None:
-            return await self._finish_whole(dest, part, stale_meta, data, on_progress), 0
-        return await self._finish(remote, dest, part, meta, total, size), offset
+                            on_progress(0, total)
+                        data = await resp.read()
+                        if len(data) != total:
+                            raise TransportError(f"{url}: body ended after {len(data)} "
+                                                 f"of {total} bytes", url=url)
+                        got.total, got.data = total, data
+                        return
+                    validator = _Validator(
+                        etag=resp.headers.get("ETag"),
+                        last_modified=resp.headers.get("Last-Modified"), total=total)
+                else:
+                    raise ProtocolError(f"unexpected HTTP {resp.status} for {url}")
+                if on_progress is not None:
+                    on_progress(offset, total)
+                got.total = total
+                await self._stream(got, resp, part, on_progress,
+                                   (meta, validator) if validator else None)
 
     def _transfer_slot(self) -> contextlib.AbstractAsyncContextManager[object]:
         """One of :attr:`transfers` places (nothing to hold when it is ``None``)."""
@@ -805,10 +852,10 @@ class Downloader:
             raise IntegrityError(f"{remote.url}: the server announces {total} bytes, "
                                  f"expected {remote.expected_size}")
 
-    async def _stream(self, resp: aiohttp.ClientResponse, part: Path, offset: int,
-                      total: int | None, on_progress: ProgressCallback | None,
-                      new_meta: tuple[Path, _Validator] | None) -> int:
-        """Append the body to the part file; fsync once at the end.
+    async def _stream(self, got: _Got, resp: aiohttp.ClientResponse, part: Path,
+                      on_progress: ProgressCallback | None,
+                      new_meta: tuple[Path, _Validator] | None) -> None:
+        """Append the body to the part file, from ``got.offset``, expecting ``got.total``.
 
         With :attr:`inline_io` each piece is written as it comes off the socket, and progress,
         write-out hints and cancellation are looked after every ``chunk_size`` bytes. Holding
@@ -818,19 +865,19 @@ class Downloader:
         per GB than writing at once (about 1,000 faults). Worker-thread writes (inline I/O
         off) still collect ``chunk_size`` bytes per hand-off, which is what a hop costs.
 
-        ``new_meta``, for a fresh start, is the sidecar to write before any byte. Returns the
-        size of the part file once it is durable.
+        ``new_meta``, for a fresh start, is the sidecar to write before any byte. On success
+        the part file's descriptor is left open in ``got.fd`` (sealed by :meth:`_seal` once
+        the connection is released) with the bytes it holds in ``got.written``; on failure
+        or cancellation it is closed here, keeping the bytes that arrived.
         """
+        offset, total = got.offset, got.total
         done = offset
         pending: list[bytes] = []
         buffered = 0  # bytes in ``pending``
         unreported = 0  # bytes written inline since the last progress report
-        # Page-cache pages of a file nobody reads back are dropped once durable (verification
-        # reads it back, so then they stay).
-        drop_cache = not self.verify_checksums
         writeback = self.fsync
         opened = await self._quick(_open_part, part, offset, new_meta)
-        fd: int | None = opened  # None once handed to _seal_part
+        fd: int | None = opened  # None once handed over in ``got``
 
         async def write_pending() -> None:
             nonlocal done, buffered
@@ -891,12 +938,7 @@ class Downloader:
                 await write_pending()
                 if on_progress is not None:
                     on_progress(done, total)
-            sealing, fd = fd, None
-            assert sealing is not None
-            if self.fsync:
-                size = await _in_thread(_seal_part, sealing, drop_cache, True, where=part)
-            else:  # nothing slow left: fstat and close
-                size = await self._quick(_seal_part, sealing, False, False, where=part)
+            got.fd, got.written, fd = fd, done, None
         finally:
             # Keep what arrived (it is a valid prefix) and never leak the descriptor, even
             # when cancelled: the part file is what the next attempt resumes from.
@@ -907,9 +949,19 @@ class Downloader:
                             await write_pending()
                     finally:
                         await _in_thread(os.close, fd, where=part)
-        if total is not None and done != total:
-            raise TransportError(f"{resp.url}: body ended after {done} of {total} bytes",
-                                 url=str(resp.url))
+
+    async def _seal(self, fd: int, part: Path) -> int:
+        """Make a streamed part file durable (unless :attr:`fsync` is off) and close it;
+        returns its size. The descriptor is closed whatever happens."""
+        if not self.fsync:  # nothing slow left: fstat and close
+            return await self._quick(_seal_part, fd, False, False, where=part)
+        # Page-cache pages of a file nobody reads back are dropped once durable (verification
+        # reads it back, so then they stay).
+        drop_cache = not self.verify_checksums
+        # Shielded: a worker thread call is not abandoned once running anyway, and a cancel
+        # before it starts would leave the descriptor open.
+        with anyio.CancelScope(shield=True):
+            size = await _in_thread(_seal_part, fd, drop_cache, True, where=part)
         return size
 
     async def _finish(self, remote: RemoteFile, dest: Path, part: Path, meta: Path,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import aiohttp
 import anyio
 import pytest
 
+import asyncjsoc._download as download_module
 from asyncjsoc._download import (
     PROGRESS_ROUNDS,
     Downloader,
@@ -72,6 +75,18 @@ def _downloader(session: aiohttp.ClientSession, attempts: int = 6, *,
                       inline_io=inline_io)
 
 
+def _descriptors_on(path: Path) -> int:
+    """How many of this process's file descriptors are open on ``path`` (Linux /proc)."""
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        pytest.skip("needs /proc/self/fd")
+    count = 0
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):  # closed since listed
+            count += Path(fd.readlink()) == path
+    return count
+
+
 def _leftovers(dest: Path) -> list[str]:
     """Names in dest's directory (sorted)."""
     return sorted(p.name for p in dest.parent.iterdir())
@@ -121,6 +136,7 @@ async def test_cancel_keeps_part_and_resume_fetches_only_the_rest(
     await _cancel_midway(_downloader(session, inline_io=inline_io), remote, dest,
                          after=len(expected) // 3)
     assert not dest.exists()
+    assert _descriptors_on(part_path(dest)) == 0  # closed, even though cancelled
     n = part_path(dest).stat().st_size
     assert 0 < n < len(expected)
     assert part_path(dest).read_bytes() == expected[:n]
@@ -553,3 +569,40 @@ async def test_body_corrupted_in_transit_is_never_written_under_its_name(
     emulator.knobs.corrupt_rate = 0.0
     await dl.download(remote, dest)
     assert dest.read_bytes() == expected
+
+
+async def test_the_connection_is_free_while_a_finished_file_is_made_durable(
+        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With one transfer slot, the next file's GET goes out while the last file's final fsync
+    still runs: sealing a part file happens after its connection is released."""
+    paths = _paths(emulator, 2)
+    dl = Downloader(session, chunk_size=CHUNK, retry=RetryPolicy.no_wait(1), transfers=1)
+    progressed: set[int] = set()
+    both_transferring = threading.Event()
+    first_seal_waited: list[bool] = []
+    real_seal = download_module._seal_part
+
+    def held_seal(fd: int, drop_cache: bool, fsync: bool = True) -> int:
+        if not first_seal_waited:  # the first file sealed waits until the other's GET is in
+            first_seal_waited.append(both_transferring.wait(timeout=5))
+        return real_seal(fd, drop_cache, fsync)
+
+    monkeypatch.setattr(download_module, "_seal_part", held_seal)
+
+    async def fetch(i: int) -> None:
+        def progress(done: int, total: int | None) -> None:
+            progressed.add(i)
+            if len(progressed) == len(paths):
+                both_transferring.set()
+
+        await dl.download(_remote(emulator, paths[i]), tmp_path / f"f{i}.fits",
+                          on_progress=progress)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(paths)):
+            tg.start_soon(fetch, i)
+    assert first_seal_waited == [True]
+    assert _leftovers(tmp_path / "f0.fits") == ["f0.fits", "f1.fits"]
+    for i, path in enumerate(paths):
+        assert (tmp_path / f"f{i}.fits").read_bytes() == emulator.file_bytes(path)
