@@ -953,15 +953,16 @@ class Downloader:
     async def _seal(self, fd: int, part: Path) -> int:
         """Make a streamed part file durable (unless :attr:`fsync` is off) and close it;
         returns its size. The descriptor is closed whatever happens."""
-        if not self.fsync:  # nothing slow left: fstat and close
-            return await self._quick(_seal_part, fd, False, False, where=part)
-        # Page-cache pages of a file nobody reads back are dropped once durable (verification
-        # reads it back, so then they stay).
-        drop_cache = not self.verify_checksums
         # Shielded: a worker thread call is not abandoned once running anyway, and a cancel
         # before it starts would leave the descriptor open.
         with anyio.CancelScope(shield=True):
-            size = await _in_thread(_seal_part, fd, drop_cache, True, where=part)
+            if not self.fsync:  # nothing slow left: fstat and close
+                size = await self._quick(_seal_part, fd, False, False, where=part)
+            else:
+                # Page-cache pages of a file nobody reads back are dropped once durable
+                # (verification reads it back, so then they stay).
+                drop_cache = not self.verify_checksums
+                size = await _in_thread(_seal_part, fd, drop_cache, True, where=part)
         return size
 
     async def _finish(self, remote: RemoteFile, dest: Path, part: Path, meta: Path,
