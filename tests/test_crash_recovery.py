@@ -152,7 +152,12 @@ def _phase_reached(phase: str, url: str, out: Path, start_final: int) -> Callabl
         return any(op == "jsoc_fetch/exp_request" and st == 2 for op, st in ops()[base:])
 
     def download() -> bool:
-        return any(p.endswith(".part") for p in part_files(out))
+        # Files this small are read whole and written in batches, so a .part lives only
+        # for an instant; under CPU load a poll could miss every one and let the pull
+        # finish (seen once: the test then had too few kills). A file GET answered since
+        # this run started marks the phase too: the other files are still in flight.
+        return (any(p.endswith(".part") for p in part_files(out))
+                or any(op == "file" for op, _ in ops()[base:]))
 
     def rename() -> bool:
         return len(final_files(out)) > start_final
