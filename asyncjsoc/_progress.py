@@ -56,6 +56,7 @@ from asyncjsoc._events import (
 )
 
 __all__ = [
+    "NO_RECORDS",
     "PlainReporter",
     "PullView",
     "RichReporter",
@@ -72,6 +73,11 @@ _EMAIL_RE = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A
 _RECENT_READY = 3
 # The plain log repeats an unchanged "still staging" line at most this often (seconds).
 _WAIT_LOG_EVERY = 30.0
+
+
+NO_RECORDS = ("the query matches no records (check the prime-key values, the time range "
+              "and any keyword filter)")
+"""What the command line says about a query that matched nothing."""
 
 
 def mask_email(address: str) -> str:
@@ -390,11 +396,7 @@ def describe(event: Event, view: PullView, *, mask: bool = True) -> str | None:
     match event:
         case Planned(plan=plan):
             if not plan.n_records:
-                return (
-                    f"planned {plan.series}: the query matches no records, so there is "
-                    "nothing to export (check the prime-key values, the time range and any "
-                    "keyword filter)"
-                )
+                return f"planned {plan.series}: {NO_RECORDS}, so there is nothing to export"
             size = f", about {format_bytes(plan.estimated_bytes)}" if plan.estimated_bytes else ""
             return (
                 f"planned {plan.series}: {plan.n_records} records, {plan.n_files} files "

@@ -846,7 +846,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 async def _plan(config: Any, queries: list[Any], args: argparse.Namespace) -> int:
     """Compute and print the plan of every query."""
-    from asyncjsoc._progress import format_bytes
+    from asyncjsoc._progress import NO_RECORDS, format_bytes
 
     plans = []
     async with _scratch_client(config) as client:
@@ -864,8 +864,7 @@ async def _plan(config: Any, queries: list[Any], args: argparse.Namespace) -> in
         print(f"size:     {size}")
         print(f"exports:  {len(p.chunks)}")
         if not p.n_records:
-            print("note:     the query matches no records; check the prime-key values, the "
-                  "time range and any keyword filter")
+            print(f"note:     {NO_RECORDS}")
         for c in p.chunks[:20]:
             print(f"  {c.index + 1:>4}  {c.n_records:>7} records {c.n_files:>7} files  "
                   f"{c.recordset}")
