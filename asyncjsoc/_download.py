@@ -1,19 +1,19 @@
 """Download one file: into ``<name>.part``, resumable, checked, then atomically renamed.
 
 The bytes go to ``dest.part``; the validator the server gave (``ETag``, else ``Last-Modified``)
-goes to a small JSON sidecar ``dest.part.meta`` before any byte is written. A later attempt (in
+is stored with it before any byte is written (an extended attribute of the part file, else a
+small JSON sidecar ``dest.part.meta``: see :mod:`asyncjsoc._resume`). A later attempt (in
 this run or the next) resumes with ``Range: bytes=N-`` and ``If-Range: <validator>``, and keeps
 the bytes only if the server answers 206 with a ``Content-Range`` that starts at ``N`` and
 announces the same total. Any other answer starts over from zero. When the body is complete its
 size is checked, FITS checksums are verified, and ``os.replace`` gives it its final name. A
-failure leaves at most the ``.part`` file (and its sidecar), never a partial file under the
+failure leaves at most the ``.part`` file (and any sidecar), never a partial file under the
 final name.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import stat
@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, TypeVarTuple
+from typing import TypeVar, TypeVarTuple
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
@@ -36,6 +36,8 @@ from ._handoff import LimiterSlot
 from ._http import is_retryable, map_transport_errors, raise_for_status
 from ._models import RemoteFile
 from ._paths import PART_SUFFIX, SIDECAR_SUFFIX, Placer
+from ._resume import Validator as _Validator
+from ._resume import forget_validator, resume_point, save_validator
 from ._retry import RetryPolicy, retrying
 from ._verify import FITS_MAGIC, check_fits_bytes, check_size, verify_fits, verify_fits_bytes
 from .exceptions import (
@@ -138,58 +140,13 @@ class _Restart(TransportError):
     """The part file cannot be resumed; it was discarded and the next attempt starts afresh."""
 
 
-@dataclass(slots=True)
-class _Validator:
-    """What the server said about the file the part file holds the beginning of."""
-
-    etag: str | None = None
-    last_modified: str | None = None
-    total: int | None = None
-
-    def if_range(self) -> str | None:
-        """The ``If-Range`` value: a strong ETag, else Last-Modified, else nothing."""
-        if self.etag and not self.etag.startswith("W/"):
-            return self.etag
-        return self.last_modified
-
-    def to_json(self) -> str:
-        """The sidecar's content."""
-        return json.dumps({"etag": self.etag, "last_modified": self.last_modified,
-                           "total": self.total})
-
-    @classmethod
-    def from_json(cls, text: str) -> _Validator | None:
-        """Parse a sidecar; ``None`` if it is damaged."""
-        try:
-            data: Any = json.loads(text)
-            etag, lm, total = data["etag"], data["last_modified"], data["total"]
-        except (ValueError, KeyError, TypeError):
-            return None
-        if not (isinstance(etag, str | None) and isinstance(lm, str | None)
-                and (total is None or (isinstance(total, int) and total >= 0))):
-            return None
-        return cls(etag=etag, last_modified=lm, total=total)
-
-
 def _resume_point(part: Path, meta: Path,
                   size: int | None = None) -> tuple[int, _Validator | None]:
     """Bytes in the part file and its validator; (0, None) when it cannot be resumed.
 
     ``size`` is the part file's size if the caller just measured it.
     """
-    if size is None:
-        size = _size(part)
-    if size == 0:
-        return 0, None
-    try:
-        validator = _Validator.from_json(meta.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError):
-        validator = None
-    if validator is None or validator.if_range() is None:
-        return 0, None
-    if validator.total is not None and size > validator.total:
-        return 0, None
-    return size, validator
+    return resume_point(part, meta, _size(part) if size is None else size)
 
 
 def _size(path: Path) -> int:
@@ -205,15 +162,6 @@ def _discard(*paths: Path) -> None:
     for p in paths:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
-
-
-def _write_meta(meta: Path, validator: _Validator) -> None:
-    """Write the sidecar (replaced atomically, so it is never half-written)."""
-    tmp = meta.with_name(meta.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | NOFOLLOW, 0o666)
-    with open(fd, "w", encoding="utf-8") as f:
-        f.write(validator.to_json())
-    os.replace(tmp, meta)
 
 
 _Prepared = tuple[int, int, "_Validator | None"]
@@ -272,22 +220,29 @@ def _locate_and_prepare(placer: Placer, relpath: str,
 
 
 def _publish(part: Path, dest: Path, meta: Path) -> None:
-    """Rename the finished part to its final name and drop the sidecar.
+    """Rename the finished part to its final name, without its resume validator.
 
     The rename is made durable by :class:`_DirSyncer` afterwards, before the caller learns
     that the file is done.
     """
+    forget_validator(part)
     os.replace(part, dest)
     _discard(meta)
 
 
 def _open_part(part: Path, offset: int, new_meta: tuple[Path, _Validator] | None) -> int:
-    """Write the sidecar (if starting afresh), then open the part file for appending."""
-    if new_meta is not None:
-        _write_meta(*new_meta)
+    """Open the part file for appending; starting afresh, store the validator first
+    (:func:`~asyncjsoc._resume.save_validator`), before any byte."""
     flags = (os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | NOFOLLOW
              | (os.O_APPEND if offset else os.O_TRUNC))
-    return os.open(part, flags, 0o666)
+    fd = os.open(part, flags, 0o666)
+    if new_meta is not None:
+        try:
+            save_validator(fd, *new_meta)
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
 
 
 _start_writeback = load_start_writeback()

@@ -241,14 +241,17 @@ def _publish_batch(items: list[_Item], syncfs: SyncFs | None,
 
 
 def write_whole(part: Path, meta: Path | None, data: bytes, *, fsync: bool = True) -> None:
-    """Write a whole body to the part file, dropping a stale sidecar ``meta`` first.
+    """Write a whole body to a new part file, dropping a stale part and sidecar ``meta`` first.
 
-    A body this small is never resumed, so no sidecar is kept (``meta`` is ``None`` when
-    there is known to be none). With ``fsync`` the bytes are durable on return.
+    A body this small is never resumed, so no validator is kept (``meta`` is ``None`` when
+    the name is known fresh: no part file or sidecar there). A stale part file is deleted
+    rather than overwritten so that its resume attribute (:mod:`asyncjsoc._resume`) cannot
+    travel with the inode into the final file. With ``fsync`` the bytes are durable on return.
     """
     if meta is not None:
-        with contextlib.suppress(FileNotFoundError):
-            meta.unlink()
+        for stale in (meta, part):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | NOFOLLOW, 0o666)
     try:
         view = memoryview(data)

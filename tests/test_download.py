@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import anyio
 import pytest
 
 import asyncjsoc._download as download_module
+import asyncjsoc._resume as resume_module
 from asyncjsoc._download import (
     PROGRESS_ROUNDS,
     Downloader,
@@ -24,6 +26,7 @@ from asyncjsoc._download import (
 from asyncjsoc._http import TransportConfig, create_session
 from asyncjsoc._models import RemoteFile
 from asyncjsoc._paths import resolve_inside
+from asyncjsoc._resume import RESUME_XATTR, Validator
 from asyncjsoc._retry import RetryPolicy
 from asyncjsoc.emulator import Emulator, Knobs, run_emulator
 from asyncjsoc.exceptions import (
@@ -92,6 +95,68 @@ def _leftovers(dest: Path) -> list[str]:
     return sorted(p.name for p in dest.parent.iterdir())
 
 
+def _xattrs_here(directory: Path) -> bool:
+    """Whether files in ``directory`` take user extended attributes."""
+    probe = directory / "xattr-probe"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, "user.probe", b"1")
+    except (AttributeError, OSError):
+        return False
+    finally:
+        probe.unlink()
+    return True
+
+
+@pytest.fixture(params=["xattr", "sidecar"])
+def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+          tmp_path: Path) -> str:
+    """Where the downloader keeps resume validators: the part file's attribute or a sidecar
+    (the fallback where attributes are unavailable, forced here)."""
+    if request.param == "xattr" and not _xattrs_here(tmp_path):
+        pytest.skip("this file system takes no user extended attributes")
+    if request.param == "sidecar":
+        monkeypatch.setattr(resume_module, "_xattrs", False)
+    return str(request.param)
+
+
+def _attribute(path: Path) -> bytes | None:
+    """The resume attribute of ``path``, if it has one."""
+    try:
+        return os.getxattr(path, RESUME_XATTR, follow_symlinks=False)
+    except (AttributeError, OSError):
+        return None
+
+
+def _stored_validator(dest: Path, store: str) -> bytes | None:
+    """The resume validator of ``dest``'s part file, where ``store`` keeps it; checks that
+    the other place holds none."""
+    part, meta = part_path(dest), meta_path(dest)
+    if store == "xattr":
+        assert not meta.exists()
+        return _attribute(part)
+    assert _attribute(part) is None
+    return meta.read_bytes() if meta.exists() else None
+
+
+def _parsed_validator(dest: Path, store: str) -> Validator:
+    """:func:`_stored_validator`, parsed (it must be there and well formed)."""
+    raw = _stored_validator(dest, store)
+    assert raw is not None
+    parsed = (Validator.from_attribute(raw) if store == "xattr"
+              else Validator.from_json(raw.decode()))
+    assert parsed is not None
+    return parsed
+
+
+def _plant_validator(dest: Path, store: str, payload: bytes) -> None:
+    """Give ``dest``'s (existing) part file the validator ``payload``, where ``store`` keeps it."""
+    if store == "xattr":
+        os.setxattr(part_path(dest), RESUME_XATTR, payload)
+    else:
+        meta_path(dest).write_bytes(payload)
+
+
 async def _cancel_midway(dl: Downloader, remote: RemoteFile, dest: Path, after: int) -> None:
     """Start a download and cancel it once ``after`` bytes are on disk."""
     with anyio.CancelScope() as scope:
@@ -126,8 +191,12 @@ async def test_full_download(emulator: Emulator, session: aiohttp.ClientSession,
 @pytest.mark.parametrize("inline_io", [True, False])
 async def test_cancel_keeps_part_and_resume_fetches_only_the_rest(
         emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path,
-        inline_io: bool) -> None:
-    """Cancelled mid-transfer: the .part stays; the rerun asks Range: bytes=N- with If-Range."""
+        inline_io: bool, store: str) -> None:
+    """Cancelled mid-transfer: the .part stays; the rerun asks Range: bytes=N- with If-Range.
+
+    The validator is kept on the part file itself where the file system allows (no second
+    file), else in the sidecar; either way the finished file carries none of it.
+    """
     (path,) = _paths(emulator, 1)
     expected = emulator.file_bytes(path)
     dest = tmp_path / "f.fits"
@@ -140,17 +209,19 @@ async def test_cancel_keeps_part_and_resume_fetches_only_the_rest(
     n = part_path(dest).stat().st_size
     assert 0 < n < len(expected)
     assert part_path(dest).read_bytes() == expected[:n]
-    assert meta_path(dest).exists()
+    validator = _parsed_validator(dest, store)
+    assert validator.total == len(expected)
 
     emulator.knobs.bandwidth = None
     outcome = await _downloader(session, inline_io=inline_io).download(remote, dest)
     assert dest.read_bytes() == expected
     assert outcome.resumed_from == n
     assert _leftovers(dest) == ["f.fits"]
+    assert _attribute(dest) is None
     ranges = emulator.audit.ranges(path)
     assert ranges == [None, f"bytes={n}-"]
     last = emulator.audit.requests("file")[-1]
-    assert last.if_range
+    assert last.if_range == validator.if_range() is not None
     # the first GET may have sent more than was written before the cancel, never a 2nd copy
     assert emulator.audit.bytes_sent(path) < len(expected) + n
     assert emulator.audit.file_stats[path].complete <= 1
@@ -175,7 +246,7 @@ async def test_steadily_slow_inline_io_moves_to_worker_threads(
 
 
 async def test_resume_at_every_cut_point(emulator: Emulator, session: aiohttp.ClientSession,
-                                         tmp_path: Path) -> None:
+                                         tmp_path: Path, store: str) -> None:
     """Whatever prefix the .part holds (block edges, 1 byte, complete), the result is identical."""
     (path,) = _paths(emulator, 1)
     expected = emulator.file_bytes(path)
@@ -183,11 +254,12 @@ async def test_resume_at_every_cut_point(emulator: Emulator, session: aiohttp.Cl
     remote = _remote(emulator, path)
     dl = _downloader(session)
     await _cancel_midway(dl, remote, dest, after=1)
-    sidecar = meta_path(dest).read_bytes()
+    validator = _stored_validator(dest, store)
+    assert validator is not None
     size = len(expected)
     for cut in (1, 2879, 2880, size // 2, size - 1, size):
         part_path(dest).write_bytes(expected[:cut])
-        meta_path(dest).write_bytes(sidecar)
+        _plant_validator(dest, store, validator)
         dest.unlink(missing_ok=True)
         before = emulator.audit.bytes_sent(path)
         outcome = await dl.download(remote, dest)
@@ -244,7 +316,7 @@ async def test_dropped_connections_recover(emulator: Emulator, session: aiohttp.
 
 
 async def test_truncated_body_never_becomes_final(
-        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path) -> None:
+        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path, store: str) -> None:
     """A body shorter than its Content-Length is an error; only a .part remains, later resumed."""
     (path,) = _paths(emulator, 1)
     expected = emulator.file_bytes(path)
@@ -254,7 +326,8 @@ async def test_truncated_body_never_becomes_final(
     with pytest.raises(TransportError):
         await _downloader(session, attempts=3).download(remote, dest)
     assert not dest.exists()
-    assert _leftovers(dest) == ["f.fits.part", "f.fits.part.meta"]
+    kept = ["f.fits.part"] if store == "xattr" else ["f.fits.part", "f.fits.part.meta"]
+    assert _leftovers(dest) == kept
     n = part_path(dest).stat().st_size
     assert n < len(expected)
     assert part_path(dest).read_bytes() == expected[:n]
@@ -393,24 +466,69 @@ def test_unsafe_names_write_nothing_outside(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-async def test_changed_file_or_damaged_sidecar_restarts(
-        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path) -> None:
-    """A stale validator makes the server send 200 (If-Range); a damaged sidecar sends no Range."""
+async def test_changed_file_or_damaged_validator_restarts(
+        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path, store: str) -> None:
+    """A stale validator makes the server send 200 (If-Range); a damaged one sends no Range."""
     (path,) = _paths(emulator, 1)
     expected = emulator.file_bytes(path)
     dest = tmp_path / "f.fits"
     remote = _remote(emulator, path)
     dl = _downloader(session)
-    stale = b'{"etag": "\\"stale\\"", "last_modified": null, "total": null}'
-    for sidecar, sent_range in ((stale, "bytes=1000-"), (b"{not json", None)):
+    stale_validator = Validator(etag='"stale"')
+    stale = (stale_validator.to_attribute() if store == "xattr"
+             else stale_validator.to_json().encode())
+    assert stale is not None
+    for validator, sent_range in ((stale, "bytes=1000-"), (b"{not json", None)):
         part_path(dest).write_bytes(b"\0" * 1000)  # bytes of some other version of the file
-        meta_path(dest).write_bytes(sidecar)
+        _plant_validator(dest, store, validator)
         dest.unlink(missing_ok=True)
         outcome = await dl.download(remote, dest)
         assert dest.read_bytes() == expected
         assert outcome.resumed_from == 0
         assert emulator.audit.ranges(path)[-1] == sent_range
         assert _leftovers(dest) == ["f.fits"]
+        assert _attribute(dest) is None
+
+
+async def test_a_part_started_by_a_sidecar_resumes_where_attributes_are_used(
+        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path, store: str) -> None:
+    """A part whose validator is in a sidecar (an older asyncjsoc, or a file system without
+    attributes when it was started) resumes with Range whichever store is in use now."""
+    (path,) = _paths(emulator, 1)
+    expected = emulator.file_bytes(path)
+    dest = tmp_path / "f.fits"
+    remote = _remote(emulator, path)
+    dl = _downloader(session)
+    await _cancel_midway(dl, remote, dest, after=1)
+    validator = _parsed_validator(dest, store)
+    part_path(dest).unlink()
+    part_path(dest).write_bytes(expected[:5000])  # a new inode: no attribute
+    meta_path(dest).write_text(validator.to_json())
+    outcome = await dl.download(remote, dest)
+    assert outcome.resumed_from == 5000
+    assert emulator.audit.ranges(path)[-1] == "bytes=5000-"
+    assert dest.read_bytes() == expected
+    assert _leftovers(dest) == ["f.fits"]
+
+
+async def test_a_small_file_fetched_whole_over_a_stale_part_carries_no_validator(
+        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path, store: str) -> None:
+    """A file small enough to be read whole, where a stale part (unusable validator) lies,
+    is written to a new part file: the stale part's attribute never reaches the final file."""
+    (path,) = _paths(emulator, 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    remote = RemoteFile(url=emulator.url + path, relpath="f.fits", record="r")
+    dest = out / remote.relpath
+    part_path(dest).write_bytes(b"\0" * 1000)
+    _plant_validator(dest, store, b"{not json")
+    dl = Downloader(session, chunk_size=4 << 20, retry=RetryPolicy.no_wait(2))
+    outcome = await dl.download_into(remote, out)
+    assert outcome.resumed_from == 0
+    assert emulator.audit.ranges(path) == [None]
+    assert dest.read_bytes() == emulator.file_bytes(path)
+    assert _attribute(dest) is None
+    assert _leftovers(dest) == ["f.fits"]
 
 
 async def test_ip_block_with_retry_after_is_waited_out(
