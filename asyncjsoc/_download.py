@@ -413,7 +413,7 @@ class Downloader:
         streamed body (see :meth:`_stream`); worker-thread writes collect this many bytes
         per hand-off. A body of at most this size and at most :data:`WHOLE_BODY_MAX` (by
         its ``Content-Length``) is read whole and,
-        without a resume sidecar, handed to the :class:`~asyncjsoc._durable.BatchPublisher`,
+        without a resume validator, handed to the :class:`~asyncjsoc._durable.BatchPublisher`,
         which writes, syncs and renames many such files together (FITS checksums, when to be
         verified, are checked in memory first: a body that fails is never written).
     verify_checksums
@@ -820,7 +820,8 @@ class Downloader:
         per GB than writing at once (about 1,000 faults). Worker-thread writes (inline I/O
         off) still collect ``chunk_size`` bytes per hand-off, which is what a hop costs.
 
-        ``new_meta``, for a fresh start, is the sidecar to write before any byte. On success
+        ``new_meta``, for a fresh start, is the validator to store (and the sidecar path
+        to use where extended attributes are unavailable) before any byte. On success
         the part file's descriptor is left open in ``got.fd`` (sealed by :meth:`_seal` once
         the connection is released) with the bytes it holds in ``got.written``; on failure
         or cancellation it is closed here, keeping the bytes that arrived.

@@ -23,10 +23,12 @@ STATE_DIRNAME = ".asyncjsoc"
 """The directory under the output directory that holds asyncjsoc's own state."""
 
 PART_SUFFIX = ".part"
-"""Suffix of a file that is still being downloaded (its resume sidecar adds ``.meta``)."""
+"""Suffix of a file that is still being downloaded (its resume sidecar, where one is needed,
+adds ``.meta``)."""
 
 SIDECAR_SUFFIX = PART_SUFFIX + ".meta"
-"""Suffix of a part file's resume sidecar (its ETag, Last-Modified and size)."""
+"""Suffix of a part file's resume sidecar (its ETag, Last-Modified and size), written only
+where the file system takes no extended attributes (see :mod:`asyncjsoc._resume`)."""
 
 _MAX_COMPONENT_BYTES = 255
 _DRIVE = re.compile(r"^[A-Za-z]:")
