@@ -83,7 +83,7 @@ class ClientConfig:
         scratch space or file systems where ``fsync`` is slow; see
         :class:`~asyncjsoc._download.Downloader`.
     chunk_size
-        Bytes between progress reports (and write-out hints) of a large file. With
+        Bytes between progress reports (and cancellation checks) of a large file. With
         ``inline_io`` its pieces are written as they arrive; with worker threads this many
         bytes are collected per write. Files of at most 1 MiB, and at most this size, are
         fetched whole and written in one go.

@@ -41,7 +41,6 @@ __all__ = [
     "NOFOLLOW",
     "BatchPublisher",
     "fsync_dir",
-    "load_start_writeback",
     "load_syncfs",
     "write_whole",
 ]
@@ -79,35 +78,6 @@ def load_syncfs() -> SyncFs | None:
     return syncfs
 
 
-StartWriteback = Callable[[int, int, int], None]
-"""``start_writeback(fd, offset, nbytes)``: ask the kernel to begin writing a range to disk."""
-
-_SYNC_FILE_RANGE_WRITE = 2  # from <fcntl.h>: start write-out of dirty pages, do not wait
-
-
-def load_start_writeback() -> StartWriteback:
-    """``sync_file_range(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE)`` where the C library has it.
-
-    Only a hint, never a durability step: it starts write-out of what was just written, so
-    the ``fsync`` that ends a large file has less left to do and the disk works while the
-    network still delivers. Its errors are ignored (the ``fsync`` reports any that matter).
-    Elsewhere (not Linux, or no such call) it does nothing.
-    """
-    raw = None
-    if sys.platform.startswith("linux"):
-        try:
-            raw = ctypes.CDLL(None, use_errno=True).sync_file_range
-        except (OSError, AttributeError):
-            raw = None
-    if raw is None:
-        return lambda fd, offset, nbytes: None
-    raw.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    raw.restype = ctypes.c_int
-
-    def start_writeback(fd: int, offset: int, nbytes: int) -> None:
-        raw(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)
-
-    return start_writeback
 
 
 @dataclass(slots=True, eq=False)

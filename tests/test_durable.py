@@ -12,7 +12,7 @@ import pytest
 from engine_helpers import emulator
 
 from asyncjsoc._download import Downloader, meta_path, part_path
-from asyncjsoc._durable import BatchPublisher, load_start_writeback, load_syncfs
+from asyncjsoc._durable import BatchPublisher, load_syncfs
 from asyncjsoc._models import RemoteFile
 from asyncjsoc._retry import RetryPolicy
 
@@ -199,14 +199,10 @@ async def test_downloader_publishes_small_files_in_batches(tmp_path: Path) -> No
         f"f{i}.fits" for i in range(len(paths)))
 
 
-def test_writes_start_write_out_of_exactly_the_bytes_written(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each streamed write asks for write-out of its own range, appending or not."""
+def test_streamed_writes_put_every_piece_in_order_appending_or_not(tmp_path: Path) -> None:
+    """Pieces (empty ones too) land in order; a resume appends after what is there."""
     from asyncjsoc import _download
 
-    ranges: list[tuple[int, int]] = []
-    monkeypatch.setattr(_download, "_start_writeback",
-                        lambda fd, offset, nbytes: ranges.append((offset, nbytes)))
     path = tmp_path / "f.part"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
@@ -215,56 +211,32 @@ def test_writes_start_write_out_of_exactly_the_bytes_written(
         assert _download._write_pieces(fd, []) == 0
     finally:
         os.close(fd)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)  # a resume: the offset starts at 0
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     try:
         assert _download._write_pieces(fd, [b"xyz"]) == 3
     finally:
         os.close(fd)
-    assert ranges == [(0, 10), (10, 5), (15, 3)]
     assert path.read_bytes() == b"0123456789abcdexyz"
 
 
-def test_start_writeback_is_harmless_on_a_real_file(tmp_path: Path) -> None:
-    """The loaded call (sync_file_range on Linux, else nothing) accepts any range quietly."""
-    start_writeback = load_start_writeback()
-    path = tmp_path / "f"
-    path.write_bytes(b"x" * 10_000)
-    fd = os.open(path, os.O_RDWR)
-    try:
-        start_writeback(fd, 0, 10_000)
-        start_writeback(fd, 5_000, 1_000_000)  # past the end
-    finally:
-        os.close(fd)
-    assert path.read_bytes() == b"x" * 10_000
-
-
 class FsyncCounter:
-    """Counts ``os.fsync`` calls (the per-file and per-directory barriers) and writeback hints."""
+    """Counts ``os.fsync`` calls (the per-file and per-directory barriers)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from asyncjsoc import _download
-
         self.fsyncs = 0
-        self.writebacks = 0
         real_fsync = os.fsync
-        real_writeback = _download._start_writeback
 
         def fsync(fd: int) -> None:
             self.fsyncs += 1
             real_fsync(fd)
 
-        def writeback(fd: int, offset: int, nbytes: int) -> None:
-            self.writebacks += 1
-            real_writeback(fd, offset, nbytes)
-
         monkeypatch.setattr(os, "fsync", fsync)
-        monkeypatch.setattr(_download, "_start_writeback", writeback)
 
 
 @pytest.mark.parametrize("fsync", [True, False])
 async def test_fsync_off_skips_every_barrier_and_files_still_arrive_whole(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool) -> None:
-    """``fsync=False``: no fsync, syncfs or writeback hint on any path; files are complete.
+    """``fsync=False``: no fsync or syncfs on any path; files are complete.
 
     The three paths: streamed (large body), whole bodies verified in memory then published
     in batches, whole bodies published in batches. With ``fsync=True`` each path syncs (the
@@ -302,24 +274,17 @@ async def test_fsync_off_skips_every_barrier_and_files_still_arrive_whole(
     if fsync:
         # Every streamed file, plus its directory; the batches sync through their barrier.
         assert counter.fsyncs >= len(paths) + 1
-        assert counter.writebacks >= len(paths)
         assert barrier.calls
         assert verified_barrier.calls
     else:
-        assert (counter.fsyncs, counter.writebacks, barrier.calls,
-                verified_barrier.calls) == (0, 0, [], [])
+        assert (counter.fsyncs, barrier.calls, verified_barrier.calls) == (0, [], [])
 
 
 @pytest.mark.parametrize("inline_io", [True, False])
-async def test_streamed_write_out_hints_cover_the_file_once_in_order(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inline_io: bool) -> None:
-    """Written inline piece by piece or in worker-thread batches, the write-out hints of a
-    streamed file cover its bytes exactly once, in order, and progress ends at its size."""
-    from asyncjsoc import _download
-
-    ranges: list[tuple[int, int]] = []
-    monkeypatch.setattr(_download, "_start_writeback",
-                        lambda fd, offset, nbytes: ranges.append((offset, nbytes)))
+async def test_streamed_writes_inline_or_in_threads_give_the_whole_file_in_order(
+        tmp_path: Path, inline_io: bool) -> None:
+    """Written inline piece by piece or in worker-thread batches, a streamed file arrives
+    byte for byte and its progress climbs to its size."""
     async with emulator(file_size=64 * 2880) as emu, aiohttp.ClientSession() as session:
         sel = emu.catalog.select("hmi.M_45s[2012.01.01_00:00:45_TAI]{magnetogram}")
         path = next(iter(sel)).segment_path(sel.segments[0])
@@ -330,12 +295,5 @@ async def test_streamed_write_out_hints_cover_the_file_once_in_order(
         await dl.download_into(remote, tmp_path, on_progress=lambda d, t: progress.append(d))
         body = emu.file_bytes(path)
         assert (tmp_path / "f.fits").read_bytes() == body
-    size = len(body)
-    assert ranges, "no write-out hint at all"
-    position = 0
-    for offset, nbytes in ranges:
-        assert (offset, nbytes > 0) == (position, True)
-        position += nbytes
-    assert position == size
     assert progress == sorted(progress)
-    assert progress[-1] == size
+    assert progress[-1] == len(body)
