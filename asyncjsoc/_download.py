@@ -275,20 +275,19 @@ def _write_all(fd: int, pieces: list[bytes]) -> int:
     return written
 
 
-def _seal_part(fd: int, drop_cache: bool, fsync: bool = True) -> int:
+def _seal_part(fd: int, fsync: bool = True) -> int:
     """fsync (unless not ``fsync``) and close a part file; returns its size.
 
-    With ``drop_cache`` (and ``fsync``) its cached pages are dropped too.
+    Its pages stay in the page cache, clean once synced, for the kernel to reclaim when it
+    needs to, or to serve a program that reads the file next. (Dropping them with
+    ``posix_fadvise(DONTNEED)`` after the fsync, as asyncjsoc did when not verifying, cost
+    about 9 % more CPU per GB and 5 % of the throughput: 128 x 8.4 MB over 2 connections,
+    10 alternating pairs, paired medians; lower CPU in 9 of them.)
     """
     try:
         if fsync:
             os.fsync(fd)
         size = os.fstat(fd).st_size
-        if drop_cache and fsync and hasattr(os, "posix_fadvise"):
-            # Clean pages of a file nobody reads back: recycling them is cheaper than
-            # growing the page cache by a whole download.
-            with contextlib.suppress(OSError):
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
     return size
@@ -904,12 +903,9 @@ class Downloader:
         # before it starts would leave the descriptor open.
         with anyio.CancelScope(shield=True):
             if not self.fsync:  # nothing slow left: fstat and close
-                size = await self._quick(_seal_part, fd, False, False, where=part)
+                size = await self._quick(_seal_part, fd, False, where=part)
             else:
-                # Page-cache pages of a file nobody reads back are dropped once durable
-                # (verification reads it back, so then they stay).
-                drop_cache = not self.verify_checksums
-                size = await _in_thread(_seal_part, fd, drop_cache, True, where=part)
+                size = await _in_thread(_seal_part, fd, True, where=part)
         return size
 
     async def _finish(self, remote: RemoteFile, dest: Path, part: Path, meta: Path,

@@ -701,10 +701,10 @@ async def test_the_connection_is_free_while_a_finished_file_is_made_durable(
     first_seal_waited: list[bool] = []
     real_seal = download_module._seal_part
 
-    def held_seal(fd: int, drop_cache: bool, fsync: bool = True) -> int:
+    def held_seal(fd: int, fsync: bool = True) -> int:
         if not first_seal_waited:  # the first file sealed waits until the other's GET is in
             first_seal_waited.append(both_transferring.wait(timeout=5))
-        return real_seal(fd, drop_cache, fsync)
+        return real_seal(fd, fsync)
 
     monkeypatch.setattr(download_module, "_seal_part", held_seal)
 
