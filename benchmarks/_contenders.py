@@ -345,11 +345,13 @@ def run_asyncjsoc_plan(spec: Spec) -> Result:
     """Plan, export and record every file of the query in the state store, downloading none.
 
     This is the engine's own path (``Client.plan`` → ``ExportScheduler`` → ``StateStore``) with
-    the downloaders replaced by a sink that settles each file at once.
+    the downloaders replaced by a sink that settles each file at once, taking jobs the way the
+    client's download workers do (``receive_soon``).
     """
     import anyio
 
     from asyncjsoc._emails import EmailPool
+    from asyncjsoc._handoff import receive_soon
     from asyncjsoc._scheduler import DownloadJob, ExportScheduler
     from asyncjsoc._store import StateStore
 
@@ -372,7 +374,11 @@ def run_asyncjsoc_plan(spec: Spec) -> Result:
             seen = 0
             async with anyio.create_task_group() as tg, receive:
                 tg.start_soon(scheduler.run, plan, send)
-                async for job in receive:
+                while True:  # taking jobs as the client's download workers do
+                    try:
+                        job = await receive_soon(receive)
+                    except anyio.EndOfStream:
+                        break
                     seen += 1
                     job.settle(None)
             pool.close()

@@ -742,6 +742,11 @@ def s4_plan_scale(ctx: Ctx) -> dict[str, Any]:
         "notes": [
             "Measures what asyncjsoc does before the first byte: plan the query, export it "
             "(url_quick on the emulator) and record every file in the SQLite state store.",
+            "The downloaders are replaced by one sink task that settles each file at once, "
+            "taking jobs as the client's download workers do (`receive_soon`: no trip "
+            "through the event loop while jobs are waiting). Runs before 2026-12-07 01:00 "
+            "took them with `async for` (one trip per file): 7.4 s against 5.2 s for "
+            "100,000 files, measured side by side.",
         ],
         "columns": [("label", "run", ""), ("status", "status", ""), ("wall_s", "s", ".2f"),
                     ("us_per_file", "µs/file", ".1f"), ("cpu_s", "CPU s", ".2f"),
