@@ -140,15 +140,6 @@ class _Restart(TransportError):
     """The part file cannot be resumed; it was discarded and the next attempt starts afresh."""
 
 
-def _resume_point(part: Path, meta: Path,
-                  size: int | None = None) -> tuple[int, _Validator | None]:
-    """Bytes in the part file and its validator; (0, None) when it cannot be resumed.
-
-    ``size`` is the part file's size if the caller just measured it.
-    """
-    return resume_point(part, meta, _size(part) if size is None else size)
-
-
 def _size(path: Path) -> int:
     """Bytes in ``path`` (0 if it does not exist)."""
     try:
@@ -192,15 +183,15 @@ class _Got:
 
 
 def _prepare_part(dest: Path, part: Path, meta: Path) -> _Prepared:
-    """Create ``dest``'s directory, then :func:`_size` and :func:`_resume_point` (one hop)."""
+    """Create ``dest``'s directory, then :func:`_look_at_part` (one hop)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     return _look_at_part(part, meta)
 
 
 def _look_at_part(part: Path, meta: Path) -> _Prepared:
-    """:func:`_size` and :func:`_resume_point` of a part file."""
+    """:func:`_size` and :func:`~asyncjsoc._resume.resume_point` of a part file."""
     size = _size(part)
-    return (size, *_resume_point(part, meta, size))
+    return (size, *resume_point(part, meta, size))
 
 
 def _locate_and_prepare(placer: Placer, relpath: str,

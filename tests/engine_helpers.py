@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from asyncjsoc._client import PullResult
@@ -48,3 +50,16 @@ def assert_identical(emu: Emulator, result: PullResult) -> None:
     for f in result.files:
         assert f.path.read_bytes() == emu.file_bytes(f.url), f.relpath
         assert f.bytes == f.path.stat().st_size
+
+
+def xattrs_work_in(directory: Path) -> bool:
+    """Whether files in ``directory`` take user extended attributes."""
+    probe = directory / "xattr-probe"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, "user.probe", b"1")
+    except (AttributeError, OSError):
+        return False
+    finally:
+        probe.unlink()
+    return True

@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import anyio
 import pytest
+from engine_helpers import xattrs_work_in
 
 import asyncjsoc._download as download_module
 import asyncjsoc._resume as resume_module
@@ -95,25 +96,12 @@ def _leftovers(dest: Path) -> list[str]:
     return sorted(p.name for p in dest.parent.iterdir())
 
 
-def _xattrs_here(directory: Path) -> bool:
-    """Whether files in ``directory`` take user extended attributes."""
-    probe = directory / "xattr-probe"
-    probe.write_bytes(b"")
-    try:
-        os.setxattr(probe, "user.probe", b"1")
-    except (AttributeError, OSError):
-        return False
-    finally:
-        probe.unlink()
-    return True
-
-
 @pytest.fixture(params=["xattr", "sidecar"])
 def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
           tmp_path: Path) -> str:
     """Where the downloader keeps resume validators: the part file's attribute or a sidecar
     (the fallback where attributes are unavailable, forced here)."""
-    if request.param == "xattr" and not _xattrs_here(tmp_path):
+    if request.param == "xattr" and not xattrs_work_in(tmp_path):
         pytest.skip("this file system takes no user extended attributes")
     if request.param == "sidecar":
         monkeypatch.setattr(resume_module, "_xattrs", False)

@@ -6,21 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+from engine_helpers import xattrs_work_in
 
 import asyncjsoc._resume as resume
 from asyncjsoc._resume import RESUME_XATTR, Validator, load_validator, save_validator
-
-
-def _xattrs_here(directory: Path) -> bool:
-    probe = directory / "probe"
-    probe.write_bytes(b"")
-    try:
-        os.setxattr(probe, "user.probe", b"1")
-    except (AttributeError, OSError):
-        return False
-    finally:
-        probe.unlink()
-    return True
 
 
 @pytest.mark.parametrize("validator", [
@@ -53,7 +42,7 @@ def test_no_if_range_value_stores_nothing_and_clears_an_earlier_start(tmp_path: 
     part, meta = tmp_path / "f.part", tmp_path / "f.part.meta"
     part.write_bytes(b"old bytes")
     meta.write_text(Validator(etag='"old"', total=9).to_json())
-    if _xattrs_here(tmp_path):
+    if xattrs_work_in(tmp_path):
         os.setxattr(part, RESUME_XATTR, b'9:"old"')
     assert load_validator(part, meta) is not None
     fd = os.open(part, os.O_WRONLY | os.O_TRUNC)
