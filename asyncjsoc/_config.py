@@ -109,6 +109,9 @@ class ClientConfig:
         as long as they take; the caller owns overall deadlines.
     sock_read
         Seconds a connection may stay silent before it counts as dropped (and is retried).
+        A streaming file body is watched by the downloader itself (cheaper than aiohttp's
+        per-read timer; see :mod:`asyncjsoc._stall`): it is given up between ``sock_read``
+        and ``sock_read`` plus at most a second after its last byte, never sooner.
     poll_min
         Shortest pause between status polls of a staging export, in seconds.
     poll_max

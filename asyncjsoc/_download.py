@@ -39,6 +39,7 @@ from ._paths import PART_SUFFIX, SIDECAR_SUFFIX, Placer
 from ._resume import Validator as _Validator
 from ._resume import forget_validator, resume_point, save_validator
 from ._retry import RetryPolicy, retrying
+from ._stall import StallWatch, hand_over_read_timeout
 from ._verify import FITS_MAGIC, check_fits_bytes, check_size, verify_fits, verify_fits_bytes
 from .exceptions import (
     DiskError,
@@ -843,32 +844,40 @@ class Downloader:
                 on_progress(done, total)
             await anyio.lowlevel.checkpoint_if_cancelled()
 
+        # A body that stops flowing for sock_read seconds is abandoned (and resumed by the
+        # next attempt), as aiohttp's own timer would, for less CPU (see asyncjsoc._stall).
+        watch = StallWatch(hand_over_read_timeout(resp))
         try:
-            # Pieces as they came off the socket: no copy into chunk_size blocks here, and
-            # the writes below hand each piece to the kernel as it is.
-            async for piece, _ in resp.content.iter_chunks():
-                if not piece:
-                    continue
-                if total is not None and done + buffered + len(piece) > total:
-                    raise IntegrityError(f"{resp.url}: body longer than the announced "
-                                         f"{total} bytes")
-                if total is None and done + buffered + len(piece) > self.max_bytes:
-                    raise IntegrityError(f"{resp.url}: body without Content-Length longer "
-                                         f"than {self.max_bytes} bytes (max_bytes)")
-                if self.inline_io and not pending:
-                    done += await self._quick(_write_all, opened, [piece], where=part)
-                    unreported += len(piece)
-                    if unreported >= self.chunk_size:
+            with watch.scope:
+                # Pieces as they came off the socket: no copy into chunk_size blocks here,
+                # and the writes below hand each piece to the kernel as it is.
+                async for piece, _ in resp.content.iter_chunks():
+                    if not piece:
+                        continue
+                    watch.fed()
+                    if total is not None and done + buffered + len(piece) > total:
+                        raise IntegrityError(f"{resp.url}: body longer than the announced "
+                                             f"{total} bytes")
+                    if total is None and done + buffered + len(piece) > self.max_bytes:
+                        raise IntegrityError(f"{resp.url}: body without Content-Length "
+                                             f"longer than {self.max_bytes} bytes (max_bytes)")
+                    if self.inline_io and not pending:
+                        done += await self._quick(_write_all, opened, [piece], where=part)
+                        unreported += len(piece)
+                        if unreported >= self.chunk_size:
+                            await report_inline()
+                        continue
+                    if unreported:  # inline I/O was just switched off
                         await report_inline()
-                    continue
-                if unreported:  # inline I/O was just switched off
-                    await report_inline()
-                pending.append(piece)
-                buffered += len(piece)
-                if buffered >= self.chunk_size:
-                    await write_pending()
-                    if on_progress is not None:
-                        on_progress(done, total)
+                    pending.append(piece)
+                    buffered += len(piece)
+                    if buffered >= self.chunk_size:
+                        await write_pending()
+                        if on_progress is not None:
+                            on_progress(done, total)
+            if watch.stalled:
+                raise TransportError(f"timed out ({resp.url}): no data for {watch.limit:g} s",
+                                     url=str(resp.url))
             if unreported:
                 await report_inline()
             if pending:

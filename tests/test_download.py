@@ -327,6 +327,74 @@ async def test_truncated_body_never_becomes_final(
     assert dest.read_bytes() == expected
 
 
+@pytest.mark.parametrize("inline_io", [True, False])
+async def test_a_body_that_goes_silent_is_abandoned_and_resumed(
+        emulator: Emulator, tmp_path: Path, inline_io: bool) -> None:
+    """A transfer that stops mid-body is given up after sock_read seconds without data (not
+    after the server's 30 s silence), and the next attempt resumes from what arrived."""
+    (path,) = _paths(emulator, 1)
+    expected = emulator.file_bytes(path)
+    dest = tmp_path / "f.fits"
+    emulator.knobs.stall_rate = 1.0
+    emulator.knobs.stall_seconds = 30.0
+
+    def first_transfer_only(done: int, total: int | None) -> None:
+        emulator.knobs.stall_rate = 0.0  # the first GET's stall is already decided
+
+    config = TransportConfig(requests_per_second=0, sock_read=0.3)
+    with anyio.fail_after(10):
+        async with create_session(config) as session:
+            outcome = await _downloader(session, inline_io=inline_io).download(
+                _remote(emulator, path), dest, on_progress=first_transfer_only)
+    assert emulator.audit.file_stats[path].stalled == 1
+    assert outcome.attempts == 2
+    assert 0 < outcome.resumed_from < len(expected)
+    assert emulator.audit.ranges(path) == [None, f"bytes={outcome.resumed_from}-"]
+    assert dest.read_bytes() == expected
+    assert emulator.audit.bytes_sent(path) == len(expected)  # nothing sent twice
+    assert _leftovers(dest) == ["f.fits"]
+
+
+async def test_a_slow_body_that_keeps_flowing_is_never_cut(
+        emulator: Emulator, tmp_path: Path) -> None:
+    """sock_read bounds the silence between bytes, not the transfer: a body that takes three
+    times sock_read but never pauses that long arrives in one attempt."""
+    (path,) = _paths(emulator, 1)
+    expected = emulator.file_bytes(path)
+    emulator.knobs.bandwidth = len(expected)  # one second, in pieces every 50 ms
+    config = TransportConfig(requests_per_second=0, sock_read=0.3)
+    async with create_session(config) as session:
+        outcome = await _downloader(session).download(_remote(emulator, path),
+                                                      tmp_path / "f.fits")
+    assert outcome.attempts == 1
+    assert emulator.audit.ranges(path) == [None]
+    assert (tmp_path / "f.fits").read_bytes() == expected
+
+
+async def test_a_streamed_body_takes_over_aiohttps_read_timer(emulator: Emulator) -> None:
+    """While a body streams, aiohttp's per-read timer is off (the downloader's cheaper
+    StallWatch keeps the limit), and the next request on the connection has it again."""
+    from asyncjsoc._stall import hand_over_read_timeout
+
+    (path,) = _paths(emulator, 1)
+    config = TransportConfig(requests_per_second=0, sock_read=7.0, connections=1)
+    async with create_session(config) as session:
+        async with session.get(emulator.url + path) as resp:
+            assert resp.connection is not None
+            protocol = resp.connection.protocol
+            assert protocol is not None
+            before = protocol.read_timeout
+            assert hand_over_read_timeout(resp) == 7.0
+            after = protocol.read_timeout
+            assert (before, after) == (7.0, None)
+            await resp.read()
+        async with session.get(emulator.url + path) as resp:
+            assert resp.connection is not None
+            assert resp.connection.protocol is protocol  # the same connection, reused
+            assert protocol.read_timeout == 7.0
+            await resp.read()
+
+
 @pytest.mark.parametrize(("where", "mask"), [
     ("data", 0xFF),   # inside the data unit: DATASUM must catch it
     ("start", 0x01),  # "SIMPLE" -> "RIMPLE": checked as NAME.fits, not as 'NAME.fits.part'

@@ -453,6 +453,9 @@ class Emulator:
         if request.method == "GET" and length > 0 and self.state.chance(knobs.corrupt_rate):
             flip = start + self.state.rng.randrange(length)
             stats.corrupted += 1
+        stall: int | None = None  # absolute offset where the transfer goes silent
+        if request.method == "GET" and length > 1 and self.state.chance(knobs.stall_rate):
+            stall = start + self.state.rng.randrange(1, length)
         junk = b""
         oversize = pick(knobs.seed, knobs.oversize_files, path) if status == 200 else None
         if oversize is not None and cut is None:
@@ -474,7 +477,12 @@ class Emulator:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         while pos < stop:
+            if pos == stall:
+                stats.stalled += 1
+                await _stay_silent(request, knobs.stall_seconds)
             n = min(step, stop - pos)
+            if stall is not None and pos < stall:
+                n = min(n, stall - pos)
             piece: bytes | memoryview = body[pos : pos + n]
             if flip is not None and pos <= flip < pos + n:
                 changed = bytearray(piece)
@@ -507,6 +515,17 @@ EMULATOR_KEY = web.AppKey("emulator", Emulator)
 IP_KEY = web.RequestKey("ip", str)
 STATUS_KEY = web.RequestKey("json_status", object)
 PARAMS_KEY = web.RequestKey("params", dict)
+
+
+async def _stay_silent(request: web.Request, seconds: float) -> None:
+    """Send nothing for ``seconds`` wall seconds, or until the client hangs up."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + seconds
+    while (left := until - loop.time()) > 0:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        await asyncio.sleep(min(left, 0.05))
 
 
 def _etag(key: str) -> str:

@@ -61,12 +61,14 @@ class Block:
 @dataclass
 class FileStats:
     """GETs of one file path: how many, bytes sent, complete transfers, Range headers seen,
-    transfers sent with a flipped byte (``corrupt_rate``)."""
+    transfers sent with a flipped byte (``corrupt_rate``), transfers that went silent
+    mid-body (``stall_rate``)."""
 
     gets: int = 0
     bytes_sent: int = 0
     complete: int = 0
     corrupted: int = 0
+    stalled: int = 0
     ranges: list[str | None] = field(default_factory=list)
 
 

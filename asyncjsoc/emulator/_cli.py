@@ -67,6 +67,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--drop-rate", type=float, default=0.0)
     p.add_argument("--truncate-rate", type=float, default=0.0)
     p.add_argument("--corrupt-rate", type=float, default=0.0)
+    p.add_argument("--stall-rate", type=float, default=0.0,
+                   help="chance a file transfer goes silent mid-body")
+    p.add_argument("--stall-seconds", type=float, default=60.0,
+                   help="how long a stalled transfer stays silent")
     p.add_argument("--ignore-range-rate", type=float, default=0.0)
     p.add_argument("--bandwidth", type=int, default=None, help="bytes/s per transfer")
     p.add_argument("--max-connections", type=int, default=None, help="per client IP")
@@ -93,8 +97,9 @@ def knobs_from_args(args: argparse.Namespace) -> Knobs:
         http503_rate=args.http503_rate, http429_rate=args.http429_rate,
         retry_after=args.retry_after, cgi_delay=args.cgi_delay, drop_rate=args.drop_rate,
         truncate_rate=args.truncate_rate, corrupt_rate=args.corrupt_rate,
-        ignore_range_rate=args.ignore_range_rate,
-        bandwidth=args.bandwidth, max_connections=args.max_connections,
+        ignore_range_rate=args.ignore_range_rate, stall_rate=args.stall_rate,
+        stall_seconds=args.stall_seconds, bandwidth=args.bandwidth,
+        max_connections=args.max_connections,
         first_byte_delay=args.first_byte_delay, trust_forwarded_for=args.trust_forwarded_for,
     )  # fmt: skip
     if args.file_cap is not None:

@@ -82,6 +82,12 @@ class Knobs:
     corrupt_rate : float
         Chance that one byte of a file transfer arrives flipped (full length, the file on
         the server unchanged): what only a checksum catches.
+    stall_rate : float
+        Chance that a file transfer stops after a random number of bytes (at least one) and
+        keeps the connection open, silent, for ``stall_seconds`` wall seconds before sending
+        the rest: a link that hangs mid-body.
+    stall_seconds : float
+        How long a stalled transfer stays silent.
     ignore_range_rate : float
         Chance that a Range request gets 200 with the whole body.
     bandwidth : int | None
@@ -165,6 +171,8 @@ class Knobs:
     drop_rate: float = 0.0
     truncate_rate: float = 0.0
     corrupt_rate: float = 0.0
+    stall_rate: float = 0.0
+    stall_seconds: float = 60.0
     ignore_range_rate: float = 0.0
     bandwidth: int | None = None
     max_connections: int | None = None
