@@ -101,6 +101,10 @@ CASES: dict[str, Case] = {
                          config=_STREAM),
     "truncate": Case({"truncate_rate": 0.3, **_TRICKLE}, config=_STREAM),
     "drop_small_files": Case({"drop_rate": 0.2}),
+    # A body that goes silent mid-file (for longer than the whole test may take) is given up
+    # after sock_read and resumed; the trickle's 50 ms pieces are well inside 0.3 s.
+    "stall": Case({"stall_rate": 0.3, "stall_seconds": 600.0, **_TRICKLE},
+                  config={**_STREAM, "sock_read": 0.3}),
     "bandwidth": Case({"bandwidth": 400_000}),
     "first_byte_delay": Case({"first_byte_delay": 0.03}),
     "cgi_delay": Case({"cgi_delay": 0.01}),
@@ -285,6 +289,8 @@ def assert_fault_fired(emu: Emulator, name: str, case: Case, governor: FaultGove
         "drop": lambda: any(e.range for e in gets),
         "truncate": lambda: any(e.range for e in gets),
         "drop_small_files": lambda: any(n.gets > 1 for n in emu.audit.file_stats.values()),
+        "stall": lambda: (any(n.stalled for n in emu.audit.file_stats.values())
+                          and any(e.range for e in gets)),
         "ignore_range": lambda: any(e.range and e.http_status == 200 for e in gets),
         "max_connections": lambda: served(emu, 503) == 0,
         # More requests than the burst: the client's pacing, not luck, kept it in budget.
