@@ -872,7 +872,8 @@ class Downloader:
                     pending.append(piece)
                     buffered += len(piece)
                     if buffered >= self.chunk_size:
-                        await write_pending()
+                        with watch.paused():
+                            await write_pending()
                         if on_progress is not None:
                             on_progress(done, total)
             if watch.stalled:

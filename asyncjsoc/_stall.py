@@ -6,19 +6,24 @@ streams, :class:`StallWatch` takes over: the downloader turns aiohttp's timer of
 response (as aiohttp itself does for a websocket once its handshake is done) and calls
 :meth:`StallWatch.fed` for every piece, which reads the monotonic clock and moves the
 deadline of a cancel scope at most once per :attr:`StallWatch.grace` seconds. Measured on
-128 x 8.4 MB over 2 connections, alternating runs: about 0.07 s less user CPU per GB
-(5 of 6 pairs).
+128 x 8.4 MB over 2 connections, old and new code in alternating runs: without fsync 10 %
+less user CPU per GB (12 of 16 pairs) and 5 % less in all (10 of 16); with fsync 8 % less
+user CPU (7 of 10), the same in all.
 
 The limit keeps its meaning: a body that stops flowing is abandoned between ``limit`` and
 ``limit + grace`` seconds after its last byte, never sooner; a slow body that keeps flowing
-is never cut, however long it takes. Waiting for the response headers stays under aiohttp's
+is never cut, however long it takes. Time the downloader spends waiting on its own work
+(:meth:`StallWatch.paused`: a write in a worker thread) does not count, as aiohttp stops its
+timer while the reader lags behind. Waiting for the response headers stays under aiohttp's
 own ``sock_read``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 
 import aiohttp
 import anyio
@@ -53,9 +58,27 @@ class StallWatch:
         """Data arrived: push the deadline (at most once per :attr:`grace` seconds)."""
         now = time.monotonic()
         if now >= self._next_push:
-            assert self.limit is not None
-            self._next_push = now + self.grace
-            self.scope.deadline = anyio.current_time() + self.limit + self.grace
+            self._push(now)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """No deadline inside the block (the reader is busy, not the server silent); the
+        limit starts afresh when it ends. For work that waits, such as a write in a worker
+        thread: the deadline would otherwise pass meanwhile and cancel the transfer."""
+        if self.limit is None or math.isinf(self.grace):
+            yield
+            return
+        self.scope.deadline = math.inf
+        try:
+            yield
+        finally:
+            self._push(time.monotonic())
+
+    def _push(self, now: float) -> None:
+        """Set the deadline ``limit + grace`` seconds from now."""
+        assert self.limit is not None
+        self._next_push = now + self.grace
+        self.scope.deadline = anyio.current_time() + self.limit + self.grace
 
     @property
     def stalled(self) -> bool:

@@ -371,6 +371,30 @@ async def test_a_slow_body_that_keeps_flowing_is_never_cut(
     assert (tmp_path / "f.fits").read_bytes() == expected
 
 
+async def test_time_spent_writing_is_not_silence(
+        emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sock_read measures the server: while the downloader is busy writing (a slow disk,
+    worker-thread writes each longer than sock_read) the body is not taken for stalled, as
+    aiohttp stops its own timer while the reader lags behind."""
+    (path,) = _paths(emulator, 1)
+    expected = emulator.file_bytes(path)
+    real_write = download_module._write_pieces
+
+    def slow_write(fd: int, pieces: list[bytes]) -> int:
+        threading.Event().wait(0.5)  # a disk slower than sock_read, per write
+        return real_write(fd, pieces)
+
+    monkeypatch.setattr(download_module, "_write_pieces", slow_write)
+    config = TransportConfig(requests_per_second=0, sock_read=0.3)
+    async with create_session(config) as session:
+        dl = Downloader(session, chunk_size=256 * 1024, retry=RetryPolicy.no_wait(3),
+                        inline_io=False)
+        outcome = await dl.download(_remote(emulator, path), tmp_path / "f.fits")
+    assert outcome.attempts == 1
+    assert emulator.audit.ranges(path) == [None]
+    assert (tmp_path / "f.fits").read_bytes() == expected
+
+
 async def test_a_streamed_body_takes_over_aiohttps_read_timer(emulator: Emulator) -> None:
     """While a body streams, aiohttp's per-read timer is off (the downloader's cheaper
     StallWatch keeps the limit), and the next request on the connection has it again."""
