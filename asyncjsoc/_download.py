@@ -844,10 +844,10 @@ class Downloader:
                 on_progress(done, total)
             await anyio.lowlevel.checkpoint_if_cancelled()
 
-        # A body that stops flowing for sock_read seconds is abandoned (and resumed by the
-        # next attempt), as aiohttp's own timer would, for less CPU (see asyncjsoc._stall).
-        watch = StallWatch(hand_over_read_timeout(resp))
         try:
+            # A body that stops flowing for sock_read seconds is abandoned (and resumed by the
+            # next attempt), as aiohttp's own timer would, for less CPU (see asyncjsoc._stall).
+            watch = StallWatch(hand_over_read_timeout(resp))
             with watch.scope:
                 # Pieces as they came off the socket: no copy into chunk_size blocks here,
                 # and the writes below hand each piece to the kernel as it is.
