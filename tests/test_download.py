@@ -29,6 +29,7 @@ from asyncjsoc._models import RemoteFile
 from asyncjsoc._paths import resolve_inside
 from asyncjsoc._resume import RESUME_XATTR, Validator
 from asyncjsoc._retry import RetryPolicy
+from asyncjsoc._stall import hand_over_read_timeout
 from asyncjsoc.emulator import Emulator, Knobs, run_emulator
 from asyncjsoc.exceptions import (
     DiskError,
@@ -398,8 +399,6 @@ async def test_time_spent_writing_is_not_silence(
 async def test_a_streamed_body_takes_over_aiohttps_read_timer(emulator: Emulator) -> None:
     """While a body streams, aiohttp's per-read timer is off (the downloader's cheaper
     StallWatch keeps the limit), and the next request on the connection has it again."""
-    from asyncjsoc._stall import hand_over_read_timeout
-
     (path,) = _paths(emulator, 1)
     config = TransportConfig(requests_per_second=0, sock_read=7.0, connections=1)
     async with create_session(config) as session:
