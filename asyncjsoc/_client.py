@@ -441,7 +441,10 @@ class Client:
         PullResult
             What arrived and what did not (``ok`` is false if anything failed).
         """
-        async with self.pull(query) as pull:
+        # Nothing reads the files one by one here, so none is sent through the pull's stream:
+        # handing each file to a waiting reader cost a task wake-up and an anyio receive per
+        # file (see _run_pull). The iteration below ends when the pull does.
+        async with self._pull(query, stream_files=False) as pull:
             async for _ in pull:
                 pass
         assert pull.result is not None
@@ -474,6 +477,13 @@ class Client:
         EmailNotRegisteredError
             No configured email can be used for exports.
         """
+        async with self._pull(query, stream_files=True) as pull:
+            yield pull
+
+    @contextlib.asynccontextmanager
+    async def _pull(self, query: Query | str, *, stream_files: bool) -> AsyncIterator[Pull]:
+        """:meth:`pull`; without ``stream_files`` the iteration yields nothing and ends with
+        the pull (the files are in ``result`` all the same)."""
         api, downloader = self._require_open()
         query = _as_query(query)
         store = await self._open_store()
@@ -494,7 +504,8 @@ class Client:
             try:
                 with results_receive:
                     async with anyio.create_task_group() as tg:
-                        tg.start_soon(self._run_pull, plan, scheduler, pool, results_send, pull)
+                        tg.start_soon(self._run_pull, plan, scheduler, pool, results_send, pull,
+                                      stream_files)
                         yield pull
                         # Leaving early: stop the pull; the store keeps what is done.
                         tg.cancel_scope.cancel()
@@ -522,8 +533,13 @@ class Client:
         return plan
 
     async def _run_pull(self, plan: Plan, scheduler: ExportScheduler, pool: EmailPool,
-                        results: MemoryObjectSendStream[FileResult], pull: Pull) -> None:
-        """The whole pipeline: scheduler → downloaders → results; sets ``pull.result``."""
+                        results: MemoryObjectSendStream[FileResult], pull: Pull,
+                        stream_files: bool = True) -> None:
+        """The whole pipeline: scheduler → downloaders → results; sets ``pull.result``.
+
+        Without ``stream_files`` the downloaders send nothing to ``results``, which closes
+        when the pull ends.
+        """
         store = self._opened_store()
         state = _PullState()
         async with results:
@@ -539,8 +555,8 @@ class Client:
                 tg.start_soon(scheduler.run, plan, jobs_send)
                 # More workers than connections: see WORKERS_PER_CONNECTION.
                 for _ in range(WORKERS_PER_CONNECTION * self.config.connections):
-                    tg.start_soon(self._download_worker, jobs_receive.clone(), results.clone(),
-                                  state)
+                    tg.start_soon(self._download_worker, jobs_receive.clone(),
+                                  results.clone() if stream_files else None, state)
             failed = tuple(scheduler.failures) + tuple(state.failures)
             result = PullResult(
                 files=tuple(state.files), failed=failed,
@@ -583,10 +599,11 @@ class Client:
                 await store.set_chunk_state(index, "ready")
 
     async def _download_worker(self, jobs: MemoryObjectReceiveStream[DownloadJob],
-                               results: MemoryObjectSendStream[FileResult],
+                               results: MemoryObjectSendStream[FileResult] | None,
                                state: _PullState) -> None:
-        """Fetch jobs one at a time until the scheduler closes the stream."""
-        async with jobs, results:
+        """Fetch jobs one at a time until the scheduler closes the stream; send each file
+        to ``results`` (if given) too."""
+        async with jobs, results if results is not None else contextlib.nullcontext():
             while True:
                 try:
                     job = await receive_soon(jobs)
@@ -596,7 +613,8 @@ class Client:
                 job.settle(error)
                 if result is not None:
                     state.files.append(result)
-                    await send_soon(results, result)
+                    if results is not None:
+                        await send_soon(results, result)
 
     async def _download_one(self, remote: RemoteFile,
                             state: _PullState) -> tuple[FileResult | None, JsocError | None]:

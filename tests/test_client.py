@@ -202,6 +202,24 @@ async def test_expired_export_is_requested_again_for_missing_records(tmp_path: P
         assert len(sizes) == 1
 
 
+async def test_pull_yields_each_file_once_and_fetch_returns_them_all(tmp_path: Path) -> None:
+    """Iterating a pull yields every file once, as its result lists them; fetch (which
+    streams nothing) returns the same files."""
+    async with emulator() as emu:
+        config = fast_config(emu)
+        async with Client(config, tmp_path / "pulled") as client, client.pull(QUERY) as pull:
+            got = [f async for f in pull]
+        assert pull.result is not None
+        assert pull.result.ok
+        assert len(got) == 8
+        assert sorted(f.relpath for f in got) == sorted(f.relpath for f in pull.result.files)
+        async with Client(config, tmp_path / "fetched") as client:
+            fetched = await client.fetch(QUERY)
+        assert fetched.ok
+        assert sorted(f.relpath for f in fetched.files) == sorted(f.relpath for f in got)
+        assert_identical(emu, fetched)
+
+
 async def test_resume_after_cancel_fetches_nothing_twice(tmp_path: Path) -> None:
     """Cancel after 3 files; the rerun reuses the export and fetches only the rest."""
     async with emulator(bandwidth=400_000) as emu:
