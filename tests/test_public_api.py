@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import asyncjsoc
 import asyncjsoc.events
-from asyncjsoc import _events
+from asyncjsoc import _events, emulator
 
 PACKAGE = Path(asyncjsoc.__file__).parent
 
@@ -122,3 +126,28 @@ def test_emulator_imports_nothing_from_the_client() -> None:
         for target in _imports(path, package):
             if target.startswith("asyncjsoc"):
                 assert target.startswith("asyncjsoc.emulator"), f"{rel} imports {target}"
+
+
+def test_package_and_cli_parser_load_without_the_engine() -> None:
+    """``import asyncjsoc`` and the CLI's parser leave aiohttp and numpy unloaded (so
+    ``asyncjsoc --help`` is quick); the first public name used loads them."""
+    probe = (
+        "import sys, asyncjsoc, asyncjsoc.cli, asyncjsoc.emulator\n"
+        "asyncjsoc.cli.build_parser()\n"
+        "print(sorted(m for m in ('aiohttp', 'numpy') if m in sys.modules))\n"
+        "asyncjsoc.emulator.Knobs\n"
+        "print('aiohttp' in sys.modules)\n"
+        "asyncjsoc.Client\n"
+        "print(sorted(m for m in ('aiohttp', 'numpy') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.split("\n")
+    assert out[:3] == ["[]", "False", "['aiohttp', 'numpy']"]
+
+
+def test_unknown_attribute_is_an_attribute_error() -> None:
+    """A name the package does not have fails as usual (no lazy-loading surprise)."""
+    with pytest.raises(AttributeError, match="no attribute 'Clinet'"):
+        _ = asyncjsoc.Clinet  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError, match="no attribute 'Emulatr'"):
+        _ = emulator.Emulatr  # type: ignore[attr-defined]
