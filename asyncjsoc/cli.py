@@ -562,7 +562,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     emails = _emails(args.email)
     if not emails:
         raise UsageError("no notify email given",
-                         f"pass --email you@example.org (registered at {REGISTER_URL}) "
+                         f"pass --email ADDRESS (an address registered at {REGISTER_URL}) "
                          "or set ASYNCJSOC_EMAILS")
     server = _server(args)
     queries = _queries(sel)
@@ -892,7 +892,7 @@ def _cmd_check_email(args: argparse.Namespace) -> int:
     """``asyncjsoc check-email``."""
     emails = _emails(args.emails)
     if not emails:
-        raise UsageError("no address given", "e.g. asyncjsoc check-email you@example.org")
+        raise UsageError("no address given", "e.g. asyncjsoc check-email ADDRESS")
     server = _server(args)
     config = _client_config(args, server=server, emails=emails)
     return _run(lambda: _check_email(config, args))

@@ -66,14 +66,15 @@ def _one_line_error(err: str, *needles: str) -> None:
         (["fetch", "--series", "hmi.sharp_cea_720s", "--start", "2018.09.06",
           "--email", EMAIL, "--out", "o"], ("--end",)),
         (["fetch", "--email", EMAIL, "--out", "o"], ("nothing selected", "--jobs FILE")),
-        (["fetch", RS, "--out", "o"], ("no notify email", "--email")),
+        # An example address in a hint would be masked like a real one: a placeholder.
+        (["fetch", RS, "--out", "o"], ("no notify email", "--email ADDRESS")),
         (["fetch", RS, "--email", EMAIL, "--out", "o", "--primekey", "HARPNUM"],
          ("KEY=VALUE",)),
         (["fetch", "--jobs", "does-not-exist.txt", "--email", EMAIL, "--out", "o"],
          ("does-not-exist.txt", "does not exist")),
         (["fetch", RS, "--email", EMAIL, "--out", "o", "--server", "jsoc.stanford.edu"],
          ("http(s) URL",)),
-        (["check-email"], ("no address",)),
+        (["check-email"], ("no address", "check-email ADDRESS")),
     ],
 )
 def test_usage_errors_are_one_line_exit_2(
