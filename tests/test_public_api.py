@@ -145,6 +145,13 @@ def test_package_and_cli_parser_load_without_the_engine() -> None:
     assert out[:3] == ["[]", "False", "['aiohttp', 'numpy']"]
 
 
+def test_emulator_public_names_resolve() -> None:
+    """Every name in the emulator package's __all__ loads (each has a home module)."""
+    assert emulator.__all__ == sorted(emulator.__all__)
+    for name in emulator.__all__:
+        assert getattr(emulator, name).__module__.startswith("asyncjsoc.emulator."), name
+
+
 def test_unknown_attribute_is_an_attribute_error() -> None:
     """A name the package does not have fails as usual (no lazy-loading surprise)."""
     with pytest.raises(AttributeError, match="no attribute 'Clinet'"):
