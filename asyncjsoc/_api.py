@@ -26,7 +26,15 @@ import anyio
 from yarl import URL
 
 from ._http import is_retryable, map_transport_errors, raise_for_status
-from ._models import EmailStatus, ExportFile, ExportStatus, KeywordInfo, SegmentInfo, SeriesInfo
+from ._models import (
+    JSOC_CONTACTS,
+    EmailStatus,
+    ExportFile,
+    ExportStatus,
+    KeywordInfo,
+    SegmentInfo,
+    SeriesInfo,
+)
 from ._retry import RetryCallback, RetryPolicy, retrying
 from .exceptions import (
     EmailNotRegisteredError,
@@ -107,11 +115,12 @@ def mask_email(email: str) -> str:
 
 
 def _mask_emails_in(text: str) -> str:
-    """``text`` with users' email addresses masked (the JSOC's own contacts stay readable)."""
+    """``text`` with users' email addresses masked (the JSOC's own contacts stay readable;
+    a user's address at Stanford is masked like any other)."""
 
     def mask(match: re.Match[str]) -> str:
         address = match.group(0)
-        return address if address.lower().endswith("stanford.edu") else mask_email(address)
+        return address if address.lower() in JSOC_CONTACTS else mask_email(address)
 
     return _EMAIL_IN_TEXT.sub(mask, text)
 
@@ -332,7 +341,7 @@ def _raise_export_refusal(status: ExportStatus, *, notify: str | None) -> NoRetu
             status=3,
             server_message=message or None,
             request_id=rid,
-            hint="Split the record set into smaller time ranges.",
+            hint="split the record set into smaller time ranges",
         )
     if code == 5:
         raise ExportExpiredError(
@@ -340,7 +349,7 @@ def _raise_export_refusal(status: ExportStatus, *, notify: str | None) -> NoRetu
             status=5,
             server_message=message or None,
             request_id=rid,
-            hint="Exports are kept for 7 days; request the data again.",
+            hint="exports are kept for 7 days; request the data again",
         )
     if code == 25:
         found = _REQUEST_ID.findall(message)
@@ -349,7 +358,7 @@ def _raise_export_refusal(status: ExportStatus, *, notify: str | None) -> NoRetu
             status=25,
             server_message=message or None,
             request_id=rid or (found[-1] if found else None),
-            hint="Write to jsoc@sun.stanford.edu with the request id, as the JSOC asks.",
+            hint="write to jsoc@sun.stanford.edu with the request id, as the JSOC asks",
         )
     if (
         code in (4, 6)
@@ -361,7 +370,7 @@ def _raise_export_refusal(status: ExportStatus, *, notify: str | None) -> NoRetu
             email=notify,
             status=code,
             server_message=message or None,
-            hint="Register it at http://jsoc.stanford.edu/ajax/register_email.html.",
+            hint="register it at http://jsoc.stanford.edu/ajax/register_email.html",
         )
     transient = code == 4 and any(m in message for m in _TRANSIENT_4)
     if code == 4:
@@ -374,16 +383,16 @@ def _raise_export_refusal(status: ExportStatus, *, notify: str | None) -> NoRetu
         server_message=message or None,
         request_id=rid,
         transient=transient,
-        hint="This is a known transient JSOC error; send the request again." if transient else None,
+        hint="a known transient JSOC error; send the request again" if transient else None,
     )
 
 
 def _jsoc_info_refusal(body: Mapping[str, Any], what: str, subject: str) -> QueryError:
     """The QueryError for a jsoc_info answer whose status is not 0."""
     message = _opt_str(body, "error", what) or _opt_str(body, "errmsg", what) or "no message"
-    hint = "Check the series name and record-set syntax."
+    hint = "check the series name and the record-set syntax"
     if "series" in message.lower():
-        hint = "Check the series name; `asyncjsoc series <regex>` lists the known ones."
+        hint = "check the series name (`asyncjsoc series REGEX` lists the known ones)"
     return QueryError(
         f"jsoc_info refused {subject}: {message}",
         status=_int(body, "status", what),

@@ -54,6 +54,7 @@ from asyncjsoc._events import (
     Planned,
     PullFinished,
 )
+from asyncjsoc._models import JSOC_CONTACTS
 
 __all__ = [
     "NO_RECORDS",
@@ -100,8 +101,16 @@ def mask_email(address: str) -> str:
 
 
 def mask_emails(text: str) -> str:
-    """Mask every email address inside ``text`` (see :func:`mask_email`)."""
-    return _EMAIL_RE.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
+    """Mask every email address inside ``text`` (see :func:`mask_email`), except the JSOC's
+    own help addresses (:data:`~asyncjsoc._models.JSOC_CONTACTS`), which hints and JSOC messages
+    ask users to write to."""
+
+    def mask(match: re.Match[str]) -> str:
+        if match.group(0).lower() in JSOC_CONTACTS:
+            return match.group(0)
+        return f"{match.group(1)}***@{match.group(2)}"
+
+    return _EMAIL_RE.sub(mask, text)
 
 
 def format_bytes(n: float | None) -> str:

@@ -270,6 +270,12 @@ def test_status_3_4_5_25_and_unknown() -> None:
     assert isinstance(err, OfflineDataError)
     assert err.request_id == "JSOC_20260101_002"
     assert "jsoc@sun.stanford.edu" in str(err)
+    # A user's address at Stanford is a user's address: masked like any other.
+    err = _refuse({"status": 4, "error": "Export for jane.doe@stanford.edu failed; ask "
+                   "jsoc_help@jsoc.stanford.edu"})
+    assert "jane.doe@stanford.edu" not in str(err)
+    assert "j***@stanford.edu" in str(err)
+    assert "jsoc_help@jsoc.stanford.edu" in str(err)
     err = _refuse({"status": 42})
     assert type(err) is ExportFailedError
     assert not err.transient

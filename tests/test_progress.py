@@ -71,6 +71,12 @@ def test_mask_email_hides_local_part() -> None:
     assert mask_emails("user alice@example.org and bob@b.io refused") == (
         "user a***@example.org and b***@b.io refused"
     )
+    # The JSOC's help addresses stay readable (hints ask users to write there); nobody
+    # else's, at Stanford or not.
+    assert mask_emails("write to jsoc@sun.stanford.edu or jsoc_help@jsoc.stanford.edu, "
+                       "not jane@stanford.edu") == (
+        "write to jsoc@sun.stanford.edu or jsoc_help@jsoc.stanford.edu, not j***@stanford.edu"
+    )
 
 
 def test_format_bytes_uses_decimal_units() -> None:
