@@ -637,7 +637,10 @@ class JsocApi:
         body = await self._call("showextseries", _encode(pairs), what)
         error = body.get("errMsg")
         if error:
-            raise QueryError(f"showextseries refused: {error}", server_message=str(error))
+            raise QueryError(f"showextseries refused: {error}", server_message=str(error),
+                             hint=f"the filter {filter!r} is a regular expression the server "
+                             "matches against series names, e.g. 'sharp' or '^hmi\\.'"
+                             if filter else None)
         names = body.get("seriesList")
         if not isinstance(names, list):
             _bad(what, "seriesList", names, "a list")

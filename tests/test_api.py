@@ -474,6 +474,16 @@ async def test_emulator_series_list(rig: Rig) -> None:
 
 
 @pytest.mark.anyio
+async def test_emulator_series_list_bad_filter_says_it_is_a_regex(rig: Rig) -> None:
+    """A filter the server cannot use is a QueryError whose hint says what a filter is."""
+    with pytest.raises(QueryError, match="showextseries refused") as info:
+        await rig.api.series_list("[")
+    assert info.value.hint is not None
+    assert "'['" in info.value.hint
+    assert "regular expression" in info.value.hint
+
+
+@pytest.mark.anyio
 async def test_emulator_long_query_is_posted(rig: Rig) -> None:
     """A record set too long for a URL goes as a POST body and still works."""
     times = [f"2012.01.01_{h:02d}:{m:02d}:00_TAI" for h in range(10) for m in range(0, 60, 3)]
