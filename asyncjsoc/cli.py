@@ -856,8 +856,12 @@ async def _plan(config: Any, queries: list[Any], args: argparse.Namespace) -> in
         _emit_json({"plans": [_plan_json(p) for p in plans]}, sys.stdout)
         return EXIT_OK
     for p in plans:
-        size = (f"about {format_bytes(p.estimated_bytes)} (estimated from sampled records)"
-                if p.estimated_bytes is not None else "unknown (the server reported no sizes)")
+        if p.n_records == 0:
+            size = "nothing to fetch"
+        elif p.estimated_bytes is not None:
+            size = f"about {format_bytes(p.estimated_bytes)} (estimated from sampled records)"
+        else:
+            size = "unknown (the server reported no sizes)"
         print(f"series:   {p.series}")
         print(f"records:  {p.n_records}")
         print(f"files:    {p.n_files}")

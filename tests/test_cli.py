@@ -252,6 +252,8 @@ def test_plan_and_fetch_say_when_the_query_matches_nothing(
     assert main(["plan", empty, "--server", emulator.url]) == EXIT_OK
     text = capsys.readouterr().out
     assert "records:  0" in text
+    assert "size:     nothing to fetch" in text
+    assert "estimated" not in text
     assert "matches no records" in text
     out = tmp_path / "out"
     assert main(_fetch_args(emulator, out, empty, "--no-progress", *FAST)) == EXIT_OK
