@@ -390,8 +390,11 @@ def _raise_export_refusal(status: ExportStatus, *, notify: str | None) -> NoRetu
 def _jsoc_info_refusal(body: Mapping[str, Any], what: str, subject: str) -> QueryError:
     """The QueryError for a jsoc_info answer whose status is not 0."""
     message = _opt_str(body, "error", what) or _opt_str(body, "errmsg", what) or "no message"
+    lowered = message.lower()
     hint = "check the series name and the record-set syntax"
-    if "series" in message.lower():
+    if "keyword" in lowered:  # e.g. an unknown keyword in a [? ... ?] filter
+        hint = "check the keyword names in the keyword filter ([? ... ?], --where)"
+    elif "series" in lowered:
         hint = "check the series name (`asyncjsoc series REGEX` lists the known ones)"
     return QueryError(
         f"jsoc_info refused {subject}: {message}",

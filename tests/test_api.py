@@ -442,8 +442,20 @@ async def test_emulator_unknown_series_is_query_error(rig: Rig) -> None:
     assert info.value.status == 1
     assert info.value.server_message
     assert info.value.hint
+    assert "series name" in info.value.hint
     with pytest.raises(QueryError):
         await rig.api.count("hmi.no_such_series[2012.01.01]")
+
+
+@pytest.mark.anyio
+async def test_emulator_unknown_keyword_hint_names_the_filter(rig: Rig) -> None:
+    """A filter on a keyword the series lacks points at the filter, not at the series name
+    (the server's message says 'not a keyword of series ...')."""
+    with pytest.raises(QueryError) as info:
+        await rig.api.count("hmi.sharp_cea_720s[][2018.09.25_00:00:00_TAI/1h][? NOSUCHKEY>3 ?]")
+    assert "NOSUCHKEY" in (info.value.server_message or "")
+    assert info.value.hint is not None
+    assert "keyword filter" in info.value.hint
 
 
 @pytest.mark.anyio
