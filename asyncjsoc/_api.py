@@ -27,7 +27,6 @@ from yarl import URL
 
 from ._http import is_retryable, map_transport_errors, raise_for_status
 from ._models import (
-    JSOC_CONTACTS,
     EmailStatus,
     ExportFile,
     ExportStatus,
@@ -35,6 +34,7 @@ from ._models import (
     SegmentInfo,
     SeriesInfo,
 )
+from ._privacy import mask_email, mask_emails
 from ._retry import RetryCallback, RetryPolicy, retrying
 from .exceptions import (
     EmailNotRegisteredError,
@@ -66,7 +66,6 @@ _MAX_GET_QUERY = 4000
 _CGI = "/cgi-bin/ajax/"
 _DEFAULT_RETRY = RetryPolicy()
 _REQUEST_ID = re.compile(r"JSOC_\d{8}_\d+(?:_IN)?")
-_EMAIL_IN_TEXT = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _TRANSIENT_4 = ("Cant save new export-request hash",)
 _EMAIL_REFUSALS = (
     "Cannot process your request",
@@ -93,36 +92,6 @@ class RsList:
     keywords: dict[str, list[str]]
     segments: dict[str, list[str]]
     count: int
-
-
-def mask_email(email: str) -> str:
-    """Hide most of an address for logs: ``jane@example.org`` → ``j***@example.org``.
-
-    Parameters
-    ----------
-    email
-        An address (anything without ``@`` is masked entirely).
-
-    Returns
-    -------
-    str
-        The masked address.
-    """
-    local, sep, domain = email.partition("@")
-    if not sep:
-        return "***"
-    return f"{local[:1]}***@{domain}"
-
-
-def _mask_emails_in(text: str) -> str:
-    """``text`` with users' email addresses masked (the JSOC's own contacts stay readable;
-    a user's address at Stanford is masked like any other)."""
-
-    def mask(match: re.Match[str]) -> str:
-        address = match.group(0)
-        return address if address.lower() in JSOC_CONTACTS else mask_email(address)
-
-    return _EMAIL_IN_TEXT.sub(mask, text)
 
 
 def parse_pending_ids(message: str) -> tuple[str, ...]:
@@ -321,7 +290,7 @@ def _raise_export_refusal(status: ExportStatus, *, notify: str | None) -> NoRetu
     code = status.status
     message = status.error or ""
     rid = status.request_id if status.request_id not in (None, "VOID") else None
-    said = f": {_mask_emails_in(message)}" if message else ""
+    said = f": {mask_emails(message)}" if message else ""
     if code == 7:
         per_ip = "too many requests from" in message
         raise PendingLimitError(

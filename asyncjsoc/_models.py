@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
-    "JSOC_CONTACTS",
     "Chunk",
     "EmailStatus",
     "ExportFile",
@@ -22,10 +21,6 @@ __all__ = [
     "SegmentInfo",
     "SeriesInfo",
 ]
-
-JSOC_CONTACTS = frozenset({"jsoc@sun.stanford.edu", "jsoc_help@jsoc.stanford.edu"})
-"""The JSOC's own help addresses, which its messages ask users to write to: never masked
-(any other address in a message may be a user's, and is)."""
 
 ExportMethod = Literal["url_quick", "url", "url-tar"]
 """How the JSOC stages an export: ``url_quick`` (immediate for online as-is data), ``url``

@@ -10,7 +10,6 @@ noteworthy event. Only this module and :mod:`asyncjsoc.cli` import rich.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -54,7 +53,7 @@ from asyncjsoc._events import (
     Planned,
     PullFinished,
 )
-from asyncjsoc._models import JSOC_CONTACTS
+from asyncjsoc._privacy import mask_emails
 
 __all__ = [
     "NO_RECORDS",
@@ -67,8 +66,6 @@ __all__ = [
     "mask_emails",
     "render_summary",
 ]
-
-_EMAIL_RE = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
 
 # How many finished exports stay listed under the ones still in flight.
 _RECENT_READY = 3
@@ -98,19 +95,6 @@ def mask_email(address: str) -> str:
     if not at:
         return address[:1] + "***"
     return f"{local[:1]}***@{domain}"
-
-
-def mask_emails(text: str) -> str:
-    """Mask every email address inside ``text`` (see :func:`mask_email`), except the JSOC's
-    own help addresses (:data:`~asyncjsoc._models.JSOC_CONTACTS`), which hints and JSOC messages
-    ask users to write to."""
-
-    def mask(match: re.Match[str]) -> str:
-        if match.group(0).lower() in JSOC_CONTACTS:
-            return match.group(0)
-        return f"{match.group(1)}***@{match.group(2)}"
-
-    return _EMAIL_RE.sub(mask, text)
 
 
 def format_bytes(n: float | None) -> str:
