@@ -237,3 +237,88 @@ async def test_bytes_after_the_last_hdu(tmp_path: Path, verify: Verifier, tail: 
     else:
         with pytest.raises(IntegrityError, match=r"not zero padding|not a readable|not FITS text"):
             await verify(path)
+
+
+def _reader(data: bytes) -> Callable[[int, int], memoryview]:
+    """``read(offset, n)`` over bytes in memory."""
+    view = memoryview(data)
+    return lambda offset, n: view[offset:offset + n]
+
+
+def _hdu_shapes() -> dict[str, fits.HDUList]:
+    """FITS layouts a JSOC export may hold, each written with checksums."""
+    image = np.arange(600, dtype=">i2").reshape(20, 30)
+    table = fits.BinTableHDU.from_columns([
+        fits.Column(name="flux", format="E", array=np.linspace(0, 1, 50, dtype=">f4")),
+        fits.Column(name="trace", format="PJ()",
+                    array=np.array([np.arange(i, dtype=">i4") for i in range(50)],
+                                   dtype=object)),  # a heap: PCOUNT > 0
+    ])
+    long_header = fits.PrimaryHDU(image)
+    for i in range(80):  # three header blocks
+        long_header.header[f"KEY{i}"] = i
+    return {
+        "primary image": fits.HDUList([fits.PrimaryHDU(image)]),
+        "compressed image": fits.HDUList([
+            fits.PrimaryHDU(),
+            fits.CompImageHDU(np.linspace(0.0, 1.0, 64 * 64, dtype=">f4").reshape(64, 64))]),
+        "binary table with heap": fits.HDUList([fits.PrimaryHDU(), table]),
+        "ascii table": fits.HDUList([fits.PrimaryHDU(), fits.TableHDU.from_columns(
+            [fits.Column(name="n", format="I6", array=np.arange(7))])]),
+        "image extension, 64-bit floats": fits.HDUList([
+            fits.PrimaryHDU(), fits.ImageHDU(np.ones((3, 5, 7), dtype=">f8"))]),
+        "long header": fits.HDUList([long_header]),
+    }
+
+
+@pytest.mark.parametrize("shape", list(_hdu_shapes()))
+def test_checksummed_layouts_are_accepted_without_astropy(tmp_path: Path, shape: str) -> None:
+    """Every HDU layout above, checksummed, is accepted by the quick walk of the FITS
+    layout (no astropy parse), and any sampled byte flip in it is refused; without checksum
+    cards it is left to the astropy check, and passes there."""
+    from asyncjsoc import _verify
+
+    for checksum in (False, True):  # the checksummed file last: it gets damaged below
+        path = tmp_path / f"{checksum}.fits"
+        _hdu_shapes()[shape].writeto(path, checksum=checksum)
+        data = path.read_bytes()
+        quick = _verify._all_sums_match(len(data), _reader(data))
+        assert quick is checksum
+        assert check_fits_bytes(path.name, data) is True
+    missed = []
+    for offset in range(0, len(data), 53):
+        damaged = bytearray(data)
+        damaged[offset] ^= 0x04
+        try:
+            check_fits_bytes(path.name, bytes(damaged))
+        except IntegrityError:
+            continue
+        missed.append(offset)
+    assert missed == []
+
+
+def test_random_groups_are_left_to_astropy(tmp_path: Path) -> None:
+    """Random groups (NAXIS1 = 0) do not follow the plain layout rule: astropy checks them."""
+    from asyncjsoc import _verify
+
+    groups = fits.GroupData(np.ones((4, 2, 3), dtype=">f4"), parnames=["u", "v"],
+                            pardata=[np.arange(4.0), np.arange(4.0)], bitpix=-32)
+    path = tmp_path / "groups.fits"
+    fits.HDUList([fits.GroupsHDU(groups)]).writeto(path, checksum=True)
+    data = path.read_bytes()
+    assert _verify._all_sums_match(len(data), _reader(data)) is False
+    assert check_fits_bytes(path.name, data) is True
+    damaged = bytearray(data)
+    damaged[-5] ^= 0x01
+    with pytest.raises(IntegrityError, match="HDU 0"):
+        check_fits_bytes(path.name, bytes(damaged))
+
+
+def test_good_file_is_checked_while_another_check_holds_the_lock(tmp_path: Path) -> None:
+    """A good checksummed file needs no astropy, so no lock: the event loop's quick check
+    (wait=False) accepts it even while a large file's check runs in a worker thread."""
+    from asyncjsoc import _verify
+
+    data = _write_fits(tmp_path / "ok.fits")
+    with _verify._warnings_lock:
+        assert check_fits_bytes("ok.fits", data, wait=False) is True
