@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from asyncjsoc._retry import RetryPolicy
     from asyncjsoc._scheduler import Failure
     from asyncjsoc._sync import fetch_sync
+    from asyncjsoc._untar import Extracted, extract_tar, extract_tar_sync
 
 __version__ = "0.1.0"
 
@@ -46,6 +47,7 @@ __all__ = [
     "EmailStatus",
     "ExportFile",
     "ExportStatus",
+    "Extracted",
     "Failure",
     "FileResult",
     "NullReporter",
@@ -60,6 +62,8 @@ __all__ = [
     "__version__",
     "events",
     "exceptions",
+    "extract_tar",
+    "extract_tar_sync",
     "fetch_sync",
 ]
 
@@ -71,6 +75,7 @@ _HOMES: dict[str, str] = {
     "EmailStatus": "asyncjsoc._models",
     "ExportFile": "asyncjsoc._models",
     "ExportStatus": "asyncjsoc._models",
+    "Extracted": "asyncjsoc._untar",
     "Failure": "asyncjsoc._scheduler",
     "FileResult": "asyncjsoc._client",
     "NullReporter": "asyncjsoc._events",
@@ -84,6 +89,8 @@ _HOMES: dict[str, str] = {
     "SeriesInfo": "asyncjsoc._models",
     "events": "asyncjsoc.events",
     "exceptions": "asyncjsoc.exceptions",
+    "extract_tar": "asyncjsoc._untar",
+    "extract_tar_sync": "asyncjsoc._untar",
     "fetch_sync": "asyncjsoc._sync",
 }
 

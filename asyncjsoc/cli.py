@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "power loss may then lose recently finished files)")
     g.add_argument("--no-progress", action="store_true",
                    help="plain log lines on stderr instead of the live display")
+    g.add_argument("--extract", action="store_true",
+                   help="with --method url-tar: unpack each export's tar into DIR after the "
+                   "pull (names checked, FITS checksums verified; the tars are kept)")
     g.add_argument("--json", action="store_true",
                    help="print one JSON object with the result on stdout")
     fetch.set_defaults(handler=_cmd_fetch)
@@ -214,6 +217,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server(series, emails=False)
     series.add_argument("--json", action="store_true", help="print the names as a JSON list")
     series.set_defaults(handler=_cmd_series)
+
+    extract = sub.add_parser(
+        "extract", help="unpack url-tar export tars, safely",
+        description="Unpack tar files of url-tar exports: member names that would land "
+        "outside the output directory, links and devices are refused; each FITS file is "
+        "checked against its CHECKSUM/DATASUM and made durable before it gets its name. "
+        "Files already unpacked by an earlier run are kept, so running it again after an "
+        "interruption finishes the job.")
+    extract.add_argument("tars", nargs="+", type=Path, metavar="TAR",
+                         help="tar files (REQUESTID.tar in a pull's output directory)")
+    extract.add_argument("--out", type=Path, metavar="DIR",
+                         help="where the files go (default: the directory of each tar)")
+    extract.add_argument("--remove", action="store_true",
+                         help="delete each tar once its files are on disk (a rerun of the "
+                         "pull would then fetch it again)")
+    extract.add_argument("--no-checksums", action="store_true",
+                         help="do not check FITS CHECKSUM/DATASUM")
+    extract.add_argument("--no-fsync", action="store_true", help="do not fsync files")
+    extract.add_argument("--json", action="store_true",
+                         help="print one JSON object with the result on stdout")
+    extract.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    extract.set_defaults(handler=_cmd_extract)
 
     demo = sub.add_parser("demo", help="a complete bulk pull from a built-in JSOC emulator",
                           description="Starts the emulator in this process and pulls SHARP "
@@ -564,6 +589,9 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
         raise UsageError("no notify email given",
                          f"pass --email ADDRESS (an address registered at {REGISTER_URL}) "
                          "or set ASYNCJSOC_EMAILS")
+    if args.extract and args.method != "url-tar":
+        raise UsageError("--extract unpacks url-tar exports",
+                         "add --method url-tar, or leave out --extract")
     server = _server(args)
     queries = _queries(sel)
     state = args.state if args.state is not None else args.out / ".asyncjsoc" / "state.sqlite"
@@ -745,9 +773,62 @@ async def _fetch(config: Any, queries: list[Any], out: Path, args: argparse.Name
         display.close()
     ok = all(r.ok for r in results)
     _print_summary(display, out)
+    extracted: list[dict[str, Any]] | None = None
+    if getattr(args, "extract", False):
+        tars = list(dict.fromkeys(f.path for r in results for f in r.all_files))
+        extracted, extract_ok = await _extract_all(tars, None, args)
+        ok = ok and extract_ok
     if args.json:
-        _emit_json(_result_json(results, display.view, full_emails=args.debug), sys.stdout)
+        doc = _result_json(results, display.view, full_emails=args.debug)
+        if extracted is not None:
+            doc["extracted"] = extracted
+        _emit_json(doc, sys.stdout)
     return EXIT_OK if ok else EXIT_FAILED
+
+
+async def _extract_all(tars: Sequence[Path], out: Path | None, args: argparse.Namespace,
+                       ) -> tuple[list[dict[str, Any]], bool]:
+    """Unpack each tar (one line each on stderr); a tar that fails is reported and the
+    others still unpacked. Returns the JSON rows and whether every tar was unpacked."""
+    from asyncjsoc._untar import extract_tar
+
+    rows: list[dict[str, Any]] = []
+    ok = True
+    for tar in tars:
+        try:
+            done = await extract_tar(tar, out, verify_checksums=not args.no_checksums,
+                                     fsync=not args.no_fsync,
+                                     remove=bool(getattr(args, "remove", False)))
+        except JsocError as exc:
+            ok = False
+            message = exc.message
+            for prefix in (f"{tar}: ", f"{tar.name}: "):
+                message = message.removeprefix(prefix)
+            _print_error(f"cannot extract {tar}: {message}", exc.hint, debug=args.debug)
+            rows.append({"tar": str(tar), "error": exc.message})
+            continue
+        kept = len(done.files) - done.new
+        sys.stderr.write(
+            f"extracted {tar.name}: {len(done.files)} files"
+            + (f" ({kept} already there)" if kept else "")
+            + (", tar removed" if done.removed else "") + "\n")
+        rows.append({"tar": str(tar), "files": [str(f) for f in done.files], "new": done.new,
+                     "removed": done.removed})
+    sys.stderr.flush()
+    return rows, ok
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    """``asyncjsoc extract``."""
+    out = _out_dir(args.out) if args.out is not None else None
+
+    async def work() -> int:
+        rows, ok = await _extract_all(args.tars, out, args)
+        if args.json:
+            _emit_json({"ok": ok, "extracted": rows}, sys.stdout)
+        return EXIT_OK if ok else EXIT_FAILED
+
+    return _run(work)
 
 
 async def _require_usable_email(client: Any) -> None:

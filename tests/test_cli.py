@@ -460,3 +460,80 @@ def test_no_checksums_option_skips_the_checksums(
         kept = (out / f["path"]).read_bytes()
         assert len(kept) == len(emulator.file_bytes(served))
         assert kept != emulator.file_bytes(served)
+
+
+# --- url-tar unpacking ---------------------------------------------------------------------
+
+
+def test_url_tar_extract_unpacks_the_same_files_as_url(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fetch --method url-tar --extract leaves in --out the files a url pull gives, byte for
+    byte, next to the tar; a rerun unpacks nothing again."""
+    from asyncjsoc._verify import check_fits_bytes
+
+    plain = tmp_path / "plain"
+    assert main(_fetch_args(emulator, plain, RS, *FAST)) == EXIT_OK
+    out = tmp_path / "out"
+    argv = _fetch_args(emulator, out, RS, "--method", "url-tar", "--extract", "--json", *FAST)
+    assert main(argv) == EXIT_OK
+    captured = capsys.readouterr()
+    doc = _json(captured.out)
+    [row] = doc["extracted"]
+    assert row["new"] == 6
+    expected = _files(plain)
+    assert len(expected) == 6
+    assert sorted(Path(f).name for f in row["files"]) == expected
+    for name in expected:
+        body = (out / name).read_bytes()
+        assert body == (plain / name).read_bytes()
+        assert check_fits_bytes(name, body) is True
+    assert [f["path"] for f in doc["files"]] == [Path(row["tar"]).name]
+    assert (out / Path(row["tar"]).name).is_file()
+    assert "extracted " in captured.err
+    assert main(argv) == EXIT_OK
+    [again] = _json(capsys.readouterr().out)["extracted"]
+    assert again["new"] == 0
+    assert sorted(again["files"]) == sorted(row["files"])
+
+
+def test_extract_needs_url_tar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--extract with another method is a usage error naming the fix; nothing is created."""
+    out = tmp_path / "out"
+    assert main(["fetch", RS, "--email", EMAIL, "--out", str(out), "--extract"]) == EXIT_USAGE
+    _one_line_error(capsys.readouterr().err, "--extract", "--method url-tar")
+    assert not out.exists()
+
+
+def test_extract_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`asyncjsoc extract` unpacks good tars into --out and reports each; a tar with an
+    unsafe member is one error line (exit 1) and the good ones are still unpacked."""
+    import io
+    import tarfile
+
+    def make(path: Path, members: dict[str, bytes]) -> Path:
+        with tarfile.open(path, "w") as tar:
+            for name, body in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(body)
+                tar.addfile(info, io.BytesIO(body))
+        return path
+
+    good = make(tmp_path / "JSOC_1.tar", {"a.txt": b"a", "b/c.txt": b"c"})
+    bad = make(tmp_path / "JSOC_2.tar", {"../escape.txt": b"x"})
+    out = tmp_path / "out"
+    assert main(["extract", str(good), "--out", str(out), "--json"]) == EXIT_OK
+    doc = _json(capsys.readouterr().out)
+    assert doc["ok"] is True
+    assert doc["extracted"][0]["new"] == 2
+    assert (out / "b" / "c.txt").read_bytes() == b"c"
+    assert main(["extract", str(bad), str(good), "--out", str(out), "--remove"]) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "error: cannot extract" in err
+    assert "JSOC_2.tar" in err
+    assert "'..' component" in err
+    assert "extracted JSOC_1.tar: 2 files (2 already there), tar removed" in err
+    assert bad.exists()
+    assert not good.exists()
+    assert not (tmp_path / "escape.txt").exists()

@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "_stall": 0, "_privacy": 0,
     "_retry": 1, "_paths": 1, "_times": 1, "_verify": 1, "_durable": 1,
     "_config": 2, "_events": 2, "_recordset": 2, "_jobfile": 2, "_http": 2, "_resume": 2,
+    "_untar": 2,
     "_query": 3, "_api": 3, "_download": 3, "_store": 3,
     "_plan": 4, "_emails": 4,
     "_scheduler": 5,

@@ -1,0 +1,269 @@
+"""Unpack the tar file of a ``url-tar`` export, with the guarantees of a download.
+
+A ``url-tar`` export (what JSOC staff ask bulk users of many small files to use) arrives as
+one ``<request id>.tar`` per export. :func:`extract_tar` unpacks one into the output
+directory the way the downloader writes files:
+
+- member names are untrusted: each goes through :func:`~asyncjsoc._paths.safe_relpath` and
+  must resolve inside the output directory; a tar holding anything but regular files and
+  directories (links, devices, FIFOs), an unsafe name or the same name twice is refused
+  before anything is written;
+- each member is written to ``NAME.part``, its FITS ``CHECKSUM``/``DATASUM`` checked,
+  fsynced, then renamed: a final name means a complete, verified file;
+- a member whose final name already holds a file of its size was unpacked by an earlier run
+  (a final name is only ever a complete file) and is kept; a different file in its way is
+  an error, never overwritten. So unpacking again after an interruption finishes the job.
+
+The tar is kept unless ``remove=True``. A pull's state records the tar, not its members:
+a tar removed after unpacking is fetched again by a rerun of the same pull.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio.to_thread
+
+from ._durable import NOFOLLOW, fsync_dir
+from ._paths import PART_SUFFIX, resolve_inside, safe_relpath
+from ._verify import _verify_fits_sync
+from .exceptions import DiskError, IntegrityError, LocalError, UnsafePathError
+
+__all__ = ["Extracted", "extract_tar", "extract_tar_sync"]
+
+_CHUNK = 1 << 20
+"""Bytes copied per read from a member."""
+
+_NOTHING_WRITTEN = "nothing was extracted from it"
+_DAMAGED_HINT = ("the tar file is damaged: delete it and run the pull again, which fetches "
+                 "it anew; files already extracted from it are kept")
+
+
+@dataclass(frozen=True, slots=True)
+class Extracted:
+    """What :func:`extract_tar` did with one tar file.
+
+    Attributes
+    ----------
+    tar
+        The tar file.
+    files
+        Every file of the tar, now on disk under its final name, in the tar's order.
+    new
+        How many of them this call wrote (the others were there from an earlier run).
+    removed
+        Whether the tar file was deleted afterwards.
+    """
+
+    tar: Path
+    files: tuple[Path, ...]
+    new: int
+    removed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Member:
+    """A regular file of the tar and where it goes."""
+
+    info: tarfile.TarInfo
+    dest: Path
+    present: bool
+
+
+async def extract_tar(tar_path: str | Path, out_dir: str | Path | None = None, *,
+                      verify_checksums: bool = True, fsync: bool = True,
+                      remove: bool = False) -> Extracted:
+    """Unpack a ``url-tar`` export's tar file into ``out_dir``, in a worker thread.
+
+    Safe to run again after an interruption: members already unpacked are kept, the rest
+    are written. See the module documentation for the guarantees.
+
+    Parameters
+    ----------
+    tar_path
+        The tar file.
+    out_dir
+        Where its files go; default the directory holding the tar.
+    verify_checksums
+        Check each FITS member's ``CHECKSUM``/``DATASUM`` before it gets its final name.
+    fsync
+        Make each file, and its name, durable before counting it as extracted.
+    remove
+        Delete the tar once every member is on disk.
+
+    Returns
+    -------
+    Extracted
+        The files and how many were new.
+
+    Raises
+    ------
+    UnsafePathError
+        A member name would land outside ``out_dir``, or a member is a link or a device;
+        nothing was written.
+    IntegrityError
+        The tar is not readable or cut short, or a member fails its FITS checksums; the
+        members before it are on disk, nothing is left half-written under a final name.
+    LocalError
+        A different file is in the way of a member (nothing was written), or ``tar_path``
+        is not a file.
+    DiskError
+        A file could not be written (disk full, permissions).
+    """
+    return await anyio.to_thread.run_sync(
+        lambda: extract_tar_sync(tar_path, out_dir, verify_checksums=verify_checksums,
+                                 fsync=fsync, remove=remove))
+
+
+def extract_tar_sync(tar_path: str | Path, out_dir: str | Path | None = None, *,
+                     verify_checksums: bool = True, fsync: bool = True,
+                     remove: bool = False) -> Extracted:
+    """:func:`extract_tar`, blocking (for scripts without an event loop)."""
+    tar_path = Path(tar_path)
+    out = Path(out_dir) if out_dir is not None else tar_path.parent
+    if not tar_path.is_file():
+        raise LocalError(f"{tar_path}: no such file", hint="pass the path of a downloaded "
+                         "export tar (REQUESTID.tar in the pull's output directory)")
+    with _damaged(tar_path), tarfile.open(tar_path, "r:*") as tar:
+        members = _plan(tar, tar_path, out)
+        directories: set[Path] = set()
+        new = 0
+        for member in members:
+            if member.present:
+                continue
+            _write_member(tar, member, tar_path, verify=verify_checksums, fsync=fsync)
+            directories.add(member.dest.parent)
+            new += 1
+    if fsync:
+        for directory in sorted(directories):
+            fsync_dir(directory)
+    if remove:
+        with _disk_errors():
+            tar_path.unlink()
+        if fsync:
+            fsync_dir(tar_path.parent)
+    return Extracted(tar=tar_path, files=tuple(m.dest for m in members), new=new,
+                     removed=remove)
+
+
+@contextlib.contextmanager
+def _damaged(tar_path: Path) -> Iterator[None]:
+    """Turn tarfile's complaints about a bad archive into an :class:`IntegrityError`."""
+    try:
+        yield
+    except (tarfile.TarError, EOFError) as exc:
+        raise IntegrityError(f"{tar_path.name}: not a readable tar file ({exc})",
+                             hint=_DAMAGED_HINT) from exc
+
+
+@contextlib.contextmanager
+def _disk_errors() -> Iterator[None]:
+    """Turn an :class:`OSError` of a local file operation into a :class:`DiskError`."""
+    try:
+        yield
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        raise DiskError(f"cannot write{where}: {exc.strerror or exc}",
+                        hint="free some space, or fix the permissions, then extract again: "
+                        "files already extracted are kept") from exc
+
+
+def _plan(tar: tarfile.TarFile, tar_path: Path, out: Path) -> list[_Member]:
+    """Every regular file of ``tar`` with its destination; refuses the tar (before anything
+    is written) for a member that is not a file or a directory, an unsafe or repeated name,
+    or a different file in a member's way."""
+    members: list[_Member] = []
+    seen: set[str] = set()
+    tar_itself = tar_path.resolve()
+    for info in tar.getmembers():
+        if info.isdir():
+            continue
+        if not info.isfile():
+            kind = ("symbolic link" if info.issym() else "hard link" if info.islnk()
+                    else "device or FIFO")
+            raise UnsafePathError(
+                f"{tar_path.name}: member {info.name!r} is a {kind}; asyncjsoc extracts "
+                f"regular files only, so {_NOTHING_WRITTEN}",
+                hint="extract it by hand (tar -xf) if you trust its source")
+        try:
+            relpath = safe_relpath(info.name)
+            dest = resolve_inside(out, relpath)
+        except UnsafePathError as exc:
+            raise UnsafePathError(f"{tar_path.name}: {exc.message}; {_NOTHING_WRITTEN}",
+                                  hint=exc.hint) from None
+        if relpath in seen:
+            raise UnsafePathError(
+                f"{tar_path.name}: member {relpath!r} appears twice; {_NOTHING_WRITTEN}",
+                hint="extract it by hand (tar -xf) if you trust its source")
+        seen.add(relpath)
+        if dest == tar_itself:
+            raise UnsafePathError(
+                f"{tar_path.name}: member {relpath!r} would replace the tar itself; "
+                f"{_NOTHING_WRITTEN}", hint="extract it into another directory (--out)")
+        members.append(_Member(info, dest, _present(dest, info.size, tar_path)))
+    return members
+
+
+def _present(dest: Path, size: int, tar_path: Path) -> bool:
+    """Whether ``dest`` already holds the member (a regular file of its size); an error
+    when something else is in its way."""
+    try:
+        st = dest.lstat()
+    except FileNotFoundError:
+        return False
+    if dest.is_file() and not dest.is_symlink() and st.st_size == size:
+        return True
+    raise LocalError(
+        f"{dest}: already exists ({st.st_size} bytes) and is not the {size}-byte file "
+        f"{tar_path.name} holds under that name; {_NOTHING_WRITTEN}",
+        hint="move that file away, or extract into another directory (--out)")
+
+
+def _write_member(tar: tarfile.TarFile, member: _Member, tar_path: Path, *, verify: bool,
+                  fsync: bool) -> None:
+    """Copy one member to ``NAME.part``, check it, make it durable, give it its name."""
+    dest = member.dest
+    part = dest.with_name(dest.name + PART_SUFFIX)
+    source = tar.extractfile(member.info)
+    if source is None:  # not a regular file: _plan let none through
+        raise IntegrityError(f"{tar_path.name}: member {member.info.name!r} has no data",
+                             hint=_DAMAGED_HINT)
+    done = False
+    try:
+        with _disk_errors():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()  # a stale part: never write through it
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | NOFOLLOW,
+                         0o666)
+        with source, os.fdopen(fd, "wb", buffering=0) as sink:
+            written = 0
+            while chunk := source.read(_CHUNK):
+                with _disk_errors():
+                    sink.write(chunk)
+                written += len(chunk)
+            if written != member.info.size:
+                raise IntegrityError(
+                    f"{tar_path.name}: member {member.info.name!r} is cut short ({written} of "
+                    f"{member.info.size} bytes)", hint=_DAMAGED_HINT)
+            if verify:
+                try:
+                    _verify_fits_sync(part, dest.name)
+                except IntegrityError as exc:
+                    raise IntegrityError(f"{tar_path.name}: {exc.message}",
+                                         hint=_DAMAGED_HINT) from None
+            if fsync:
+                with _disk_errors():
+                    os.fsync(sink.fileno())
+        with _disk_errors():
+            os.replace(part, dest)
+        done = True
+    finally:
+        if not done:
+            with contextlib.suppress(OSError):
+                part.unlink()

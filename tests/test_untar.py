@@ -1,0 +1,233 @@
+"""Tests for asyncjsoc._untar: unpacking url-tar export tars safely, verified and resumably."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from asyncjsoc import Extracted, extract_tar, extract_tar_sync
+from asyncjsoc.exceptions import IntegrityError, LocalError, UnsafePathError
+
+pytestmark = pytest.mark.anyio
+
+
+def _fits_bytes(seed: int) -> bytes:
+    """A small checksummed FITS file, different for each seed."""
+    data = np.arange(seed, seed + 600, dtype=">i2").reshape(20, 30)
+    buffer = io.BytesIO()
+    fits.PrimaryHDU(data).writeto(buffer, checksum=True)
+    return buffer.getvalue()
+
+
+def _tar(path: Path, members: list[tuple[str, bytes]], *,
+         extra: list[tarfile.TarInfo] | None = None) -> Path:
+    """A plain tar of ``(name, body)`` regular files, plus any ``extra`` headers."""
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, body in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+        for info in extra or []:
+            tar.addfile(info)
+    return path
+
+
+def _tree(root: Path) -> set[str]:
+    """Every file and directory under ``root``, relative."""
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+MEMBERS = [(f"hmi.sharp_cea_720s.7302.2018090{i}_000000_TAI.Br.fits", _fits_bytes(i))
+           for i in range(3)]
+
+
+async def test_unpacks_every_member_byte_identical(tmp_path: Path) -> None:
+    """Every member lands under its name with its bytes; the tar is kept; no part file."""
+    tar = _tar(tmp_path / "JSOC_20240101_001.tar", [*MEMBERS, ("sub/dir/x.txt", b"hello")])
+    done = await extract_tar(tar)
+    assert isinstance(done, Extracted)
+    assert done.new == 4
+    assert [p.name for p in done.files] == [name.split("/")[-1] for name, _ in
+                                            [*MEMBERS, ("sub/dir/x.txt", b"")]]
+    for name, body in [*MEMBERS, ("sub/dir/x.txt", b"hello")]:
+        assert (tmp_path / name).read_bytes() == body
+    assert tar.is_file()
+    assert not list(tmp_path.rglob("*.part"))  # noqa: ASYNC240 (a tiny test tree)
+
+
+def test_running_again_keeps_what_is_there(tmp_path: Path) -> None:
+    """A second run writes nothing; one file gone (or a stale part left by a crash) is
+    written again, the others are kept."""
+    tar = _tar(tmp_path / "t.tar", MEMBERS)
+    out = tmp_path / "out"
+    assert extract_tar_sync(tar, out).new == 3
+    first = out / MEMBERS[0][0]
+    inode = first.stat().st_ino
+    assert extract_tar_sync(tar, out).new == 0
+    assert first.stat().st_ino == inode
+    (out / MEMBERS[1][0]).unlink()
+    (out / (MEMBERS[1][0] + ".part")).write_bytes(b"half of it")
+    again = extract_tar_sync(tar, out)
+    assert again.new == 1
+    assert (out / MEMBERS[1][0]).read_bytes() == MEMBERS[1][1]
+    assert first.stat().st_ino == inode
+    assert not (out / (MEMBERS[1][0] + ".part")).exists()
+
+
+@pytest.mark.parametrize("name", ["../evil.fits", "/etc/evil.fits", "a/../../evil.fits",
+                                  ".asyncjsoc/state.sqlite", "x.fits.part", "bad\x1bname"])
+def test_unsafe_member_names_refuse_the_tar(tmp_path: Path, name: str) -> None:
+    """A member name that could land outside the output directory, or on asyncjsoc's own
+    files, refuses the whole tar before anything is written."""
+    tar = _tar(tmp_path / "t.tar", [*MEMBERS, (name, b"x")])
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(UnsafePathError, match=r"t\.tar: .*nothing was extracted"):
+        extract_tar_sync(tar, out)
+    assert _tree(out) == set()
+    assert not (tmp_path / "evil.fits").exists()
+
+
+@pytest.mark.parametrize(("kind", "words"), [
+    (tarfile.SYMTYPE, "symbolic link"), (tarfile.LNKTYPE, "hard link"),
+    (tarfile.CHRTYPE, "device"), (tarfile.FIFOTYPE, "FIFO"),
+])
+def test_links_and_devices_refuse_the_tar(tmp_path: Path, kind: bytes, words: str) -> None:
+    """Only regular files are unpacked: a link or device member refuses the tar."""
+    special = tarfile.TarInfo("innocent.fits")
+    special.type = kind
+    special.linkname = "/etc/passwd"
+    tar = _tar(tmp_path / "t.tar", MEMBERS, extra=[special])
+    out = tmp_path / "out"
+    with pytest.raises(UnsafePathError, match=words):
+        extract_tar_sync(tar, out)
+    assert not out.exists() or _tree(out) == set()
+
+
+def test_symlinked_directory_out_of_the_tree_is_refused(tmp_path: Path) -> None:
+    """A member under a directory that is a symlink leading outside is refused."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "link").symlink_to(outside)
+    tar = _tar(tmp_path / "t.tar", [("link/x.fits", MEMBERS[0][1])])
+    with pytest.raises(UnsafePathError, match="outside"):
+        extract_tar_sync(tar, out)
+    assert _tree(outside) == set()
+
+
+def test_a_name_twice_refuses_the_tar(tmp_path: Path) -> None:
+    """Two members with one name (after normalization) are ambiguous: refused."""
+    tar = _tar(tmp_path / "t.tar", [("a/x.fits", MEMBERS[0][1]), ("a//./x.fits", b"other")])
+    out = tmp_path / "out"
+    with pytest.raises(UnsafePathError, match="twice"):
+        extract_tar_sync(tar, out)
+    assert not out.exists() or _tree(out) == set()
+
+
+def test_a_different_file_in_the_way_is_never_overwritten(tmp_path: Path) -> None:
+    """A file of another size under a member's name stops the tar before any write."""
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / MEMBERS[2][0]
+    mine.write_bytes(b"my own notes")
+    tar = _tar(tmp_path / "t.tar", MEMBERS)
+    with pytest.raises(LocalError, match="already exists"):
+        extract_tar_sync(tar, out)
+    assert mine.read_bytes() == b"my own notes"
+    assert _tree(out) == {MEMBERS[2][0]}
+
+
+def test_damaged_fits_member_never_gets_its_name(tmp_path: Path) -> None:
+    """A member failing its checksums is refused (no final name, no part file left); the
+    members before it are on disk, and without checksum checks it is written as it is."""
+    damaged = bytearray(MEMBERS[1][1])
+    damaged[2880 + 100] ^= 0x01
+    members = [MEMBERS[0], (MEMBERS[1][0], bytes(damaged)), MEMBERS[2]]
+    tar = _tar(tmp_path / "t.tar", members)
+    out = tmp_path / "out"
+    with pytest.raises(IntegrityError, match=r"t\.tar: .*DATASUM"):
+        extract_tar_sync(tar, out)
+    assert _tree(out) == {MEMBERS[0][0]}
+    assert extract_tar_sync(tar, out, verify_checksums=False).new == 2
+
+
+def test_cut_tar_is_refused_without_half_files(tmp_path: Path) -> None:
+    """A tar cut inside a member: an IntegrityError, and no half file under a final name."""
+    tar = _tar(tmp_path / "t.tar", MEMBERS)
+    whole = tar.read_bytes()
+    tar.write_bytes(whole[:512 + len(MEMBERS[0][1]) + 512 + 1000])
+    out = tmp_path / "out"
+    with pytest.raises(IntegrityError, match=r"t\.tar"):
+        extract_tar_sync(tar, out)
+    for path in out.rglob("*"):
+        name = path.name
+        body = dict(MEMBERS)[name]
+        assert path.read_bytes() == body
+    assert not list(out.rglob("*.part"))
+
+
+def test_not_a_tar(tmp_path: Path) -> None:
+    """A file that is not a tar, or no file at all: one clear error each."""
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"<html>export expired</html>")
+    with pytest.raises(IntegrityError, match="not a readable tar file"):
+        extract_tar_sync(junk)
+    with pytest.raises(LocalError, match="no such file"):
+        extract_tar_sync(tmp_path / "missing.tar")
+
+
+def test_remove_deletes_the_tar_once_unpacked(tmp_path: Path) -> None:
+    """remove=True deletes the tar after every member is on disk, and only then."""
+    tar = _tar(tmp_path / "t.tar", MEMBERS)
+    done = extract_tar_sync(tar, tmp_path / "out", remove=True, fsync=False)
+    assert done.removed
+    assert not tar.exists()
+    assert {p.name for p in done.files} == {name for name, _ in MEMBERS}
+    bad = _tar(tmp_path / "bad.tar", [("../x", b"x")])
+    with pytest.raises(UnsafePathError):
+        extract_tar_sync(bad, tmp_path / "out", remove=True)
+    assert bad.exists()
+
+
+def test_files_are_created_with_the_umask(tmp_path: Path) -> None:
+    """Member modes in the tar (setuid, world-writable) are ignored: 0o666 minus the umask."""
+    info = tarfile.TarInfo("x.txt")
+    body = b"data"
+    info.size = len(body)
+    info.mode = 0o4777
+    tar = tmp_path / "t.tar"
+    with tarfile.open(tar, "w") as handle:
+        handle.addfile(info, io.BytesIO(body))
+    out = tmp_path / "out"
+    extract_tar_sync(tar, out)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "x.txt").stat().st_mode & 0o7777 == 0o666 & ~umask
+
+
+def test_member_gets_its_name_only_once_written_and_checked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each member is checked as NAME.part while NAME does not exist yet: a crash while
+    writing or checking leaves no partial file under a final name."""
+    from asyncjsoc import _untar
+    from asyncjsoc._verify import _verify_fits_sync as real
+
+    seen: list[tuple[str, bool]] = []
+
+    def spy(path: Path, name: str) -> None:
+        seen.append((path.name, (path.parent / name).exists()))
+        real(path, name)
+
+    monkeypatch.setattr(_untar, "_verify_fits_sync", spy)
+    out = tmp_path / "out"
+    extract_tar_sync(_tar(tmp_path / "t.tar", MEMBERS), out)
+    assert seen == [(name + ".part", False) for name, _ in MEMBERS]
+    assert all((out / name).is_file() for name, _ in MEMBERS)
