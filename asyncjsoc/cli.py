@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default DIR/.asyncjsoc/state.sqlite)")
     g.add_argument("--no-checksums", action="store_true",
                    help="do not check FITS CHECKSUM/DATASUM (sizes are still checked); "
-                   "saves about 1 CPU second per GB")
+                   "saves about 0.7 CPU seconds per GB")
     g.add_argument("--no-fsync", action="store_true",
                    help="do not fsync files (faster on slow or network file systems; a "
                    "power loss may then lose recently finished files)")
