@@ -241,12 +241,14 @@ def _write_member(tar: tarfile.TarFile, member: _Member, tar_path: Path, *, veri
                 part.unlink()  # a stale part: never write through it
             fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | NOFOLLOW,
                          0o666)
-        with source, os.fdopen(fd, "wb", buffering=0) as sink:
+        with source, os.fdopen(fd, "wb") as sink:
             written = 0
             while chunk := source.read(_CHUNK):
                 with _disk_errors():
-                    sink.write(chunk)
+                    sink.write(chunk)  # buffered: writes it all, or raises
                 written += len(chunk)
+            with _disk_errors():
+                sink.flush()  # the check below reads the part file back
             if written != member.info.size:
                 raise IntegrityError(
                     f"{tar_path.name}: member {member.info.name!r} is cut short ({written} of "
