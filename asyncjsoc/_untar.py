@@ -127,8 +127,9 @@ def extract_tar_sync(tar_path: str | Path, out_dir: str | Path | None = None, *,
     tar_path = Path(tar_path)
     out = Path(out_dir) if out_dir is not None else tar_path.parent
     if not tar_path.is_file():
-        raise LocalError(f"{tar_path}: no such file", hint="pass the path of a downloaded "
-                         "export tar (REQUESTID.tar in the pull's output directory)")
+        what = "a directory" if tar_path.is_dir() else "no such file"
+        raise LocalError(f"{tar_path}: {what}", hint="pass the path of a downloaded export "
+                         "tar (REQUESTID.tar in the pull's output directory)")
     with _damaged(tar_path), tarfile.open(tar_path, "r:*") as tar:
         members = _plan(tar, tar_path, out)
         directories: set[Path] = set()

@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Files already unpacked by an earlier run are kept, so running it again after an "
         "interruption finishes the job.")
     extract.add_argument("tars", nargs="+", type=Path, metavar="TAR",
-                         help="tar files (REQUESTID.tar in a pull's output directory)")
+                         help="tar files (REQUESTID.tar in a pull's output directory), or "
+                         "directories: every *.tar in each")
     extract.add_argument("--out", type=Path, metavar="DIR",
                          help="where the files go (default: the directory of each tar)")
     extract.add_argument("--remove", action="store_true",
@@ -822,8 +823,19 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     """``asyncjsoc extract``."""
     out = _out_dir(args.out) if args.out is not None else None
 
+    tars: list[Path] = []
+    for given in args.tars:
+        if given.is_dir():
+            found = sorted(given.glob("*.tar"))
+            if not found:
+                raise UsageError(f"no .tar file in {str(given)!r}",
+                                 "pass tar files, or the output directory of a url-tar pull")
+            tars += found
+        else:
+            tars.append(given)
+
     async def work() -> int:
-        rows, ok = await _extract_all(args.tars, out, args)
+        rows, ok = await _extract_all(tars, out, args)
         if args.json:
             _emit_json({"ok": ok, "extracted": rows}, sys.stdout)
         return EXIT_OK if ok else EXIT_FAILED

@@ -537,3 +537,25 @@ def test_extract_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert bad.exists()
     assert not good.exists()
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_extract_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A directory stands for every tar in it; one without tars is a usage error."""
+    import io
+    import tarfile
+
+    pulled = tmp_path / "pulled"
+    pulled.mkdir()
+    for n in (1, 2):
+        with tarfile.open(pulled / f"JSOC_{n}.tar", "w") as tar:
+            info = tarfile.TarInfo(f"file{n}.txt")
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    assert main(["extract", str(pulled)]) == EXIT_OK
+    assert sorted(p.name for p in pulled.iterdir()) == [
+        "JSOC_1.tar", "JSOC_2.tar", "file1.txt", "file2.txt"]
+    capsys.readouterr()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["extract", str(empty)]) == EXIT_USAGE
+    _one_line_error(capsys.readouterr().err, "no .tar file", "empty")

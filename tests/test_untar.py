@@ -231,3 +231,9 @@ def test_member_gets_its_name_only_once_written_and_checked(
     extract_tar_sync(_tar(tmp_path / "t.tar", MEMBERS), out)
     assert seen == [(name + ".part", False) for name, _ in MEMBERS]
     assert all((out / name).is_file() for name, _ in MEMBERS)
+
+
+def test_a_directory_is_not_a_tar(tmp_path: Path) -> None:
+    """A directory given as the tar is named as one."""
+    with pytest.raises(LocalError, match="a directory"):
+        extract_tar_sync(tmp_path)
