@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from asyncjsoc._query import Query
     from asyncjsoc._retry import RetryPolicy
     from asyncjsoc._scheduler import Failure
+    from asyncjsoc._status import PullStatus, read_status
     from asyncjsoc._sync import fetch_sync
     from asyncjsoc._untar import Extracted, extract_tar, extract_tar_sync
 
@@ -54,6 +55,7 @@ __all__ = [
     "Plan",
     "Pull",
     "PullResult",
+    "PullStatus",
     "Query",
     "RemoteFile",
     "Reporter",
@@ -65,6 +67,7 @@ __all__ = [
     "extract_tar",
     "extract_tar_sync",
     "fetch_sync",
+    "read_status",
 ]
 
 # Where each public name lives (loaded by __getattr__ on first use).
@@ -82,6 +85,7 @@ _HOMES: dict[str, str] = {
     "Plan": "asyncjsoc._models",
     "Pull": "asyncjsoc._client",
     "PullResult": "asyncjsoc._client",
+    "PullStatus": "asyncjsoc._status",
     "Query": "asyncjsoc._query",
     "RemoteFile": "asyncjsoc._models",
     "Reporter": "asyncjsoc._events",
@@ -92,6 +96,7 @@ _HOMES: dict[str, str] = {
     "extract_tar": "asyncjsoc._untar",
     "extract_tar_sync": "asyncjsoc._untar",
     "fetch_sync": "asyncjsoc._sync",
+    "read_status": "asyncjsoc._status",
 }
 
 if not TYPE_CHECKING:  # type checkers read the imports above instead (and keep typo checks)

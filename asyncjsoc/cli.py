@@ -22,6 +22,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -240,6 +241,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="print one JSON object with the result on stdout")
     extract.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     extract.set_defaults(handler=_cmd_extract)
+
+    status = sub.add_parser(
+        "status", help="where a pull stands (reads its state; safe while it runs)",
+        description="Counts of exports and files by state, bytes done, staged exports and "
+        "failed files, from the state store of a pull's output directory. Reads only: "
+        "safe to run while the pull is running.")
+    status.add_argument("out", type=Path, metavar="DIR", help="the --out directory of a fetch")
+    status.add_argument("--state", type=Path, metavar="PATH",
+                        help="the fetch's --state file, if it had one")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.set_defaults(handler=_cmd_status)
 
     demo = sub.add_parser("demo", help="a complete bulk pull from a built-in JSOC emulator",
                           description="Starts the emulator in this process and pulls SHARP "
@@ -1032,6 +1044,93 @@ def _cmd_series(args: argparse.Namespace) -> int:
         return EXIT_OK if names else EXIT_FAILED
 
     return _run(work)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    """``asyncjsoc status``: exit 0 when the pull is complete, 1 when not."""
+    from asyncjsoc._status import read_status
+
+    status = read_status(args.out, args.state)
+    if args.json:
+        _emit_json(_status_json(status), sys.stdout)
+    else:
+        sys.stdout.write(_status_text(status, args.out))
+        sys.stdout.flush()
+    return EXIT_OK if status.complete else EXIT_FAILED
+
+
+def _counts(counts: dict[str, int], order: Sequence[str]) -> str:
+    """``"3 done, 1 pending"``: the non-zero counts in ``order``."""
+    parts = [f"{counts[k]:,} {k}" for k in order if counts.get(k)]
+    return ", ".join(parts) or "none"
+
+
+def _when(timestamp: float) -> str:
+    """A POSIX time as UTC, to the minute."""
+    import datetime
+
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _status_text(status: Any, out: Path) -> str:
+    """The human report of ``asyncjsoc status``."""
+    from asyncjsoc._progress import format_bytes
+
+    lines = [f"pull into {out} (state {status.state_path})"]
+    if status.series is None:
+        lines.append("  plan      not saved yet: the pull stopped while planning")
+    else:
+        size = ("" if status.estimated_bytes is None
+                else f", about {format_bytes(status.estimated_bytes)}")
+        lines.append(f"  plan      {status.series}: {status.n_records:,} records, "
+                     f"{status.n_files:,} files{size}")
+    chunks = status.chunks
+    exports = {"done": chunks.get("done", 0), "ready": chunks.get("ready", 0),
+               "to do": chunks.get("planned", 0) + chunks.get("exporting", 0),
+               "failed": chunks.get("failed", 0)}
+    lines.append(f"  exports   {sum(chunks.values()):,}: "
+                 + _counts(exports, ("done", "ready", "to do", "failed")))
+    lines.append(f"  files     {_counts(status.files, ('done', 'partial', 'pending', 'failed'))}"
+                 f" ({format_bytes(status.bytes_done)} done)")
+    for export in status.staged:
+        if export.expires_at is None:
+            where = "being prepared at the JSOC"
+        elif export.expires_at < time.time():
+            where = f"expired at {_when(export.expires_at)} (a rerun requests it again)"
+        else:
+            where = f"staged, served until {_when(export.expires_at)}"
+        lines.append(f"  export {export.chunk_index + 1:<3}{export.request_id}, {where}")
+    if status.files_failed:
+        lines.append(f"  failed    {status.files_failed:,} files"
+                     + (", for example:" if status.files_failed > len(status.failed) else ":"))
+        lines += [f"            {name}: {' '.join(error.split())}"
+                  for name, error in status.failed]
+    for index, recordset, error in status.failed_exports:
+        lines.append(f"  failed    export {index + 1} ({recordset}): {' '.join(error.split())}")
+    if status.complete:
+        lines.append("  complete  yes")
+    elif status.running_pid is not None:
+        lines.append(f"  complete  not yet: a run is pulling now (pid {status.running_pid})")
+    else:
+        lines.append("  complete  no: run the same fetch command again to finish")
+    return "\n".join(lines) + "\n"
+
+
+def _status_json(status: Any) -> dict[str, Any]:
+    """The ``--json`` document of ``asyncjsoc status``."""
+    return {
+        "state": str(status.state_path), "complete": status.complete,
+        "running_pid": status.running_pid,
+        "series": status.series, "records": status.n_records, "files_planned": status.n_files,
+        "estimated_bytes": status.estimated_bytes, "exports": status.chunks,
+        "files": status.files, "bytes_done": status.bytes_done,
+        "staged": [{"export": s.chunk_index + 1, "requestid": s.request_id,
+                    "expires_at": s.expires_at} for s in status.staged],
+        "failed": [{"path": name, "error": error} for name, error in status.failed],
+        "failed_exports": [{"export": index + 1, "recordset": recordset, "error": error}
+                           for index, recordset, error in status.failed_exports],
+    }
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ LAYERS: dict[str, int] = {
     "_config": 2, "_events": 2, "_recordset": 2, "_jobfile": 2, "_http": 2, "_resume": 2,
     "_untar": 2,
     "_query": 3, "_api": 3, "_download": 3, "_store": 3,
-    "_plan": 4, "_emails": 4,
+    "_plan": 4, "_emails": 4, "_status": 4,
     "_scheduler": 5,
     "_client": 6,
     "_sync": 7, "_progress": 7, "_demo": 7, "events": 7,

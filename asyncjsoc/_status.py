@@ -1,0 +1,197 @@
+"""Where a pull stands, read from its state store without disturbing it.
+
+:func:`read_status` opens the state database read-only and takes no lock, so it can look at
+a pull that is running right now (SQLite's write-ahead log lets one writer and readers work
+side by side) as well as at one that stopped. It never changes the database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ._store import SCHEMA_VERSION, default_state_path
+from .exceptions import InvalidInputError, StateError
+
+__all__ = ["PullStatus", "StagedExport", "read_status"]
+
+FAILED_SHOWN = 20
+"""Failed files listed by name (the count covers them all)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StagedExport:
+    """An export request the store holds for a chunk that is not done yet."""
+
+    chunk_index: int
+    request_id: str
+    expires_at: float | None
+    """POSIX time after which the JSOC no longer serves it (``None``: not staged yet)."""
+
+    @property
+    def staged(self) -> bool:
+        """Whether the JSOC had finished it (its files can be fetched) when last seen."""
+        return self.expires_at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class PullStatus:
+    """What the state store of one output directory says about its pull.
+
+    Attributes
+    ----------
+    state_path
+        The state database read.
+    series
+        The series pulled (``None`` before the plan was saved).
+    n_records, n_files
+        Records and files the plan counted.
+    estimated_bytes
+        The plan's size estimate, if it made one.
+    chunks
+        Chunks (one export request each) by state: ``planned``, ``exporting``, ``ready``
+        (staged, downloading), ``done``, ``failed``.
+    files
+        Files the exports listed, by state: ``pending``, ``partial``, ``done``, ``failed``.
+    bytes_done
+        Bytes of the finished files.
+    staged
+        Exports of unfinished chunks that a rerun may reuse while they last.
+    failed
+        Up to :data:`FAILED_SHOWN` failed files and their errors, ``(name, error)``.
+    failed_exports
+        Up to :data:`FAILED_SHOWN` failed chunks, ``(index, record set, error)``: refused
+        exports, and exports some of whose files failed (including files never listed
+        under a name, such as names refused as unsafe).
+    running_pid
+        The process of a run holding the store's lock right now, if any (found in
+        ``/proc/locks``; ``None`` also where that cannot be read).
+    """
+
+    state_path: Path
+    series: str | None
+    n_records: int
+    n_files: int
+    estimated_bytes: int | None
+    chunks: dict[str, int] = field(default_factory=dict)
+    files: dict[str, int] = field(default_factory=dict)
+    bytes_done: int = 0
+    staged: tuple[StagedExport, ...] = ()
+    failed: tuple[tuple[str, str], ...] = ()
+    failed_exports: tuple[tuple[int, str, str], ...] = ()
+    running_pid: int | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Whether the plan is saved and every chunk of it is done (no file pending, partial
+        or failed; a query that matched nothing is complete once planned)."""
+        return self.series is not None and self.chunks.get("done", 0) == sum(
+            self.chunks.values())
+
+    @property
+    def files_failed(self) -> int:
+        """Failed files (all of them, not only the ones listed)."""
+        return self.files.get("failed", 0)
+
+
+def read_status(out_dir: str | Path, state_path: str | Path | None = None) -> PullStatus:
+    """Read where the pull into ``out_dir`` stands, without changing anything.
+
+    Parameters
+    ----------
+    out_dir
+        The output directory of a pull (its ``--out``).
+    state_path
+        The state database, if the pull was given one (``--state``); default
+        ``<out_dir>/.asyncjsoc/state.sqlite``.
+
+    Returns
+    -------
+    PullStatus
+        Counts by state, bytes done, staged exports and failed files.
+
+    Raises
+    ------
+    InvalidInputError
+        There is no state database there.
+    StateError
+        The database cannot be read, or was written by a newer asyncjsoc.
+    """
+    path = Path(state_path) if state_path is not None else default_state_path(Path(out_dir))
+    if not path.is_file():
+        raise InvalidInputError(
+            f"no asyncjsoc state at {path}",
+            hint="pass the --out directory of a fetch (and its --state PATH if it had one)")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot open the state database {path}: {exc}") from exc
+    try:
+        status = _read(conn, path)
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot read the state database {path}: {exc}",
+                         hint="is it an asyncjsoc state file?") from exc
+    finally:
+        conn.close()
+    pid = _lock_holder(path.with_name(path.name + ".lock"))
+    return status if pid is None else replace(status, running_pid=pid)
+
+
+def _lock_holder(lock: Path) -> int | None:
+    """The pid holding a ``flock`` on ``lock``, from ``/proc/locks`` (Linux).
+
+    Asking the kernel this way takes no lock: trying to take the lock, even a shared one
+    for an instant, could make a run starting at that moment think another holds it.
+    """
+    try:
+        st = lock.stat()
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted:
+            try:
+                return int(fields[4])
+            except ValueError:
+                return None
+    return None
+
+
+def _read(conn: sqlite3.Connection, path: Path) -> PullStatus:
+    """The status from an open database."""
+    meta = dict(conn.execute("SELECT key, value FROM meta"))
+    version = int(meta.get("schema_version", "0") or 0)
+    if version > SCHEMA_VERSION:
+        raise StateError(f"{path} was written by a newer asyncjsoc (schema {version})",
+                         hint="upgrade asyncjsoc to read it")
+    plan = json.loads(meta["plan"]) if "plan" in meta else {}
+    chunks = {str(s): int(n) for s, n in
+              conn.execute("SELECT state, count(*) FROM chunks GROUP BY state")}
+    files = {str(s): int(n) for s, n in
+             conn.execute("SELECT state, count(*) FROM files GROUP BY state")}
+    (done,) = conn.execute(
+        "SELECT coalesce(sum(bytes), 0) FROM files WHERE state = 'done'").fetchone()
+    staged = tuple(
+        StagedExport(int(i), str(rid), None if exp is None else float(exp))
+        for i, rid, exp in conn.execute(
+            "SELECT e.chunk_idx, e.request_id, e.expires_at FROM exports e "
+            "JOIN chunks c ON c.idx = e.chunk_idx "
+            "WHERE c.state != 'done' AND e.request_id IS NOT NULL ORDER BY e.chunk_idx"))
+    failed = tuple(
+        (str(name), str(error or "")) for name, error in conn.execute(
+            "SELECT relpath, error FROM files WHERE state = 'failed' ORDER BY relpath LIMIT ?",
+            (FAILED_SHOWN,)))
+    failed_exports = tuple(
+        (int(index), str(recordset), str(error or "")) for index, recordset, error in
+        conn.execute("SELECT idx, recordset, error FROM chunks WHERE state = 'failed' "
+                     "ORDER BY idx LIMIT ?", (FAILED_SHOWN,)))
+    return PullStatus(
+        state_path=path, series=plan.get("series"), n_records=int(plan.get("n_records", 0)),
+        n_files=int(plan.get("n_files", 0)), estimated_bytes=plan.get("estimated_bytes"),
+        chunks=chunks, files=files, bytes_done=int(done), staged=staged, failed=failed,
+        failed_exports=failed_exports)
