@@ -57,6 +57,7 @@ from asyncjsoc._scheduler import (
     is_expiry,
 )
 from asyncjsoc._store import StateStore, default_state_path
+from asyncjsoc._untar import extract_tar
 from asyncjsoc.exceptions import DiskError, IpBlockedError, JsocError, StateError
 
 __all__ = ["API_CONNECTIONS", "WORKERS_PER_CONNECTION", "Client", "FileResult", "Pull",
@@ -108,6 +109,10 @@ class FileResult:
     reused
         True for a file finished by an earlier run and found intact on disk: it was not
         fetched again (see :attr:`PullResult.reused`).
+    members
+        For a url-tar export's tar with :attr:`ClientConfig.extract_tars
+        <asyncjsoc.ClientConfig.extract_tars>`: the files unpacked from it, in the tar's
+        order. The tar itself (``path``) is then deleted.
     """
 
     path: Path
@@ -118,6 +123,7 @@ class FileResult:
     url: str = ""
     resumed_from: int = 0
     reused: bool = False
+    members: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -185,6 +191,8 @@ class _PullState:
     # Relpaths the store may hold as done beyond reused_paths (only these need a look-up).
     done_here: set[str] = field(default_factory=set)
     store_has_more_done: bool = True
+    # Tars unpacked (ClientConfig.extract_tars) by this run or an earlier one: members.
+    unpacked: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 class Pull:
@@ -577,6 +585,7 @@ class Client:
         it again from the stored export, or re-exports it if that export is gone.
         """
         states = await store.chunk_states()
+        state.unpacked = await store.unpacked()
         for index in sorted(states):
             records = await store.done_files(index)
             if not records:
@@ -585,18 +594,56 @@ class Client:
                 _sizes_on_disk, self.out_dir, [r.relpath for r in records])
             gone = False
             for record, (path, size) in zip(records, sizes, strict=True):
-                if path is None or size != record.bytes:
+                members = state.unpacked.get(record.relpath)
+                if members is not None:  # unpacked: the tar is meant to be gone
+                    if path is not None:  # a run stopped before deleting it
+                        await anyio.to_thread.run_sync(_remove, path)
+                elif path is None or size != record.bytes:
                     await store.mark_pending(record.relpath)
                     gone = True
                     continue
+                elif self.config.extract_tars:  # a run stopped before unpacking it
+                    try:
+                        members = await self._unpack(record.relpath, path, state)
+                    except JsocError as exc:
+                        if isinstance(exc, DiskError):
+                            raise
+                        await store.mark_pending(record.relpath)
+                        gone = True
+                        continue
+                dest = path if path is not None else await anyio.to_thread.run_sync(
+                    resolve_inside, self.out_dir, record.relpath)
                 state.reused.append(FileResult(
-                    path=path, relpath=record.relpath, record=record.record,
+                    path=dest, relpath=record.relpath, record=record.record,
                     bytes=record.bytes, request_id=record.request_id, url=record.url,
-                    reused=True))
+                    reused=True, members=self._member_paths(members)))
                 state.reused_paths.add(record.relpath)
                 self._report(FileSkipped(record.relpath, record.bytes, record.record))
             if gone and states[index] == "done":
                 await store.set_chunk_state(index, "ready")
+
+    async def _unpack(self, relpath: str, tar: Path, state: _PullState) -> tuple[str, ...]:
+        """Unpack a downloaded tar, record it as unpacked, then delete it; its members.
+
+        In this order a stop at any point loses nothing: before the record the tar is still
+        there and is unpacked again (members already there are kept), after it the tar is
+        known to be unpacked and only deleted.
+        """
+        done = await extract_tar(tar, self.out_dir, verify_checksums=self.config.verify_checksums,
+                                 fsync=self.config.fsync)
+        base = self.out_dir.resolve()
+        members = tuple(p.relative_to(base).as_posix() for p in done.files)
+        await self._opened_store().mark_unpacked(relpath, members)
+        state.unpacked[relpath] = members
+        await anyio.to_thread.run_sync(_remove, tar)
+        return members
+
+    def _member_paths(self, members: tuple[str, ...] | None) -> tuple[Path, ...]:
+        """Paths of unpacked members under the output directory (resolved, like ``path``)."""
+        if not members:
+            return ()
+        base = self.out_dir.resolve()
+        return tuple(base.joinpath(*m.split("/")) for m in members)
 
     async def _download_worker(self, jobs: MemoryObjectReceiveStream[DownloadJob],
                                results: MemoryObjectSendStream[FileResult] | None,
@@ -634,6 +681,15 @@ class Client:
             # between the rename and its (bulk-committed) record: keep it. One the store
             # lists with another size was changed on disk: fetch it again.
             trust_final = True
+            if known is not None and known.state == "done" and relpath in state.unpacked:
+                dest = await anyio.to_thread.run_sync(resolve_inside, self.out_dir, relpath)
+                state.reused.append(FileResult(
+                    path=dest, relpath=relpath, record=remote.record, bytes=known.bytes,
+                    request_id=known.request_id, url=known.url, reused=True,
+                    members=self._member_paths(state.unpacked[relpath])))
+                state.reused_paths.add(relpath)
+                report(FileSkipped(relpath, known.bytes, remote.record))
+                return None, None
             if known is not None and known.state == "done":
                 dest = await anyio.to_thread.run_sync(resolve_inside, self.out_dir, relpath)
                 size = await anyio.to_thread.run_sync(_size_or_none, dest)
@@ -657,6 +713,18 @@ class Client:
 
             outcome = await downloader.download_into(remote, self.out_dir, on_progress=progress,
                                                      trust_final=trust_final)
+            members: tuple[str, ...] = ()
+            if self.config.extract_tars:
+                # Recorded done first: a tar on disk under its final name is complete.
+                await store.record_done(relpath, outcome.bytes)
+                try:
+                    members = await self._unpack(relpath, outcome.path, state)
+                except JsocError as exc:
+                    # A tar that cannot be unpacked is fetched again by the next run (the
+                    # members already out are kept); after a disk error it is kept.
+                    if not isinstance(exc, DiskError):
+                        await anyio.to_thread.run_sync(_remove, outcome.path)
+                    raise
         except JsocError as exc:
             if isinstance(exc, IpBlockedError | StateError | DiskError):
                 raise
@@ -667,12 +735,14 @@ class Client:
                 report(FileFailed(relpath, remote.record, exc))
             return None, exc
         # Committed in bulk (StateStore.record_done): the file is final on disk already.
-        await store.record_done(relpath, outcome.bytes)
+        if not self.config.extract_tars:
+            await store.record_done(relpath, outcome.bytes)
         state.done_here.add(relpath)
         report(FileDone(relpath, outcome.bytes))
         return FileResult(path=outcome.path, relpath=relpath, record=remote.record,
                           bytes=outcome.bytes, request_id=remote.request_id, url=remote.url,
-                          resumed_from=outcome.resumed_from), None
+                          resumed_from=outcome.resumed_from,
+                          members=self._member_paths(members)), None
 
 
 def _as_query(query: Query | str) -> Query:
@@ -691,6 +761,12 @@ def _sizes_on_disk(out_dir: Path, relpaths: list[str]) -> list[tuple[Path | None
             continue
         found.append((path, _size_or_none(path)))
     return found
+
+
+def _remove(path: Path) -> None:
+    """Delete a file if it is there."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 def _size_or_none(path: Path) -> int | None:

@@ -74,6 +74,13 @@ class ClientConfig:
     verify_checksums
         Check FITS ``DATASUM``/``CHECKSUM`` of downloaded files when present (the JSOC sends
         no HTTP digest). The size is always checked.
+    extract_tars
+        With ``method="url-tar"``: unpack each export's tar into the output directory as
+        soon as it is downloaded (as :func:`~asyncjsoc.extract_tar` does: names checked,
+        FITS checksums verified unless ``verify_checksums`` is off, each file durable
+        before its name), then delete the tar. The state store records what was unpacked,
+        so a rerun neither fetches nor unpacks it again; :attr:`FileResult.members
+        <asyncjsoc.FileResult.members>` lists the files.
     fsync
         Make each file durable (``fsync``) before giving it its final name, and the rename
         durable before the file counts as done (the default). ``False`` skips every
@@ -138,6 +145,7 @@ class ClientConfig:
     requests_per_second: float = 5.0
     burst: int = 10
     verify_checksums: bool = True
+    extract_tars: bool = False
     fsync: bool = True
     chunk_size: int = 4 << 20
     inline_io: bool = True
@@ -178,6 +186,9 @@ class ClientConfig:
             raise InvalidInputError(f"unknown export method {self.method!r}")
         if self.protocol not in get_args(ExportProtocol):
             raise InvalidInputError(f"unknown export protocol {self.protocol!r}")
+        if self.extract_tars and self.method != "url-tar":
+            raise InvalidInputError("extract_tars unpacks url-tar exports",
+                                    hint="set method='url-tar', or leave extract_tars off")
         if self.max_files_per_export is not None and self.max_files_per_export < 1:
             raise InvalidInputError("max_files_per_export must be at least 1")
         if not 1 <= self.max_pending_exports < IP_PENDING_LIMIT:

@@ -66,6 +66,9 @@ class PullStatus:
         Up to :data:`FAILED_SHOWN` failed chunks, ``(index, record set, error)``: refused
         exports, and exports some of whose files failed (including files never listed
         under a name, such as names refused as unsafe).
+    unpacked_tars, unpacked_files
+        Tars of url-tar exports unpacked by the client (``extract_tars``), and the files
+        they held (``files`` counts each tar as one file).
     running_pid
         The process of a run holding the store's lock right now, if any (found in
         ``/proc/locks``; ``None`` also where that cannot be read).
@@ -82,6 +85,8 @@ class PullStatus:
     staged: tuple[StagedExport, ...] = ()
     failed: tuple[tuple[str, str], ...] = ()
     failed_exports: tuple[tuple[int, str, str], ...] = ()
+    unpacked_tars: int = 0
+    unpacked_files: int = 0
     running_pid: int | None = None
 
     @property
@@ -190,8 +195,14 @@ def _read(conn: sqlite3.Connection, path: Path) -> PullStatus:
         (int(index), str(recordset), str(error or "")) for index, recordset, error in
         conn.execute("SELECT idx, recordset, error FROM chunks WHERE state = 'failed' "
                      "ORDER BY idx LIMIT ?", (FAILED_SHOWN,)))
+    tables = {str(name) for (name,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    unpacked = ([len(json.loads(members)) for (members,) in
+                 conn.execute("SELECT members FROM unpacked")]
+                if "unpacked" in tables else [])  # stores written before it existed
     return PullStatus(
         state_path=path, series=plan.get("series"), n_records=int(plan.get("n_records", 0)),
         n_files=int(plan.get("n_files", 0)), estimated_bytes=plan.get("estimated_bytes"),
         chunks=chunks, files=files, bytes_done=int(done), staged=staged, failed=failed,
-        failed_exports=failed_exports)
+        failed_exports=failed_exports, unpacked_tars=len(unpacked),
+        unpacked_files=sum(unpacked))

@@ -110,6 +110,10 @@ CREATE TABLE IF NOT EXISTS files (
     error         TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_by_chunk_state ON files (chunk_idx, state);
+CREATE TABLE IF NOT EXISTS unpacked (
+    relpath TEXT PRIMARY KEY,
+    members TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_by_state ON files (state);
 
 """
@@ -491,7 +495,7 @@ class StateStore:
     @staticmethod
     def _wipe(conn: sqlite3.Connection) -> None:
         """Forget the plan, exports and files of a previous pull."""
-        for table in ("chunks", "exports", "files"):
+        for table in ("chunks", "exports", "files", "unpacked"):
             conn.execute(f"DELETE FROM {table}")
         conn.execute("DELETE FROM meta WHERE key = 'plan'")
 
@@ -805,6 +809,27 @@ class StateStore:
 
         def work(conn: sqlite3.Connection) -> set[str]:
             return {r for (r,) in conn.execute("SELECT relpath FROM files WHERE state = 'done'")}
+
+        return await self._run(work)
+
+    async def mark_unpacked(self, relpath: str, members: Sequence[str]) -> None:
+        """Record that the done tar ``relpath`` was unpacked into ``members`` (relative
+        paths), so that a rerun takes it as finished although the tar is gone from disk."""
+        text = json.dumps(list(members))
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO unpacked (relpath, members) VALUES (?, ?) "
+                         "ON CONFLICT (relpath) DO UPDATE SET members = excluded.members",
+                         (relpath, text))
+
+        await self._run(work)
+
+    async def unpacked(self) -> dict[str, tuple[str, ...]]:
+        """Every tar recorded by :meth:`mark_unpacked`, with its members."""
+
+        def work(conn: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
+            return {str(relpath): tuple(json.loads(members))
+                    for relpath, members in conn.execute("SELECT relpath, members FROM unpacked")}
 
         return await self._run(work)
 

@@ -14,8 +14,10 @@ directory the way the downloader writes files:
   (a final name is only ever a complete file) and is kept; a different file in its way is
   an error, never overwritten. So unpacking again after an interruption finishes the job.
 
-The tar is kept unless ``remove=True``. A pull's state records the tar, not its members:
-a tar removed after unpacking is fetched again by a rerun of the same pull.
+The tar is kept unless ``remove=True``. Used on its own, a pull's state records the tar,
+not its members: a tar removed after unpacking is fetched again by a rerun of the same pull.
+With :attr:`ClientConfig.extract_tars <asyncjsoc.ClientConfig.extract_tars>` the client
+unpacks each tar as it arrives, records it as unpacked, and only then deletes it.
 """
 
 from __future__ import annotations

@@ -189,8 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true",
                    help="plain log lines on stderr instead of the live display")
     g.add_argument("--extract", action="store_true",
-                   help="with --method url-tar: unpack each export's tar into DIR after the "
-                   "pull (names checked, FITS checksums verified; the tars are kept)")
+                   help="with --method url-tar: unpack each export's tar into DIR as soon as "
+                   "it arrives (names checked, FITS checksums verified), then delete it")
     g.add_argument("--json", action="store_true",
                    help="print one JSON object with the result on stdout")
     fetch.set_defaults(handler=_cmd_fetch)
@@ -232,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--out", type=Path, metavar="DIR",
                          help="where the files go (default: the directory of each tar)")
     extract.add_argument("--remove", action="store_true",
-                         help="delete each tar once its files are on disk (a rerun of the "
-                         "pull would then fetch it again)")
+                         help="delete each tar once its files are on disk (a rerun of its "
+                         "pull would fetch it again; fetch --extract records what it unpacks)")
     extract.add_argument("--no-checksums", action="store_true",
                          help="do not check FITS CHECKSUM/DATASUM")
     extract.add_argument("--no-fsync", action="store_true", help="do not fsync files")
@@ -707,6 +707,8 @@ def _client_config(args: argparse.Namespace, *, server: str, emails: tuple[str, 
         kwargs["fsync"] = False
     if getattr(args, "no_checksums", False):
         kwargs["verify_checksums"] = False
+    if getattr(args, "extract", False):
+        kwargs["extract_tars"] = True
     if getattr(args, "no_retry_wait", False):
         from asyncjsoc._retry import RetryPolicy
 
@@ -786,16 +788,14 @@ async def _fetch(config: Any, queries: list[Any], out: Path, args: argparse.Name
         display.close()
     ok = all(r.ok for r in results)
     _print_summary(display, out)
-    extracted: list[dict[str, Any]] | None = None
-    if getattr(args, "extract", False):
-        tars = list(dict.fromkeys(f.path for r in results for f in r.all_files))
-        extracted, extract_ok = await _extract_all(tars, None, args)
-        ok = ok and extract_ok
+    unpacked = [f for r in results for f in r.files if f.members]  # by this run
+    if unpacked:
+        members = sum(len(f.members) for f in unpacked)
+        sys.stderr.write(f"unpacked: {members:,} files from {len(unpacked):,} tar file(s), "
+                         "which were then deleted\n")
+        sys.stderr.flush()
     if args.json:
-        doc = _result_json(results, display.view, full_emails=args.debug)
-        if extracted is not None:
-            doc["extracted"] = extracted
-        _emit_json(doc, sys.stdout)
+        _emit_json(_result_json(results, display.view, full_emails=args.debug), sys.stdout)
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -887,9 +887,22 @@ def _result_json(results: Sequence[Any], view: Any, *, full_emails: bool = False
     failed: list[dict[str, Any]] = []
     exports: list[dict[str, Any]] = []
     seen: set[str] = set()
+    # Tars unpacked by --extract: their files are listed instead (the tars are gone).
+    unpacked = {f.relpath: f for r in results for f in r.all_files if f.members}
+
+    def add(relpath: str, size: int, record: str) -> None:
+        tar = unpacked.get(relpath)
+        if tar is None:
+            files.append({"path": relpath, "bytes": size, "record": record})
+            return
+        base = tar.path.parents[relpath.count("/")]
+        for member in tar.members:
+            files.append({"path": member.relative_to(base).as_posix(),
+                          "bytes": _size(member), "record": record, "tar": relpath})
+
     for result in results:
         for f in result.files:
-            files.append({"path": f.relpath, "bytes": f.bytes, "record": f.record})
+            add(f.relpath, f.bytes, f.record)
             seen.add(f.relpath)
         for fail in result.failed:
             failed.append({"record": fail.record, "error": fail.error.message})
@@ -903,9 +916,17 @@ def _result_json(results: Sequence[Any], view: Any, *, full_emails: bool = False
             })
     for relpath, (size, record) in view.skipped.items():
         if relpath not in seen:  # complete from an earlier run
-            files.append({"path": relpath, "bytes": size, "record": record})
+            add(relpath, size, record)
     return {"ok": all(r.ok for r in results), "files": files, "failed": failed,
             "exports": exports}
+
+
+def _size(path: Path) -> int | None:
+    """A file's size, or ``None`` if it is gone."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 # The JSOC status an export was last seen in, by the display's state name.
@@ -1093,6 +1114,9 @@ def _status_text(status: Any, out: Path) -> str:
                  + _counts(exports, ("done", "ready", "to do", "failed")))
     lines.append(f"  files     {_counts(status.files, ('done', 'partial', 'pending', 'failed'))}"
                  f" ({format_bytes(status.bytes_done)} done)")
+    if status.unpacked_tars:
+        lines.append(f"  unpacked  {status.unpacked_files:,} files from "
+                     f"{status.unpacked_tars:,} tar file(s) (--extract)")
     for export in status.staged:
         if export.expires_at is None:
             where = "being prepared at the JSOC"
@@ -1125,6 +1149,7 @@ def _status_json(status: Any) -> dict[str, Any]:
         "series": status.series, "records": status.n_records, "files_planned": status.n_files,
         "estimated_bytes": status.estimated_bytes, "exports": status.chunks,
         "files": status.files, "bytes_done": status.bytes_done,
+        "unpacked": {"tars": status.unpacked_tars, "files": status.unpacked_files},
         "staged": [{"export": s.chunk_index + 1, "requestid": s.request_id,
                     "expires_at": s.expires_at} for s in status.staged],
         "failed": [{"path": name, "error": error} for name, error in status.failed],

@@ -469,7 +469,8 @@ def test_url_tar_extract_unpacks_the_same_files_as_url(
     emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """fetch --method url-tar --extract leaves in --out the files a url pull gives, byte for
-    byte, next to the tar; a rerun unpacks nothing again."""
+    byte, and deletes the tar; --json lists those files; a rerun fetches and unpacks
+    nothing again."""
     from asyncjsoc._verify import check_fits_bytes
 
     plain = tmp_path / "plain"
@@ -479,22 +480,25 @@ def test_url_tar_extract_unpacks_the_same_files_as_url(
     assert main(argv) == EXIT_OK
     captured = capsys.readouterr()
     doc = _json(captured.out)
-    [row] = doc["extracted"]
-    assert row["new"] == 6
     expected = _files(plain)
     assert len(expected) == 6
-    assert sorted(Path(f).name for f in row["files"]) == expected
+    assert _files(out) == expected
+    assert sorted(f["path"] for f in doc["files"]) == expected
+    assert {f["tar"] for f in doc["files"]} == {f"{doc['exports'][0]['requestid']}.tar"}
     for name in expected:
         body = (out / name).read_bytes()
         assert body == (plain / name).read_bytes()
         assert check_fits_bytes(name, body) is True
-    assert [f["path"] for f in doc["files"]] == [Path(row["tar"]).name]
-    assert (out / Path(row["tar"]).name).is_file()
-    assert "extracted " in captured.err
+    assert not list(out.glob("*.tar"))
+    assert "unpacked: 6 files from 1 tar file(s)" in captured.err
+    gets = len([e for e in emulator.audit.entries if e.op == "file"])
     assert main(argv) == EXIT_OK
-    [again] = _json(capsys.readouterr().out)["extracted"]
-    assert again["new"] == 0
-    assert sorted(again["files"]) == sorted(row["files"])
+    rerun = capsys.readouterr()
+    again = _json(rerun.out)
+    assert "unpacked:" not in rerun.err  # nothing was unpacked this time
+    assert sorted(f["path"] for f in again["files"]) == expected
+    assert len([e for e in emulator.audit.entries if e.op == "file"]) == gets
+    assert _files(out) == expected
 
 
 def test_extract_needs_url_tar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

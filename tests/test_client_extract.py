@@ -1,0 +1,116 @@
+"""ClientConfig.extract_tars: url-tar exports unpacked as they arrive, resumably."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from engine_helpers import emulator, fast_config
+
+from asyncjsoc import Client, PullResult
+from asyncjsoc._status import read_status
+from asyncjsoc.emulator import Emulator
+from asyncjsoc.exceptions import InvalidInputError, UnsafePathError
+
+pytestmark = pytest.mark.anyio
+
+# Six records, two segments: 12 files, in exports of at most 4 (three tars).
+RS = "hmi.sharp_cea_720s[7302][2018.09.06_00:00:00_TAI-2018.09.06_01:00:00_TAI]{Bp,Br}"
+TAR = {"method": "url-tar", "max_files_per_export": 4}
+
+
+def _tree(out: Path) -> dict[str, bytes]:
+    """Every data file under ``out`` (asyncjsoc's state left out) and its bytes."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and ".asyncjsoc" not in p.parts}
+
+
+def _file_gets(emu: Emulator) -> int:
+    """File GETs the emulator served so far."""
+    return len([e for e in emu.audit.entries if e.op == "file"])
+
+
+async def _pull(emu: Emulator, out: Path, **config: object) -> PullResult:
+    async with Client(fast_config(emu, **config), out) as client:
+        return await client.fetch(RS)
+
+
+async def test_tars_are_unpacked_as_they_arrive_and_deleted(tmp_path: Path) -> None:
+    """Each tar's files land in the output directory, byte for byte those of a url pull;
+    the tars are gone; each result names its files."""
+    async with emulator() as emu:
+        plain = await _pull(emu, tmp_path / "plain", max_files_per_export=4)
+        result = await _pull(emu, tmp_path / "out", extract_tars=True, **TAR)
+    assert plain.ok
+    assert result.ok
+    assert len(result.files) == 3
+    expected = _tree(tmp_path / "plain")
+    assert len(expected) == 12
+    assert _tree(tmp_path / "out") == expected
+    members = [m for f in result.files for m in f.members]
+    assert sorted(m.name for m in members) == sorted(expected)
+    assert all(not f.path.exists() for f in result.files)
+    status = read_status(tmp_path / "out")
+    assert status.complete
+    assert (status.unpacked_tars, status.unpacked_files) == (3, 12)
+
+
+async def test_a_rerun_fetches_and_unpacks_nothing(tmp_path: Path) -> None:
+    """The store remembers what was unpacked: a rerun sends no file GET, keeps every file
+    and reports the tars as reused, with their files."""
+    out = tmp_path / "out"
+    async with emulator() as emu:
+        first = await _pull(emu, out, extract_tars=True, **TAR)
+        before, gets = _tree(out), _file_gets(emu)
+        again = await _pull(emu, out, extract_tars=True, **TAR)
+        assert _file_gets(emu) == gets
+    assert again.ok
+    assert again.files == ()
+    assert {f.relpath: f.members for f in again.reused} == {
+        f.relpath: f.members for f in first.files}
+    assert _tree(out) == before
+
+
+async def test_tars_left_by_an_earlier_run_are_unpacked(tmp_path: Path) -> None:
+    """Tars on disk from a run without extraction (or one stopped before unpacking) are
+    unpacked and deleted by a run with it, without fetching anything; a tar back on disk
+    after it was unpacked (a run stopped before deleting it) is deleted."""
+    out = tmp_path / "out"
+    async with emulator() as emu:
+        first = await _pull(emu, out, **TAR)
+        tars = {f.path: f.path.read_bytes() for f in first.files}
+        gets = _file_gets(emu)
+        second = await _pull(emu, out, extract_tars=True, **TAR)
+        assert _file_gets(emu) == gets
+        unpacked = _tree(out)
+        assert len(unpacked) == 12
+        assert not any(path.exists() for path in tars)
+        assert all(f.members for f in second.reused)
+        stray, body = next(iter(tars.items()))
+        stray.write_bytes(body)
+        await _pull(emu, out, extract_tars=True, **TAR)
+        assert _file_gets(emu) == gets
+    assert not stray.exists()
+    assert _tree(out) == unpacked
+
+
+async def test_a_tar_that_cannot_be_unpacked_fails(tmp_path: Path) -> None:
+    """A tar whose members have unsafe names fails as a file: nothing is written outside
+    the output directory, no tar is left, and the store counts it as failed."""
+    out = tmp_path / "out"
+    async with emulator(hostile_names={"dotdot": 1.0}) as emu:
+        result = await _pull(emu, out, extract_tars=True, **TAR)
+    assert not result.ok
+    assert len(result.failed) == 3
+    assert all(isinstance(f.error, UnsafePathError) for f in result.failed)
+    assert _tree(out) == {}
+    assert not any(tmp_path.glob("*.fits"))  # noqa: ASYNC240 (a tiny test tree)
+    assert read_status(out).files_failed == 3
+
+
+def test_extract_tars_needs_url_tar() -> None:
+    """extract_tars with another method is refused with the fix."""
+    from asyncjsoc import ClientConfig
+
+    with pytest.raises(InvalidInputError, match="url-tar"):
+        ClientConfig(extract_tars=True)
