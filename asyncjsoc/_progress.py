@@ -179,6 +179,9 @@ class PullView:
         self.exports: dict[int, ExportRow] = {}
         self.n_chunks: int | None = None
         self.n_files: int | None = None
+        # url-tar exports: one file (the tar) per chunk, whatever the plan counted. Set by
+        # whoever knows the export method (a resumed pull submits no export to say it).
+        self.tar_exports = False
         self.n_records: int | None = None
         self.estimated_bytes: int | None = None
         self.files_done = 0
@@ -221,7 +224,7 @@ class PullView:
         match event:
             case Planned(plan=plan):
                 self.n_chunks = len(plan.chunks)
-                self.n_files = plan.n_files
+                self.n_files = self.n_chunks if self.tar_exports else plan.n_files
                 self.n_records = plan.n_records
                 self.estimated_bytes = plan.estimated_bytes
             case EmailChecked(status=status):

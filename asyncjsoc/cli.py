@@ -770,6 +770,7 @@ async def _fetch(config: Any, queries: list[Any], out: Path, args: argparse.Name
 
     mask = not args.debug
     display = _Display(live=_want_live(args), emails=config.emails, mask=mask, title=title)
+    display.view.tar_exports = config.export_method == "url-tar"
     display.start()
     results: list[Any] = []
     try:

@@ -496,6 +496,7 @@ def test_url_tar_extract_unpacks_the_same_files_as_url(
     rerun = capsys.readouterr()
     again = _json(rerun.out)
     assert "unpacked:" not in rerun.err  # nothing was unpacked this time
+    assert "1 already present, 0 failed (of 1 planned)" in rerun.err  # one tar, not 6 files
     assert sorted(f["path"] for f in again["files"]) == expected
     assert len([e for e in emulator.audit.entries if e.op == "file"]) == gets
     assert _files(out) == expected
