@@ -188,6 +188,7 @@ class PullView:
         self.files_skipped = 0
         self.files_failed = 0
         self.bytes_done = 0
+        self.bytes_skipped = 0  # of bytes_done: files complete from an earlier run
         self.known_sizes: list[int] = []
         self.skipped: dict[str, tuple[int, str | None]] = {}
         self.active: dict[str, ActiveFile] = {}
@@ -314,6 +315,7 @@ class PullView:
                 self.files_done += 1
                 self.files_skipped += 1
                 self.bytes_done += n
+                self.bytes_skipped += n
                 self.skipped[relpath] = (n, getattr(event, "record", None))
                 self.known_sizes.append(n)
             case FileFailed(relpath=relpath, record=record, error=error):
@@ -803,12 +805,16 @@ def render_summary(
     """
     elapsed = max(view.clock() - view.started, 1e-9)
     new = view.files_done - view.files_skipped
+    fetched = view.bytes_done - view.bytes_skipped
     rows: list[tuple[str, str]] = [
         ("files", f"{new} downloaded, {view.files_skipped} already present, "
                   f"{view.files_failed} failed"
                   + (f" (of {view.n_files} planned)" if view.n_files is not None else "")),
-        ("data", f"{format_bytes(view.bytes_done)} in {_format_seconds(elapsed)} "
-                 f"({format_bytes(view.bytes_done / elapsed)}/s)"),
+        # Files already on disk took no transfer: the rate counts this run's bytes only.
+        ("data", f"{format_bytes(fetched)} in {_format_seconds(elapsed)} "
+                 f"({format_bytes(fetched / elapsed)}/s)"
+                 + (f"; {format_bytes(view.bytes_skipped)} already present"
+                    if view.bytes_skipped else "")),
         ("exports", str(len(view.exports))),
         ("output", str(out_dir)),
     ]

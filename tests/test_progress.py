@@ -268,6 +268,20 @@ def test_summary_plain_and_rich() -> None:
     assert "asyncjsoc summary" in buf.getvalue()
 
 
+def test_summary_rate_counts_only_bytes_fetched_now() -> None:
+    """Files already complete add to the totals but not to the transfer rate."""
+    now = [0.0]
+    view = PullView(EMAILS, clock=lambda: now[0])
+    view.apply(FileSkipped("old.fits", 900_000_000))
+    view.apply(FileDone("new.fits", 10_000_000))
+    now[0] = 10.0
+    out = io.StringIO()
+    render_summary(None, view, out_dir="/data/out", stream=out)
+    text = out.getvalue()
+    assert f"{format_bytes(10_000_000)} in 0:10 ({format_bytes(1_000_000)}/s)" in text
+    assert f"{format_bytes(900_000_000)} already present" in text
+
+
 def test_view_counts_one_file_per_tar_export() -> None:
     """With url-tar each export is one tar file, so the file total becomes the chunk count."""
     view = PullView(EMAILS)
