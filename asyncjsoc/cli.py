@@ -1,8 +1,9 @@
 """The ``asyncjsoc`` command line.
 
 Sub-commands: ``fetch`` (download), ``plan`` (show how a query would be split, export
-nothing), ``check-email`` (registration status), ``demo`` (a complete pull from an in-process
-emulator) and ``emulator`` (run the JSOC emulator).
+nothing), ``check-email`` (registration status), ``series`` (series names), ``extract``
+(unpack url-tar tars), ``status`` (where a pull stands, read-only), ``demo`` (a complete pull
+from an in-process emulator) and ``emulator`` (run the JSOC emulator).
 
 Exit codes: 0 every requested file is on disk and verified (its size, and its FITS checksums
 unless ``--no-checksums``); 1 some failed (or the server could not be used); 2 usage errors
