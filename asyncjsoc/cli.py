@@ -1098,7 +1098,8 @@ def _when(timestamp: float) -> str:
 
 
 def _status_text(status: Any, out: Path) -> str:
-    """The human report of ``asyncjsoc status``."""
+    """The human report of ``asyncjsoc status`` (email addresses in errors masked)."""
+    from asyncjsoc._privacy import mask_emails
     from asyncjsoc._progress import format_bytes
 
     lines = [f"pull into {out} (state {status.state_path})"]
@@ -1131,10 +1132,11 @@ def _status_text(status: Any, out: Path) -> str:
     if status.files_failed:
         lines.append(f"  failed    {status.files_failed:,} files"
                      + (", for example:" if status.files_failed > len(status.failed) else ":"))
-        lines += [f"            {name}: {' '.join(error.split())}"
+        lines += [f"            {name}: {' '.join(mask_emails(error).split())}"
                   for name, error in status.failed]
     for index, recordset, error in status.failed_exports:
-        lines.append(f"  failed    export {index + 1} ({recordset}): {' '.join(error.split())}")
+        lines.append(f"  failed    export {index + 1} ({recordset}): "
+                     f"{' '.join(mask_emails(error).split())}")
     if status.complete:
         lines.append("  complete  yes")
     elif status.running_pid is not None:
@@ -1145,7 +1147,9 @@ def _status_text(status: Any, out: Path) -> str:
 
 
 def _status_json(status: Any) -> dict[str, Any]:
-    """The ``--json`` document of ``asyncjsoc status``."""
+    """The ``--json`` document of ``asyncjsoc status`` (email addresses in errors masked)."""
+    from asyncjsoc._privacy import mask_emails
+
     return {
         "state": str(status.state_path), "complete": status.complete,
         "running_pid": status.running_pid,
@@ -1155,8 +1159,9 @@ def _status_json(status: Any) -> dict[str, Any]:
         "unpacked": {"tars": status.unpacked_tars, "files": status.unpacked_files},
         "staged": [{"export": s.chunk_index + 1, "requestid": s.request_id,
                     "expires_at": s.expires_at} for s in status.staged],
-        "failed": [{"path": name, "error": error} for name, error in status.failed],
-        "failed_exports": [{"export": index + 1, "recordset": recordset, "error": error}
+        "failed": [{"path": name, "error": mask_emails(error)} for name, error in status.failed],
+        "failed_exports": [{"export": index + 1, "recordset": recordset,
+                            "error": mask_emails(error)}
                            for index, recordset, error in status.failed_exports],
     }
 

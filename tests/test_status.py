@@ -116,3 +116,25 @@ def test_no_state_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "no asyncjsoc state" in err
     assert "--out" in err
     assert not (tmp_path / ".asyncjsoc").exists()
+
+
+async def test_errors_are_shown_with_emails_masked(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A JSOC refusal stored with a notify address in it is shown masked, text and JSON."""
+    from asyncjsoc._models import Chunk, Plan
+    from asyncjsoc._store import StateStore
+
+    out = tmp_path / "out"
+    plan = Plan(series="hmi.m_45s", n_records=1, n_files=1,
+                chunks=(Chunk(index=0, recordset="hmi.m_45s[$]", n_records=1, n_files=1),))
+    async with StateStore(out / ".asyncjsoc" / "state.sqlite") as store:
+        await store.save_plan(plan)
+        await store.set_chunk_state(
+            0, "failed", error="User jane.doe@example.org has 1 pending export requests")
+    assert main(["status", str(out)]) == EXIT_FAILED
+    text = capsys.readouterr().out
+    assert "jane.doe@example.org" not in text
+    assert "j***@example.org has 1 pending" in text
+    assert main(["status", str(out), "--json"]) == EXIT_FAILED
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["failed_exports"][0]["error"].startswith("User j***@example.org")
