@@ -40,6 +40,7 @@ from asyncjsoc._events import (
     Planned,
     PullFinished,
     Reporter,
+    TarUnpacked,
 )
 from asyncjsoc._handoff import receive_soon, send_soon
 from asyncjsoc._http import TransportConfig, create_session
@@ -636,6 +637,7 @@ class Client:
         await self._opened_store().mark_unpacked(relpath, members)
         state.unpacked[relpath] = members
         await anyio.to_thread.run_sync(_remove, tar)
+        self._report(TarUnpacked(relpath, len(members), done.new))
         return members
 
     def _member_paths(self, members: tuple[str, ...] | None) -> tuple[Path, ...]:

@@ -40,6 +40,7 @@ __all__ = [
     "Planned",
     "PullFinished",
     "Reporter",
+    "TarUnpacked",
     "fan_out",
 ]
 
@@ -205,6 +206,20 @@ class FileSkipped(Event):
     relpath: str
     bytes: int
     record: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TarUnpacked(Event):
+    """A url-tar export's tar was unpacked into the output directory and deleted
+    (:attr:`ClientConfig.extract_tars <asyncjsoc.ClientConfig.extract_tars>`).
+
+    ``files`` counts its files; ``new`` how many of them this run wrote (the others were
+    there from an earlier, interrupted run).
+    """
+
+    relpath: str
+    files: int
+    new: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,7 @@ from asyncjsoc._events import (
     FileStarted,
     Planned,
     PullFinished,
+    TarUnpacked,
 )
 from asyncjsoc._privacy import mask_emails
 
@@ -439,6 +440,9 @@ def describe(event: Event, view: PullView, *, mask: bool = True) -> str | None:
             return f"[{view.files_done}{_of(view.n_files)}] {relpath} ({format_bytes(n)})"
         case FileSkipped(relpath=relpath):
             return f"[{view.files_done}{_of(view.n_files)}] {relpath} already complete, skipped"
+        case TarUnpacked(relpath=relpath, files=files, new=new):
+            kept = f" ({files - new} already there)" if new < files else ""
+            return f"unpacked {relpath}: {files} files{kept}; tar deleted"
         case FileFailed(relpath=relpath, error=error):
             return f"FAILED {relpath}: {_mask_text(error.message, mask)}"
         case PullFinished(files=files, failed=failed, bytes=n, exports=exports, ok=ok):

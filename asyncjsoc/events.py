@@ -27,6 +27,7 @@ from asyncjsoc._events import (
     Planned,
     PullFinished,
     Reporter,
+    TarUnpacked,
     fan_out,
 )
 
@@ -53,5 +54,6 @@ __all__ = [
     "Planned",
     "PullFinished",
     "Reporter",
+    "TarUnpacked",
     "fan_out",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from engine_helpers import emulator, fast_config
@@ -10,13 +11,14 @@ from engine_helpers import emulator, fast_config
 from asyncjsoc import Client, PullResult
 from asyncjsoc._status import read_status
 from asyncjsoc.emulator import Emulator
+from asyncjsoc.events import Event, TarUnpacked
 from asyncjsoc.exceptions import InvalidInputError, UnsafePathError
 
 pytestmark = pytest.mark.anyio
 
 # Six records, two segments: 12 files, in exports of at most 4 (three tars).
 RS = "hmi.sharp_cea_720s[7302][2018.09.06_00:00:00_TAI-2018.09.06_01:00:00_TAI]{Bp,Br}"
-TAR = {"method": "url-tar", "max_files_per_export": 4}
+TAR: dict[str, Any] = {"method": "url-tar", "max_files_per_export": 4}
 
 
 def _tree(out: Path) -> dict[str, bytes]:
@@ -30,17 +32,21 @@ def _file_gets(emu: Emulator) -> int:
     return len([e for e in emu.audit.entries if e.op == "file"])
 
 
-async def _pull(emu: Emulator, out: Path, **config: object) -> PullResult:
-    async with Client(fast_config(emu, **config), out) as client:
+async def _pull(emu: Emulator, out: Path, *, events: list[Event] | None = None,
+                **config: object) -> PullResult:
+    reporter = events.append if events is not None else None
+    async with Client(fast_config(emu, **config), out, reporter=reporter) as client:
         return await client.fetch(RS)
 
 
 async def test_tars_are_unpacked_as_they_arrive_and_deleted(tmp_path: Path) -> None:
     """Each tar's files land in the output directory, byte for byte those of a url pull;
     the tars are gone; each result names its files."""
+    events: list[Event] = []
     async with emulator() as emu:
         plain = await _pull(emu, tmp_path / "plain", max_files_per_export=4)
-        result = await _pull(emu, tmp_path / "out", extract_tars=True, **TAR)
+        result = await _pull(emu, tmp_path / "out", events=events, extract_tars=True,
+                             **TAR)
     assert plain.ok
     assert result.ok
     assert len(result.files) == 3
@@ -53,6 +59,9 @@ async def test_tars_are_unpacked_as_they_arrive_and_deleted(tmp_path: Path) -> N
     status = read_status(tmp_path / "out")
     assert status.complete
     assert (status.unpacked_tars, status.unpacked_files) == (3, 12)
+    unpacked = [e for e in events if isinstance(e, TarUnpacked)]
+    assert sorted(e.relpath for e in unpacked) == sorted(f.relpath for f in result.files)
+    assert [(e.files, e.new) for e in unpacked] == [(4, 4)] * 3
 
 
 async def test_a_rerun_fetches_and_unpacks_nothing(tmp_path: Path) -> None:

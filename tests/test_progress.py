@@ -24,6 +24,7 @@ from asyncjsoc._events import (
     FileStarted,
     Planned,
     PullFinished,
+    TarUnpacked,
 )
 from asyncjsoc._models import Chunk, EmailStatus, Plan
 from asyncjsoc._progress import (
@@ -280,6 +281,18 @@ def test_summary_rate_counts_only_bytes_fetched_now() -> None:
     text = out.getvalue()
     assert f"{format_bytes(10_000_000)} in 0:10 ({format_bytes(1_000_000)}/s)" in text
     assert f"{format_bytes(900_000_000)} already present" in text
+
+
+def test_plain_reporter_logs_unpacked_tars() -> None:
+    """An unpacked tar is one line: its files, those kept from an earlier run, the tar gone."""
+    out = io.StringIO()
+    rep = PlainReporter(out, emails=EMAILS)
+    rep(TarUnpacked("JSOC_20240101_001.tar", 5, 3))
+    rep(TarUnpacked("JSOC_20240101_002.tar", 4, 4))
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith("unpacked JSOC_20240101_001.tar: 5 files (2 already there); "
+                             "tar deleted")
+    assert lines[1].endswith("unpacked JSOC_20240101_002.tar: 4 files; tar deleted")
 
 
 def test_view_counts_one_file_per_tar_export() -> None:
