@@ -615,12 +615,13 @@ class RichReporter:
         empty_plan = isinstance(event, Planned) and not event.plan.n_records
         if empty_plan or isinstance(
             event, ExportFailed | FileFailed | ChunkSplit | EmailDropped | ExportExpired
-            | ExportAdopted | Backoff
+            | ExportAdopted | Backoff | TarUnpacked
         ):
             line = describe(event, self.view, mask=self.mask)
             if line is not None:
                 mild = empty_plan or isinstance(event, ChunkSplit | Backoff | ExportAdopted)
-                style = "yellow" if mild else "red"
+                style = "green" if isinstance(event, TarUnpacked) else (
+                    "yellow" if mild else "red")
                 self.console.print(Text(line, style=style))
 
     def _update_bars(self, event: Event) -> None:

@@ -293,6 +293,10 @@ def test_plain_reporter_logs_unpacked_tars() -> None:
     assert lines[0].endswith("unpacked JSOC_20240101_001.tar: 5 files (2 already there); "
                              "tar deleted")
     assert lines[1].endswith("unpacked JSOC_20240101_002.tar: 4 files; tar deleted")
+    console, buf = _rich_console()
+    with RichReporter(console, emails=EMAILS) as live:
+        live(TarUnpacked("JSOC_20240101_003.tar", 6, 6))
+    assert "unpacked JSOC_20240101_003.tar: 6 files; tar deleted" in buf.getvalue()
 
 
 def test_view_counts_one_file_per_tar_export() -> None:
