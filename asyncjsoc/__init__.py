@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from asyncjsoc._scheduler import Failure
     from asyncjsoc._status import PullStatus, read_status
     from asyncjsoc._sync import fetch_sync
-    from asyncjsoc._untar import Extracted, extract_tar, extract_tar_sync
+    from asyncjsoc._untar import ExtractResult, extract_tar, extract_tar_sync
 
 __version__ = "0.1.0"
 
@@ -48,7 +48,7 @@ __all__ = [
     "EmailStatus",
     "ExportFile",
     "ExportStatus",
-    "Extracted",
+    "ExtractResult",
     "Failure",
     "FileResult",
     "NullReporter",
@@ -78,7 +78,7 @@ _HOMES: dict[str, str] = {
     "EmailStatus": "asyncjsoc._models",
     "ExportFile": "asyncjsoc._models",
     "ExportStatus": "asyncjsoc._models",
-    "Extracted": "asyncjsoc._untar",
+    "ExtractResult": "asyncjsoc._untar",
     "Failure": "asyncjsoc._scheduler",
     "FileResult": "asyncjsoc._client",
     "NullReporter": "asyncjsoc._events",

@@ -18,7 +18,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar, TypeVarTuple
@@ -30,7 +30,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from ._allocator import raise_malloc_thresholds
-from ._durable import NOFOLLOW, BatchPublisher
+from ._durable import NOFOLLOW, BatchPublisher, disk_errors
 from ._durable import fsync_dir as _fsync_dir
 from ._handoff import LimiterSlot
 from ._http import is_retryable, map_transport_errors, raise_for_status
@@ -42,7 +42,6 @@ from ._retry import RetryPolicy, retrying
 from ._stall import StallWatch, hand_over_read_timeout
 from ._verify import FITS_MAGIC, check_fits_bytes, check_size, verify_fits, verify_fits_bytes
 from .exceptions import (
-    DiskError,
     ExportExpiredError,
     IntegrityError,
     IpBlockedError,
@@ -349,20 +348,13 @@ _DISK_HINT = ("free some space, or fix the permissions, under the output directo
               "again: finished files are kept and partial ones resume")
 
 
-@contextlib.contextmanager
-def _disk_errors(path: Path | None = None) -> Iterator[None]:
-    """Turn an :class:`OSError` from a local file operation into a :class:`DiskError`.
+def _disk_errors(path: Path | None = None) -> contextlib.AbstractContextManager[None]:
+    """:func:`~asyncjsoc._durable.disk_errors` with the downloader's hint.
 
     Inside a transfer this must happen where the file call is made: the transfer's own
     handler takes any other :class:`OSError` for a network failure (and retries it).
-    ``path`` names the file when the error does not (calls on a file descriptor).
     """
-    try:
-        yield
-    except OSError as exc:
-        name = exc.filename or path
-        where = f" {name}" if name else ""
-        raise DiskError(f"cannot write{where}: {exc.strerror or exc}", hint=_DISK_HINT) from exc
+    return disk_errors(_DISK_HINT, path)
 
 
 async def _in_thread(fn: Callable[[*_Args], _T], *args: *_Args, where: Path | None = None) -> _T:

@@ -29,7 +29,7 @@ import os
 import platform
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -37,9 +37,12 @@ from typing import Literal
 import anyio
 import anyio.to_thread
 
+from .exceptions import DiskError
+
 __all__ = [
     "NOFOLLOW",
     "BatchPublisher",
+    "disk_errors",
     "fsync_dir",
     "load_syncfs",
     "write_whole",
@@ -245,6 +248,21 @@ def _sync_filesystems(dirs: set[Path], syncfs: SyncFs) -> None:
                 syncfs(fd)
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def disk_errors(hint: str, path: Path | None = None) -> Iterator[None]:
+    """Turn an :class:`OSError` from a local file operation into a
+    :class:`~asyncjsoc.exceptions.DiskError` with ``hint`` (what to do about it).
+
+    ``path`` names the file when the error does not (calls on a file descriptor).
+    """
+    try:
+        yield
+    except OSError as exc:
+        name = exc.filename or path
+        where = f" {name}" if name else ""
+        raise DiskError(f"cannot write{where}: {exc.strerror or exc}", hint=hint) from exc
 
 
 def fsync_dir(directory: Path) -> None:

@@ -54,6 +54,7 @@ from asyncjsoc._events import (
     PullFinished,
     TarUnpacked,
 )
+from asyncjsoc._privacy import mask_email as _mask_address
 from asyncjsoc._privacy import mask_emails
 
 __all__ = [
@@ -92,10 +93,9 @@ def mask_email(address: str) -> str:
     str
         The masked address.
     """
-    local, at, domain = address.partition("@")
-    if not at:
+    if "@" not in address:
         return address[:1] + "***"
-    return f"{local[:1]}***@{domain}"
+    return _mask_address(address)
 
 
 def format_bytes(n: float | None) -> str:

@@ -13,7 +13,7 @@ import sqlite3
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ._store import SCHEMA_VERSION, default_state_path
+from ._store import SCHEMA_VERSION, default_state_path, lock_path, read_summary
 from .exceptions import InvalidInputError, StateError
 
 __all__ = ["PullStatus", "StagedExport", "read_status"]
@@ -141,7 +141,7 @@ def read_status(out_dir: str | Path, state_path: str | Path | None = None) -> Pu
                          hint="is it an asyncjsoc state file?") from exc
     finally:
         conn.close()
-    pid = _lock_holder(path.with_name(path.name + ".lock"))
+    pid = _lock_holder(lock_path(path))
     return status if pid is None else replace(status, running_pid=pid)
 
 
@@ -175,12 +175,7 @@ def _read(conn: sqlite3.Connection, path: Path) -> PullStatus:
         raise StateError(f"{path} was written by a newer asyncjsoc (schema {version})",
                          hint="upgrade asyncjsoc to read it")
     plan = json.loads(meta["plan"]) if "plan" in meta else {}
-    chunks = {str(s): int(n) for s, n in
-              conn.execute("SELECT state, count(*) FROM chunks GROUP BY state")}
-    files = {str(s): int(n) for s, n in
-             conn.execute("SELECT state, count(*) FROM files GROUP BY state")}
-    (done,) = conn.execute(
-        "SELECT coalesce(sum(bytes), 0) FROM files WHERE state = 'done'").fetchone()
+    summary = read_summary(conn)
     staged = tuple(
         StagedExport(int(i), str(rid), None if exp is None else float(exp))
         for i, rid, exp in conn.execute(
@@ -203,6 +198,7 @@ def _read(conn: sqlite3.Connection, path: Path) -> PullStatus:
     return PullStatus(
         state_path=path, series=plan.get("series"), n_records=int(plan.get("n_records", 0)),
         n_files=int(plan.get("n_files", 0)), estimated_bytes=plan.get("estimated_bytes"),
-        chunks=chunks, files=files, bytes_done=int(done), staged=staged, failed=failed,
+        chunks=summary.chunks, files=summary.files, bytes_done=summary.bytes_done,
+        staged=staged, failed=failed,
         failed_exports=failed_exports, unpacked_tars=len(unpacked),
         unpacked_files=sum(unpacked))

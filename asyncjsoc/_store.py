@@ -44,6 +44,8 @@ __all__ = [
     "StoreSummary",
     "StoredExport",
     "default_state_path",
+    "lock_path",
+    "read_summary",
 ]
 
 DEFERRED_ROWS = 1024
@@ -135,6 +137,11 @@ def default_state_path(out_dir: Path) -> Path:
     return out_dir / STATE_DIRNAME / "state.sqlite"
 
 
+def lock_path(state_path: Path) -> Path:
+    """The lock file a run holds while it uses the state database ``state_path``."""
+    return state_path.with_name(state_path.name + ".lock")
+
+
 @dataclass(frozen=True, slots=True)
 class StoredExport:
     """The export request made for one chunk, as far as the store knows.
@@ -188,6 +195,17 @@ class StoreSummary:
     def files_total(self) -> int:
         """All file rows, whatever their state."""
         return sum(self.files.values())
+
+
+def read_summary(conn: sqlite3.Connection) -> StoreSummary:
+    """:meth:`StateStore.summary` on an open connection (a read-only one too)."""
+    chunks = {str(s): int(n) for s, n in
+              conn.execute("SELECT state, count(*) FROM chunks GROUP BY state")}
+    files = {str(s): int(n) for s, n in
+             conn.execute("SELECT state, count(*) FROM files GROUP BY state")}
+    (done,) = conn.execute(
+        "SELECT coalesce(sum(bytes), 0) FROM files WHERE state = 'done'").fetchone()
+    return StoreSummary(chunks=chunks, files=files, bytes_done=int(done))
 
 
 _FILE_COLUMNS = ("relpath, url, record, chunk_idx, state, bytes, request_id, expected_size, "
@@ -254,7 +272,7 @@ class StateStore:
         self.path = path
         self.fingerprint = fingerprint
         self.reset = reset
-        self._lock_path = path.with_name(path.name + ".lock")
+        self._lock_path = lock_path(path)
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._limiter = anyio.CapacityLimiter(1)
@@ -906,12 +924,4 @@ class StateStore:
 
     async def summary(self) -> StoreSummary:
         """Counts of chunks and files by state, and the bytes of finished files."""
-
-        def work(conn: sqlite3.Connection) -> StoreSummary:
-            chunks = dict(conn.execute("SELECT state, count(*) FROM chunks GROUP BY state"))
-            files = dict(conn.execute("SELECT state, count(*) FROM files GROUP BY state"))
-            (done,) = conn.execute(
-                "SELECT coalesce(sum(bytes), 0) FROM files WHERE state = 'done'").fetchone()
-            return StoreSummary(chunks=chunks, files=files, bytes_done=int(done))
-
-        return await self._run(work)
+        return await self._run(read_summary)

@@ -31,12 +31,12 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from ._durable import NOFOLLOW, fsync_dir
+from ._durable import NOFOLLOW, disk_errors, fsync_dir
 from ._paths import PART_SUFFIX, resolve_inside, safe_relpath
 from ._verify import _verify_fits_sync
-from .exceptions import DiskError, IntegrityError, LocalError, UnsafePathError
+from .exceptions import IntegrityError, LocalError, UnsafePathError
 
-__all__ = ["Extracted", "extract_tar", "extract_tar_sync"]
+__all__ = ["ExtractResult", "extract_tar", "extract_tar_sync"]
 
 _CHUNK = 1 << 20
 """Bytes copied per read from a member."""
@@ -47,7 +47,7 @@ _DAMAGED_HINT = ("the tar file is damaged: delete it and run the pull again, whi
 
 
 @dataclass(frozen=True, slots=True)
-class Extracted:
+class ExtractResult:
     """What :func:`extract_tar` did with one tar file.
 
     Attributes
@@ -79,7 +79,7 @@ class _Member:
 
 async def extract_tar(tar_path: str | Path, out_dir: str | Path | None = None, *,
                       verify_checksums: bool = True, fsync: bool = True,
-                      remove: bool = False) -> Extracted:
+                      remove: bool = False) -> ExtractResult:
     """Unpack a ``url-tar`` export's tar file into ``out_dir``, in a worker thread.
 
     Safe to run again after an interruption: members already unpacked are kept, the rest
@@ -100,7 +100,7 @@ async def extract_tar(tar_path: str | Path, out_dir: str | Path | None = None, *
 
     Returns
     -------
-    Extracted
+    ExtractResult
         The files and how many were new.
 
     Raises
@@ -124,7 +124,7 @@ async def extract_tar(tar_path: str | Path, out_dir: str | Path | None = None, *
 
 def extract_tar_sync(tar_path: str | Path, out_dir: str | Path | None = None, *,
                      verify_checksums: bool = True, fsync: bool = True,
-                     remove: bool = False) -> Extracted:
+                     remove: bool = False) -> ExtractResult:
     """:func:`extract_tar`, blocking (for scripts without an event loop)."""
     tar_path = Path(tar_path)
     out = Path(out_dir) if out_dir is not None else tar_path.parent
@@ -150,7 +150,7 @@ def extract_tar_sync(tar_path: str | Path, out_dir: str | Path | None = None, *,
             tar_path.unlink()
         if fsync:
             fsync_dir(tar_path.parent)
-    return Extracted(tar=tar_path, files=tuple(m.dest for m in members), new=new,
+    return ExtractResult(tar=tar_path, files=tuple(m.dest for m in members), new=new,
                      removed=remove)
 
 
@@ -164,16 +164,10 @@ def _damaged(tar_path: Path) -> Iterator[None]:
                              hint=_DAMAGED_HINT) from exc
 
 
-@contextlib.contextmanager
-def _disk_errors() -> Iterator[None]:
-    """Turn an :class:`OSError` of a local file operation into a :class:`DiskError`."""
-    try:
-        yield
-    except OSError as exc:
-        where = f" {exc.filename}" if exc.filename else ""
-        raise DiskError(f"cannot write{where}: {exc.strerror or exc}",
-                        hint="free some space, or fix the permissions, then extract again: "
-                        "files already extracted are kept") from exc
+def _disk_errors() -> contextlib.AbstractContextManager[None]:
+    """:func:`~asyncjsoc._durable.disk_errors` with the unpacking's hint."""
+    return disk_errors("free some space, or fix the permissions, then extract again: "
+                       "files already extracted are kept")
 
 
 def _plan(tar: tarfile.TarFile, tar_path: Path, out: Path) -> list[_Member]:

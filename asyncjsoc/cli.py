@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 import anyio
+import anyio.to_thread
 from anyio.abc import TaskStatus
 
 from asyncjsoc.exceptions import (
@@ -798,7 +799,10 @@ async def _fetch(config: Any, queries: list[Any], out: Path, args: argparse.Name
                          "which were then deleted\n")
         sys.stderr.flush()
     if args.json:
-        _emit_json(_result_json(results, display.view, full_emails=args.debug), sys.stdout)
+        # In a thread: listing unpacked files stats each of them.
+        doc = await anyio.to_thread.run_sync(
+            lambda: _result_json(results, display.view, full_emails=args.debug))
+        _emit_json(doc, sys.stdout)
     return EXIT_OK if ok else EXIT_FAILED
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from asyncjsoc import Extracted, extract_tar, extract_tar_sync
+from asyncjsoc import ExtractResult, extract_tar, extract_tar_sync
 from asyncjsoc.exceptions import IntegrityError, LocalError, UnsafePathError
 
 pytestmark = pytest.mark.anyio
@@ -51,7 +51,7 @@ async def test_unpacks_every_member_byte_identical(tmp_path: Path) -> None:
     """Every member lands under its name with its bytes; the tar is kept; no part file."""
     tar = _tar(tmp_path / "JSOC_20240101_001.tar", [*MEMBERS, ("sub/dir/x.txt", b"hello")])
     done = await extract_tar(tar)
-    assert isinstance(done, Extracted)
+    assert isinstance(done, ExtractResult)
     assert done.new == 4
     assert [p.name for p in done.files] == [name.split("/")[-1] for name, _ in
                                             [*MEMBERS, ("sub/dir/x.txt", b"")]]
