@@ -26,13 +26,12 @@ from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import anyio
-import anyio.lowlevel
 import anyio.to_thread
 
 from ._allocator import raise_malloc_thresholds
 from ._durable import NOFOLLOW, BatchPublisher, disk_errors
 from ._durable import fsync_dir as _fsync_dir
-from ._handoff import LimiterSlot
+from ._handoff import cancel_point
 from ._http import is_retryable, map_transport_errors, raise_for_status
 from ._models import RemoteFile
 from ._paths import PART_SUFFIX, SIDECAR_SUFFIX, Placer
@@ -452,7 +451,9 @@ class Downloader:
         self._dirsync = _DirSyncer()
         self.publisher = publisher if publisher is not None else BatchPublisher(fsync=fsync)
         self._placers: dict[Path, Placer] = {}
-        self._transfers = anyio.CapacityLimiter(transfers) if transfers is not None else None
+        # fast_acquire: a free place is taken without a trip through the event loop.
+        self._transfers = (anyio.Semaphore(transfers, fast_acquire=True)
+                           if transfers is not None else None)
         # Streaming churns ~256 KiB socket buffers: without this, glibc keeps faulting
         # them in afresh (tens of thousands of page faults per GB; see asyncjsoc._allocator).
         raise_malloc_thresholds()
@@ -720,7 +721,7 @@ class Downloader:
         """One of :attr:`transfers` places (nothing to hold when it is ``None``)."""
         if self._transfers is None:
             return contextlib.nullcontext()
-        return LimiterSlot(self._transfers)
+        return self._transfers
 
     async def _finish_whole(self, dest: Path, part: Path, meta: Path | None, data: bytes,
                             on_progress: ProgressCallback | None) -> int:
@@ -826,7 +827,7 @@ class Downloader:
                 with anyio.CancelScope(shield=True):
                     done += await _in_thread(_write_pieces, fd, pieces, where=part)
             # Reads from aiohttp's buffer need not suspend: let a pending cancel land here.
-            await anyio.lowlevel.checkpoint_if_cancelled()
+            await cancel_point()
 
         async def report_inline() -> None:
             """Report the bytes written inline since the last time."""
@@ -834,7 +835,7 @@ class Downloader:
             unreported = 0
             if on_progress is not None:
                 on_progress(done, total)
-            await anyio.lowlevel.checkpoint_if_cancelled()
+            await cancel_point()
 
         try:
             # A body that stops flowing for sock_read seconds is abandoned (and resumed by the

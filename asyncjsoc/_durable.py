@@ -30,7 +30,7 @@ import platform
 import re
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -92,7 +92,7 @@ class _Item:
     meta: Path | None
     data: bytes
     error: BaseException | None = None
-    done: anyio.Event = field(default_factory=anyio.Event)
+    done: bool = False  # set by the batch that took it (its waiters wake on the batch's end)
 
 
 class BatchPublisher:
@@ -136,7 +136,7 @@ class BatchPublisher:
         item = _Item(part, dest, meta, data)
         self._queue.append(item)
         try:
-            while not item.done.is_set():
+            while not item.done:
                 if self._idle is not None:
                     await self._idle.wait()
                     continue
@@ -162,7 +162,7 @@ class BatchPublisher:
             self.batches += 1
             for item, error in zip(batch, errors, strict=True):
                 item.error = error
-                item.done.set()
+                item.done = True
         finally:
             idle, self._idle = self._idle, None
             idle.set()

@@ -30,6 +30,8 @@ from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 from aiohttp.client_middlewares import ClientMiddlewareType
 from yarl import URL
 
+from ._handoff import cancel_point
+
 __all__ = [
     "BucketStatistics",
     "Priority",
@@ -224,7 +226,7 @@ class TokenBucket:
         # it yields soon enough); only a pending cancellation is delivered here. Yielding on
         # every request cost a trip through the event loop per file (about 1/20 of the CPU
         # of a small file).
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        await cancel_point()
         if self.try_acquire():
             return
         start = self._clock()

@@ -17,9 +17,9 @@ PACKAGE = Path(asyncjsoc.__file__).parent
 
 # Imports may only go to a strictly lower layer (see the module layout in the style anchors).
 LAYERS: dict[str, int] = {
-    "exceptions": 0, "_models": 0, "_ratelimit": 0, "_handoff": 0, "_allocator": 0,
+    "exceptions": 0, "_models": 0, "_handoff": 0, "_allocator": 0,
     "_stall": 0, "_privacy": 0,
-    "_retry": 1, "_paths": 1, "_times": 1, "_verify": 1, "_durable": 1,
+    "_ratelimit": 1, "_retry": 1, "_paths": 1, "_times": 1, "_verify": 1, "_durable": 1,
     "_config": 2, "_events": 2, "_recordset": 2, "_jobfile": 2, "_http": 2, "_resume": 2,
     "_untar": 2,
     "_query": 3, "_api": 3, "_download": 3, "_store": 3,
