@@ -67,6 +67,9 @@ EXIT_TERMINATED = 143
 
 _SIGNAL_EXIT = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
 
+SLOW_REQUESTS_S = 600.0
+"""A plan whose file requests alone need this long at the request rate gets the url-tar hint."""
+
 # Errors that mean "the input is wrong": exit 2, and rerunning unchanged will not help.
 _INPUT_ERRORS: tuple[type[JsocError], ...] = (
     InvalidInputError,
@@ -587,6 +590,26 @@ def _out_dir(path: Path) -> Path:
     return path
 
 
+def url_tar_hint(n_files: int, export_method: str, requests_per_second: float) -> str | None:
+    """Suggest url-tar when one request per file would take long at the request rate.
+
+    Every file GET takes a token of the rate limiter, so ``n_files`` files need at least
+    ``n_files / requests_per_second`` seconds; a url-tar export needs one GET per export.
+    ``None`` when the pull already uses url-tar, the limit is off, or the requests alone
+    would take less than :data:`SLOW_REQUESTS_S`.
+    """
+    if export_method == "url-tar" or not 0 < requests_per_second < float("inf"):
+        return None
+    seconds = n_files / requests_per_second
+    if seconds < SLOW_REQUESTS_S:
+        return None
+    minutes = round(seconds / 60)
+    took = f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
+    return (f"hint: {n_files:,} files take at least {took} of file requests at "
+            f"{requests_per_second:g} requests/s; --method url-tar --extract fetches one tar "
+            "per export instead (what JSOC staff ask of bulk users)")
+
+
 def _want_live(args: argparse.Namespace) -> bool:
     """Use the live display only on a real terminal, outside CI, unless told not to."""
     if args.no_progress or os.environ.get("CI") or os.environ.get("TERM") == "dumb":
@@ -723,12 +746,14 @@ class _Display:
     """The reporter for one command: live rich display, or plain log lines on stderr."""
 
     def __init__(self, *, live: bool, emails: Sequence[str], mask: bool,
-                 title: str | None = None) -> None:
+                 title: str | None = None,
+                 hint: Callable[[Any], str | None] | None = None) -> None:
         from rich.console import Console
 
         from asyncjsoc._progress import PlainReporter, RichReporter
 
         self.mask = mask
+        self._hint = hint  # given each event; a line it returns is shown once
         self.console = Console(file=sys.stderr, highlight=False)
         self.rich: RichReporter | None = None
         self.plain: PlainReporter | None = None
@@ -747,6 +772,11 @@ class _Display:
             self.rich(event)
         elif self.plain is not None:
             self.plain(event)
+        if self._hint is not None:
+            line = self._hint(event)
+            if line is not None:
+                self._hint = None
+                self.note(line)
 
     def start(self) -> None:
         """Start drawing (live mode)."""
@@ -770,9 +800,17 @@ async def _fetch(config: Any, queries: list[Any], out: Path, args: argparse.Name
                  *, title: str | None = None) -> int:
     """Pull every query into ``out`` with a display; print the summary (and JSON)."""
     from asyncjsoc._client import Client
+    from asyncjsoc.events import Planned
+
+    def hint(event: Any) -> str | None:
+        if not isinstance(event, Planned):
+            return None
+        return url_tar_hint(event.plan.n_files, config.export_method,
+                            config.requests_per_second)
 
     mask = not args.debug
-    display = _Display(live=_want_live(args), emails=config.emails, mask=mask, title=title)
+    display = _Display(live=_want_live(args), emails=config.emails, mask=mask, title=title,
+                       hint=hint)
     display.view.tar_exports = config.export_method == "url-tar"
     display.start()
     results: list[Any] = []

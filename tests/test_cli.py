@@ -12,7 +12,8 @@ from urllib.parse import unquote
 import pytest
 from anyio.from_thread import start_blocking_portal
 
-from asyncjsoc.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from asyncjsoc import cli
+from asyncjsoc.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main, url_tar_hint
 from asyncjsoc.emulator import Emulator, Knobs, run_emulator
 
 EMAIL = "alice@example.org"
@@ -381,6 +382,47 @@ def test_state_option_and_tar_method(
     assert state.is_file()
     assert not (out / ".asyncjsoc" / "state.sqlite").exists()
     assert [f["path"].endswith(".tar") for f in doc["files"]] == [True]
+
+
+@pytest.mark.parametrize(
+    ("n_files", "method", "rate", "expected"),
+    [
+        (20_000, "url", 5.0, "20,000 files take at least 1 h 7 min of file requests at 5 "
+                             "requests/s"),
+        (3_000, "url_quick", 5.0, "3,000 files take at least 10 min"),
+        (2_999, "url", 5.0, None),  # just under 10 minutes of requests
+        (20_000, "url-tar", 5.0, None),  # already one request per export
+        (20_000, "url", 0.0, None),  # no rate limit
+        (20_000, "url", float("inf"), None),
+        (20_000, "url", 40.0, None),  # 8 min 20 s at this rate
+    ],
+)
+def test_url_tar_hint_when_file_requests_alone_take_long(
+        n_files: int, method: str, rate: float, expected: str | None) -> None:
+    hint = url_tar_hint(n_files, method, rate)
+    if expected is None:
+        assert hint is None
+    else:
+        assert hint is not None
+        assert expected in hint
+        assert "--method url-tar --extract" in hint
+
+
+@pytest.mark.parametrize("method", ["url", "url-tar"])
+def test_fetch_shows_the_url_tar_hint_once_unless_tar(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, method: str,
+) -> None:
+    """A plan whose file requests take long at the rate limit gets one hint line on stderr."""
+    monkeypatch.setattr(cli, "SLOW_REQUESTS_S", 0.01)  # 6 files at 500/s: 0.012 s
+    out = tmp_path / "out"
+    assert main(_fetch_args(emulator, out, RS, "--method", method, *FAST)) == EXIT_OK
+    hints = [line for line in capsys.readouterr().err.splitlines() if "hint:" in line]
+    if method == "url-tar":
+        assert hints == []
+    else:
+        assert len(hints) == 1
+        assert "6 files take at least 0 min of file requests at 500 requests/s" in hints[0]
 
 
 def test_different_query_same_out_is_one_line(
