@@ -18,6 +18,7 @@ of the client's CPU per file.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -37,7 +38,8 @@ def _asyncio_check() -> Callable[[], Awaitable[None]] | None:
     except ImportError:  # pragma: no cover - an anyio without its asyncio backend module
         return None
     check = getattr(AsyncIOBackend, "checkpoint_if_cancelled", None)
-    return check if callable(check) else None
+    # Only the shape anyio 4 has (a coroutine function): anything else means the public path.
+    return check if inspect.iscoroutinefunction(check) else None
 
 
 _ASYNCIO_CHECK = _asyncio_check()

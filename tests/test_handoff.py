@@ -100,3 +100,12 @@ async def test_receive_soon_waits_for_an_item_and_delivers_cancellation() -> Non
     assert scope.cancelled_caught
     send.close()
     receive.close()
+
+
+def test_fast_path_is_used_only_for_a_coroutine_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An anyio whose asyncio check is not a coroutine function gets the public path."""
+    from anyio._backends._asyncio import AsyncIOBackend
+
+    assert _handoff._asyncio_check() is not None  # this anyio: the fast path
+    monkeypatch.setattr(AsyncIOBackend, "checkpoint_if_cancelled", lambda: None)
+    assert _handoff._asyncio_check() is None
