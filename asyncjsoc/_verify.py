@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import anyio.to_thread
-import numpy as np
 
 from .exceptions import IntegrityError
 
@@ -395,6 +394,8 @@ def _sum_region(read: RawReader, offset: int, length: int) -> int:
 
 def _sum32(buf: bytes | memoryview) -> int:
     """32-bit ones' complement sum of big-endian words (FITS regions are whole words)."""
+    import numpy as np  # deferred: about 0.1 s of every command's start-up, needed only here
+
     whole = len(buf) - len(buf) % 4
     total = int(np.frombuffer(buf[:whole], dtype=">u4").sum(dtype=np.uint64)) if whole else 0
     if whole < len(buf):
