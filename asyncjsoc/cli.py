@@ -593,6 +593,8 @@ def _out_dir(path: Path) -> Path:
 def url_tar_hint(n_files: int, export_method: str, requests_per_second: float) -> str | None:
     """Suggest url-tar when one request per file would take long at the request rate.
 
+    Shown by ``fetch`` (one ``hint:`` line) and ``plan`` (text output).
+
     Every file GET takes a token of the rate limiter, so ``n_files`` files need at least
     ``n_files / requests_per_second`` seconds; a url-tar export needs one GET per export.
     ``None`` when the pull already uses url-tar, the limit is off, or the requests alone
@@ -605,7 +607,7 @@ def url_tar_hint(n_files: int, export_method: str, requests_per_second: float) -
         return None
     minutes = round(seconds / 60)
     took = f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
-    return (f"hint: {n_files:,} files take at least {took} of file requests at "
+    return (f"{n_files:,} files take at least {took} of file requests at "
             f"{requests_per_second:g} requests/s; --method url-tar --extract fetches one tar "
             "per export instead (what JSOC staff ask of bulk users)")
 
@@ -805,8 +807,9 @@ async def _fetch(config: Any, queries: list[Any], out: Path, args: argparse.Name
     def hint(event: Any) -> str | None:
         if not isinstance(event, Planned):
             return None
-        return url_tar_hint(event.plan.n_files, config.export_method,
+        text = url_tar_hint(event.plan.n_files, config.export_method,
                             config.requests_per_second)
+        return None if text is None else f"hint: {text}"
 
     mask = not args.debug
     display = _Display(live=_want_live(args), emails=config.emails, mask=mask, title=title,
@@ -1040,6 +1043,9 @@ async def _plan(config: Any, queries: list[Any], args: argparse.Namespace) -> in
         print(f"exports:  {len(p.chunks)}")
         if not p.n_records:
             print(f"note:     {NO_RECORDS}")
+        hint = url_tar_hint(p.n_files, config.export_method, config.requests_per_second)
+        if hint is not None:
+            print(f"hint:     {hint}")
         for c in p.chunks[:20]:
             print(f"  {c.index + 1:>4}  {c.n_records:>7} records {c.n_files:>7} files  "
                   f"{c.recordset}")

@@ -425,6 +425,23 @@ def test_fetch_shows_the_url_tar_hint_once_unless_tar(
         assert "6 files take at least 0 min of file requests at 500 requests/s" in hints[0]
 
 
+@pytest.mark.parametrize("method", ["url", "url-tar"])
+def test_plan_text_shows_the_url_tar_hint(
+    emulator: Emulator, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    method: str,
+) -> None:
+    monkeypatch.setattr(cli, "SLOW_REQUESTS_S", 0.01)  # 6 files at 500/s: 0.012 s
+    argv = ["plan", RS, "--server", emulator.url, "--rate-limit", "500", "--method", method]
+    assert main(argv) == EXIT_OK
+    hints = [line for line in capsys.readouterr().out.splitlines() if line.startswith("hint:")]
+    if method == "url-tar":
+        assert hints == []
+    else:
+        assert hints == ["hint:     6 files take at least 0 min of file requests at 500 "
+                         "requests/s; --method url-tar --extract fetches one tar per export "
+                         "instead (what JSOC staff ask of bulk users)"]
+
+
 def test_different_query_same_out_is_one_line(
     emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
