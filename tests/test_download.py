@@ -190,7 +190,9 @@ async def test_cancel_keeps_part_and_resume_fetches_only_the_rest(
     expected = emulator.file_bytes(path)
     dest = tmp_path / "f.fits"
     remote = _remote(emulator, path)
-    emulator.knobs.bandwidth = 4 * 1024 * 1024
+    # one body per second: the cancel lands a third of the way in, and the paced server
+    # could only finish the body first if the loop stalled for over half a second
+    emulator.knobs.bandwidth = len(expected)
     await _cancel_midway(_downloader(session, inline_io=inline_io), remote, dest,
                          after=len(expected) // 3)
     assert not dest.exists()
