@@ -98,11 +98,26 @@ async def test_next_export_is_staged_while_previous_downloads(tmp_path: Path) ->
 
 async def test_export_calls_do_not_queue_behind_file_downloads(tmp_path: Path) -> None:
     """JSOC API calls have a connection of their own: with the one download connection busy
-    (and more downloads waiting for it), the next chunk is still exported and staged before
-    the first file's headers arrive (0.2 s after its request)."""
-    async with emulator(first_byte_delay=0.2) as emu:
+    (its GET held by the emulator before the headers, more downloads waiting for it), the
+    next chunk is still exported and staged. The files are released only once it is; were
+    API calls queued behind downloads, the pull would hang and time out."""
+    events: list[Event] = []
+    async with emulator() as emu:
         config = fast_config(emu, max_files_per_export=4, connections=1)
-        result, events = await _fetch_recording(config, tmp_path)
+
+        def report(event: Event) -> None:
+            events.append(event)
+            if isinstance(event, ExportReady) and event.chunk == 1:
+                assert emu.files_held == 1  # the one connection's GET is waiting
+                emu.release_files()
+
+        emu.hold_files()
+        try:
+            with anyio.fail_after(20):
+                async with Client(config, tmp_path, reporter=report) as client:
+                    result = await client.fetch(QUERY)
+        finally:
+            emu.release_files()  # a failed test must not leave GETs held at teardown
         assert result.ok
         first_started = next(i for i, e in enumerate(events) if isinstance(e, FileStarted))
         second_ready = next(i for i, e in enumerate(events)

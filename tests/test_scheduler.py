@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
 from engine_helpers import QUERY, emulator, fast_config
 
@@ -148,14 +149,26 @@ async def test_a_freed_email_exports_again_while_earlier_chunks_download(
         tmp_path: Path) -> None:
     """A chunk stops counting against the lookahead once its files are queued.
 
-    One email and single-file chunks whose downloads each take 0.4 s: every export is
-    submitted before the first file arrives. (Before, chunk 3 waited for chunk 1's file.)
+    One email and single-file chunks whose downloads the emulator holds until the last of
+    the 8 exports is submitted: were a chunk's export to wait for an earlier chunk's file
+    (as chunk 3 once waited for chunk 1's), the pull would hang and time out.
     """
     events: list[Event] = []
-    async with emulator(first_byte_delay=0.4) as emu:
+    async with emulator() as emu:
         config = fast_config(emu, max_files_per_export=1, connections=4)
-        async with Client(config, tmp_path, reporter=events.append) as client:
-            result = await client.fetch(QUERY)
+
+        def report(event: Event) -> None:
+            events.append(event)
+            if sum(isinstance(e, ExportSubmitted) for e in events) == 8:
+                emu.release_files()
+
+        emu.hold_files()
+        try:
+            with anyio.fail_after(20):
+                async with Client(config, tmp_path, reporter=report) as client:
+                    result = await client.fetch(QUERY)
+        finally:
+            emu.release_files()  # a failed test must not leave GETs held at teardown
     assert len(result.files) == 8
     assert not result.failed
     kinds = [type(e).__name__ for e in events if isinstance(e, ExportSubmitted | FileDone)]

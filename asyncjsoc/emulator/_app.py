@@ -80,9 +80,26 @@ class Emulator:
         self.cache = BodyCache(self.knobs.cache_bytes)
         self.url = ""
         self._generating: dict[str, asyncio.Future[memoryview]] = {}
+        self._files_open = asyncio.Event()
+        self._files_open.set()
+        self.files_held = 0
+        """File GETs waiting at the gate right now (see :meth:`hold_files`)."""
         self.app = self._build_app()
 
     # -- public helpers for tests -----------------------------------------------------------------
+
+    def hold_files(self) -> None:
+        """Make file GETs wait before their response headers until :meth:`release_files`.
+
+        A test orders events with this instead of timing (a ``first_byte_delay`` long enough
+        "in practice"): hold, act, then release when the awaited event has happened. Call
+        both from the emulator's event loop.
+        """
+        self._files_open.clear()
+
+    def release_files(self) -> None:
+        """Let held and later file GETs go on (undoes :meth:`hold_files`)."""
+        self._files_open.set()
 
     def file_bytes(self, path_or_url: str) -> bytes:
         """Exactly the bytes served for a file URL or path (KeyError when it would be a 404)."""
@@ -439,6 +456,12 @@ class Emulator:
                     start, end = parsed
                     status = 206
                     headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        if not self._files_open.is_set():
+            self.files_held += 1
+            try:
+                await self._files_open.wait()
+            finally:
+                self.files_held -= 1
         if knobs.first_byte_delay > 0:
             await asyncio.sleep(knobs.first_byte_delay)
         length = end - start + 1
