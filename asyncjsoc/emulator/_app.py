@@ -82,6 +82,7 @@ class Emulator:
         self._generating: dict[str, asyncio.Future[memoryview]] = {}
         self._files_open = asyncio.Event()
         self._files_open.set()
+        self._held_changed = asyncio.Condition()
         self.files_held = 0
         """File GETs waiting at the gate right now (see :meth:`hold_files`)."""
         self.app = self._build_app()
@@ -100,6 +101,11 @@ class Emulator:
     def release_files(self) -> None:
         """Let held and later file GETs go on (undoes :meth:`hold_files`)."""
         self._files_open.set()
+
+    async def wait_files_held(self, n: int) -> None:
+        """Return once at least ``n`` file GETs wait at the gate of :meth:`hold_files`."""
+        async with self._held_changed:
+            await self._held_changed.wait_for(lambda: self.files_held >= n)
 
     def file_bytes(self, path_or_url: str) -> bytes:
         """Exactly the bytes served for a file URL or path (KeyError when it would be a 404)."""
@@ -458,6 +464,8 @@ class Emulator:
                     headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         if not self._files_open.is_set():
             self.files_held += 1
+            async with self._held_changed:
+                self._held_changed.notify_all()
             try:
                 await self._files_open.wait()
             finally:

@@ -7,6 +7,7 @@ import time
 import warnings
 
 import aiohttp
+import anyio
 import pytest
 from astropy.io import fits
 from multidict import CIMultiDict
@@ -179,3 +180,26 @@ async def test_serves_fast(emulator: Emulator) -> None:
     rate = n / (time.monotonic() - t0) / 1e6
     assert n >= 64 * 1024 * 1024
     assert rate > 30, f"{rate:.0f} MB/s"
+
+
+async def test_hold_files_keeps_gets_waiting_until_released(emulator: Emulator) -> None:
+    """Held file GETs get no headers until release; CGI calls are not held."""
+    path = await sums_path(emulator)  # a CGI call, answered while files are held below
+    emulator.hold_files()
+    answers: list[int] = []
+
+    async def fetch() -> None:
+        status, _, body = await get(emulator, path)
+        assert body == emulator.file_bytes(path)
+        answers.append(status)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(fetch)
+            tg.start_soon(fetch)
+            await emulator.wait_files_held(2)
+            assert await sums_path(emulator) == path
+            assert answers == []
+            emulator.release_files()
+    assert answers == [200, 200]
+    assert emulator.files_held == 0
