@@ -164,6 +164,25 @@ def _add_export(p: argparse.ArgumentParser) -> None:
                    help="split into exports of at most N files (default per series)")
 
 
+def _version_line() -> str:
+    """``asyncjsoc X.Y.Z (aiohttp A.B.C, Python P.Q.R)``, what a bug report needs.
+
+    aiohttp's version comes from its installed metadata: importing it here would slow down
+    every command's start-up, ``--help`` included.
+    """
+    import importlib.metadata
+    import platform
+
+    from asyncjsoc import __version__
+
+    try:
+        aiohttp_version = importlib.metadata.version("aiohttp")
+    except importlib.metadata.PackageNotFoundError:
+        aiohttp_version = "unknown"
+    return (f"asyncjsoc {__version__} (aiohttp {aiohttp_version}, "
+            f"Python {platform.python_version()})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-command per job."""
     parser = _Parser(
@@ -172,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 all files on disk and verified, 1 some failed, 2 bad input, "
         "130 interrupted (rerun resumes), 143 terminated",
     )
+    parser.add_argument("--version", action="version", version=_version_line())
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     fetch = sub.add_parser("fetch", help="download the files of a query",

@@ -99,6 +99,20 @@ def test_argparse_errors_exit_2_one_line(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["--help"]) == EXIT_OK
 
 
+def test_version_names_asyncjsoc_aiohttp_and_python(capsys: pytest.CaptureFixture[str]) -> None:
+    """--version prints one line with the versions a bug report needs, exit 0."""
+    import platform
+
+    import aiohttp
+
+    import asyncjsoc
+
+    assert main(["--version"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert out == (f"asyncjsoc {asyncjsoc.__version__} (aiohttp {aiohttp.__version__}, "
+                   f"Python {platform.python_version()})\n")
+
+
 def test_malformed_recordset_names_position(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
