@@ -595,6 +595,9 @@ def _check_ranges(text: str) -> None:
 
 def _out_dir(path: Path) -> Path:
     """Create --out if needed and make sure files can be written there."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {str(path)!r} is a file, not a directory",
+                         "give a directory (it is created if missing)")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -130,6 +130,15 @@ def test_out_dir_under_a_regular_file(emu: Emulator, tmp_path: Path,
     refused(fetch(emu, blocker / "out", RS), tmp_path, capsys, "cannot create --out")
 
 
+def test_out_dir_that_is_a_regular_file(emu: Emulator, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """--out naming an existing file says so; the file is left as it was."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    refused(fetch(emu, blocker, RS), tmp_path, capsys, "is a file, not a directory")
+    assert blocker.read_text() == "x"
+
+
 def test_state_from_another_query_is_left_alone(
     emu: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
