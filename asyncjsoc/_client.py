@@ -59,7 +59,13 @@ from asyncjsoc._scheduler import (
 )
 from asyncjsoc._store import StateStore, default_state_path
 from asyncjsoc._untar import extract_tar
-from asyncjsoc.exceptions import DiskError, IpBlockedError, JsocError, StateError
+from asyncjsoc.exceptions import (
+    DiskError,
+    InvalidInputError,
+    IpBlockedError,
+    JsocError,
+    StateError,
+)
 
 __all__ = ["API_CONNECTIONS", "WORKERS_PER_CONNECTION", "Client", "FileResult", "Pull",
            "PullResult"]
@@ -282,6 +288,11 @@ class Client:
     reporter
         Receives the engine's events (see :mod:`asyncjsoc.events`).
 
+    Raises
+    ------
+    InvalidInputError
+        When ``out_dir`` names an existing file.
+
     Examples
     --------
     >>> async with Client(ClientConfig(emails=("me@example.org",)), "data") as client:
@@ -292,6 +303,9 @@ class Client:
                  reporter: Reporter | None = None) -> None:
         self.config = config if config is not None else ClientConfig()
         self.out_dir = Path(out_dir)
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise InvalidInputError(f"out_dir {str(self.out_dir)!r} is a file, not a directory",
+                                    hint="give a directory (it is created if missing)")
         self._report: Reporter = reporter if reporter is not None else NullReporter()
         self._stack: contextlib.AsyncExitStack | None = None
         self._entered = False

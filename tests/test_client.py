@@ -34,6 +34,7 @@ from asyncjsoc._store import StateStore
 from asyncjsoc.emulator import Emulator
 from asyncjsoc.exceptions import (
     EmailNotRegisteredError,
+    InvalidInputError,
     StateError,
     StateLockedError,
     StateMismatchError,
@@ -647,3 +648,13 @@ def test_pull_result_repr_counts_instead_of_listing() -> None:
     text = repr(result)
     assert text == ("PullResult(ok=True, files=5000, bytes=50000, failed=0, reused=3, "
                     "missing=0, exports=1)")
+
+
+def test_out_dir_that_is_a_file_is_refused_at_once(tmp_path: Path) -> None:
+    """A Client over an existing file says so when made, before any request or lock."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(InvalidInputError, match="is a file, not a directory"):
+        Client(ClientConfig(emails=("a@example.org",)), blocker)
+    assert blocker.read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
