@@ -26,12 +26,12 @@ LAYERS: dict[str, int] = {
     "_plan": 4, "_emails": 4, "_status": 4,
     "_scheduler": 5,
     "_client": 6,
-    "_sync": 7, "_progress": 7, "_demo": 7, "events": 7,
+    "_sync": 7, "_progress": 7, "_demo": 7, "events": 7, "_cli_parser": 7,
     "__init__": 8, "cli": 8,
     "__main__": 9,
 }
 # The application edge may start the emulator (`asyncjsoc emulator`, `asyncjsoc demo`).
-MAY_IMPORT_EMULATOR = {"cli", "_demo", "__main__"}
+MAY_IMPORT_EMULATOR = {"cli", "_cli_parser", "_demo", "__main__"}
 RICH_USERS = {"_progress", "cli"}
 
 
