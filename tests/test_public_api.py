@@ -27,8 +27,10 @@ LAYERS: dict[str, int] = {
     "_scheduler": 5,
     "_client": 6,
     "_sync": 7, "_progress": 7, "_demo": 7, "events": 7, "_cli_parser": 7,
-    "__init__": 8, "cli": 8,
-    "__main__": 9,
+    "_status_report": 8,
+    "__init__": 8,
+    "cli": 9,
+    "__main__": 10,
 }
 # The application edge may start the emulator (`asyncjsoc emulator`, `asyncjsoc demo`).
 MAY_IMPORT_EMULATOR = {"cli", "_cli_parser", "_demo", "__main__"}
