@@ -9,8 +9,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from asyncjsoc._client import PullResult
+import anyio
+
+from asyncjsoc._client import Client, PullResult
 from asyncjsoc._config import ClientConfig
+from asyncjsoc._events import Reporter
 from asyncjsoc._retry import RetryPolicy
 from asyncjsoc.emulator import Emulator, Knobs, run_emulator
 
@@ -29,6 +32,22 @@ async def emulator(**changes: Any) -> AsyncIterator[Emulator]:
     """A running emulator with :func:`fast_knobs`."""
     async with run_emulator(fast_knobs(**changes)) as emu:
         yield emu
+
+
+async def fetch_with_files_held(emu: Emulator, config: ClientConfig, out: Path,
+                                reporter: Reporter) -> PullResult:
+    """Fetch ``QUERY`` while the emulator holds file GETs; ``reporter`` releases them.
+
+    A pull whose reporter never releases them times out after 20 s (the test fails); the
+    files are released either way, so the emulator's teardown finds no GET held.
+    """
+    emu.hold_files()
+    try:
+        with anyio.fail_after(20):
+            async with Client(config, out, reporter=reporter) as client:
+                return await client.fetch(QUERY)
+    finally:
+        emu.release_files()
 
 
 def fast_config(emu: Emulator, *emails: str, **changes: Any) -> ClientConfig:

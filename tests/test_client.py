@@ -9,7 +9,7 @@ from urllib.parse import unquote
 import aiohttp
 import anyio
 import pytest
-from engine_helpers import QUERY, assert_identical, emulator, fast_config
+from engine_helpers import QUERY, assert_identical, emulator, fast_config, fetch_with_files_held
 
 from asyncjsoc._client import WORKERS_PER_CONNECTION, Client, FileResult, PullResult
 from asyncjsoc._config import ClientConfig
@@ -112,13 +112,7 @@ async def test_export_calls_do_not_queue_behind_file_downloads(tmp_path: Path) -
                 assert emu.files_held == 1  # the one connection's GET is waiting
                 emu.release_files()
 
-        emu.hold_files()
-        try:
-            with anyio.fail_after(20):
-                async with Client(config, tmp_path, reporter=report) as client:
-                    result = await client.fetch(QUERY)
-        finally:
-            emu.release_files()  # a failed test must not leave GETs held at teardown
+        result = await fetch_with_files_held(emu, config, tmp_path, report)
         assert result.ok
         first_started = next(i for i, e in enumerate(events) if isinstance(e, FileStarted))
         second_ready = next(i for i, e in enumerate(events)

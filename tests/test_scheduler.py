@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import anyio
 import pytest
-from engine_helpers import QUERY, emulator, fast_config
+from engine_helpers import QUERY, emulator, fast_config, fetch_with_files_held
 
 from asyncjsoc._client import Client
 from asyncjsoc._events import Event, ExportSubmitted, ExportWaiting, FileDone
@@ -162,13 +161,7 @@ async def test_a_freed_email_exports_again_while_earlier_chunks_download(
             if sum(isinstance(e, ExportSubmitted) for e in events) == 8:
                 emu.release_files()
 
-        emu.hold_files()
-        try:
-            with anyio.fail_after(20):
-                async with Client(config, tmp_path, reporter=report) as client:
-                    result = await client.fetch(QUERY)
-        finally:
-            emu.release_files()  # a failed test must not leave GETs held at teardown
+        result = await fetch_with_files_held(emu, config, tmp_path, report)
     assert len(result.files) == 8
     assert not result.failed
     kinds = [type(e).__name__ for e in events if isinstance(e, ExportSubmitted | FileDone)]
