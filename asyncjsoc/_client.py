@@ -45,18 +45,13 @@ from asyncjsoc._events import (
 from asyncjsoc._handoff import receive_soon, send_soon
 from asyncjsoc._http import TransportConfig, create_session
 from asyncjsoc._models import EmailStatus, Plan, RemoteFile
+from asyncjsoc._naming import default_filenamefmt
 from asyncjsoc._paths import resolve_inside
 from asyncjsoc._plan import estimate_bytes, make_plan
 from asyncjsoc._query import Query
 from asyncjsoc._ratelimit import TokenBucket
 from asyncjsoc._retry import RetryPolicy
-from asyncjsoc._scheduler import (
-    DownloadJob,
-    ExportScheduler,
-    Failure,
-    default_filenamefmt,
-    is_expiry,
-)
+from asyncjsoc._scheduler import DownloadJob, ExportScheduler, Failure, is_expiry
 from asyncjsoc._store import StateStore, default_state_path
 from asyncjsoc._untar import extract_tar
 from asyncjsoc.exceptions import (

@@ -1,14 +1,15 @@
 """The export engine: turns plan chunks into staged exports and streams their files onward.
 
 For each chunk the scheduler takes an email slot (one pending export per address, and an
-IP-wide cap), sends ``exp_request``, polls with :func:`wait_export_ready` and gives the slot
-back the moment the export is staged. The files then go, one :class:`DownloadJob` each, into a
-bounded memory stream that the downloaders read; a chunk stays open until every one of its
-files is settled, so an export deleted by the server meanwhile can be requested again for the
-missing records only. At most ``capacity + 1`` chunks are *ahead* at once (staging, or staged
-with files not yet queued for download): chunk N+1 is staged while chunk N waits for
-downloaders, and no further. A chunk whose files are all queued no longer counts, so an email
-freed while earlier chunks are still downloading starts its next export at once.
+IP-wide cap), sends ``exp_request``, polls (:func:`~asyncjsoc._polling.wait_export_ready`) and
+gives the slot back the moment the export is staged. The files then go, one
+:class:`DownloadJob` each, into a bounded memory stream that the downloaders read; a chunk
+stays open until every one of its files is settled, so an export deleted by the server
+meanwhile can be requested again for the missing records only. At most ``capacity + 1`` chunks
+are *ahead* at once (staging, or staged with files not yet queued for download): chunk N+1 is
+staged while chunk N waits for downloaders, and no further. A chunk whose files are all queued
+no longer counts, so an email freed while earlier chunks are still downloading starts its next
+export at once.
 
 The JSOC's refusals are policy here, not errors:
 
@@ -26,7 +27,7 @@ The JSOC's refusals are policy here, not errors:
 
 File names that clash are never overwritten: rows of one export sharing a name fail (the
 server keeps one file per name), and a record whose name another export already used gets
-a digest suffix (:func:`disambiguated_relpath`).
+a digest suffix (:func:`~asyncjsoc._naming.disambiguated_relpath`).
 
 Everything runs in anyio task groups; nothing outlives :meth:`ExportScheduler.run`.
 """
@@ -34,9 +35,7 @@ Everything runs in anyio task groups; nothing outlives :meth:`ExportScheduler.ru
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
-import random
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -57,14 +56,15 @@ from asyncjsoc._events import (
     ExportReady,
     ExportReused,
     ExportSubmitted,
-    ExportWaiting,
     NullReporter,
     Reporter,
 )
 from asyncjsoc._handoff import send_soon
 from asyncjsoc._models import Chunk, ExportFile, ExportStatus, Plan, RemoteFile, SeriesInfo
+from asyncjsoc._naming import disambiguated_relpath, quick_relpath
 from asyncjsoc._paths import safe_relpath
 from asyncjsoc._plan import split_chunk
+from asyncjsoc._polling import StatusApi, wait_export_ready
 from asyncjsoc._retry import RetryPolicy
 from asyncjsoc._store import StateStore, StoredExport
 from asyncjsoc.exceptions import (
@@ -90,12 +90,7 @@ __all__ = [
     "ExportScheduler",
     "Failure",
     "SchedulerStatistics",
-    "StatusApi",
-    "default_filenamefmt",
-    "disambiguated_relpath",
     "is_expiry",
-    "quick_relpath",
-    "wait_export_ready",
 ]
 
 EXPORT_RETENTION = 7 * 86400.0
@@ -110,21 +105,10 @@ MAX_REEXPORTS = 2
 MAX_RESUBMITS = 2
 """How many times an export that failed (4, 6) or expired (5) while staging is sent again."""
 
-BROKEN_STATUS_RETRIES = 2
-"""How many broken ``exp_status`` answers in a row are polled past before the export fails."""
-
 MAX_RECORDS_IN_LIST = 100
 """Above this many missing records, the whole chunk is requested again instead of a list."""
 
 _NO_DATA = frozenset({"", "NoDataFile"})
-
-
-class StatusApi(Protocol):
-    """What :func:`wait_export_ready` needs: ``exp_status``."""
-
-    async def exp_status(self, request_id: str) -> ExportStatus:
-        """One ``exp_status`` call; raises for statuses 3, 4 and 5."""
-        ...
 
 
 class ExportApi(StatusApi, Protocol):
@@ -240,172 +224,6 @@ def is_expiry(error: BaseException) -> bool:
     if isinstance(error, ExportExpiredError):
         return True
     return isinstance(error, HttpStatusError) and error.status in (404, 410)
-
-
-def _poll_delay(hint: float, late_polls: int, poll_min: float, poll_max: float, *,
-                eta_spent: bool) -> float:
-    """Seconds until the next status poll (see :func:`wait_export_ready` for the policy)."""
-    if hint > 0:
-        if not eta_spent:
-            # Exactly at the server's estimate, even when that is sooner than poll_min.
-            return min(hint, poll_max)
-        return min(max(hint, poll_min), poll_max)
-    base = poll_min * 1.5 ** min(late_polls, 64) * random.uniform(1.0, 1.5)
-    return min(max(base, poll_min), poll_max)
-
-
-async def wait_export_ready(
-    api: StatusApi,
-    status: ExportStatus,
-    *,
-    poll_min: float = 2.0,
-    poll_max: float = 30.0,
-    status6_retries: int = 5,
-    reporter: Reporter | None = None,
-) -> ExportStatus:
-    """Poll an export until it is staged (status 0).
-
-    Parameters
-    ----------
-    api
-        Something with ``exp_status``.
-    status
-        The export's latest status (from ``exp_request`` or an earlier poll).
-    poll_min, poll_max
-        Bounds of the pause between polls, in seconds (see Notes).
-    status6_retries
-        How many legacy status-6 answers ("not found yet") count as pending.
-    reporter
-        Receives an :class:`~asyncjsoc._events.ExportWaiting` before each pause.
-
-    Returns
-    -------
-    ExportStatus
-        The status-0 answer, with the export's files.
-
-    Raises
-    ------
-    ExportFailedError
-        Status 4, an unexpected status, or too many status 6 answers.
-    ProtocolError
-        More than ``BROKEN_STATUS_RETRIES`` broken answers in a row.
-    ExportTooLargeError, ExportExpiredError
-        Statuses 3 and 5, from ``exp_status``.
-
-    Notes
-    -----
-    The polling policy. The server's ``wait`` hint says when it expects the export to be
-    staged (the answer's arrival + ``wait``):
-
-    * the first time a positive hint comes, the next poll is made exactly then, even if that
-      is sooner than ``poll_min`` (capped at ``poll_max``): a ready export is noticed at once
-      rather than on a coarse grid;
-    * later positive hints are followed within ``[poll_min, poll_max]``: a server that keeps
-      saying "almost" is never polled more often than every ``poll_min`` seconds;
-    * once the estimate has passed (no hint, or ``wait <= 0``), the pause backs off from
-      ``poll_min`` by a factor of 1.5 per poll, with 0-50 % random jitter (so exports staged
-      together are not polled in lock step), capped at ``poll_max``.
-
-    There is never a pause of zero unless ``poll_min`` is zero: no busy polling.
-    """
-    report = reporter if reporter is not None else NullReporter()
-    late_polls = 0
-    eta_spent = False
-    sixes = 0
-    broken = 0
-    while not status.done:
-        request_id = status.request_id
-        if not request_id:
-            raise ProtocolError(f"an export in status {status.status} came without a request id")
-        if status.status == 6:
-            sixes += 1
-            if sixes > status6_retries:
-                raise ExportFailedError(
-                    f"export {request_id} was still not found after {sixes} polls (status 6)",
-                    status=6, server_message=status.error, request_id=request_id,
-                )
-        elif not status.pending:
-            raise ExportFailedError(
-                f"export {request_id} has unexpected status {status.status}",
-                status=status.status, server_message=status.error, request_id=request_id,
-            )
-        delay = _poll_delay(status.wait, late_polls, poll_min, poll_max, eta_spent=eta_spent)
-        if status.wait > 0:
-            eta_spent = True
-        else:
-            late_polls += 1
-        report(ExportWaiting(request_id, status.status, status.wait, delay))
-        await anyio.sleep(delay)
-        try:
-            status = await api.exp_status(request_id)
-        except ProtocolError as exc:
-            # A proxy's error page or a cut body is often transient: poll again, a few times.
-            broken += 1
-            if broken > BROKEN_STATUS_RETRIES:
-                raise
-            report(Backoff(delay, f"broken exp_status answer ({exc.message}); polling again"))
-            continue
-        broken = 0
-    return status
-
-
-def default_filenamefmt(info: SeriesInfo) -> str:
-    """A readable ``filenamefmt``: the series, its prime keys (times as ``:A``), the segment.
-
-    ``hmi.sharp_cea_720s`` gives ``hmi.sharp_cea_720s.{HARPNUM}.{T_REC:A}.{segment}``, so
-    files are named like ``hmi.sharp_cea_720s.7310.20180930_092400_TAI.Br.fits``.
-    """
-    parts = [info.name.lower()]
-    for key in info.primekeys:
-        keyword = info.keyword(key)
-        parts.append(f"{{{key}:A}}" if keyword is not None and keyword.type == "time"
-                     else f"{{{key}}}")
-    if not info.primekeys:
-        parts.append("{recnum:%lld}")
-    parts.append("{segment}")
-    return ".".join(parts)
-
-
-_KEY_VALUE = re.compile(r"\[([^\]]*)\]")
-_RECORD = re.compile(r"^(?P<series>[^\[{]+)(?P<keys>(?:\[[^\]]*\])*)(?:\{(?P<segment>[^}]*)\})?$")
-
-
-def quick_relpath(record: str, filename: str) -> str:
-    """The local name of a ``url_quick`` file, made like :func:`default_filenamefmt` names.
-
-    A quick export answers with SUMS paths (``/SUM41/D…/S00010/magnetogram.fits``) whose
-    last part repeats across records, so the name comes from the record:
-    ``hmi.M_45s[2012.01.01_01:01:30_TAI][2]{magnetogram}`` becomes
-    ``hmi.m_45s.20120101_010130_TAI.2.magnetogram.fits``.
-
-    Raises
-    ------
-    UnsafePathError
-        If no safe name can be made.
-    """
-    stored = filename.rsplit("/", 1)[-1]
-    match = _RECORD.match(record.strip())
-    if match is None:
-        return safe_relpath(stored)
-    values = _KEY_VALUE.findall(match["keys"])
-    cleaned = [v.replace(".", "").replace(":", "").replace("/", "_") for v in values if v]
-    return safe_relpath(".".join([match["series"].strip().lower(), *cleaned, stored]))
-
-
-def disambiguated_relpath(relpath: str, record: str) -> str:
-    """``relpath`` with a digest of ``record`` before its extension, for a name clash.
-
-    When a ``filenamefmt`` gives records of different exports the same name (it lacks a
-    prime key, say), the record registered first keeps the name and each later one gets
-    ``.<8 hex digits of SHA-1(record)>`` before the extension:
-    ``hmi.M_45s.magnetogram.fits`` → ``hmi.M_45s.magnetogram.1a2b3c4d.fits``. The digest
-    depends only on the record, so a rerun gives the same name.
-    """
-    digest = hashlib.sha1(record.encode("utf-8"), usedforsecurity=False).hexdigest()[:8]
-    head, slash, name = relpath.rpartition("/")
-    stem, dot, ext = name.rpartition(".")
-    renamed = f"{stem}.{digest}.{ext}" if dot and stem else f"{name}.{digest}"
-    return safe_relpath(head + slash + renamed)
 
 
 def _refuse_shared_names(
@@ -795,7 +613,7 @@ class ExportScheduler:
                 raise
 
     async def _wait_ready(self, status: ExportStatus) -> ExportStatus:
-        """:func:`wait_export_ready` with this scheduler's settings."""
+        """:func:`~asyncjsoc._polling.wait_export_ready` with this scheduler's settings."""
         return await wait_export_ready(
             self._api, status, poll_min=self._config.poll_min, poll_max=self._config.poll_max,
             status6_retries=self._config.status6_retries, reporter=self._report,

@@ -11,7 +11,7 @@ from engine_helpers import QUERY, emulator, fast_config
 from asyncjsoc._client import Client
 from asyncjsoc._events import Event, ExportWaiting
 from asyncjsoc._models import ExportStatus
-from asyncjsoc._scheduler import _poll_delay, wait_export_ready
+from asyncjsoc._polling import _poll_delay, wait_export_ready
 
 pytestmark = pytest.mark.anyio
 

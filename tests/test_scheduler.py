@@ -10,13 +10,9 @@ from engine_helpers import QUERY, emulator, fast_config, fetch_with_files_held
 from asyncjsoc._client import Client
 from asyncjsoc._events import Event, ExportSubmitted, ExportWaiting, FileDone
 from asyncjsoc._models import ExportStatus, KeywordInfo, SeriesInfo
-from asyncjsoc._scheduler import (
-    default_filenamefmt,
-    disambiguated_relpath,
-    is_expiry,
-    quick_relpath,
-    wait_export_ready,
-)
+from asyncjsoc._naming import default_filenamefmt, disambiguated_relpath, quick_relpath
+from asyncjsoc._polling import wait_export_ready
+from asyncjsoc._scheduler import is_expiry
 from asyncjsoc.exceptions import (
     ExportExpiredError,
     ExportFailedError,

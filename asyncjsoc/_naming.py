@@ -1,0 +1,72 @@
+"""Local file names for exported records: the default ``filenamefmt``, names for
+``url_quick`` files, and the digest-suffixed name of a record whose name is already taken.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from asyncjsoc._models import SeriesInfo
+from asyncjsoc._paths import safe_relpath
+
+__all__ = ["default_filenamefmt", "disambiguated_relpath", "quick_relpath"]
+
+
+def default_filenamefmt(info: SeriesInfo) -> str:
+    """A readable ``filenamefmt``: the series, its prime keys (times as ``:A``), the segment.
+
+    ``hmi.sharp_cea_720s`` gives ``hmi.sharp_cea_720s.{HARPNUM}.{T_REC:A}.{segment}``, so
+    files are named like ``hmi.sharp_cea_720s.7310.20180930_092400_TAI.Br.fits``.
+    """
+    parts = [info.name.lower()]
+    for key in info.primekeys:
+        keyword = info.keyword(key)
+        parts.append(f"{{{key}:A}}" if keyword is not None and keyword.type == "time"
+                     else f"{{{key}}}")
+    if not info.primekeys:
+        parts.append("{recnum:%lld}")
+    parts.append("{segment}")
+    return ".".join(parts)
+
+
+_KEY_VALUE = re.compile(r"\[([^\]]*)\]")
+_RECORD = re.compile(r"^(?P<series>[^\[{]+)(?P<keys>(?:\[[^\]]*\])*)(?:\{(?P<segment>[^}]*)\})?$")
+
+
+def quick_relpath(record: str, filename: str) -> str:
+    """The local name of a ``url_quick`` file, made like :func:`default_filenamefmt` names.
+
+    A quick export answers with SUMS paths (``/SUM41/D…/S00010/magnetogram.fits``) whose
+    last part repeats across records, so the name comes from the record:
+    ``hmi.M_45s[2012.01.01_01:01:30_TAI][2]{magnetogram}`` becomes
+    ``hmi.m_45s.20120101_010130_TAI.2.magnetogram.fits``.
+
+    Raises
+    ------
+    UnsafePathError
+        If no safe name can be made.
+    """
+    stored = filename.rsplit("/", 1)[-1]
+    match = _RECORD.match(record.strip())
+    if match is None:
+        return safe_relpath(stored)
+    values = _KEY_VALUE.findall(match["keys"])
+    cleaned = [v.replace(".", "").replace(":", "").replace("/", "_") for v in values if v]
+    return safe_relpath(".".join([match["series"].strip().lower(), *cleaned, stored]))
+
+
+def disambiguated_relpath(relpath: str, record: str) -> str:
+    """``relpath`` with a digest of ``record`` before its extension, for a name clash.
+
+    When a ``filenamefmt`` gives records of different exports the same name (it lacks a
+    prime key, say), the record registered first keeps the name and each later one gets
+    ``.<8 hex digits of SHA-1(record)>`` before the extension:
+    ``hmi.M_45s.magnetogram.fits`` → ``hmi.M_45s.magnetogram.1a2b3c4d.fits``. The digest
+    depends only on the record, so a rerun gives the same name.
+    """
+    digest = hashlib.sha1(record.encode("utf-8"), usedforsecurity=False).hexdigest()[:8]
+    head, slash, name = relpath.rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    renamed = f"{stem}.{digest}.{ext}" if dot and stem else f"{name}.{digest}"
+    return safe_relpath(head + slash + renamed)
