@@ -55,7 +55,10 @@ class ClientConfig:
         prime keys, e.g. ``hmi.sharp_cea_720s.{HARPNUM}.{T_REC:A}.{segment}``. A template
         that gives several files the same name is handled without overwriting: within one
         export those files fail (the server keeps only one of them); across exports the
-        later record gets ``.<digest of the record>`` before the extension.
+        later record gets ``.<digest of the record>`` before the extension. With
+        ``extract_tars``, a tar member whose name an earlier tar's file already took (with
+        other bytes) fails its whole tar instead: a tar's members carry no record to name
+        them by.
     max_files_per_export
         At most this many files per export request; ``None`` uses the per-series default
         (15 000 for ``aia.*``, 30 000 otherwise). Larger queries are split into chunks.

@@ -6,13 +6,18 @@ directory the way the downloader writes files:
 
 - member names are untrusted: each goes through :func:`~asyncjsoc._paths.safe_relpath` and
   must resolve inside the output directory; a tar holding anything but regular files and
-  directories (links, devices, FIFOs), an unsafe name or the same name twice is refused
-  before anything is written;
+  directories (links, devices, FIFOs, sparse files), an unsafe name, the same name twice, or
+  a name that is both a file and another member's directory is refused before anything is
+  written;
+- only uncompressed tars are read (what the JSOC makes): every byte unpacked is then a byte
+  of the tar, so a small hostile tar cannot expand into a full disk (no gzip bomb, no sparse
+  member declaring terabytes);
 - each member is written to ``NAME.part``, its FITS ``CHECKSUM``/``DATASUM`` checked,
   fsynced, then renamed: a final name means a complete, verified file;
-- a member whose final name already holds a file of its size was unpacked by an earlier run
-  (a final name is only ever a complete file) and is kept; a different file in its way is
-  an error, never overwritten. So unpacking again after an interruption finishes the job.
+- a member whose final name already holds a byte-identical file was unpacked by an earlier
+  run and is kept; a different file in its way (another size or other bytes: a user's file,
+  or another export's file of the same name) is an error, never overwritten and never taken
+  for the member. So unpacking again after an interruption finishes the job.
 
 The tar is kept unless ``remove=True``. Used on its own, a pull's state records the tar,
 not its members: a tar removed after unpacking is fetched again by a rerun of the same pull.
@@ -26,7 +31,7 @@ import contextlib
 import os
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import anyio.to_thread
@@ -73,8 +78,9 @@ class _Member:
     """A regular file of the tar and where it goes."""
 
     info: tarfile.TarInfo
+    relpath: str
     dest: Path
-    present: bool
+    present: bool = False
 
 
 async def extract_tar(tar_path: str | Path, out_dir: str | Path | None = None, *,
@@ -132,7 +138,8 @@ def extract_tar_sync(tar_path: str | Path, out_dir: str | Path | None = None, *,
         what = "a directory" if tar_path.is_dir() else "no such file"
         raise LocalError(f"{tar_path}: {what}", hint="pass the path of a downloaded export "
                          "tar (REQUESTID.tar in the pull's output directory)")
-    with _damaged(tar_path), tarfile.open(tar_path, "r:*") as tar:
+    _refuse_compressed(tar_path)
+    with _damaged(tar_path), tarfile.open(tar_path, "r:") as tar:
         members = _plan(tar, tar_path, out)
         directories: set[Path] = set()
         new = 0
@@ -160,8 +167,26 @@ def _damaged(tar_path: Path) -> Iterator[None]:
     try:
         yield
     except (tarfile.TarError, EOFError) as exc:
-        raise IntegrityError(f"{tar_path.name}: not a readable tar file ({exc})",
+        why = " ".join(str(exc).split()) or type(exc).__name__  # one line
+        raise IntegrityError(f"{tar_path.name}: not a readable tar file ({why})",
                              hint=_DAMAGED_HINT) from exc
+
+
+_COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz",
+                     b"\x28\xb5\x2f\xfd": "zstd"}
+
+
+def _refuse_compressed(tar_path: Path) -> None:
+    """Refuse a compressed tar with a clear error (the JSOC's url-tar tars are plain)."""
+    with _disk_errors(), tar_path.open("rb") as f:
+        head = f.read(6)
+    for magic, kind in _COMPRESSED_MAGIC.items():
+        if head.startswith(magic):
+            raise IntegrityError(
+                f"{tar_path.name}: a {kind}-compressed file; asyncjsoc unpacks only the plain "
+                f"tars of url-tar exports, so {_NOTHING_WRITTEN}",
+                hint="decompress it first, or extract it by hand (tar -xf) if you trust "
+                     "its source")
 
 
 def _disk_errors() -> contextlib.AbstractContextManager[None]:
@@ -176,13 +201,14 @@ def _plan(tar: tarfile.TarFile, tar_path: Path, out: Path) -> list[_Member]:
     or a different file in a member's way."""
     members: list[_Member] = []
     seen: set[str] = set()
+    parents: dict[str, str] = {}  # every directory the members need -> one member in it
     tar_itself = tar_path.resolve()
     for info in tar.getmembers():
         if info.isdir():
             continue
-        if not info.isfile():
+        if not info.isfile() or info.issparse():
             kind = ("symbolic link" if info.issym() else "hard link" if info.islnk()
-                    else "device or FIFO")
+                    else "sparse file" if info.isfile() else "device or FIFO")
             raise UnsafePathError(
                 f"{tar_path.name}: member {info.name!r} is a {kind}; asyncjsoc extracts "
                 f"regular files only, so {_NOTHING_WRITTEN}",
@@ -198,27 +224,61 @@ def _plan(tar: tarfile.TarFile, tar_path: Path, out: Path) -> list[_Member]:
                 f"{tar_path.name}: member {relpath!r} appears twice; {_NOTHING_WRITTEN}",
                 hint="extract it by hand (tar -xf) if you trust its source")
         seen.add(relpath)
+        head = relpath
+        while "/" in head:
+            head = head.rpartition("/")[0]
+            parents.setdefault(head, relpath)
         if dest == tar_itself:
             raise UnsafePathError(
                 f"{tar_path.name}: member {relpath!r} would replace the tar itself; "
                 f"{_NOTHING_WRITTEN}", hint="extract it into another directory (--out)")
-        members.append(_Member(info, dest, _present(dest, info.size, tar_path)))
-    return members
+        members.append(_Member(info, relpath, dest))
+    for member in members:
+        if member.relpath in parents:
+            raise UnsafePathError(
+                f"{tar_path.name}: member {member.relpath!r} is also the directory of member "
+                f"{parents[member.relpath]!r}; {_NOTHING_WRITTEN}",
+                hint="extract it by hand (tar -xf) if you trust its source")
+    return [replace(m, present=_present(tar, m, tar_path)) for m in members]
 
 
-def _present(dest: Path, size: int, tar_path: Path) -> bool:
-    """Whether ``dest`` already holds the member (a regular file of its size); an error
-    when something else is in its way."""
+def _present(tar: tarfile.TarFile, member: _Member, tar_path: Path) -> bool:
+    """Whether ``member.dest`` already holds the member (a regular file with its very
+    bytes); an error when something else is in its way, there or at one of its
+    directories."""
+    dest, size = member.dest, member.info.size
+    for _ in range(member.relpath.count("/")):  # the member's own directories
+        dest = dest.parent
+        if dest.exists() and not dest.is_dir():
+            raise LocalError(
+                f"{dest}: a file where {tar_path.name} needs a directory (for "
+                f"{member.info.name!r}); {_NOTHING_WRITTEN}",
+                hint="move that file away, or extract into another directory (--out)")
+    dest = member.dest
     try:
         st = dest.lstat()
     except FileNotFoundError:
         return False
-    if dest.is_file() and not dest.is_symlink() and st.st_size == size:
+    if (dest.is_file() and not dest.is_symlink() and st.st_size == size
+            and _same_bytes(tar, member.info, dest)):
         return True
     raise LocalError(
-        f"{dest}: already exists ({st.st_size} bytes) and is not the {size}-byte file "
-        f"{tar_path.name} holds under that name; {_NOTHING_WRITTEN}",
-        hint="move that file away, or extract into another directory (--out)")
+        f"{dest}: already exists and is not the file {tar_path.name} holds under that name "
+        f"(another file of that name, {st.st_size} bytes); {_NOTHING_WRITTEN}",
+        hint="move that file away, or extract into another directory (--out); when two "
+             "exports' files share a name, put every prime key and {segment} in filenamefmt")
+
+
+def _same_bytes(tar: tarfile.TarFile, info: tarfile.TarInfo, path: Path) -> bool:
+    """Whether the file at ``path`` holds exactly the bytes of member ``info``."""
+    source = tar.extractfile(info)
+    if source is None:
+        return False
+    with source, _disk_errors(), path.open("rb") as mine:
+        while chunk := source.read(_CHUNK):
+            if mine.read(len(chunk)) != chunk:
+                return False
+        return mine.read(1) == b""
 
 
 def _write_member(tar: tarfile.TarFile, member: _Member, tar_path: Path, *, verify: bool,

@@ -123,3 +123,21 @@ def test_extract_tars_needs_url_tar() -> None:
 
     with pytest.raises(InvalidInputError, match="url-tar"):
         ClientConfig(extract_tars=True)
+
+
+async def test_members_of_two_tars_sharing_a_name_are_never_lost_silently(
+        tmp_path: Path) -> None:
+    """A filenamefmt without the time key names every record's file alike: the first tar's
+    file is kept, each later tar fails with the fix in its hint, and no file on disk is
+    taken for another record's (before: same size, so "already unpacked", ok=True)."""
+    out = tmp_path / "out"
+    rs = "hmi.M_45s[2012.01.01_00:00:00_TAI/3m]{magnetogram}"  # 4 records
+    async with emulator() as emu, Client(fast_config(
+            emu, method="url-tar", max_files_per_export=1, extract_tars=True,
+            filenamefmt="hmi.M_45s.{CAMERA}.{segment}"), out) as client:
+        result = await client.fetch(rs)
+    assert not result.ok
+    assert len(result.files) == 1
+    assert len(result.failed) == 3
+    assert all("filenamefmt" in (f.error.hint or "") for f in result.failed)
+    assert list(_tree(out)) == ["hmi.M_45s.2.magnetogram.fits"]

@@ -237,3 +237,86 @@ def test_a_directory_is_not_a_tar(tmp_path: Path) -> None:
     """A directory given as the tar is named as one."""
     with pytest.raises(LocalError, match="a directory"):
         extract_tar_sync(tmp_path)
+
+
+def test_a_same_size_file_with_other_bytes_is_not_taken_for_the_member(
+        tmp_path: Path) -> None:
+    """Only a byte-identical file counts as already unpacked: a file of the member's size
+    but other bytes (another export's file of that name, say) stops the tar untouched."""
+    out = tmp_path / "out"
+    out.mkdir()
+    name, body = MEMBERS[1]
+    mine = out / name
+    other = bytes(b ^ 0xFF for b in body)
+    mine.write_bytes(other)
+    tar = _tar(tmp_path / "t.tar", MEMBERS)
+    with pytest.raises(LocalError, match="already exists and is not the file") as caught:
+        extract_tar_sync(tar, out)
+    assert "filenamefmt" in (caught.value.hint or "")
+    assert mine.read_bytes() == other
+    assert _tree(out) == {name}
+
+
+@pytest.mark.parametrize("order", ["file first", "directory first"])
+def test_a_name_that_is_a_file_and_a_directory_refuses_the_tar(tmp_path: Path,
+                                                               order: str) -> None:
+    """Members ``d`` and ``d/x.fits`` cannot both exist: refused before any write."""
+    members = [("d", MEMBERS[0][1]), ("d/x.fits", MEMBERS[1][1])]
+    if order == "directory first":
+        members.reverse()
+    tar = _tar(tmp_path / "t.tar", [MEMBERS[2], *members])
+    out = tmp_path / "out"
+    with pytest.raises(UnsafePathError, match="also the directory of member"):
+        extract_tar_sync(tar, out)
+    assert not out.exists() or _tree(out) == set()
+
+
+def test_a_file_where_a_member_needs_a_directory_refuses_the_tar(tmp_path: Path) -> None:
+    """A file on disk where a member's directory goes: refused before any write."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "d").write_bytes(b"mine")
+    tar = _tar(tmp_path / "t.tar", [MEMBERS[0], ("d/x.fits", MEMBERS[1][1])])
+    with pytest.raises(LocalError, match="needs a directory"):
+        extract_tar_sync(tar, out)
+    assert _tree(out) == {"d"}
+    assert (out / "d").read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize(("mode", "kind"), [("w:gz", "gzip"), ("w:bz2", "bzip2"),
+                                            ("w:xz", "xz")])
+def test_a_compressed_tar_is_refused(tmp_path: Path, mode: str, kind: str) -> None:
+    """Only plain tars are read (so no member can expand beyond the tar's own bytes)."""
+    tar = tmp_path / "t.tar"
+    with tarfile.open(tar, mode) as packed:  # type: ignore[call-overload]
+        for name, body in MEMBERS:
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            packed.addfile(info, io.BytesIO(body))
+    out = tmp_path / "out"
+    with pytest.raises(IntegrityError, match=f"{kind}-compressed"):
+        extract_tar_sync(tar, out)
+    assert not out.exists() or _tree(out) == set()
+
+
+def test_a_sparse_member_is_refused(tmp_path: Path) -> None:
+    """A GNU sparse member (a few bytes in the tar, any size on disk) refuses the tar."""
+    sparse = tarfile.TarInfo("bomb.fits")
+    sparse.type = tarfile.GNUTYPE_SPARSE
+    sparse.size = 0
+    tar = tmp_path / "t.tar"
+    with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT) as packed:
+        packed.addfile(sparse)
+    out = tmp_path / "out"
+    with pytest.raises(UnsafePathError, match="sparse file"):
+        extract_tar_sync(tar, out)
+    assert not out.exists() or _tree(out) == set()
+
+
+def test_a_damaged_tar_is_named_in_one_line(tmp_path: Path) -> None:
+    """Whatever tarfile says, the error is one line."""
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"\0" * 100 + b"not a tar header" * 40)
+    with pytest.raises(IntegrityError) as caught:
+        extract_tar_sync(junk)
+    assert "\n" not in str(caught.value.message)
