@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import platform
 import re
@@ -37,9 +38,10 @@ from typing import Literal
 import anyio
 import anyio.to_thread
 
-from .exceptions import DiskError
+from .exceptions import DiskError, UnsafePathError
 
 __all__ = [
+    "NAME_ERRNOS",
     "NOFOLLOW",
     "BatchPublisher",
     "disk_errors",
@@ -255,6 +257,11 @@ def disk_errors(hint: str, path: Path | None = None) -> Iterator[None]:
     """Turn an :class:`OSError` from a local file operation into a
     :class:`~asyncjsoc.exceptions.DiskError` with ``hint`` (what to do about it).
 
+    An error that belongs to the one name rather than to the disk (too long for the file
+    system, a file where a directory must go or the other way round) becomes an
+    :class:`~asyncjsoc.exceptions.UnsafePathError` instead: that file fails, and the pull
+    goes on with the others (a :class:`DiskError` stops it).
+
     ``path`` names the file when the error does not (calls on a file descriptor).
     """
     try:
@@ -262,7 +269,17 @@ def disk_errors(hint: str, path: Path | None = None) -> Iterator[None]:
     except OSError as exc:
         name = exc.filename or path
         where = f" {name}" if name else ""
-        raise DiskError(f"cannot write{where}: {exc.strerror or exc}", hint=hint) from exc
+        message = f"cannot write{where}: {exc.strerror or exc}"
+        if exc.errno in NAME_ERRNOS:
+            raise UnsafePathError(message, hint=_NAME_HINT) from exc
+        raise DiskError(message, hint=hint) from exc
+
+
+NAME_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EISDIR, errno.ENOTDIR, errno.EEXIST})
+"""``errno`` values that are about one path, not the disk (see :func:`disk_errors`)."""
+
+_NAME_HINT = ("the name clashes with a file or directory already there, or is too long for "
+              "this file system: move the other away, or choose names with filenamefmt")
 
 
 def fsync_dir(directory: Path) -> None:

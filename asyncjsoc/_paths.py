@@ -31,6 +31,8 @@ SIDECAR_SUFFIX = PART_SUFFIX + ".meta"
 where the file system takes no extended attributes (see :mod:`asyncjsoc._resume`)."""
 
 _MAX_COMPONENT_BYTES = 255
+_MAX_FILE_NAME_BYTES = _MAX_COMPONENT_BYTES - len(SIDECAR_SUFFIX)
+"""A file name must leave room for its part file's sidecar suffix (NAME_MAX is 255)."""
 _DRIVE = re.compile(r"^[A-Za-z]:")
 # C0 controls, DEL and C1 controls: never part of a sane file name, and dangerous on terminals.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -65,11 +67,12 @@ def safe_relpath(name: str) -> str:
     ------
     UnsafePathError
         For an empty or ``.``-only name, an absolute path, a drive letter, a backslash, a NUL
-        or other control character, a ``..`` component, a component longer than 255 bytes,
+        or other control character, a ``..`` component, a component longer than 255 bytes
+        (a file name longer than 245, leaving room for the ``.part.meta`` suffix),
         a name under the state directory ``.asyncjsoc``, or a name ending in ``.part`` or
         ``.part.meta`` (the downloader's temporary files).
     """
-    if (len(name) <= _MAX_COMPONENT_BYTES and _PLAIN.fullmatch(name)
+    if (len(name) <= _MAX_FILE_NAME_BYTES and _PLAIN.fullmatch(name)
             and not name.endswith((PART_SUFFIX, SIDECAR_SUFFIX))):
         return name  # the common case, which _checked_relpath would return unchanged
     return _checked_relpath(name)
@@ -102,6 +105,9 @@ def _checked_relpath(name: str) -> str:
     if parts[0] == STATE_DIRNAME:
         raise _refuse(name, f"inside asyncjsoc's state directory {STATE_DIRNAME}")
     last = parts[-1]
+    if len(last.encode("utf-8")) > _MAX_FILE_NAME_BYTES:
+        raise _refuse(name, f"file name longer than {_MAX_FILE_NAME_BYTES} bytes (no room "
+                            f"for the {SIDECAR_SUFFIX!r} suffix of its temporary files)")
     if last.endswith((PART_SUFFIX, SIDECAR_SUFFIX)):
         raise _refuse(name, "collides with asyncjsoc's temporary files")
     return str(PurePosixPath(*parts))

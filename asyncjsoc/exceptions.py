@@ -258,7 +258,10 @@ class DiskError(LocalError):
 
 
 class UnsafePathError(LocalError):
-    """A server-sent file name would land outside the output directory; it was refused."""
+    """A server-sent file name was refused: it would land outside the output directory (or
+    on asyncjsoc's own files), or it cannot be made there (too long for the file system, or
+    a file where a directory must go, or the other way round). That file fails; the pull
+    goes on with the others."""
 
 
 class StateError(LocalError):

@@ -82,7 +82,7 @@ def failed_records(result: PullResult) -> set[str]:
     return {f.record for f in result.failed}
 
 
-@pytest.mark.parametrize("kind", ["dotdot", "absolute", "nul", "backslash"])
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "nul", "backslash", "long"])
 @pytest.mark.parametrize("method", ["url", "url_quick"])
 async def test_unsafe_file_names(kind: str, method: str, tmp_path: Path) -> None:
     """Unsafe names fail their records with UnsafePathError; the other files arrive intact."""
@@ -235,3 +235,25 @@ async def test_endless_body_without_length_is_cut_at_max_bytes(tmp_path: Path) -
         assert emu.audit.file_gets(path) == 2
     assert not dest.exists()
     assert disk_usage(tmp_path) <= 4 * size
+
+
+async def test_a_directory_under_a_file_name_fails_that_file_only(tmp_path: Path) -> None:
+    """A directory where a file must go (or any name the file system cannot hold there)
+    fails that file with UnsafePathError; before, it stopped the whole pull, on every rerun,
+    with a DiskError about free space."""
+    (tmp_path / "first").mkdir()
+    async with emulator() as emu:
+        first, first_out = await pull(emu, tmp_path / "first", max_files_per_export=3)
+        assert first.ok
+        blocked = sorted(f.relpath for f in first.files)[0]
+        out = tmp_path / "out"
+        (out / blocked / "mine").mkdir(parents=True)
+        async with Client(fast_config(emu, max_files_per_export=3), out) as client:
+            result = await client.fetch(SHARP)
+    assert [f.relpath for f in result.failed] == [blocked]
+    error = result.failed[0].error
+    assert isinstance(error, UnsafePathError)
+    assert "directory" in error.message.lower()
+    assert len(result.files) == N_FILES - 1
+    assert (out / blocked / "mine").is_dir()
+    assert data_files(out) == data_files(first_out) - {blocked}

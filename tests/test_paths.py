@@ -257,3 +257,14 @@ def test_placer_stops_remembering_names_at_its_limit(
     monkeypatch.setattr(_paths, "PLACED_LIMIT", 2)
     placer = Placer(tmp_path / "out")
     assert [placer.place_fresh(f"f{i}.fits")[2] for i in range(4)] == [True, True, False, False]
+
+
+def test_a_file_name_leaves_room_for_the_temporary_suffixes() -> None:
+    """NAME_MAX is 255 bytes and a part file's sidecar adds ``.part.meta`` (10): a file name
+    may have 245 bytes, a directory name 255; a longer one is refused up front instead of
+    failing at the disk."""
+    assert safe_relpath("a" * 245) == "a" * 245
+    assert safe_relpath("d" * 255 + "/" + "a" * 245) == "d" * 255 + "/" + "a" * 245
+    for name in ("a" * 246, "d/" + "a" * 246, "é" * 123):
+        with pytest.raises(UnsafePathError, match="longer than 245 bytes"):
+            safe_relpath(name)

@@ -51,7 +51,14 @@ def hostile_name(kind: str, name: str) -> str:
         return f"{base}\x00.txt"
     if kind == "backslash":
         return f"..\\..\\..\\{base}"
+    if kind == "long":
+        return _long_name(base)
     raise ValueError(f"unknown hostile name kind {kind!r}")
+
+
+def _long_name(base: str) -> str:
+    """``base`` padded in front to 252 bytes: a legal file name with no room for ``.part``."""
+    return "L" * max(252 - len(base.encode("utf-8")) - 1, 0) + "." + base
 
 
 def hostile_sums_path(kind: str, path: str) -> str:
@@ -65,6 +72,8 @@ def hostile_sums_path(kind: str, path: str) -> str:
         return f"{path}\x00.txt"
     if kind == "backslash":
         return f"{head}\\..\\..\\{base}"
+    if kind == "long":
+        return f"{head}/{_long_name(base)}"
     raise ValueError(f"unknown hostile name kind {kind!r}")
 
 

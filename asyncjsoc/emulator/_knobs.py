@@ -109,7 +109,9 @@ class Knobs:
         Hostile server: kind → fraction of export data rows (per record and segment, seeded)
         whose ``filename`` is replaced by an unsafe one. Kinds: ``"dotdot"`` (``../`` escapes),
         ``"absolute"`` (``/tmp/...``), ``"nul"`` (a NUL byte), ``"backslash"`` (``..\\``
-        escapes). Applies to ``index.json``/``index.txt`` rows and to ``url_quick`` SUMS paths.
+        escapes), ``"long"`` (a 252-byte name: legal, but with a ``.part`` suffix it would
+        pass the 255-byte limit). Applies to ``index.json``/``index.txt`` rows and to
+        ``url_quick`` SUMS paths.
     hostile_dirs : dict[str, float]
         Hostile server: kind → fraction of staged exports (per request id) whose ``dir`` is
         unsafe: ``"dotdot"`` (``/SUM1/../../tmp``), ``"relative"`` (no leading ``/``),
