@@ -52,7 +52,7 @@ from asyncjsoc._query import Query
 from asyncjsoc._ratelimit import TokenBucket
 from asyncjsoc._retry import RetryPolicy
 from asyncjsoc._scheduler import DownloadJob, ExportScheduler, Failure, is_expiry
-from asyncjsoc._store import StateStore, default_state_path
+from asyncjsoc._store import OutputLock, StateStore, default_state_path
 from asyncjsoc._untar import extract_tar
 from asyncjsoc.exceptions import (
     DiskError,
@@ -377,7 +377,11 @@ class Client:
             self._require_open()
             if self._store is None:
                 assert self._stack is not None
-                path = self.config.state_path or default_state_path(self.out_dir)
+                default = default_state_path(self.out_dir)
+                path = self.config.state_path or default
+                if path.resolve() != default.resolve():
+                    # The store locks its own database: lock the directory as well.
+                    self._stack.enter_context(OutputLock(self.out_dir))
                 self._store = await self._stack.enter_async_context(
                     StateStore(path, reset=self.config.reset))
             return self._store

@@ -105,7 +105,9 @@ class ClientConfig:
         See :class:`~asyncjsoc._download.Downloader`.
     state_path
         The SQLite file that makes a pull resumable; ``None`` means
-        ``<out_dir>/.asyncjsoc/state.sqlite``.
+        ``<out_dir>/.asyncjsoc/state.sqlite``. A pull with a state file elsewhere still
+        locks the output directory (``<out_dir>/.asyncjsoc/state.sqlite.lock``): two pulls
+        never write into one directory at once, whatever state files they use.
     reset
         When the state file holds the state of a different pull (another query, server or
         export options), discard it and start this pull afresh instead of raising

@@ -40,12 +40,14 @@ __all__ = [
     "ChunkState",
     "FileRecord",
     "FileState",
+    "OutputLock",
     "StateStore",
     "StoreSummary",
     "StoredExport",
     "default_state_path",
     "lock_path",
     "read_summary",
+    "take_lock",
 ]
 
 DEFERRED_ROWS = 1024
@@ -140,6 +142,67 @@ def default_state_path(out_dir: Path) -> Path:
 def lock_path(state_path: Path) -> Path:
     """The lock file a run holds while it uses the state database ``state_path``."""
     return state_path.with_name(state_path.name + ".lock")
+
+
+def take_lock(path: Path, user_of: str) -> int:
+    """Create ``path`` (and its directory) and hold an exclusive ``flock`` on it.
+
+    Returns the descriptor (closing it releases the lock); the holder's pid is written in
+    the file, for the error a second taker gets.
+
+    Raises
+    ------
+    StateLockedError
+        Another process (or another open descriptor here) holds it; the message names
+        ``user_of``, what the lock guards.
+    StateError
+        The lock file cannot be created or locked.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StateError(f"cannot create the state lock {path}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+        finally:
+            os.close(fd)
+        raise StateLockedError(
+            f"another asyncjsoc run is using {user_of} (pid {holder})",
+            hint="wait for it to finish, or use a different output directory",
+        ) from None
+    except OSError as exc:
+        os.close(fd)
+        raise StateError(f"cannot lock {path}: {exc}") from exc
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
+
+
+class OutputLock:
+    """The lock of an output directory for a pull whose state database lives elsewhere.
+
+    A :class:`StateStore` locks its database; at the default location that lock is the
+    output directory's too. A pull with its own ``state_path`` also holds this one (the
+    default location's lock file), so two pulls never write into one directory at once,
+    whichever state each uses. A sync context manager (the calls are quick and local).
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self._fd: int | None = None
+
+    def __enter__(self) -> OutputLock:
+        self._fd = take_lock(lock_path(default_state_path(self.out_dir)), str(self.out_dir))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,28 +453,9 @@ class StateStore:
 
     def _take_lock(self) -> None:
         """Create the state directory and hold an exclusive flock on the lock file."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StateError(f"cannot create the state lock {self._lock_path}: {exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
-            finally:
-                os.close(fd)
-            raise StateLockedError(
-                f"another asyncjsoc run is using {self.path.parent.parent} (pid {holder})",
-                hint="wait for it to finish, or use a different output directory",
-            ) from None
-        except OSError as exc:
-            os.close(fd)
-            raise StateError(f"cannot lock {self._lock_path}: {exc}") from exc
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-        self._lock_fd = fd
+        default = self.path.parent.name == STATE_DIRNAME and self.path.name == "state.sqlite"
+        user_of = str(self.path.parent.parent) if default else str(self.path)
+        self._lock_fd = take_lock(self._lock_path, user_of)
 
     def _release_lock(self) -> None:
         """Drop the flock (closing the descriptor releases it)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -323,6 +324,37 @@ async def test_second_client_on_same_directory_is_refused(tmp_path: Path) -> Non
             async with Client(config, tmp_path) as second:
                 with pytest.raises(StateLockedError):
                     await second.fetch(QUERY)
+
+
+@pytest.mark.parametrize("states", [("a.sqlite", "b.sqlite"), (None, "b.sqlite"),
+                                    ("a.sqlite", None)])
+async def test_pulls_with_their_own_state_files_still_lock_the_directory(
+        tmp_path: Path, states: tuple[str | None, str | None]) -> None:
+    """A state file elsewhere does not let two pulls write into one directory at once (their
+    part files would collide): the second is refused, naming the directory; the first goes
+    on, and once it is closed the second may pull."""
+    out = tmp_path / "out"
+    paths = [tmp_path / name if name else None for name in states]
+    async with emulator() as emu:
+        first_config, second_config = (fast_config(emu, state_path=p) for p in paths)
+        async with Client(first_config, out) as first:
+            await first.fetch(QUERY)
+            async with Client(second_config, out) as second:
+                with pytest.raises(StateLockedError, match=re.escape(str(out))):
+                    await second.fetch(QUERY)
+            assert (await first.fetch(QUERY)).ok
+        async with Client(second_config, out) as second:
+            assert (await second.fetch(QUERY)).ok
+
+
+async def test_a_state_file_at_the_default_place_named_explicitly_is_no_second_lock(
+        tmp_path: Path) -> None:
+    """state_path spelling out the default location takes the one lock, once."""
+    async with emulator() as emu:
+        config = fast_config(emu, state_path=tmp_path / "x" / ".." / ".asyncjsoc" /
+                             "state.sqlite")
+        async with Client(config, tmp_path) as client:
+            assert (await client.fetch(QUERY)).ok
 
 
 async def test_plan_and_check_emails_write_nothing_and_take_no_lock(tmp_path: Path) -> None:
