@@ -82,7 +82,8 @@ def _add_server(p: argparse.ArgumentParser, *, emails: bool = True) -> None:
                        help="registered notify address; repeat for one export slot per "
                        "address (default: $ASYNCJSOC_EMAILS, comma-separated)")
     g.add_argument("--ca-bundle", type=Path, metavar="PATH",
-                   help="PEM file of CA certificates for HTTPS")
+                   help="PEM file of the CA certificates to trust for HTTPS, instead of "
+                   "the system's")
     g.add_argument("--connections", type=positive_int, metavar="N",
                    help="concurrent file downloads (default 2; the JSOC asks for few)")
     g.add_argument("--rate-limit", type=positive_float, metavar="R",

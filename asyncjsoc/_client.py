@@ -296,6 +296,9 @@ class Client:
 
     def __init__(self, config: ClientConfig | None = None, out_dir: str | Path = ".", *,
                  reporter: Reporter | None = None) -> None:
+        if config is not None and not isinstance(config, ClientConfig):
+            raise InvalidInputError(f"config must be a ClientConfig, not {type(config).__name__}",
+                                    hint="pass ClientConfig(**options)")
         self.config = config if config is not None else ClientConfig()
         self.out_dir = Path(out_dir)
         if self.out_dir.exists() and not self.out_dir.is_dir():
@@ -762,7 +765,13 @@ class Client:
 
 def _as_query(query: Query | str) -> Query:
     """A Query from a Query or a record-set string."""
-    return Query.from_recordset(query) if isinstance(query, str) else query
+    if isinstance(query, str):
+        return Query.from_recordset(query)
+    if not isinstance(query, Query):
+        raise InvalidInputError(f"a query is a record-set string or a Query, not {query!r}",
+                                hint="e.g. 'hmi.M_720s[2014.01.01_TAI/1h]{magnetogram}', "
+                                     "or Query.build(...)")
+    return query
 
 
 def _sizes_on_disk(out_dir: Path, relpaths: list[str]) -> list[tuple[Path | None, int | None]]:

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, get_args
+from typing import get_args
+from urllib.parse import urlsplit
 
 from asyncjsoc._models import ExportMethod, ExportProtocol
+from asyncjsoc._retry import RetryPolicy
 from asyncjsoc.exceptions import InvalidInputError
-
-if TYPE_CHECKING:
-    from asyncjsoc._retry import RetryPolicy
 
 __all__ = ["IP_PENDING_LIMIT", "ClientConfig"]
 
@@ -114,7 +114,8 @@ class ClientConfig:
         :class:`~asyncjsoc.exceptions.StateMismatchError`. Files already on disk are kept;
         the state of the same pull is always resumed.
     ca_bundle
-        A PEM file of extra CA certificates for HTTPS; ``None`` uses the system's. TLS is
+        A PEM file of the CA certificates to trust for HTTPS, instead of the system's (for a
+        site with its own CA, or a TLS-inspecting proxy); ``None`` uses the system's. TLS is
         always verified.
     sock_connect
         Seconds to wait for a TCP connection. There is no total timeout: large files take
@@ -168,11 +169,19 @@ class ClientConfig:
     def __post_init__(self) -> None:
         """Normalise the emails and refuse impossible values."""
         # A lone string is a common slip; iterating it would give one "email" per letter.
-        emails: tuple[str, ...] = (
-            (self.emails,) if isinstance(self.emails, str) else tuple(self.emails)  # type: ignore[unreachable]
-        )
+        given: object = self.emails  # typed as a tuple, but callers pass anything
+        emails: tuple[object, ...]
+        if isinstance(given, str):
+            emails = (given,)
+        elif isinstance(given, Iterable):
+            emails = tuple(given)
+        else:
+            raise InvalidInputError(f"emails must be a list of addresses, not {self.emails!r}")
         cleaned: list[str] = []
         for email in emails:
+            if not isinstance(email, str):
+                raise InvalidInputError(f"not an email address: {email!r}",
+                                        hint="give the address you registered with the JSOC")
             address = email.strip()
             if not _EMAIL.match(address):
                 raise InvalidInputError(
@@ -183,9 +192,14 @@ class ClientConfig:
                 cleaned.append(address)
         object.__setattr__(self, "emails", tuple(cleaned))
 
-        server = self.server.rstrip("/")
-        if not server.startswith(("http://", "https://")):
+        if not isinstance(self.server, str):
             raise InvalidInputError(f"server must be an http(s) URL, not {self.server!r}")
+        server = self.server.strip().rstrip("/")
+        parts = urlsplit(server)
+        if (parts.scheme not in ("http", "https") or not parts.hostname
+                or any(c.isspace() for c in server)):
+            raise InvalidInputError(f"server must be an http(s) URL, not {self.server!r}",
+                                    hint="for example http://jsoc.stanford.edu")
         object.__setattr__(self, "server", server)
         if self.method not in get_args(ExportMethod):
             raise InvalidInputError(f"unknown export method {self.method!r}")
@@ -194,8 +208,9 @@ class ClientConfig:
         if self.extract_tars and self.method != "url-tar":
             raise InvalidInputError("extract_tars unpacks url-tar exports",
                                     hint="set method='url-tar', or leave extract_tars off")
-        if self.max_files_per_export is not None and self.max_files_per_export < 1:
-            raise InvalidInputError("max_files_per_export must be at least 1")
+        if self.max_files_per_export is not None:
+            _positive_int(self.max_files_per_export, "max_files_per_export")
+        _positive_int(self.max_pending_exports, "max_pending_exports")
         if not 1 <= self.max_pending_exports < IP_PENDING_LIMIT:
             raise InvalidInputError(
                 f"max_pending_exports must be between 1 and {IP_PENDING_LIMIT - 1}",
@@ -205,16 +220,30 @@ class ClientConfig:
         _positive_int(self.burst, "burst")
         _positive_int(self.chunk_size, "chunk_size")
         _positive_int(self.download_buffer, "download_buffer")
-        if self.status6_retries < 0:
-            raise InvalidInputError("status6_retries must not be negative")
+        if (isinstance(self.status6_retries, bool) or not isinstance(self.status6_retries, int)
+                or self.status6_retries < 0):
+            raise InvalidInputError(f"status6_retries must be a whole number of at least 0, "
+                                    f"not {self.status6_retries!r}")
         for name in ("requests_per_second", "sock_connect", "sock_read", "poll_max"):
             _positive_float(getattr(self, name), name)
-        if not (math.isfinite(self.poll_min) and 0 <= self.poll_min <= self.poll_max):
-            raise InvalidInputError("poll_min must be between 0 and poll_max")
+        if not (isinstance(self.poll_min, int | float) and math.isfinite(self.poll_min)
+                and 0 <= self.poll_min <= self.poll_max):
+            raise InvalidInputError(f"poll_min must be a number between 0 and poll_max, not "
+                                    f"{self.poll_min!r}")
+        for name in ("verify_checksums", "extract_tars", "fsync", "inline_io", "reset"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidInputError(f"{name} must be True or False, not "
+                                        f"{getattr(self, name)!r}")
+        if self.retry is not None and not isinstance(self.retry, RetryPolicy):
+            raise InvalidInputError(f"retry must be a RetryPolicy or None, not {self.retry!r}")
         if self.state_path is not None:
             object.__setattr__(self, "state_path", Path(self.state_path))
         if self.ca_bundle is not None:
-            object.__setattr__(self, "ca_bundle", Path(self.ca_bundle))
+            ca_bundle = Path(self.ca_bundle)
+            if not ca_bundle.is_file():
+                raise InvalidInputError(f"ca_bundle {str(ca_bundle)!r} is not a file",
+                                        hint="give the path of a PEM file of CA certificates")
+            object.__setattr__(self, "ca_bundle", ca_bundle)
 
     @property
     def export_method(self) -> ExportMethod:

@@ -191,6 +191,9 @@ class Query:
         step = None if cadence is None else parse_duration(cadence)
         time_item = Range(TimeValue(first), TimeValue(last), step)
 
+        if primekeys is not None and not isinstance(primekeys, Mapping):
+            raise InvalidInputError(f"primekeys must map prime keys to values, not "
+                                    f"{primekeys!r}", hint="e.g. primekeys={'HARPNUM': 7302}")
         order, time_key = _primekey_order(series, series_info, bool(primekeys))
         given = {k.upper(): (k, v) for k, v in (primekeys or {}).items()}
         known = {k.upper() for k in order}
@@ -324,6 +327,8 @@ def _where_clauses(where: Sequence[str] | str | None, info: SeriesInfo | None
     """Validated and normalised ``KEY op number`` clauses."""
     if where is None:
         return []
+    if not isinstance(where, str | Iterable):
+        raise InvalidInputError(f"bad where clause {where!r}", hint=_WHERE_HINT)
     clauses = [where] if isinstance(where, str) else list(where)
     out: list[str] = []
     for clause in clauses:

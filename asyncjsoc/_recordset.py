@@ -459,7 +459,8 @@ class _Parser:
         raise self.fail(f"bad character {self.peek()!r} in a prime-key value")
 
     def segment_list(self) -> tuple[str, ...]:
-        """``{a,b}``; ``pos`` is on the ``{``."""
+        """``{a,b}``; ``pos`` is on the ``{``. A name given twice counts once (segment names
+        are case-insensitive in DRMS), so plans count each file once."""
         opened = self.pos
         self.pos += 1
         self.skip_space()
@@ -474,7 +475,8 @@ class _Parser:
                 if self.peek() == "":
                     raise self.fail("unbalanced '{': missing '}'", opened)
                 raise self.fail(f"bad segment name starting at {self._found()}")
-            names.append(m.group(0))
+            if m.group(0).lower() not in (n.lower() for n in names):
+                names.append(m.group(0))
             self.pos = m.end()
             self.skip_space()
             if self.peek() == ",":

@@ -684,3 +684,17 @@ def test_out_dir_that_is_a_file_is_refused_at_once(tmp_path: Path) -> None:
         Client(ClientConfig(emails=("a@example.org",)), blocker)
     assert blocker.read_text() == "x"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+async def test_wrongly_typed_arguments_are_clear_errors(tmp_path: Path) -> None:
+    """A dict for the config, or bytes for the query: InvalidInputError naming the problem,
+    not an AttributeError from deep inside."""
+    with pytest.raises(InvalidInputError, match="ClientConfig"):
+        Client({"server": "http://127.0.0.1:1"}, tmp_path)  # type: ignore[arg-type]
+    async with emulator() as emu, Client(fast_config(emu), tmp_path) as client:
+        for query in (b"hmi.M_45s[$]", None, ["hmi.M_45s[$]"]):
+            with pytest.raises(InvalidInputError, match="record-set string or a Query"):
+                await client.fetch(query)  # type: ignore[arg-type]
+            with pytest.raises(InvalidInputError, match="record-set string or a Query"):
+                await client.plan(query)  # type: ignore[arg-type]
+    assert not (tmp_path / ".asyncjsoc").exists()

@@ -47,12 +47,30 @@ def test_emails_are_normalised() -> None:
         {"poll_min": 5.0, "poll_max": 1.0},
         {"status6_retries": -1},
         {"chunk_size": True},
+        {"emails": None},
+        {"emails": [1]},
+        {"server": None},
+        {"server": "http://exa mple.org"},
+        {"server": "http://"},
+        {"max_pending_exports": 2.5},
+        {"max_pending_exports": None},
+        {"max_files_per_export": 1.5},
+        {"status6_retries": None},
+        {"status6_retries": 1.5},
+        {"poll_min": "1"},
+        {"verify_checksums": "no"},
+        {"fsync": 1},
+        {"retry": "x"},
+        {"ca_bundle": "/nonexistent/ca.pem"},
     ],
 )
 def test_bad_values_are_refused(changes: dict[str, object]) -> None:
-    """Each impossible value raises InvalidInputError (also a ValueError)."""
-    with pytest.raises(InvalidInputError):
+    """Each impossible or wrongly typed value raises InvalidInputError (also a ValueError)
+    naming the field, when the config is made, not deep inside a pull."""
+    with pytest.raises(InvalidInputError) as caught:
         ClientConfig(**changes)  # type: ignore[arg-type]
+    field = next(iter(changes))
+    assert field in caught.value.message or field == "emails"
     with pytest.raises(ValueError, match=r"."):
         dataclasses.replace(ClientConfig(), **changes)  # type: ignore[arg-type]
 

@@ -173,7 +173,8 @@ def recordsets(draw: st.DrawFn) -> RecordSet:
     series = draw(st.sampled_from(["hmi.sharp_cea_720s", "aia.lev1_euv_12s", "hmi.M_45s", "a.0"]))
     subsets = draw(st.lists(st.builds(
         Subset, st.just(series), st.lists(_filters, max_size=4).map(tuple),
-        st.none() | st.lists(_names, max_size=4).map(tuple)), min_size=1, max_size=3))
+        st.none() | st.lists(_names, max_size=4, unique_by=str.lower).map(tuple)),
+        min_size=1, max_size=3))
     return RecordSet(tuple(subsets))
 
 
@@ -195,3 +196,11 @@ def test_fuzz_only_our_errors(text: str) -> None:
         assert 0 <= position <= len(text)
         return
     assert parse_recordset(str(rs)) == rs
+
+
+def test_a_segment_named_twice_counts_once() -> None:
+    """``{Br,Bp,br}`` asks for two segments (DRMS names are case-insensitive): planning must
+    not count a file twice that the export holds once."""
+    rs = parse_recordset("hmi.sharp_cea_720s[7302]{Br,Bp,br, Br}")
+    assert rs.segments == ("Br", "Bp")
+    assert str(rs) == "hmi.sharp_cea_720s[7302]{Br,Bp}"
