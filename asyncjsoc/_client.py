@@ -541,6 +541,9 @@ class Client:
                 raise sole from None
             finally:
                 pool.close()
+                # However the pull ended, what finished is committed now, not when the client
+                # closes: read_status (or a status command) meanwhile tells the truth.
+                await store.flush()
 
     async def _prepare(self, query: Query, store: StateStore) -> Plan:
         """The plan of ``query``: the stored one when resuming the same pull, else a new one."""

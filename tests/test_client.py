@@ -31,6 +31,7 @@ from asyncjsoc._events import (
     FileStarted,
     PullFinished,
 )
+from asyncjsoc._status import read_status
 from asyncjsoc._store import StateStore
 from asyncjsoc.emulator import Emulator
 from asyncjsoc.exceptions import (
@@ -698,3 +699,24 @@ async def test_wrongly_typed_arguments_are_clear_errors(tmp_path: Path) -> None:
             with pytest.raises(InvalidInputError, match="record-set string or a Query"):
                 await client.plan(query)  # type: ignore[arg-type]
     assert not (tmp_path / ".asyncjsoc").exists()
+
+
+async def test_a_cancelled_pull_leaves_its_finished_files_recorded(tmp_path: Path) -> None:
+    """Completions are committed in bulk; a pull cancelled part-way (the client still open)
+    has committed every file it reported done, so read_status does not call them pending."""
+    done: list[FileDone] = []
+    stop = anyio.CancelScope()
+
+    def reporter(event: Event) -> None:
+        if isinstance(event, FileDone):
+            done.append(event)
+            if len(done) == 4:
+                stop.cancel()
+
+    async with emulator() as emu, Client(fast_config(emu), tmp_path, reporter=reporter) as c:
+        with stop:
+            await c.fetch(QUERY)
+        assert stop.cancelled_caught
+        status = read_status(tmp_path)
+        assert status.files.get("done", 0) >= len(done) >= 4
+        assert not status.complete
