@@ -504,7 +504,7 @@ class Emulator:
         pos = start
         step = CHUNK
         if knobs.bandwidth:
-            step = max(1, min(CHUNK, knobs.bandwidth // 20))
+            step = max(1, min(CHUNK, int(knobs.bandwidth // 20)))
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         while pos < stop:
