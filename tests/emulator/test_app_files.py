@@ -152,6 +152,16 @@ async def test_bandwidth_and_first_byte_delay(emulator: Emulator) -> None:
     assert elapsed >= 0.3
 
 
+async def test_a_float_bandwidth_is_a_bandwidth(emulator: Emulator) -> None:
+    """``bandwidth=2e6`` (a float, as Python users write it) serves the whole file."""
+    emulator.knobs.file_size = 50_000
+    path = await sums_path(emulator)
+    emulator.knobs.bandwidth = 2e6  # type: ignore[assignment]
+    status, _, body = await get(emulator, path)
+    assert status == 200
+    assert body == emulator.file_bytes(path)
+
+
 async def test_audit_counts_complete_fetches(emulator: Emulator) -> None:
     """Two whole GETs of one file show up as a refetch; a tail range completes too."""
     path = await sums_path(emulator)
