@@ -1,16 +1,20 @@
 """Local file names for exported records: the default ``filenamefmt``, names for
-``url_quick`` files, and the digest-suffixed name of a record whose name is already taken.
+``url_quick`` files, the digest-suffixed name of a record whose name is already taken, and
+the segments an export's files hold.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 
-from asyncjsoc._models import SeriesInfo
+from asyncjsoc._models import ExportFile, SeriesInfo
 from asyncjsoc._paths import safe_relpath
+from asyncjsoc._recordset import parse_recordset
+from asyncjsoc.exceptions import InvalidInputError
 
-__all__ = ["default_filenamefmt", "disambiguated_relpath", "quick_relpath"]
+__all__ = ["default_filenamefmt", "disambiguated_relpath", "quick_relpath", "stray_segments"]
 
 
 def default_filenamefmt(info: SeriesInfo) -> str:
@@ -70,3 +74,41 @@ def disambiguated_relpath(relpath: str, record: str) -> str:
     stem, dot, ext = name.rpartition(".")
     renamed = f"{stem}.{digest}.{ext}" if dot and stem else f"{name}.{digest}"
     return safe_relpath(head + slash + renamed)
+
+
+_SEGMENT_OF_RECORD = re.compile(r"\{([^{}]*)\}\s*$")
+
+
+def stray_segments(ds: str, files: Iterable[ExportFile], filenamefmt: str) -> list[str]:
+    """Files of an export that hold a segment ``ds`` did not ask for (their names).
+
+    Within 24 hours the JSOC answers a request for records it exported before with the old
+    export (protocol doc §5: its duplicate check compares record numbers, filenamefmt,
+    process, protocol and method, not segments), so asking for ``{Bp}`` after ``{Br}`` gets
+    the ``Br`` files. A file's segment is read from its record (``...{Br}``: as-is exports)
+    or, when ``filenamefmt`` ends in ``{segment}`` (the default does), from its name: the
+    segment's stored file name starts with the segment name (``Br.fits``,
+    ``image_lev1.fits`` for ``image``). Files whose segment cannot be told are taken as
+    asked for, so this never refuses a good export; it may miss a stray one.
+    """
+    try:
+        subsets = parse_recordset(ds).subsets
+    except InvalidInputError:
+        return []
+    wanted: set[str] = set()
+    for subset in subsets:
+        if not subset.segments:  # all segments
+            return []
+        wanted.update(s.lower() for s in subset.segments)
+    by_name = filenamefmt.endswith("{segment}")
+    stray: list[str] = []
+    for f in files:
+        match = _SEGMENT_OF_RECORD.search(f.record)
+        if match is not None:
+            if match.group(1).strip().lower() not in wanted:
+                stray.append(f.filename)
+        elif by_name:
+            name = "." + f.filename.rsplit("/", 1)[-1].lower()
+            if not any(f".{s}." in name or f".{s}_" in name for s in wanted):
+                stray.append(f.filename)
+    return stray

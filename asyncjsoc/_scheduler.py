@@ -61,7 +61,7 @@ from asyncjsoc._events import (
 )
 from asyncjsoc._handoff import send_soon
 from asyncjsoc._models import Chunk, ExportFile, ExportStatus, Plan, RemoteFile, SeriesInfo
-from asyncjsoc._naming import disambiguated_relpath, quick_relpath
+from asyncjsoc._naming import disambiguated_relpath, quick_relpath, stray_segments
 from asyncjsoc._paths import safe_relpath
 from asyncjsoc._plan import split_chunk
 from asyncjsoc._polling import StatusApi, wait_export_ready
@@ -445,6 +445,11 @@ class ExportScheduler:
                     await self._fail_chunk(chunk, ds, exc, request_id)
                     return
                 request_id = status.request_id
+                stray = ([] if status.tarfile else
+                         stray_segments(ds, status.files, self._filenamefmt or ""))
+                if stray:
+                    await self._fail_chunk(chunk, ds, _stray_error(status, stray), request_id)
+                    return
                 remotes, refused = await self._register(chunk, status,
                                                         full=ds == chunk.recordset)
                 unnamed += refused
@@ -784,6 +789,20 @@ class ExportScheduler:
         self._report(ExportFailed(chunk.index, request_id, error))
         await self._store.set_chunk_state(chunk.index, "failed", error=error.message)
         self._failed += 1
+
+
+def _stray_error(status: ExportStatus, stray: Sequence[str]) -> ExportFailedError:
+    """The error of an export holding segments the request did not ask for."""
+    shown = ", ".join(repr(name.rsplit("/", 1)[-1]) for name in stray[:3])
+    more = f" and {len(stray) - 3} more" if len(stray) > 3 else ""
+    return ExportFailedError(
+        f"export {status.request_id or '(quick)'} holds files of segments this request did "
+        f"not ask for ({shown}{more}): the JSOC handed back an export it made earlier for the "
+        "same records with other segments (within 24 h it spots a repeated request by its "
+        "records, not its segments); none of its files is taken",
+        status=status.status, request_id=status.request_id,
+        hint="ask for these segments again a day after that export, or with a different "
+             "filenamefmt (which makes it a new request)")
 
 
 def _worth_resubmitting(error: ExportFailedError | ExportExpiredError) -> bool:

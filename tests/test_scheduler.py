@@ -9,8 +9,13 @@ from engine_helpers import QUERY, emulator, fast_config, fetch_with_files_held
 
 from asyncjsoc._client import Client
 from asyncjsoc._events import Event, ExportSubmitted, ExportWaiting, FileDone
-from asyncjsoc._models import ExportStatus, KeywordInfo, SeriesInfo
-from asyncjsoc._naming import default_filenamefmt, disambiguated_relpath, quick_relpath
+from asyncjsoc._models import ExportFile, ExportStatus, KeywordInfo, SeriesInfo
+from asyncjsoc._naming import (
+    default_filenamefmt,
+    disambiguated_relpath,
+    quick_relpath,
+    stray_segments,
+)
 from asyncjsoc._polling import wait_export_ready
 from asyncjsoc._scheduler import is_expiry
 from asyncjsoc.exceptions import (
@@ -163,3 +168,55 @@ async def test_a_freed_email_exports_again_while_earlier_chunks_download(
     kinds = [type(e).__name__ for e in events if isinstance(e, ExportSubmitted | FileDone)]
     assert kinds.count("ExportSubmitted") == 8
     assert kinds.index("FileDone") > kinds.index("ExportSubmitted") + 4, kinds
+
+
+SHARP_FMT = "hmi.sharp_cea_720s.{HARPNUM}.{T_REC:A}.{segment}"
+
+
+def test_stray_segments_are_told_by_record_or_by_name() -> None:
+    """Segments come from an as-is record's {seg}, or from a name made by a filenamefmt
+    ending in {segment} (the segment's file name starts with the segment's name)."""
+    ds = "hmi.sharp_cea_720s[7302][2018.09.08_00:00_TAI]{Bp,Bt}"
+    good = ExportFile("hmi.sharp_cea_720s[7302][2018.09.08_00:00:00_TAI]",
+                      "hmi.sharp_cea_720s.7302.20180908_000000_TAI.Bp.fits")
+    wrong = ExportFile("hmi.sharp_cea_720s[7302][2018.09.08_00:00:00_TAI]",
+                       "hmi.sharp_cea_720s.7302.20180908_000000_TAI.Br.fits")
+    assert stray_segments(ds, [good], SHARP_FMT) == []
+    assert stray_segments(ds, [good, wrong], SHARP_FMT) == [wrong.filename]
+    # As-is rows name their segment; quick answers give SUMS paths.
+    quick = ExportFile("hmi.M_45s[2012.01.01_01:01:30_TAI][2]{magnetogram}",
+                       "/SUM41/D280342572/S00010/magnetogram.fits")
+    assert stray_segments("hmi.M_45s[2012.01.01_01:01:30_TAI]{Magnetogram}", [quick], "") == []
+    assert stray_segments("hmi.M_45s[2012.01.01_01:01:30_TAI]{other}", [quick], "") == [
+        quick.filename]
+    # AIA's image segment is stored as image_lev1.fits.
+    aia = ExportFile("aia.lev1_euv_12s[2014-01-01T00:00:01Z][171]",
+                     "aia.lev1_euv_12s.2014-01-01T000001Z.171.image_lev1.fits")
+    aia_fmt = "aia.lev1_euv_12s.{T_REC:A}.{WAVELNTH}.{segment}"
+    assert stray_segments("aia.lev1_euv_12s[2014-01-01T00:00:01Z][171]{image}", [aia],
+                          aia_fmt) == []
+    # Undecidable: every segment asked for, or a user filenamefmt without {segment} last.
+    assert stray_segments("hmi.sharp_cea_720s[7302][2018.09.08_00:00_TAI]", [wrong],
+                          SHARP_FMT) == []
+    assert stray_segments(ds, [wrong], "{HARPNUM}.{segment}.x") == []
+
+
+async def test_an_earlier_export_of_other_segments_is_never_taken(tmp_path: Path) -> None:
+    """The JSOC's duplicate check ignores segments: {Bp,Bt} asked within 24 h of {Br} for
+    the same records gets the {Br} export back. Its files are not taken: the chunk fails
+    with the reason, and nothing lands in the output directory (before: the Br files,
+    exit 0)."""
+    records = "hmi.sharp_cea_720s[7302][2018.09.08_00:00_TAI/1h@12m]"
+    async with emulator() as emu:
+        async with Client(fast_config(emu), tmp_path / "a") as client:
+            first = await client.fetch(records + "{Br}")
+        async with Client(fast_config(emu), tmp_path / "b") as client:
+            second = await client.fetch(records + "{Bp,Bt}")
+    assert first.ok
+    assert not second.ok
+    assert second.files == ()
+    assert second.failed
+    error = second.failed[0].error
+    assert "did not ask for" in error.message
+    assert first.exports[0] in error.message
+    assert not list((tmp_path / "b").rglob("*.fits"))
