@@ -232,8 +232,14 @@ def _refuse_shared_names(
     """Split off rows of one export that share a file name.
 
     The export directory holds one file per name, so the server keeps only one of them and
-    nobody can tell which record's data it is: every row of a shared name fails.
+    nobody can tell which record's data it is: every row of a shared name fails. Rows of
+    one record under one name (overlapping record sets list a record twice) are one file:
+    it is kept, once.
     """
+    unique: dict[tuple[str, str], tuple[ExportFile, str]] = {}
+    for f, relpath in named:
+        unique.setdefault((f.record, relpath), (f, relpath))
+    named = list(unique.values())
     counts: dict[str, int] = {}
     for _, relpath in named:
         counts[relpath] = counts.get(relpath, 0) + 1

@@ -23,6 +23,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -134,8 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_error(exc.message, exc.hint, debug=debug)
         return EXIT_USAGE
     except JsocError as exc:
-        if debug:
-            raise
+        if debug:  # the traceback too, with the exit code it would have had
+            traceback.print_exc(file=sys.stderr)
         hint = exc.hint
         if hint is None and isinstance(exc, TransportError):
             server = getattr(args, "server", None) or os.environ.get("ASYNCJSOC_SERVER")
@@ -158,10 +159,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+MAX_ERROR_CHARS = 600
+"""An error message longer than this is cut (without ``--debug``)."""
+
+
 def _print_error(message: str, hint: str | None, *, debug: bool) -> None:
     """One line on stderr: the problem and what to do about it."""
     from asyncjsoc._progress import mask_emails
 
+    if len(message) > MAX_ERROR_CHARS and not debug:  # it may quote a huge input
+        message = message[:MAX_ERROR_CHARS] + "..."
     text = message if hint is None else f"{message}; {hint}"
     if not debug:
         text = mask_emails(text)
@@ -245,6 +252,10 @@ def _primekeys(items: Sequence[str]) -> dict[str, str]:
         if not eq or not key.strip() or not value.strip():
             raise UsageError(f"--primekey {item!r} is not KEY=VALUE",
                              "e.g. --primekey HARPNUM=7302")
+        if key.strip().upper() in (k.upper() for k in out):
+            raise UsageError(f"--primekey {key.strip()} is given twice",
+                             "give it once: one value, a list (7302,7310) or a range "
+                             "(7300-7310)")
         out[key.strip()] = value.strip()
     return out
 
@@ -336,7 +347,7 @@ def _queries(sel: _Selection) -> list[Any]:
         return [Query.from_job_file(sel.jobs, **kwargs)]
     if sel.series is None or sel.start is None or sel.end is None:  # checked in _selection
         raise UsageError("a built query needs --series, --start and --end")
-    return [
+    built = [
         Query.build(
             sel.series,
             start=sel.start,
@@ -347,6 +358,9 @@ def _queries(sel: _Selection) -> list[Any]:
             where=list(sel.where) or None,
         )
     ]
+    for query in built:
+        _check_ranges(query.recordset())
+    return built
 
 
 def _check_ranges(text: str) -> None:

@@ -720,3 +720,18 @@ async def test_a_cancelled_pull_leaves_its_finished_files_recorded(tmp_path: Pat
         status = read_status(tmp_path)
         assert status.files.get("done", 0) >= len(done) >= 4
         assert not status.complete
+
+
+async def test_overlapping_record_sets_fetch_each_file_once(tmp_path: Path) -> None:
+    """A record set given twice (or two overlapping ones, joined with a comma as the CLI
+    does) lists records twice in one export: one record under one name is one file, fetched
+    once (before: every such file failed as "sharing its name")."""
+    async with emulator() as emu:
+        async with Client(fast_config(emu), tmp_path / "once") as client:
+            once = await client.fetch(QUERY)
+        async with Client(fast_config(emu), tmp_path / "twice") as client:
+            twice = await client.fetch(f"{QUERY},{QUERY}")
+    assert once.ok
+    assert twice.ok, twice.failed
+    assert sorted(f.relpath for f in twice.files) == sorted(f.relpath for f in once.files)
+    assert_identical(emu, twice)

@@ -80,6 +80,19 @@ def test_mask_email_hides_local_part() -> None:
     )
 
 
+def test_mask_emails_also_hides_rejected_addresses_but_not_cadences() -> None:
+    """An address the JSOC would refuse (no dotted domain, quotes) is still someone's: it is
+    masked; a record set's ``@12m`` cadence is not an address and stays."""
+    assert mask_emails("not an email address: secretuser@localhost") == (
+        "not an email address: s***@localhost")
+    assert mask_emails('refused secret"dq"@example.org') == "refused s***@example.org"
+    rs = "'hmi.M_45s[2018.09.08_00:00_TAI/1h@12m]' runs backwards"
+    assert mask_emails(rs) == rs
+    # A local part is at most 64 characters (RFC 5321): the bound keeps masking linear.
+    assert mask_emails("a" * 100_000 + "@example.org") == "a" * (100_000 - 64) + (
+        "a***@example.org")
+
+
 def test_format_bytes_uses_decimal_units() -> None:
     """Sizes read like rich's download column."""
     assert format_bytes(999) == "999 bytes"
