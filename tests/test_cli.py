@@ -76,6 +76,12 @@ def _one_line_error(err: str, *needles: str) -> None:
         (["fetch", RS, "--email", EMAIL, "--out", "o", "--server", "jsoc.stanford.edu"],
          ("http(s) URL",)),
         (["check-email"], ("no address", "check-email ADDRESS")),
+        (["fetch", "--series", "hmi.sharp_cea_720s", "--start", "2018.09.06", "--end",
+          "2018.09.07", "--primekey", "HARPNUM=7302", "--primekey", "harpnum=7310",
+          "--email", EMAIL, "--out", "o"], ("--primekey harpnum", "given twice")),
+        (["fetch", "--series", "hmi.sharp_cea_720s", "--start", "2018.09.06", "--end",
+          "2018.09.07", "--primekey", "HARPNUM=7310-7300", "--email", EMAIL, "--out", "o"],
+         ("7310-7300", "runs backwards")),
     ],
 )
 def test_usage_errors_are_one_line_exit_2(
@@ -332,6 +338,27 @@ def test_unknown_series_one_line(
     assert captured.out == ""
     _one_line_error(captured.err.split("\n", 0)[0] if False else _last_line(captured.err),
                     "hmi.no_such_series")
+
+
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--debug adds the traceback; the exit code stays that of the error (2 for bad input)."""
+    code = main(_fetch_args(emulator, tmp_path / "out", "hmi.no_such_series[2018.09.06]",
+                            "--debug", *FAST))
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE
+    assert "Traceback" in err
+    assert "hmi.no_such_series" in err.splitlines()[-1]
+
+
+def test_a_huge_argument_gives_a_short_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An error quoting a 100 kB argument is cut to a readable line."""
+    assert main(["plan", "a" * 100_000, "--server", "http://127.0.0.1:1"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    _one_line_error(err)
+    assert len(err) < 1000
 
 
 def _last_line(err: str) -> str:
