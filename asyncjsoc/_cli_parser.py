@@ -146,7 +146,7 @@ def build_command_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentPa
     fetch = sub.add_parser("fetch", help="download the files of a query",
                            description="Export and download; rerun to resume.")
     _add_selection(fetch)
-    fetch.add_argument("--out", type=Path, required=True, metavar="DIR",
+    fetch.add_argument("--out", type=directory, required=True, metavar="DIR",
                        help="directory the files go into (created if missing)")
     _add_server(fetch)
     _add_export(fetch)
@@ -203,7 +203,7 @@ def build_command_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentPa
     extract.add_argument("tars", nargs="+", type=Path, metavar="TAR",
                          help="tar files (REQUESTID.tar in a pull's output directory), or "
                          "directories: every *.tar in each")
-    extract.add_argument("--out", type=Path, metavar="DIR",
+    extract.add_argument("--out", type=directory, metavar="DIR",
                          help="where the files go (default: the directory of each tar)")
     extract.add_argument("--remove", action="store_true",
                          help="delete each tar once its files are on disk (a rerun of its "
@@ -231,7 +231,7 @@ def build_command_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentPa
     demo = sub.add_parser("demo", help="a complete bulk pull from a built-in JSOC emulator",
                           description="Starts the emulator in this process and pulls SHARP "
                           "CEA vector fields for several HARPs, with the progress display.")
-    demo.add_argument("--out", type=Path, metavar="DIR",
+    demo.add_argument("--out", type=directory, metavar="DIR",
                       help="where the files go (default: a temporary directory)")
     demo.add_argument("--no-progress", action="store_true",
                       help="plain log lines instead of the live display")
@@ -245,6 +245,13 @@ def build_command_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentPa
 
     emulator_cli.add_parser(sub)
     return parser
+
+
+def directory(text: str) -> Path:
+    """argparse type: a directory path, not empty (``''`` would quietly mean ``.``)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a directory (. for this one)")
+    return Path(text)
 
 
 def positive_int(text: str) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +19,17 @@ from asyncjsoc._models import ExportMethod, ExportProtocol
 from asyncjsoc._retry import RetryPolicy
 from asyncjsoc.exceptions import InvalidInputError
 
-__all__ = ["IP_PENDING_LIMIT", "ClientConfig"]
+__all__ = ["IP_PENDING_LIMIT", "MAX_CONNECTIONS", "MIN_REQUESTS_PER_SECOND", "ClientConfig"]
 
 IP_PENDING_LIMIT = 10
 """The JSOC refuses an export when one IP address has more than this many pending."""
+
+MAX_CONNECTIONS = 64
+"""Most download connections a client opens (the JSOC asks for very few; each connection
+runs a few download tasks, so a typo of 100000 must not start hundreds of thousands)."""
+
+MIN_REQUESTS_PER_SECOND = 0.01
+"""Slowest request rate accepted: one request per 100 s (slower would stall a pull)."""
 
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 
@@ -69,9 +77,10 @@ class ClientConfig:
         Concurrent file downloads from the JSOC host. The JSOC asked tool authors for very
         few (sunpy uses 1); 2 overlaps one file's latency with another's transfer. JSOC API
         calls (export requests, status polls, ``jsoc_info``) use one more connection of
-        their own, so they never wait behind downloads.
+        their own, so they never wait behind downloads. At most :data:`MAX_CONNECTIONS`.
     requests_per_second
-        Sustained rate of HTTP requests of every kind (CGI calls, polls, file GETs, retries).
+        Sustained rate of HTTP requests of every kind (CGI calls, polls, file GETs, retries);
+        at least :data:`MIN_REQUESTS_PER_SECOND`.
     burst
         How many requests may go out back to back before ``requests_per_second`` applies.
     verify_checksums
@@ -195,7 +204,11 @@ class ClientConfig:
         if not isinstance(self.server, str):
             raise InvalidInputError(f"server must be an http(s) URL, not {self.server!r}")
         server = self.server.strip().rstrip("/")
-        parts = urlsplit(server)
+        try:
+            parts = urlsplit(server)
+            parts.port  # noqa: B018 (raises ValueError for a port out of range)
+        except ValueError:
+            parts = urlsplit("")
         if (parts.scheme not in ("http", "https") or not parts.hostname
                 or any(c.isspace() for c in server)):
             raise InvalidInputError(f"server must be an http(s) URL, not {self.server!r}",
@@ -217,6 +230,10 @@ class ClientConfig:
                 hint=f"the JSOC refuses more than {IP_PENDING_LIMIT} pending exports per IP",
             )
         _positive_int(self.connections, "connections")
+        if self.connections > MAX_CONNECTIONS:
+            raise InvalidInputError(
+                f"connections must be at most {MAX_CONNECTIONS}, not {self.connections}",
+                hint="the JSOC asks for very few download connections; 2 is the default")
         _positive_int(self.burst, "burst")
         _positive_int(self.chunk_size, "chunk_size")
         _positive_int(self.download_buffer, "download_buffer")
@@ -226,6 +243,9 @@ class ClientConfig:
                                     f"not {self.status6_retries!r}")
         for name in ("requests_per_second", "sock_connect", "sock_read", "poll_max"):
             _positive_float(getattr(self, name), name)
+        if self.requests_per_second < MIN_REQUESTS_PER_SECOND:
+            raise InvalidInputError(f"requests_per_second must be at least "
+                                    f"{MIN_REQUESTS_PER_SECOND}, not {self.requests_per_second}")
         if not (isinstance(self.poll_min, int | float) and math.isfinite(self.poll_min)
                 and 0 <= self.poll_min <= self.poll_max):
             raise InvalidInputError(f"poll_min must be a number between 0 and poll_max, not "
@@ -243,6 +263,12 @@ class ClientConfig:
             if not ca_bundle.is_file():
                 raise InvalidInputError(f"ca_bundle {str(ca_bundle)!r} is not a file",
                                         hint="give the path of a PEM file of CA certificates")
+            try:
+                ssl.create_default_context(cafile=str(ca_bundle))
+            except (ssl.SSLError, OSError) as exc:
+                raise InvalidInputError(
+                    f"ca_bundle {str(ca_bundle)!r} holds no usable CA certificate ({exc})",
+                    hint="give the path of a PEM file of CA certificates") from None
             object.__setattr__(self, "ca_bundle", ca_bundle)
 
     @property

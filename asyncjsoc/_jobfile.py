@@ -76,7 +76,7 @@ def read_job_file(path: str | PathLike[str]) -> JobList:
     """Read and parse a job file (see :func:`parse_job_lines`); the file is read at once."""
     name = str(path)
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # -sig: a BOM some editors add
             lines = handle.read().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"cannot read job file {name}: {exc}") from None

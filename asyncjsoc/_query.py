@@ -131,8 +131,14 @@ class Query:
         ------
         RecordSetSyntaxError
             With the position of the problem.
+        InvalidInputError
+            For an empty segment list ``{}`` (it selects no file).
         """
         parsed = parse_recordset(text)
+        if any(subset.segments == () for subset in parsed.subsets):
+            raise InvalidInputError(
+                f"{text!r} asks for no segment ({{}}): there would be no file to download",
+                hint="name the segments, e.g. {Br,Bp}, or leave the braces out for all of them")
         return cls(parsed.series, parsed.segments, parsed)
 
     @classmethod

@@ -34,7 +34,7 @@ import anyio.to_thread
 
 from ._models import Chunk, Plan, RemoteFile
 from ._paths import STATE_DIRNAME
-from .exceptions import StateError, StateLockedError, StateMismatchError
+from .exceptions import InvalidInputError, StateError, StateLockedError, StateMismatchError
 
 __all__ = [
     "ChunkState",
@@ -409,6 +409,12 @@ class StateStore:
 
     def _open_sync(self) -> None:
         """Blocking body of :meth:`open`."""
+        if os.path.lexists(self.path) and not self.path.is_file():
+            # Never make a lock or journal next to /dev/null or inside someone's directory.
+            raise InvalidInputError(
+                f"the state file {self.path} exists and is not a regular file",
+                hint="give a file name asyncjsoc may create (or leave the state at its default "
+                     "place in the output directory)")
         self._take_lock()
         try:
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -417,6 +423,7 @@ class StateStore:
             raise StateError(f"cannot open the state database {self.path}: {exc}") from exc
         self._conn = conn
         try:
+            self._refuse_foreign(conn)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=OFF")
@@ -436,13 +443,35 @@ class StateStore:
                     self._check_fingerprint(conn, self.fingerprint, reset=self.reset)
         except sqlite3.DatabaseError as exc:
             self._close_sync()
+            default = self.path.parent.name == STATE_DIRNAME
             raise StateError(
                 f"the state database {self.path} is unusable: {exc}",
-                hint=f"move {self.path.parent} away to start this pull afresh",
+                hint=f"move {self.path.parent if default else self.path} away to start this "
+                     "pull afresh (files already downloaded are kept)",
             ) from exc
         except BaseException:
             self._close_sync()
             raise
+
+    def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
+        """Refuse a file at a chosen ``state_path`` that is not an asyncjsoc state file (a
+        text file, someone's database): it is only read, never turned into ours, and the
+        lock file made for it is removed again."""
+        if self.path.parent.name == STATE_DIRNAME:
+            return  # our own directory: a damaged store is reported as unusable
+        try:
+            tables = {row[0] for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError:
+            what = "is not an SQLite database"
+        else:
+            if not tables or "meta" in tables:
+                return
+            what = "is an SQLite database, but not an asyncjsoc state file"
+        with contextlib.suppress(OSError):
+            self._lock_path.unlink()  # ours, and held: nobody else can be using it
+        raise InvalidInputError(f"{self.path} {what}; it was left unchanged",
+                                hint="give the state its own new file name")
 
     def _close_sync(self) -> None:
         """Blocking body of :meth:`close`."""

@@ -17,6 +17,7 @@ This is the only place that reads environment variables (``ASYNCJSOC_SERVER``,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -394,6 +395,15 @@ def _check_ranges(text: str) -> None:
 
 def _out_dir(path: Path) -> Path:
     """Create --out if needed and make sure files can be written there."""
+    try:
+        return _writable_dir(path)
+    except OSError as exc:  # a name too long, a symlink loop...
+        raise UsageError(f"cannot use --out {str(path)[:200]!r}: {exc.strerror or exc}",
+                         "choose a directory you can write to") from None
+
+
+def _writable_dir(path: Path) -> Path:
+    """:func:`_out_dir`'s checks; an :class:`OSError` from a look at ``path`` escapes."""
     if path.exists() and not path.is_dir():
         raise UsageError(f"--out {str(path)!r} is a file, not a directory",
                          "give a directory (it is created if missing)")
@@ -492,7 +502,7 @@ class _Undo:
         self.out_root = _first_missing(out)
         self.state = state
         self.state_root = _first_missing(state.parent)
-        self.state_files = [p for p in self._state_paths() if not p.exists()]
+        self.state_files = [p for p in self._state_paths() if not _exists(p)]
 
     def _state_paths(self) -> list[Path]:
         """The state database and its companions."""
@@ -501,17 +511,30 @@ class _Undo:
     def undo(self) -> None:
         """Remove what was created, best effort."""
         for path in self.state_files:
-            if path.is_file():
-                path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                if path.is_file():
+                    path.unlink(missing_ok=True)
         for root in (self.state_root, self.out_root):
-            if root is not None and root.is_dir() and _holds_no_files(root):
-                shutil.rmtree(root, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                if root is not None and root.is_dir() and _holds_no_files(root):
+                    shutil.rmtree(root, ignore_errors=True)
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()``, false where the name cannot even be looked at (too long...)."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def _first_missing(path: Path) -> Path | None:
     """The outermost ancestor of ``path`` (or itself) that does not exist yet, if any."""
     path = path.absolute()
-    if path.exists():
+    try:
+        if path.exists():
+            return None
+    except OSError:  # a name too long to look at: nothing there to undo either
         return None
     top = path
     for parent in path.parents:
@@ -903,22 +926,26 @@ def _cmd_check_email(args: argparse.Namespace) -> int:
 
 async def _check_email(config: Any, args: argparse.Namespace) -> int:
     """Ask the server about each address and print one line each."""
-    from asyncjsoc._progress import mask_email
+    from asyncjsoc._progress import mask_email, mask_emails
 
     async with _scratch_client(config) as client:
         statuses = await client.check_emails()
     all_ok = all(s.registered for s in statuses)
+    def shown(email: str) -> str:
+        return email if args.debug else mask_email(email)
+
     if args.json:
         _emit_json({"ok": all_ok, "emails": [
-            {"email": s.email, "registered": s.registered, "code": s.code, "message": s.message}
+            {"email": shown(s.email), "registered": s.registered, "code": s.code,
+             "message": s.message if args.debug else mask_emails(s.message)}
             for s in statuses]}, sys.stdout)
     else:
         for s in statuses:
-            shown = s.email if args.debug else mask_email(s.email)
             if s.registered:
-                print(f"{shown}: registered")
+                print(f"{shown(s.email)}: registered")
             else:
-                print(f"{shown}: NOT registered ({s.message}); register at {REGISTER_URL}")
+                print(f"{shown(s.email)}: NOT registered ({s.message}); register at "
+                      f"{REGISTER_URL}")
     return EXIT_OK if all_ok else EXIT_FAILED
 
 
@@ -935,6 +962,9 @@ def _cmd_series(args: argparse.Namespace) -> int:
             sys.stdout.write(json.dumps(names) + "\n")
         else:
             sys.stdout.writelines(f"{name}\n" for name in names)
+        if not names:
+            what = f"matches {args.pattern!r}" if args.pattern else "is listed"
+            sys.stderr.write(f"asyncjsoc: no series {what} on {config.server}\n")
         return EXIT_OK if names else EXIT_FAILED
 
     return _run(work)

@@ -76,6 +76,16 @@ def _one_line_error(err: str, *needles: str) -> None:
         (["fetch", RS, "--email", EMAIL, "--out", "o", "--server", "jsoc.stanford.edu"],
          ("http(s) URL",)),
         (["check-email"], ("no address", "check-email ADDRESS")),
+        (["fetch", RS, "--email", EMAIL, "--out", ""], ("--out", "an empty path")),
+        (["fetch", RS, "--email", EMAIL, "--out", "o", "--connections", "100000"],
+         ("connections must be at most 64",)),
+        (["fetch", RS, "--email", EMAIL, "--out", "o", "--rate-limit", "1e-300"],
+         ("requests_per_second must be at least",)),
+        (["fetch", RS, "--email", EMAIL, "--out", "o", "--server", "http://[::1"],
+         ("http(s) URL",)),
+        (["fetch", RS, "--email", EMAIL, "--out", "o", "--server", "http://127.0.0.1:99999"],
+         ("http(s) URL",)),
+        (["fetch", RS, "--email", EMAIL, "--out", "o" * 5000], ("cannot use --out",)),
         (["fetch", "--series", "hmi.sharp_cea_720s", "--start", "2018.09.06", "--end",
           "2018.09.07", "--primekey", "HARPNUM=7302", "--primekey", "harpnum=7310",
           "--email", EMAIL, "--out", "o"], ("--primekey harpnum", "given twice")),
@@ -396,6 +406,23 @@ def test_series_lists_names(emulator: Emulator, capsys: pytest.CaptureFixture[st
     names = capsys.readouterr().out.split()
     assert "hmi.sharp_cea_720s" in names
     assert all(n.lower().startswith("hmi.sharp") for n in names)
+    # No match: says so on stderr (before: exit 1 and no word), nothing on stdout.
+    assert main(["series", "^zzzz", "--server", emulator.url]) == EXIT_FAILED
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "no series matches '^zzzz'" in captured.err
+
+
+def test_check_email_json_is_masked(emulator: Emulator,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """--json masks addresses like the text output (both in full only with --debug)."""
+    assert main(["check-email", EMAIL, "--server", emulator.url, "--json"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert EMAIL not in out
+    assert json.loads(out)["emails"][0]["email"] == "a***@example.org"
+    assert main(["check-email", EMAIL, "--server", emulator.url, "--json",
+                 "--debug"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["emails"][0]["email"] == EMAIL
 
 
 def test_demo_quick_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

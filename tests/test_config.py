@@ -62,6 +62,11 @@ def test_emails_are_normalised() -> None:
         {"fsync": 1},
         {"retry": "x"},
         {"ca_bundle": "/nonexistent/ca.pem"},
+        {"ca_bundle": __file__},  # a file, but no PEM certificate in it
+        {"connections": 65},
+        {"requests_per_second": 1e-300},
+        {"server": "http://[::1"},
+        {"server": "http://127.0.0.1:99999"},
     ],
 )
 def test_bad_values_are_refused(changes: dict[str, object]) -> None:

@@ -74,3 +74,10 @@ def test_format_parse_round_trip(records: list[tuple[int, object]]) -> None:
     parts = [(h, TimeParts.from_datetime(d)) for h, d in records]  # type: ignore[arg-type]
     jobs = parse_job_lines([format_job_line(h, t) for h, t in parts])
     assert {(h, t) for h, ts in jobs.items() for t in ts} == set(parts)
+
+
+def test_a_byte_order_mark_is_not_part_of_line_one(tmp_path: Path) -> None:
+    """Some editors start UTF-8 files with a BOM; the first job line still parses."""
+    path = tmp_path / "jobs.txt"
+    path.write_bytes("\ufeff7020.20170524_222400_TAI\n".encode())
+    assert list(read_job_file(path)) == [7020]

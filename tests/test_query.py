@@ -163,3 +163,10 @@ def test_build_fuzz_only_our_errors(text: str) -> None:
         except InvalidInputError:
             continue
         assert Query.from_recordset(q.recordset()).parsed == q.parsed
+
+
+def test_an_empty_segment_list_is_refused() -> None:
+    """``{}`` selects no file: refused with the fix, not a pull that downloads nothing."""
+    with pytest.raises(InvalidInputError, match=r"asks for no segment") as caught:
+        Query.from_recordset("hmi.sharp_cea_720s[7302][2018.09.08_00:00_TAI]{}")
+    assert "{Br,Bp}" in (caught.value.hint or "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import sys
 import textwrap
@@ -14,7 +15,7 @@ import pytest
 
 from asyncjsoc._models import Chunk, Plan, RemoteFile
 from asyncjsoc._store import StateStore, StoredExport, default_state_path
-from asyncjsoc.exceptions import StateError, StateLockedError, StateMismatchError
+from asyncjsoc.exceptions import InvalidInputError, StateError, StateLockedError, StateMismatchError
 
 pytestmark = pytest.mark.anyio
 
@@ -300,3 +301,34 @@ async def test_mismatch_is_a_dedicated_error_with_a_hint(tmp_path: Path) -> None
         await store.check_fingerprint("fp2")
         await store.save_plan(PLAN, "fp2")
         assert await store.stored_fingerprint() == "fp2"
+
+
+async def test_a_state_path_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    """A directory (or /dev/null) as the state file: refused before any lock or journal is
+    made next to it."""
+    where = tmp_path / "dir"
+    where.mkdir()
+    with pytest.raises(InvalidInputError, match="not a regular file"):
+        await StateStore(where).open()
+    assert sorted(os.listdir(tmp_path)) == ["dir"]
+    assert os.listdir(where) == []
+
+
+@pytest.mark.parametrize("kind", ["someone's database", "a text file"])
+async def test_a_state_path_holding_something_else_is_left_unchanged(
+        tmp_path: Path, kind: str) -> None:
+    """An existing file that is not an asyncjsoc state file is refused and left as it was:
+    not converted (tables, WAL mode), no lock file left beside it."""
+    path = tmp_path / "other.db"
+    if kind == "a text file":
+        path.write_text("my notes\n")
+    else:
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE papers (title TEXT)")
+        conn.commit()
+        conn.close()
+    before = path.read_bytes()
+    with pytest.raises(InvalidInputError, match="left unchanged"):
+        await StateStore(path).open()
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["other.db"]
