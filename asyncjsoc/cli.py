@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except UsageError as exc:
-        _print_error(exc.message, exc.hint, debug=debug)
+        _report_error(args, exc.message, exc.hint, debug=debug)
         return EXIT_USAGE
     except JsocError as exc:
         if debug:  # the traceback too, with the exit code it would have had
@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The library's hint names its API (reset=); say it in command-line terms.
             hint = ("give this query another --out, or its own state file with --state PATH "
                     "(files already downloaded are kept)")
-        _print_error(exc.message, hint, debug=debug)
+        _report_error(args, exc.message, hint, debug=debug)
         return EXIT_USAGE if isinstance(exc, _INPUT_ERRORS) or _is_other_pull(exc) \
             else EXIT_FAILED
     except KeyboardInterrupt:
@@ -155,9 +155,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug or an unmapped OS error: still one line by default
         if debug:
             raise
-        _print_error(f"unexpected {type(exc).__name__}: {exc}",
-                     "rerun with --debug for the full traceback", debug=debug)
+        _report_error(args, f"unexpected {type(exc).__name__}: {exc}",
+                      "rerun with --debug for the full traceback", debug=debug)
         return EXIT_FAILED
+
+
+def _report_error(args: argparse.Namespace, message: str, hint: str | None, *,
+                  debug: bool) -> None:
+    """The error line on stderr; with ``--json`` also the one object on stdout, so a script
+    reading stdout always gets one: ``{"ok": false, "error": ..., "hint": ...}``."""
+    _print_error(message, hint, debug=debug)
+    if getattr(args, "json", False):
+        from asyncjsoc._progress import mask_emails
+
+        def shown(text: str) -> str:
+            text = " ".join(text.split())
+            return text if debug else mask_emails(text[:MAX_ERROR_CHARS])
+
+        _emit_json({"ok": False, "error": shown(message),
+                    "hint": shown(hint) if hint else None}, sys.stdout)
 
 
 MAX_ERROR_CHARS = 600

@@ -340,14 +340,16 @@ def test_failed_export_exits_1_with_reason(
 def test_unknown_series_one_line(
     emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """An unknown series is one line, exit 2, nothing on stdout."""
+    """An unknown series is one line, exit 2; with --json stdout holds the one object, the
+    error in it."""
     code = main(_fetch_args(emulator, tmp_path / "out", "hmi.no_such_series[2018.09.06]",
                             "--json", *FAST))
     captured = capsys.readouterr()
     assert code == EXIT_USAGE
-    assert captured.out == ""
-    _one_line_error(captured.err.split("\n", 0)[0] if False else _last_line(captured.err),
-                    "hmi.no_such_series")
+    _one_line_error(_last_line(captured.err), "hmi.no_such_series")
+    doc = json.loads(captured.out)
+    assert doc["ok"] is False
+    assert "hmi.no_such_series" in doc["error"]
 
 
 def test_debug_shows_the_traceback_and_keeps_the_exit_code(
