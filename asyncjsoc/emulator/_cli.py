@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import signal
 import sys
 from typing import Any
@@ -18,7 +19,61 @@ def _mapping(text: str) -> tuple[str, int]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=N, got {text!r}")
-    return key, int(value)
+    return key, _count(value)
+
+
+def _number(text: str) -> float:
+    """A finite float."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """A duration: a finite number of at least 0."""
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    """A finite number above 0."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return value
+
+
+def _rate(text: str) -> float:
+    """A probability, 0 to 1."""
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"a rate is between 0 and 1, not {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    """A whole number of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    """A TCP port, 0 (any free one) to 65535."""
+    value = _count(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is at most 65535, not {value}")
+    return value
 
 
 def add_parser(subparsers: Any) -> None:
@@ -30,51 +85,51 @@ def add_parser(subparsers: Any) -> None:
         "connections, runs until SIGINT/SIGTERM.",
     )
     p.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=0, help="TCP port (0: any free port)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random fault")
-    p.add_argument("--time-scale", type=float, default=1.0, help="emulator s per wall s")
-    p.add_argument("--export-delay", type=float, default=1.0, help="export processing seconds")
-    p.add_argument("--retention", type=float, default=7 * 86400.0, help="export lifetime, s")
-    p.add_argument("--pending-timeout", type=float, default=3600.0, help="slot timeout, s")
-    p.add_argument("--max-pending-per-email", type=int, default=1)
-    p.add_argument("--max-pending-per-ip", type=int, default=10)
-    p.add_argument("--size-cap-mb", type=int, default=100_000)
-    p.add_argument("--max-records", type=int, default=1_000_000)
+    p.add_argument("--port", type=_port, default=0, help="TCP port (0: any free port)")
+    p.add_argument("--seed", type=_count, default=0, help="seed of every random fault")
+    p.add_argument("--time-scale", type=_positive, default=1.0, help="emulator s per wall s")
+    p.add_argument("--export-delay", type=_seconds, default=1.0, help="export processing seconds")
+    p.add_argument("--retention", type=_seconds, default=7 * 86400.0, help="export lifetime, s")
+    p.add_argument("--pending-timeout", type=_seconds, default=3600.0, help="slot timeout, s")
+    p.add_argument("--max-pending-per-email", type=_count, default=1)
+    p.add_argument("--max-pending-per-ip", type=_count, default=10)
+    p.add_argument("--size-cap-mb", type=_count, default=100_000)
+    p.add_argument("--max-records", type=_count, default=1_000_000)
     p.add_argument(
         "--file-cap", type=_mapping, action="append", default=None, metavar="PREFIX=N",
         help="files per export for a series prefix (default aia.=15000 hmi.=30000)",
     )  # fmt: skip
-    p.add_argument("--file-size", type=int, default=64 * 1024, help="bytes per FITS file")
+    p.add_argument("--file-size", type=_count, default=64 * 1024, help="bytes per FITS file")
     p.add_argument(
         "--series-file-size", type=_mapping, action="append", default=[],
         metavar="SERIES[:SEG]=BYTES", help="per-series/segment file size",
     )  # fmt: skip
-    p.add_argument("--missing-segment-rate", type=float, default=0.0)
+    p.add_argument("--missing-segment-rate", type=_rate, default=0.0)
     p.add_argument("--unknown-email", action="append", default=[], metavar="ADDR")
     p.add_argument("--pending-email", action="append", default=[], metavar="ADDR")
     p.add_argument("--expired-email", action="append", default=[], metavar="ADDR")
-    p.add_argument("--rate-budget", type=int, default=None, help="requests per IP per window")
-    p.add_argument("--rate-window", type=float, default=60.0)
-    p.add_argument("--block-seconds", type=float, default=600.0)
-    p.add_argument("--status6-polls", type=int, default=0)
-    p.add_argument("--hash-error-rate", type=float, default=0.0)
-    p.add_argument("--export-failure-rate", type=float, default=0.0)
-    p.add_argument("--http500-rate", type=float, default=0.0)
-    p.add_argument("--http503-rate", type=float, default=0.0)
-    p.add_argument("--http429-rate", type=float, default=0.0)
-    p.add_argument("--retry-after", type=float, default=1.0)
-    p.add_argument("--cgi-delay", type=float, default=0.0)
-    p.add_argument("--drop-rate", type=float, default=0.0)
-    p.add_argument("--truncate-rate", type=float, default=0.0)
-    p.add_argument("--corrupt-rate", type=float, default=0.0)
-    p.add_argument("--stall-rate", type=float, default=0.0,
+    p.add_argument("--rate-budget", type=_count, default=None, help="requests per IP per window")
+    p.add_argument("--rate-window", type=_seconds, default=60.0)
+    p.add_argument("--block-seconds", type=_seconds, default=600.0)
+    p.add_argument("--status6-polls", type=_count, default=0)
+    p.add_argument("--hash-error-rate", type=_rate, default=0.0)
+    p.add_argument("--export-failure-rate", type=_rate, default=0.0)
+    p.add_argument("--http500-rate", type=_rate, default=0.0)
+    p.add_argument("--http503-rate", type=_rate, default=0.0)
+    p.add_argument("--http429-rate", type=_rate, default=0.0)
+    p.add_argument("--retry-after", type=_seconds, default=1.0)
+    p.add_argument("--cgi-delay", type=_seconds, default=0.0)
+    p.add_argument("--drop-rate", type=_rate, default=0.0)
+    p.add_argument("--truncate-rate", type=_rate, default=0.0)
+    p.add_argument("--corrupt-rate", type=_rate, default=0.0)
+    p.add_argument("--stall-rate", type=_rate, default=0.0,
                    help="chance a file transfer goes silent mid-body")
-    p.add_argument("--stall-seconds", type=float, default=60.0,
+    p.add_argument("--stall-seconds", type=_seconds, default=60.0,
                    help="how long a stalled transfer stays silent")
-    p.add_argument("--ignore-range-rate", type=float, default=0.0)
-    p.add_argument("--bandwidth", type=int, default=None, help="bytes/s per transfer")
-    p.add_argument("--max-connections", type=int, default=None, help="per client IP")
-    p.add_argument("--first-byte-delay", type=float, default=0.0)
+    p.add_argument("--ignore-range-rate", type=_rate, default=0.0)
+    p.add_argument("--bandwidth", type=_count, default=None, help="bytes/s per transfer")
+    p.add_argument("--max-connections", type=_count, default=None, help="per client IP")
+    p.add_argument("--first-byte-delay", type=_seconds, default=0.0)
     p.add_argument("--trust-forwarded-for", action="store_true")
     p.set_defaults(handler=run)
 
@@ -131,5 +186,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"asyncjsoc emulator: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(_serve(knobs, args.host, args.port))
+    try:
+        asyncio.run(_serve(knobs, args.host, args.port))
+    except OSError as exc:  # the port is taken, the host unknown...
+        print(f"asyncjsoc emulator: cannot listen on {args.host}:{args.port}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0

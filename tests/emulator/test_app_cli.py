@@ -64,3 +64,39 @@ async def test_cli_prints_url_serves_and_exits_zero_on_sigterm() -> None:
         proc.send_signal(signal.SIGTERM)
         with anyio.fail_after(10):
             assert await proc.wait() == 0
+
+
+@pytest.mark.parametrize(("flags", "words"), [
+    (["--time-scale", "0"], "must be above 0"),
+    (["--drop-rate", "2"], "between 0 and 1"),
+    (["--drop-rate", "nan"], "not a finite number"),
+    (["--file-size", "-1"], "at least 0"),
+    (["--port", "99999"], "at most 65535"),
+    (["--file-cap", "hmi.=abc"], "not a whole number"),
+])
+def test_impossible_knob_values_are_usage_errors(
+        flags: list[str], words: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A value the emulator cannot run with is refused by the parser, naming the flag
+    (before: a stuck clock, rates above 1, or an OverflowError at bind time)."""
+    with pytest.raises(SystemExit) as caught:
+        build_parser().parse_args(["emulator", *flags])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert flags[0] in err
+    assert words in err
+
+
+def test_a_port_in_use_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """A port another program holds: one line naming it, exit 2."""
+    import socket
+
+    from asyncjsoc.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["emulator", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err
+    assert "Traceback" not in err
