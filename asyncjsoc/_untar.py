@@ -135,7 +135,8 @@ def extract_tar_sync(tar_path: str | Path, out_dir: str | Path | None = None, *,
     tar_path = Path(tar_path)
     out = Path(out_dir) if out_dir is not None else tar_path.parent
     if not tar_path.is_file():
-        what = "a directory" if tar_path.is_dir() else "no such file"
+        what = ("a directory" if tar_path.is_dir() else "not a regular file"
+                if tar_path.exists() else "no such file")
         raise LocalError(f"{tar_path}: {what}", hint="pass the path of a downloaded export "
                          "tar (REQUESTID.tar in the pull's output directory)")
     _refuse_compressed(tar_path)

@@ -334,7 +334,8 @@ def _selection(args: argparse.Namespace) -> _Selection:
                              "e.g. --series hmi.sharp_cea_720s --start 2018.09.30 --end "
                              "2018.10.01 --primekey HARPNUM=7302")
     if sel.jobs is not None and not sel.jobs.is_file():
-        raise UsageError(f"job file {str(sel.jobs)!r} does not exist",
+        what = "is not a regular file" if sel.jobs.exists() else "does not exist"
+        raise UsageError(f"job file {str(sel.jobs)!r} {what}",
                          "check the path given to --jobs")
     return sel
 

@@ -73,6 +73,8 @@ def _one_line_error(err: str, *needles: str) -> None:
          ("KEY=VALUE",)),
         (["fetch", "--jobs", "does-not-exist.txt", "--email", EMAIL, "--out", "o"],
          ("does-not-exist.txt", "does not exist")),
+        (["fetch", "--jobs", ".", "--email", EMAIL, "--out", "o"],
+         ("job file '.'", "is not a regular file")),
         (["fetch", RS, "--email", EMAIL, "--out", "o", "--server", "jsoc.stanford.edu"],
          ("http(s) URL",)),
         (["check-email"], ("no address", "check-email ADDRESS")),

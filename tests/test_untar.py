@@ -320,3 +320,11 @@ def test_a_damaged_tar_is_named_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(IntegrityError) as caught:
         extract_tar_sync(junk)
     assert "\n" not in str(caught.value.message)
+
+
+def test_a_fifo_is_not_called_missing(tmp_path: Path) -> None:
+    """Something that is there but is no regular file is named as such."""
+    fifo = tmp_path / "pipe.tar"
+    os.mkfifo(fifo)
+    with pytest.raises(LocalError, match="not a regular file"):
+        extract_tar_sync(fifo)
