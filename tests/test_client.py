@@ -110,11 +110,21 @@ async def test_export_calls_do_not_queue_behind_file_downloads(tmp_path: Path) -
 
         def report(event: Event) -> None:
             events.append(event)
+            if isinstance(event, ExportReady) and event.chunk == 0:
+                # Chunk 1 (submitted next) stays staging until the clock is moved on below:
+                # its 20 ms could otherwise pass before chunk 0's GET reached the hold.
+                emu.knobs.export_delay = 100_000.0
             if isinstance(event, ExportReady) and event.chunk == 1:
                 assert emu.files_held == 1  # the one connection's GET is waiting
                 emu.release_files()
 
-        result = await fetch_with_files_held(emu, config, tmp_path, report)
+        async def stage_chunk_1_once_a_get_is_held() -> None:
+            await emu.wait_files_held(1)
+            emu.clock.advance(100_000.0)  # well within chunk 0's 7 days
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stage_chunk_1_once_a_get_is_held)
+            result = await fetch_with_files_held(emu, config, tmp_path, report)
         assert result.ok
         first_started = next(i for i, e in enumerate(events) if isinstance(e, FileStarted))
         second_ready = next(i for i, e in enumerate(events)
