@@ -262,7 +262,11 @@ async def test_fault(name: str, tmp_path: Path) -> None:
 def assert_retry_after_honoured(emu: Emulator) -> None:
     """After a 429/503 with Retry-After, nothing new reaches the server until it has passed.
 
-    Requests already on the wire when the answer left may still land: 50 ms of grace.
+    Requests already let through when the answer left may still land: one granted its
+    token just before may wait for the connection the 429'd exchange holds, so it arrives
+    after the answer; on a loaded machine that took more than 50 ms (once in a full suite
+    beside busy loops and an fsync hog). 250 ms of grace: a client ignoring Retry-After
+    still sends its retries well inside the 1 s that follows, and fails this.
     """
     scale = emu.knobs.time_scale
     entries = sorted(emu.audit.entries, key=lambda e: e.time)
@@ -270,7 +274,7 @@ def assert_retry_after_honoured(emu: Emulator) -> None:
         if told.http_status not in (429, 503):
             continue
         wait = max(1.0, emu.knobs.retry_after) * scale
-        early = [e for e in entries if told.time + 0.05 * scale < e.time < told.time + wait]
+        early = [e for e in entries if told.time + 0.25 * scale < e.time < told.time + wait]
         assert early == [], f"{len(early)} request(s) ignored a Retry-After"
 
 
