@@ -27,7 +27,7 @@ def test_events_are_frozen() -> None:
 
 def test_null_reporter_ignores_events() -> None:
     """NullReporter accepts any event and returns None."""
-    NullReporter()(FileDone("x", 1))
+    assert NullReporter()(FileDone("x", 1)) is None
 
 
 def test_fan_out_feeds_every_reporter_in_order() -> None:
