@@ -106,20 +106,26 @@ async def test_max_connections_per_client(emulator: Emulator) -> None:
     """A second concurrent request beyond max_connections gets 503 + Retry-After at once."""
     emulator.knobs.file_size = 200_000
     path = await a_file(emulator)
-    emulator.knobs.bandwidth = 500_000  # the first transfer takes ~0.4 s
     emulator.knobs.max_connections = 1
     results: list[int] = []
 
-    async def one(delay: float) -> None:
-        await anyio.sleep(delay)
+    async def one() -> None:
         async with aiohttp.ClientSession() as s, s.get(emulator.url + path) as r:
             await r.read()
             results.append(r.status)
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(one, 0.0)
-        tg.start_soon(one, 0.15)
-    assert sorted(results) == [200, 503]
+    emulator.hold_files()  # the first GET stays in flight until the second was answered
+    try:
+        with anyio.fail_after(10):  # a second GET let in would be held too: a timeout
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(one)
+                await emulator.wait_files_held(1)
+                await one()
+                assert results == [503]
+                emulator.release_files()
+    finally:
+        emulator.release_files()
+    assert results == [503, 200]
 
 
 async def test_cgi_delay(emulator: Emulator) -> None:
