@@ -152,7 +152,8 @@ async def make_plan(
     if max_records < 1:
         raise InvalidInputError(
             f"one record of {query.series} has {fpr} files, more than the cap of {cap}",
-            hint="select fewer segments with {...} or raise max_files_per_export")
+            hint="select fewer segments with {...}, or raise the cap "
+                 "(--max-files-per-export; max_files_per_export in Python)")
     planner = _Planner(api, info, max_records, max(100, max_recordset_chars))
     pieces: list[_Piece | _Atom] = []
     for subset in query.parsed.subsets:

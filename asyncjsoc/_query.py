@@ -208,7 +208,9 @@ class Query:
                 raise InvalidInputError(f"{key!r} is not a prime key of {series}",
                                         hint=f"its prime keys are {', '.join(order)}")
             if upper == time_key.upper():
-                raise InvalidInputError(f"give the {key} range as start=/end=, not in primekeys")
+                raise InvalidInputError(
+                    f"{key} is the time key: give its range as --start/--end (start=/end= in "
+                    "Python), not as a prime key value")
         filters: list[Filter] = []
         for key in order:
             if key.upper() == time_key.upper():

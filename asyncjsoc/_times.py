@@ -316,8 +316,9 @@ def _quiet_erfa() -> Iterator[None]:
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(
     r"\s*(?P<num>\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)\s*(?P<unit>[smhd])?\s*")
-_DURATION_FORMS = ("accepted forms: '12s', '96m', '6h', '1d', a number of seconds, "
-                   "an astropy Quantity with a time unit, or a datetime.timedelta")
+_DURATION_FORMS = ("accepted forms (--cadence, or cadence= in Python): '12s', '96m', '6h', "
+                   "'1d', a number of seconds; in Python also an astropy Quantity with a time "
+                   "unit or a datetime.timedelta")
 _DURATION_TOKEN = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?[smhd]?")
 _MAX_SECONDS = 1e11  # about 3000 years; anything bigger is a typo
 
