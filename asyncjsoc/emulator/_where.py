@@ -191,7 +191,10 @@ def compile_where(series: Series, clause: str) -> Predicate:
     parser = _Parser(series, _tokenize(clause))
     if not parser.toks:
         return lambda r: True
-    pred = parser.expr()
+    try:
+        pred = parser.expr()
+    except RecursionError:  # thousands of nested parentheses: a bad query, not a crash
+        raise DsError("where clause nested too deeply") from None
     if parser.peek() is not None:
         raise DsError(f"unexpected '{parser.take().text}' in where clause")
     return pred

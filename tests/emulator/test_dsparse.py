@@ -210,6 +210,8 @@ def test_segments_selection() -> None:
         ("hmi.M_45s[HARPNUM=1]", "syntax"),
         ("hmi.M_45s x", "syntax"),
         ("", "syntax"),
+        # Nested past the recursion limit: a bad query (status 4), not an HTTP 500.
+        ("hmi.M_45s[? " + "(" * 5000 + "QUALITY = 0" + ")" * 5000 + " ?]", "syntax"),
     ],
 )
 def test_errors(ds: str, kind: str) -> None:
