@@ -382,9 +382,11 @@ class Client:
                 assert self._stack is not None
                 default = default_state_path(self.out_dir)
                 path = self.config.state_path or default
-                if path.resolve() != default.resolve():
+                if await anyio.to_thread.run_sync(_elsewhere, path, default):
                     # The store locks its own database: lock the directory as well.
-                    self._stack.enter_context(OutputLock(self.out_dir))
+                    lock = OutputLock(self.out_dir)
+                    await anyio.to_thread.run_sync(lock.__enter__)
+                    self._stack.callback(lock.__exit__)
                 self._store = await self._stack.enter_async_context(
                     StateStore(path, reset=self.config.reset))
             return self._store
@@ -775,6 +777,11 @@ def _as_query(query: Query | str) -> Query:
                                 hint="e.g. 'hmi.M_720s[2014.01.01_TAI/1h]{magnetogram}', "
                                      "or Query.build(...)")
     return query
+
+
+def _elsewhere(path: Path, default: Path) -> bool:
+    """Whether the state file ``path`` is not the output directory's default one."""
+    return path.resolve() != default.resolve()
 
 
 def _sizes_on_disk(out_dir: Path, relpaths: list[str]) -> list[tuple[Path | None, int | None]]:

@@ -443,22 +443,27 @@ class StateStore:
                     self._check_fingerprint(conn, self.fingerprint, reset=self.reset)
         except sqlite3.DatabaseError as exc:
             self._close_sync()
-            default = self.path.parent.name == STATE_DIRNAME
             raise StateError(
                 f"the state database {self.path} is unusable: {exc}",
-                hint=f"move {self.path.parent if default else self.path} away to start this "
-                     "pull afresh (files already downloaded are kept)",
+                hint=f"move {self.path.parent if self._in_own_directory else self.path} away "
+                     "to start this pull afresh (files already downloaded are kept)",
             ) from exc
         except BaseException:
             self._close_sync()
             raise
 
+    @property
+    def _in_own_directory(self) -> bool:
+        """Whether the database lives in an output directory's ``.asyncjsoc`` (asyncjsoc's
+        own directory), rather than at a path the user chose."""
+        return self.path.parent.name == STATE_DIRNAME
+
     def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
         """Refuse a file at a chosen ``state_path`` that is not an asyncjsoc state file (a
         text file, someone's database): it is only read, never turned into ours, and the
         lock file made for it is removed again."""
-        if self.path.parent.name == STATE_DIRNAME:
-            return  # our own directory: a damaged store is reported as unusable
+        if self._in_own_directory:
+            return  # a damaged store there is reported as unusable
         try:
             tables = {row[0] for row in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -482,7 +487,7 @@ class StateStore:
 
     def _take_lock(self) -> None:
         """Create the state directory and hold an exclusive flock on the lock file."""
-        default = self.path.parent.name == STATE_DIRNAME and self.path.name == "state.sqlite"
+        default = self._in_own_directory and self.path.name == "state.sqlite"
         user_of = str(self.path.parent.parent) if default else str(self.path)
         self._lock_fd = take_lock(self._lock_path, user_of)
 

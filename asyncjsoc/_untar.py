@@ -240,16 +240,21 @@ def _plan(tar: tarfile.TarFile, tar_path: Path, out: Path) -> list[_Member]:
                 f"{tar_path.name}: member {member.relpath!r} is also the directory of member "
                 f"{parents[member.relpath]!r}; {_NOTHING_WRITTEN}",
                 hint="extract it by hand (tar -xf) if you trust its source")
-    return [replace(m, present=_present(tar, m, tar_path)) for m in members]
+    directories: set[Path] = set()  # looked at already
+    return [replace(m, present=_present(tar, m, tar_path, directories)) for m in members]
 
 
-def _present(tar: tarfile.TarFile, member: _Member, tar_path: Path) -> bool:
+def _present(tar: tarfile.TarFile, member: _Member, tar_path: Path,
+             directories: set[Path]) -> bool:
     """Whether ``member.dest`` already holds the member (a regular file with its very
     bytes); an error when something else is in its way, there or at one of its
-    directories."""
+    directories (each looked at once per tar: ``directories`` holds those passed)."""
     dest, size = member.dest, member.info.size
     for _ in range(member.relpath.count("/")):  # the member's own directories
         dest = dest.parent
+        if dest in directories:
+            break  # it and its parents were looked at for an earlier member
+        directories.add(dest)
         if dest.exists() and not dest.is_dir():
             raise LocalError(
                 f"{dest}: a file where {tar_path.name} needs a directory (for "
