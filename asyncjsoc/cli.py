@@ -988,11 +988,16 @@ def _cmd_series(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    """``asyncjsoc status``: exit 0 when the pull is complete, 1 when not."""
+    """``asyncjsoc status``: exit 0 when the pull is complete, 1 when not, 2 when there is no
+    readable state to tell (none there, not a state database, or a newer asyncjsoc's), so
+    a script never takes a file it cannot read for an unfinished pull."""
     from asyncjsoc._status import read_status
     from asyncjsoc._status_report import status_json, status_text
 
-    status = read_status(args.out, args.state)
+    try:
+        status = read_status(args.out, args.state)
+    except StateError as exc:
+        raise UsageError(exc.message, exc.hint) from exc
     if args.json:
         _emit_json(status_json(status), sys.stdout)
     else:

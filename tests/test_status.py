@@ -13,7 +13,7 @@ from engine_helpers import emulator, fast_config
 from asyncjsoc import Client
 from asyncjsoc._status import FAILED_SHOWN, read_status
 from asyncjsoc.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
-from asyncjsoc.exceptions import InvalidInputError
+from asyncjsoc.exceptions import InvalidInputError, StateError
 
 pytestmark = pytest.mark.anyio
 
@@ -116,6 +116,27 @@ def test_no_state_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "no asyncjsoc state" in err
     assert "--out" in err
     assert not (tmp_path / ".asyncjsoc").exists()
+
+
+@pytest.mark.parametrize("content", [b"not a database at all\n" * 20, b""])
+def test_unreadable_state_is_not_an_unfinished_pull(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes) -> None:
+    """A state file that cannot be read exits 2 (1 means "not finished"), one line, and is
+    left as it was."""
+    state = tmp_path / ".asyncjsoc" / "state.sqlite"
+    state.parent.mkdir()
+    state.write_bytes(content)
+    with pytest.raises(StateError):
+        read_status(tmp_path)
+    assert main(["status", str(tmp_path)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "state database" in err
+    assert main(["status", str(tmp_path), "--json"]) == EXIT_USAGE
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is False
+    assert "state database" in doc["error"]
+    assert state.read_bytes() == content
 
 
 async def test_errors_are_shown_with_emails_masked(
