@@ -139,3 +139,24 @@ def test_a_repeated_row_is_its_median_run_with_the_median_cpu() -> None:
     assert runs[0]["cpu_s_per_gb"] == 1.5  # the runs themselves are left as measured
     failed: list[dict[str, Any]] = [*runs, {"ok": False, "mb_s": None, "label": "f"}]
     assert _median_run(failed, also="cpu_s_per_gb")["label"] == "f"
+
+
+@pytest.mark.usefixtures("bench_modules")
+def test_request_budget_floor_follows_the_token_bucket() -> None:
+    """The export-bound floor, against schedules worked out by hand."""
+    from _scenarios import asyncjsoc_budget, request_budget_floor
+
+    # One export: it and its poll use 2 of 10 tokens (refilled while it runs); 9 of the 20
+    # GETs leave at once, the other 11 one per 0.2 s.
+    assert request_budget_floor(1, 20, 1, 1.0, 5.0, 10) == pytest.approx(3.2)
+    # 1 token/s, burst 2, two emails: exports at 0 and 0; polls at 10 and 10; the next two
+    # exports go before the two GETs (11, 12; GETs 13, 14); they finish at 21 and 22, each
+    # poll then its GET: 21, 21, 22, 23.
+    assert request_budget_floor(4, 1, 2, 10.0, 1.0, 2) == pytest.approx(23.0)
+    # The full export-bound scenario at asyncjsoc's default budget: two waves of 8 s, then
+    # 3 polls + 15 GETs from a full bucket of 10, the last 8 at 5/s.
+    rate, burst = asyncjsoc_budget()
+    assert (rate, burst) == (5.0, 10)
+    assert request_budget_floor(6, 5, 3, 8.0, rate, burst) == pytest.approx(17.6)
+    # A budget that never binds leaves the export waves alone.
+    assert request_budget_floor(6, 5, 3, 8.0, 1e6, 1000) == pytest.approx(16.0)
