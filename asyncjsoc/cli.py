@@ -499,6 +499,11 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
         if _is_other_pull(exc):
             undo.undo()
         raise
+    except JsocError:
+        # Anything else (an unreachable server...): the state is kept for the rerun to
+        # resume from; only directories this run created and left without a file go.
+        undo.remove_empty()
+        raise
 
 
 def _is_other_pull(exc: JsocError) -> bool:
@@ -536,6 +541,14 @@ class _Undo:
                 if root is not None and root.is_dir() and _holds_no_files(root):
                     shutil.rmtree(root, ignore_errors=True)
 
+    def remove_empty(self) -> None:
+        """Remove the directories that were created, if no file at all is in them (not even
+        a state file), best effort."""
+        for root in (self.state_root, self.out_root):
+            with contextlib.suppress(OSError):
+                if root is not None and root.is_dir() and _holds_no_files(root, state=False):
+                    shutil.rmtree(root, ignore_errors=True)
+
 
 def _exists(path: Path) -> bool:
     """``path.exists()``, false where the name cannot even be looked at (too long...)."""
@@ -561,10 +574,11 @@ def _first_missing(path: Path) -> Path | None:
     return top
 
 
-def _holds_no_files(root: Path) -> bool:
-    """True if the tree under ``root`` has no files other than asyncjsoc's state files."""
+def _holds_no_files(root: Path, *, state: bool = True) -> bool:
+    """True if the tree under ``root`` has no files other than asyncjsoc's state files
+    (with ``state=False``: no files at all)."""
     for dirpath, _dirs, files in os.walk(root):
-        inside_state = ".asyncjsoc" in Path(dirpath).relative_to(root).parts
+        inside_state = state and ".asyncjsoc" in Path(dirpath).relative_to(root).parts
         for name in files:
             if not (inside_state and name.startswith("state.sqlite")):
                 return False

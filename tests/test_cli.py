@@ -410,6 +410,29 @@ def test_unreachable_server_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     _one_line_error(captured.err, "127.0.0.1:9")
 
 
+def test_unreachable_server_leaves_no_empty_output_tree(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """fetch into a new --out against a server that is not there: exit 1, and the
+    directories it made for the pull are gone again; an --out that was there stays."""
+    out = tmp_path / "new" / "out"
+    args = ["fetch", RS, "--server", "http://127.0.0.1:9", "--no-retry-wait",
+            "--email", EMAIL, "--no-progress"]
+    assert main([*args, "--out", str(out)]) == EXIT_FAILED
+    _one_line_error(capsys.readouterr().err, "127.0.0.1:9")
+    assert list(tmp_path.iterdir()) == []
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    assert main([*args, "--out", str(existing)]) == EXIT_FAILED
+    assert existing.is_dir()
+    # A state a run left stays for its rerun, with the tree that holds it.
+    kept = tmp_path / "kept"
+    state = kept / ".asyncjsoc" / "state.sqlite"
+    state.parent.mkdir(parents=True)
+    state.write_bytes(b"")
+    assert main([*args, "--out", str(kept / "sub"), "--state", str(state)]) == EXIT_FAILED
+    assert state.is_file()
+
+
 def test_series_lists_names(emulator: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
     """series REGEX prints matching names, one per line (the hint for unknown series)."""
     assert main(["series", "^hmi.sharp", "--server", emulator.url]) == EXIT_OK
