@@ -58,3 +58,32 @@ async def _run(*argv: str, cwd: Path, env: dict[str, str]) -> subprocess.Complet
     return subprocess.CompletedProcess(
         argv, result.returncode, result.stdout.decode(), result.stderr.decode()
     )
+
+
+def test_configuration_table_lists_every_field_with_its_default() -> None:
+    """Each ClientConfig field has a row in the README's Configuration table, and a plain
+    number or boolean default there is the code's."""
+    from dataclasses import MISSING, fields
+
+    from asyncjsoc import ClientConfig
+
+    section = README.read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, str] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`"):
+            continue
+        names = re.findall(r"`(\w+)`", cells[0])
+        defaults = [d.strip() for d in cells[1].split("/")]
+        for i, name in enumerate(names):
+            rows[name] = defaults[i] if len(defaults) == len(names) else cells[1]
+    missing = [f.name for f in fields(ClientConfig) if f.name not in rows]
+    assert missing == []
+    for f in fields(ClientConfig):
+        if f.default is MISSING or isinstance(f.default, str) or f.default is None:
+            continue
+        shown = rows[f.name].strip("`").replace(",", "")
+        if isinstance(f.default, bool):
+            assert shown == str(f.default), f.name
+        elif isinstance(f.default, int | float) and re.fullmatch(r"[\d.]+", shown):
+            assert float(shown) == f.default, f.name
