@@ -542,12 +542,15 @@ class _Undo:
                     shutil.rmtree(root, ignore_errors=True)
 
     def remove_empty(self) -> None:
-        """Remove the directories that were created, if no file at all is in them (not even
-        a state file), best effort."""
+        """Remove the directories that were created and hold nothing, deepest first, best
+        effort. Only empty directories are removed (``rmdir``), so a file that appeared in
+        one meanwhile keeps it and its parents."""
         for root in (self.state_root, self.out_root):
-            with contextlib.suppress(OSError):
-                if root is not None and root.is_dir() and _holds_no_files(root, state=False):
-                    shutil.rmtree(root, ignore_errors=True)
+            if root is None:
+                continue
+            for dirpath, _dirs, _files in os.walk(root, topdown=False):
+                with contextlib.suppress(OSError):
+                    os.rmdir(dirpath)
 
 
 def _exists(path: Path) -> bool:
@@ -574,11 +577,10 @@ def _first_missing(path: Path) -> Path | None:
     return top
 
 
-def _holds_no_files(root: Path, *, state: bool = True) -> bool:
-    """True if the tree under ``root`` has no files other than asyncjsoc's state files
-    (with ``state=False``: no files at all)."""
+def _holds_no_files(root: Path) -> bool:
+    """True if the tree under ``root`` has no files other than asyncjsoc's state files."""
     for dirpath, _dirs, files in os.walk(root):
-        inside_state = state and ".asyncjsoc" in Path(dirpath).relative_to(root).parts
+        inside_state = ".asyncjsoc" in Path(dirpath).relative_to(root).parts
         for name in files:
             if not (inside_state and name.startswith("state.sqlite")):
                 return False
