@@ -221,7 +221,7 @@ def build_command_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentPa
         description="Counts of exports and files by state, bytes done, staged exports and "
         "failed files, from the state store of a pull's output directory. Reads only: "
         "safe to run while the pull is running. Exit 0 when the pull is complete, 1 when "
-        "not, 2 when DIR holds no pull's state.")
+        "not, 2 when DIR holds no pull's state it can read.")
     status.add_argument("out", type=Path, metavar="DIR", help="the --out directory of a fetch")
     status.add_argument("--state", type=Path, metavar="PATH",
                         help="the fetch's --state file, if it had one")
