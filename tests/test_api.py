@@ -732,7 +732,9 @@ async def test_emulator_logs_never_hold_full_email(
     with pytest.raises(PendingLimitError) as info:
         await api.exp_request(HOUR, notify=EMAIL, method="url", protocol="fits")
     logging.getLogger("asyncjsoc.test").info("error: %s", info.value)
-    assert caplog.records
     text = "\n".join(r.getMessage() for r in caplog.records)
-    assert "j***@example.org" in text
     assert EMAIL not in text
+    # The library's own lines (not only this test's) name the address, masked.
+    library = [r.getMessage() for r in caplog.records
+               if r.name.startswith("asyncjsoc.") and r.name != "asyncjsoc.test"]
+    assert any("j***@example.org" in line for line in library)

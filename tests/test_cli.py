@@ -166,9 +166,14 @@ def test_unwritable_out(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> N
 
 
 def test_bad_email_is_masked(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    """A malformed address is refused in one line."""
+    """A malformed address is refused in one line, masked like any other."""
     assert main(["fetch", RS, "--email", "not-an-address", "--out", str(tmp_path)]) == EXIT_USAGE
     _one_line_error(capsys.readouterr().err, "email")
+    assert main(["fetch", RS, "--email", "secret@localhost", "--out", str(tmp_path)]) \
+        == EXIT_USAGE
+    err = capsys.readouterr().err
+    _one_line_error(err, "email", "@localhost")
+    assert "secret" not in err
 
 
 # --- against the emulator ------------------------------------------------------------------
@@ -257,9 +262,10 @@ def test_fetch_built_query(
         "--end", "2018.09.06_03:12:00_TAI", "--cadence", "96m", "--primekey", "HARPNUM=7302",
         "--segments", "Bp,Br", *FAST)) == EXIT_OK
     capsys.readouterr()
-    names = _files(out)
-    assert len(names) == 6  # 3 records x 2 segments
-    assert all(n.endswith((".Bp.fits", ".Br.fits")) for n in names)
+    # 00:00, 01:36 and 03:12 (both ends included, every 96 min) x 2 segments, HARP 7302
+    assert _files(out) == sorted(
+        f"hmi.sharp_cea_720s.7302.20180906_{t}_TAI.{seg}.fits"
+        for t in ("000000", "013600", "031200") for seg in ("Bp", "Br"))
 
 
 def test_plan_json_and_text(emulator: Emulator, capsys: pytest.CaptureFixture[str],

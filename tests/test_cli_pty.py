@@ -6,13 +6,17 @@ process pointed at it with ``--server``, exactly as a user would run it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
 import re
 import resource
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,10 +116,35 @@ def test_plain_log_when_piped(emulator: Emulator, tmp_path: Path) -> None:
 
 def test_json_stdout_is_one_object_even_in_a_terminal(emulator: Emulator, tmp_path: Path
                                                       ) -> None:
-    """--json with stdout piped and stderr a tty: stdout holds exactly one JSON object."""
-    proc = subprocess.run([EXE, *_fetch_argv(emulator, tmp_path / "out", "--json")],
-                          env=_env(), capture_output=True, text=True, timeout=60, check=False)
-    assert proc.returncode == 0, proc.stderr
+    """--json with stdout piped and stderr a tty: the live display goes to the terminal and
+    stdout holds exactly one JSON object."""
+    master, slave = pty.openpty()
+    shown: list[bytes] = []
+
+    def drain() -> None:
+        """Read the terminal side until the child closes it (EIO), so it never blocks."""
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            shown.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        proc = subprocess.run([EXE, *_fetch_argv(emulator, tmp_path / "out", "--json")],
+                              env=_env(), stdout=subprocess.PIPE, stderr=slave, text=True,
+                              timeout=60, check=False)
+    finally:
+        os.close(slave)
+        reader.join(timeout=10)
+        os.close(master)
+    terminal = ANSI.sub("", b"".join(shown).decode(errors="replace"))
+    assert proc.returncode == 0, terminal
+    assert "asyncjsoc summary" in terminal
     doc = json.loads(proc.stdout)
     assert doc["ok"] is True
     assert len(doc["files"]) == 12
@@ -156,8 +185,14 @@ def test_ctrl_c_exits_130_and_rerun_resumes(emulator: Emulator, tmp_path: Path) 
 
 
 def test_sigterm_exits_143(emulator: Emulator, tmp_path: Path) -> None:
-    """SIGTERM mid-pull exits 143 after saving state."""
-    assert _interrupt_midway(emulator, tmp_path / "out", signal.SIGTERM) == 143
+    """SIGTERM mid-pull exits 143 after saving state: the store lists as done exactly the
+    files on disk (test_signals checks the part files and the resume)."""
+    out = tmp_path / "out"
+    assert _interrupt_midway(emulator, out, signal.SIGTERM) == 143
+    with contextlib.closing(sqlite3.connect(out / ".asyncjsoc" / "state.sqlite")) as db:
+        done = {r for (r,) in db.execute("SELECT relpath FROM files WHERE state = 'done'")}
+    assert done
+    assert done == set(_files(out))
 
 
 def test_demo_quick_in_a_terminal(tmp_path: Path) -> None:

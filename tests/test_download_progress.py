@@ -13,7 +13,7 @@ from asyncjsoc._http import TransportConfig, create_session
 from asyncjsoc._models import RemoteFile
 from asyncjsoc._retry import RetryPolicy
 from asyncjsoc.emulator import Emulator
-from asyncjsoc.exceptions import ExportExpiredError
+from asyncjsoc.exceptions import ExportExpiredError, HttpStatusError
 
 pytestmark = pytest.mark.anyio
 
@@ -51,13 +51,24 @@ async def test_a_cut_that_made_progress_does_not_use_up_the_budget(tmp_path: Pat
 
 
 async def test_no_progress_ends_after_the_budget(tmp_path: Path) -> None:
-    """A file that never arrives (404) is not retried round after round."""
-    async with emulator() as emu:
-        remote = RemoteFile(url=emu.url + "/SUM1/D1/S00000/none.fits", relpath="n.fits",
-                            record="r")
+    """A file that never arrives is not retried round after round: a 404 is asked for once,
+    and a file answered 429 every time gets the retry budget (2 attempts), not
+    ``PROGRESS_ROUNDS`` more rounds of it (no byte came, so nothing moved)."""
+    assert PROGRESS_ROUNDS >= 1
+    async with emulator(retry_after=0.0) as emu:
+        gone = "/SUM1/D1/S00000/none.fits"
+        sel = emu.catalog.select("hmi.M_45s[2012.01.01_00:00:45_TAI]{magnetogram}")
+        refused = next(iter(sel)).segment_path(sel.segments[0])
         async with create_session(TransportConfig(requests_per_second=0)) as session:
             downloader = Downloader(session, retry=RetryPolicy.no_wait(2))
             with pytest.raises(ExportExpiredError):
-                await downloader.download(remote, tmp_path / "n.fits")
-        assert PROGRESS_ROUNDS >= 1
+                await downloader.download(RemoteFile(url=emu.url + gone, relpath="n.fits",
+                                                     record="r"), tmp_path / "n.fits")
+            emu.knobs.http429_rate = 1.0
+            with pytest.raises(HttpStatusError):
+                await downloader.download(RemoteFile(url=emu.url + refused, relpath="m.fits",
+                                                     record="r"), tmp_path / "m.fits")
+        asked = [e.path for e in emu.audit.entries if e.op == "file"]
+        assert (asked.count(gone), asked.count(refused)) == (1, 2)
         assert not (tmp_path / "n.fits").exists()
+        assert not (tmp_path / "m.fits").exists()

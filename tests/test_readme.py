@@ -79,11 +79,19 @@ def test_configuration_table_lists_every_field_with_its_default() -> None:
             rows[name] = defaults[i] if len(defaults) == len(names) else cells[1]
     missing = [f.name for f in fields(ClientConfig) if f.name not in rows]
     assert missing == []
+    units = {"": 1, "s": 1, "MiB": 1 << 20}
+    compared = 0
     for f in fields(ClientConfig):
-        if f.default is MISSING or isinstance(f.default, str) or f.default is None:
+        if f.default is MISSING or f.default is None:
             continue
         shown = rows[f.name].strip("`").replace(",", "")
         if isinstance(f.default, bool):
             assert shown == str(f.default), f.name
-        elif isinstance(f.default, int | float) and re.fullmatch(r"[\d.]+", shown):
-            assert float(shown) == f.default, f.name
+        elif isinstance(f.default, int | float):
+            number = re.fullmatch(r"([\d.]+) ?(s|MiB)?", shown)
+            assert number is not None, (f.name, shown)
+            assert float(number[1]) * units[number[2] or ""] == f.default, f.name
+        elif isinstance(f.default, str):
+            assert shown == f.default, f.name
+        compared += 1
+    assert compared >= 15

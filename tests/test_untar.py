@@ -167,11 +167,9 @@ def test_cut_tar_is_refused_without_half_files(tmp_path: Path) -> None:
     out = tmp_path / "out"
     with pytest.raises(IntegrityError, match=r"t\.tar"):
         extract_tar_sync(tar, out)
-    for path in out.rglob("*"):
-        name = path.name
-        body = dict(MEMBERS)[name]
-        assert path.read_bytes() == body
-    assert not list(out.rglob("*.part"))
+    # Every member header is read (to the end of the tar) before any byte is written, so a
+    # cut tar writes nothing at all: not the whole first member, not a part file.
+    assert not out.exists()
 
 
 def test_not_a_tar(tmp_path: Path) -> None:
