@@ -536,15 +536,24 @@ def test_check_url_path(url: str, refused: bool) -> None:
     assert raised == refused
 
 
-def test_unsafe_names_write_nothing_outside(tmp_path: Path) -> None:
-    """Hostile names are refused before any download, and nothing appears outside out_dir."""
+async def test_unsafe_names_write_nothing_outside(
+        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """Hostile names are refused before any download (no GET), and nothing appears outside
+    out_dir, nor inside it."""
     out = tmp_path / "out"
     out.mkdir()
     (out / "escape").symlink_to(tmp_path)
+    (path,) = _paths(emulator, 1)
+    dl = _downloader(session)
     for name in ("../evil.fits", "/tmp/evil.fits", "escape/evil.fits", "a/../../evil.fits"):
         with pytest.raises(UnsafePathError):
             resolve_inside(out, name)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+        with pytest.raises(UnsafePathError):
+            await dl.download_into(RemoteFile(url=emulator.url + path, relpath=name,
+                                              record="r"), out)
+    assert [e for e in emulator.audit.entries if e.op == "file"] == []
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+    assert sorted(os.listdir(out)) == ["escape"]
 
 
 async def test_changed_file_or_damaged_validator_restarts(
