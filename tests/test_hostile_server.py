@@ -13,6 +13,8 @@ import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
+import anyio.abc
 import pytest
 from engine_helpers import assert_identical, emulator, fast_config
 
@@ -180,13 +182,25 @@ async def test_huge_json_is_refused_without_allocating_it(kind: str, tmp_path: P
 
 async def test_redirect_to_another_host_is_refused(tmp_path: Path) -> None:
     """File GETs answered with a 302 to another host fail; nothing contacts that host."""
-    async with emulator(redirect_rate=0.5) as emu:
-        result, out = await pull(emu, tmp_path)
+    contacted: list[object] = []
+
+    async def note(stream: anyio.abc.SocketStream) -> None:
+        contacted.append(stream.extra(anyio.abc.SocketAttribute.remote_address))
+        await stream.aclose()
+
+    async with await anyio.create_tcp_listener(local_host="127.0.0.2") as other, \
+            anyio.create_task_group() as tg:
+        tg.start_soon(other.serve, note)
+        port = other.extra(anyio.abc.SocketAttribute.local_port)
+        async with emulator(redirect_rate=0.5, redirect_to=f"http://127.0.0.2:{port}") as emu:
+            result, out = await pull(emu, tmp_path)
+        tg.cancel_scope.cancel()
+    assert contacted == []
     assert result.failed
     for f in result.failed:
         assert isinstance(f.error, ProtocolError)
         assert "redirect" in f.error.message
-        assert "127.0.0.2" in f.error.message
+        assert f"127.0.0.2:{port}" in f.error.message
     assert len(result.files) + len(result.failed) == N_FILES
     assert len(data_files(out)) == len(result.files) > 0
     assert_identical(emu, result)
