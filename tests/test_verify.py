@@ -116,11 +116,18 @@ async def test_garbage_after_magic_detected(tmp_path: Path, verify: Verifier) ->
 
 
 async def test_non_fits_passes(tmp_path: Path, verify: Verifier) -> None:
-    """Files that are not FITS (tar, jpg, empty) pass: there is nothing to verify."""
+    """Files that are not FITS (tar, jpg, empty) pass, untouched: there is nothing to verify.
+    What decides is the content, not the name: a damaged FITS file named like a tar fails."""
     for name, content in [("a.tar", b"ustar" * 1000), ("b.jpg", b"\xff\xd8\xff"), ("e", b"")]:
         path = tmp_path / name
         path.write_bytes(content)
         await verify(path)
+        assert path.read_bytes() == content
+    disguised = tmp_path / "c.tar"
+    _write_fits(disguised)
+    _flip(disguised, FITS_BLOCK + 17)
+    with pytest.raises(IntegrityError, match="DATASUM"):
+        await verify(disguised)
 
 
 async def test_check_size(tmp_path: Path) -> None:
