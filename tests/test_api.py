@@ -580,7 +580,7 @@ async def test_emulator_status_7_names_pending_id(rig: Rig) -> None:
 @pytest.mark.anyio
 async def test_emulator_status_7_per_ip(rig: Rig) -> None:
     """Over the per-IP pending limit the error is marked per_ip."""
-    rig.emu.knobs.max_pending_per_ip = 1
+    rig.emu.knobs.max_pending_per_ip = 0  # "more than 0 pending": the second is refused
     await rig.api.exp_request(FEW, notify=EMAIL, method="url", protocol="fits")
     with pytest.raises(PendingLimitError) as info:
         await rig.api.exp_request(FEW, notify="bob@example.org", method="url", protocol="fits")

@@ -38,7 +38,8 @@ class Knobs:
     max_pending_per_email : int
         Pending exports an email may hold; the next request gets status 7.
     max_pending_per_ip : int
-        Pending exports one client IP may hold; the next request gets status 7.
+        A request finding more than this many pending exports from its IP gets status 7
+        (the server's ``> 10``), so an IP can hold one more than this.
     max_records : int
         Records one export may open ("Can not open RecordSet ... too many records").
     size_cap_mb : int
