@@ -474,6 +474,9 @@ async def test_emulator_count_and_rs_list(rig: Rig) -> None:
     entry = rig.emu.audit.requests("jsoc_info/rs_list")[0]
     assert entry.params["key"] == "T_REC,CAR_ROT"
     assert entry.params["n"] == "3"
+    # A record set with no record: the server sends the count alone, which reads as empty.
+    nothing = await rig.api.rs_list("hmi.M_45s[2030.01.01_00:00:00_TAI]", keys=["T_REC"])
+    assert (nothing.count, nothing.keywords, nothing.segments) == (0, {}, {})
 
 
 @pytest.mark.anyio
