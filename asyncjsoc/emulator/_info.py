@@ -116,7 +116,9 @@ def _rs_list(state: State, sel: Any, params: dict[str, str]) -> dict[str, Any]:
     records = list(sel)
     keys = _split(params.get("key", ""))
     if any(k.upper() == "**ALL**" for k in keys):
-        keys = [k.name for k in series.keywords]
+        # The slot index keywords (T_REC_index...) are internal: **ALL** lists the others
+        # (a recorded **ALL** of hmi.sharp_cea_720s has 176 keywords, none of them *_index).
+        keys = [k.name for k in series.keywords if k.recscope != "index"]
     keys = [k for k in keys if k.upper() != "**NONE**"]
     segs = _split(params.get("seg", ""))
     if any(s.upper() == "**ALL**" for s in segs):

@@ -93,6 +93,18 @@ async def test_rs_list_of_nothing_is_the_count_alone(emulator: Emulator) -> None
     assert body == {"count": 0, "runtime": body["runtime"], "status": 0}
 
 
+async def test_rs_list_all_keywords_leaves_out_the_slot_index(emulator: Emulator) -> None:
+    """key=**ALL** lists every keyword but the internal slot index ones (T_REC_index)."""
+    body = await cgi(emulator, "jsoc_info",
+                     "op=rs_list&ds=hmi.M_45s[2012.01.01_00:00:00_TAI][2]&key=**ALL**")
+    names = [k["name"] for k in body["keywords"]]
+    assert "T_REC" in names
+    assert "CAMERA" in names
+    assert not [n for n in names if n.endswith("_index")]
+    info = await cgi(emulator, "jsoc_info", "op=series_struct&ds=hmi.M_45s")
+    assert len(names) == len(info["keywords"]) - 1  # all of series_struct's but T_REC_index
+
+
 async def test_series_lists(emulator: Emulator) -> None:
     """showextseries (plain, filtered, info=1) and show_series list catalog series."""
     full = await cgi(emulator, "showextseries", "dbhost=hmidb2")
