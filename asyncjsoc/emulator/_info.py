@@ -114,6 +114,10 @@ def _rs_list(state: State, sel: Any, params: dict[str, str]) -> dict[str, Any]:
     """The ``rs_list`` body."""
     series = sel.series
     records = list(sel)
+    if not records:
+        # jsoc_info answers an empty record set with the count alone (its ``nrecs == 0``
+        # branch): no keywords, segments or links lists at all.
+        return {"count": 0, "runtime": 0.01, "status": 0}
     keys = _split(params.get("key", ""))
     if any(k.upper() == "**ALL**" for k in keys):
         # The slot index keywords (T_REC_index...) are internal: **ALL** lists the others
@@ -128,10 +132,6 @@ def _rs_list(state: State, sel: Any, params: dict[str, str]) -> dict[str, Any]:
     if any(ln.upper() == "**ALL**" for ln in links):
         links = [ln.name for ln in series.links]
     links = [ln for ln in links if ln.upper() != "**NONE**"]
-    if not records:
-        # jsoc_info answers an empty record set with the count alone (its ``nrecs == 0``
-        # branch): no keywords, segments or links lists at all.
-        return {"count": 0, "runtime": 0.01, "status": 0}
     body: dict[str, Any] = {}
     if params.get("R", "") == "1":
         body["recinfo"] = [{"name": r.spec(), "online": 0} for r in records]
