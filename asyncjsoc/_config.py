@@ -135,10 +135,12 @@ class ClientConfig:
         per-read timer; see :mod:`asyncjsoc._stall`): it is given up between ``sock_read``
         and ``sock_read`` plus at most a second after its last byte, never sooner.
     poll_min
-        Shortest pause between status polls of a staging export, in seconds.
+        Shortest pause between paced status polls of a staging export, in seconds. Polls
+        planned from where the pull's earlier exports finished, and one at the server's first
+        ``wait`` hint, may come sooner (see :class:`~asyncjsoc._polling.PollPlan`).
     poll_max
-        Longest pause between status polls. The server's ``wait`` hint is honoured within
-        ``[poll_min, poll_max]``; without a hint the pause grows from ``poll_min``.
+        Longest pause between status polls; paced polls come a quarter of the export's age
+        apart within ``[poll_min, poll_max]``.
     status6_retries
         How many times the legacy status 6 ("not found yet") counts as still pending.
     retry

@@ -1,13 +1,16 @@
 """Waiting for a staged export: when to poll ``exp_status``, and what its answers mean.
 
-:func:`wait_export_ready` polls one export until the JSOC has staged it (status 0), following
-the server's ``wait`` estimate without ever busy-polling (the policy is in its Notes), and
-tells pending answers (1, 2, and a bounded number of legacy 6s) from failures.
+:func:`wait_export_ready` polls one export until the JSOC has staged it (status 0) and tells
+pending answers (1, 2, and a bounded number of legacy 6s) from failures. When to poll is
+planned by :class:`PollPlan` (the policy is in its Notes), helped by :class:`StagingTimes`,
+what the pull has seen of how long its exports take.
 """
 
 from __future__ import annotations
 
+import math
 import random
+from collections import deque
 from typing import Protocol
 
 import anyio
@@ -16,10 +19,24 @@ from asyncjsoc._events import Backoff, ExportWaiting, NullReporter, Reporter
 from asyncjsoc._models import ExportStatus
 from asyncjsoc.exceptions import ExportFailedError, ProtocolError
 
-__all__ = ["BROKEN_STATUS_RETRIES", "StatusApi", "wait_export_ready"]
+__all__ = [
+    "BROKEN_STATUS_RETRIES",
+    "LATENESS",
+    "PollPlan",
+    "StagingTimes",
+    "StatusApi",
+    "wait_export_ready",
+]
 
 BROKEN_STATUS_RETRIES = 2
 """How many broken ``exp_status`` answers in a row are polled past before the export fails."""
+
+LATENESS = 0.25
+"""Once no planned poll is left, an export is seen staged at most this fraction of its age late
+(within ``[poll_min, poll_max]``)."""
+
+SETTLED = 0.02
+"""A learned staging time known to within this fraction is polled once, at its upper end."""
 
 
 class StatusApi(Protocol):
@@ -30,16 +47,107 @@ class StatusApi(Protocol):
         ...
 
 
-def _poll_delay(hint: float, late_polls: int, poll_min: float, poll_max: float, *,
-                eta_spent: bool) -> float:
-    """Seconds until the next status poll (see :func:`wait_export_ready` for the policy)."""
-    if hint > 0:
-        if not eta_spent:
-            # Exactly at the server's estimate, even when that is sooner than poll_min.
-            return min(hint, poll_max)
-        return min(max(hint, poll_min), poll_max)
-    base = poll_min * 1.5 ** min(late_polls, 64) * random.uniform(1.0, 1.5)
-    return min(max(base, poll_min), poll_max)
+class StagingTimes:
+    """How long a pull's recent exports took to stage, as brackets ``(pending_at, done_at]``.
+
+    Each bracket is in seconds since the export's ``exp_request`` was sent: the send time of
+    its last answer that was still pending, and the arrival of its first status 0. The time
+    the next export will take is guessed from the newest brackets that agree with each other
+    (their intersection): chunks of one pull tend to stage alike, and a change in the
+    server's pace breaks the agreement, so old brackets drop out by themselves.
+
+    Parameters
+    ----------
+    keep
+        How many of the newest brackets are kept.
+    """
+
+    def __init__(self, keep: int = 8) -> None:
+        self._seen: deque[tuple[float, float]] = deque(maxlen=keep)
+
+    def record(self, pending_at: float, done_at: float) -> None:
+        """One export was still pending at ``pending_at`` and staged by ``done_at``."""
+        if 0 <= pending_at < done_at and math.isfinite(done_at):
+            self._seen.append((pending_at, done_at))
+
+    def window(self) -> tuple[float, float] | None:
+        """The staging time the newest agreeing brackets allow, ``(after, by]``; None if none."""
+        lo, hi = -math.inf, math.inf
+        for a, b in reversed(self._seen):
+            if max(lo, a) >= min(hi, b):
+                break
+            lo, hi = max(lo, a), min(hi, b)
+        return None if hi == math.inf else (lo, hi)
+
+    def targets(self) -> list[float]:
+        """When to poll a new export (seconds after its request) to see it staged early.
+
+        Once the window is narrow (within :data:`SETTLED`), just its upper end: one poll that
+        finds the export staged. Otherwise its middle and then its upper end, so every
+        export halves the window.
+        """
+        window = self.window()
+        if window is None:
+            return []
+        lo, hi = window
+        if hi - lo <= SETTLED * hi:
+            return [hi]
+        return [(lo + hi) / 2, hi]
+
+
+class PollPlan:
+    """When to poll one export; times are seconds since its ``exp_request`` was sent.
+
+    Parameters
+    ----------
+    poll_min, poll_max
+        Bounds of the pause between polls, in seconds (see Notes).
+    targets
+        Planned polls learned from earlier exports (:meth:`StagingTimes.targets`).
+
+    Notes
+    -----
+    The policy, the same for a fresh export and for one found pending:
+
+    * **Learned targets first.** When earlier exports of the pull have staged, the first
+      polls go where they finished (at most two: the middle and the end of the learned
+      window, even if closer together than ``poll_min``), and there are none before. The
+      server's hint is not used then. An export much quicker than its predecessors is
+      therefore seen only at the first target: the price of not polling every export from
+      its start.
+    * **Otherwise the server's hint, once.** The first positive ``wait`` adds one poll at that
+      moment. The real JSOC's hint is only request + 10 s whatever the export takes, so it
+      is one poll among the paced ones, not a promise to wait for; an ideal server's exact
+      hint is thereby still followed to the moment.
+    * **Paced polls.** Apart from those, the pause after a poll at age ``t`` is
+      :data:`LATENESS` x ``t`` (0-20 % less, as jitter, so exports sent together do not
+      poll in lock step) within ``[poll_min, poll_max]``: an export staged at age ``T`` is
+      seen by about ``1.25 T``, and never more than ``poll_max`` late, and a slow export costs
+      a number of polls that grows with the logarithm of its age, not with its age.
+
+    No pause is ever longer than ``poll_max``, and none is zero unless ``poll_min`` is.
+    """
+
+    def __init__(self, poll_min: float, poll_max: float, targets: list[float] | None = None
+                 ) -> None:
+        self._min = poll_min
+        self._max = poll_max
+        self._learned = sorted(targets or [])
+        self._hint: float | None = None
+        self._hint_taken = bool(self._learned)
+
+    def delay(self, age: float, hint: float) -> float:
+        """Seconds from now (the export's ``age``) to the next poll, given its ``wait`` hint."""
+        self._learned = [t for t in self._learned if t > age]
+        if self._learned:
+            return min(self._learned[0] - age, self._max)
+        if not self._hint_taken and hint > 0:
+            self._hint_taken = True
+            self._hint = age + hint
+        paced = min(max(LATENESS * age * random.uniform(0.8, 1.0), self._min), self._max)
+        if self._hint is not None and self._hint > age:
+            paced = min(self._hint - age, paced)
+        return paced
 
 
 async def wait_export_ready(
@@ -50,6 +158,8 @@ async def wait_export_ready(
     poll_max: float = 30.0,
     status6_retries: int = 5,
     reporter: Reporter | None = None,
+    requested_at: float | None = None,
+    staging: StagingTimes | None = None,
 ) -> ExportStatus:
     """Poll an export until it is staged (status 0).
 
@@ -60,11 +170,17 @@ async def wait_export_ready(
     status
         The export's latest status (from ``exp_request`` or an earlier poll).
     poll_min, poll_max
-        Bounds of the pause between polls, in seconds (see Notes).
+        Bounds of the pause between polls, in seconds (see :class:`PollPlan`).
     status6_retries
         How many legacy status-6 answers ("not found yet") count as pending.
     reporter
         Receives an :class:`~asyncjsoc._events.ExportWaiting` before each pause.
+    requested_at
+        When (``anyio.current_time()``) the ``exp_request`` that made ``status`` was sent,
+        for an export this caller just requested; None for one found pending.
+    staging
+        What the pull has learned of staging times. With ``requested_at`` it plans the first
+        polls, and learns from this export once it is staged.
 
     Returns
     -------
@@ -79,26 +195,14 @@ async def wait_export_ready(
         More than ``BROKEN_STATUS_RETRIES`` broken answers in a row.
     ExportTooLargeError, ExportExpiredError
         Statuses 3 and 5, from ``exp_status``.
-
-    Notes
-    -----
-    The polling policy. The server's ``wait`` hint says when it expects the export to be
-    staged (the answer's arrival + ``wait``):
-
-    * the first time a positive hint comes, the next poll is made exactly then, even if that
-      is sooner than ``poll_min`` (capped at ``poll_max``): a ready export is noticed at once
-      rather than on a coarse grid;
-    * later positive hints are followed within ``[poll_min, poll_max]``: a server that keeps
-      saying "almost" is never polled more often than every ``poll_min`` seconds;
-    * once the estimate has passed (no hint, or ``wait <= 0``), the pause backs off from
-      ``poll_min`` by a factor of 1.5 per poll, with 0-50 % random jitter (so exports staged
-      together are not polled in lock step), capped at ``poll_max``.
-
-    There is never a pause of zero unless ``poll_min`` is zero: no busy polling.
     """
     report = reporter if reporter is not None else NullReporter()
-    late_polls = 0
-    eta_spent = False
+    fresh = requested_at is not None
+    start = requested_at if requested_at is not None else anyio.current_time()
+    learned = staging.targets() if staging is not None and fresh else []
+    plan = PollPlan(poll_min, poll_max, learned)
+    pending_at = 0.0
+    polled = False
     sixes = 0
     broken = 0
     while not status.done:
@@ -117,13 +221,11 @@ async def wait_export_ready(
                 f"export {request_id} has unexpected status {status.status}",
                 status=status.status, server_message=status.error, request_id=request_id,
             )
-        delay = _poll_delay(status.wait, late_polls, poll_min, poll_max, eta_spent=eta_spent)
-        if status.wait > 0:
-            eta_spent = True
-        else:
-            late_polls += 1
+        delay = plan.delay(anyio.current_time() - start, status.wait)
         report(ExportWaiting(request_id, status.status, status.wait, delay))
         await anyio.sleep(delay)
+        sent = anyio.current_time() - start
+        polled = True
         try:
             status = await api.exp_status(request_id)
         except ProtocolError as exc:
@@ -134,4 +236,8 @@ async def wait_export_ready(
             report(Backoff(delay, f"broken exp_status answer ({exc.message}); polling again"))
             continue
         broken = 0
+        if not status.done:
+            pending_at = sent
+    if staging is not None and fresh and polled:
+        staging.record(pending_at, anyio.current_time() - start)
     return status

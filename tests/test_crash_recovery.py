@@ -40,7 +40,7 @@ N_FILES = 12
 FILE_SIZE = 20 * 2880
 EMULATOR_FLAGS = {
     "--seed": "5",
-    # Real time: the server's `wait` hint is in its own seconds and the client honours it.
+    # Real time (time scale 1): the server's `wait` hint is in its own seconds.
     "--export-delay": "0.3",
     "--file-size": str(FILE_SIZE),
     "--bandwidth": "400000",  # about 0.15 s per file

@@ -1,8 +1,9 @@
-"""Export polling policy: a poll exactly at the server's ETA, then a polite jittered backoff."""
+"""Export polling policy: learned staging times, the server's hint once, paced polls after."""
 
 from __future__ import annotations
 
 import dataclasses
+import random
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ from engine_helpers import QUERY, emulator, fast_config
 from asyncjsoc._client import Client
 from asyncjsoc._events import Event, ExportWaiting
 from asyncjsoc._models import ExportStatus
-from asyncjsoc._polling import _poll_delay, wait_export_ready
+from asyncjsoc._polling import LATENESS, PollPlan, StagingTimes, wait_export_ready
+from asyncjsoc.emulator import Emulator
 
 pytestmark = pytest.mark.anyio
 
@@ -32,39 +34,108 @@ def _status(code: int, wait: float = 0.0) -> ExportStatus:
     return ExportStatus(status=code, request_id="JSOC_20200101_001", wait=wait)
 
 
-def test_first_hint_is_followed_exactly_even_below_poll_min() -> None:
-    """The first positive hint sets the next poll, even when sooner than poll_min."""
-    assert _poll_delay(0.3, 0, 2.0, 30.0, eta_spent=False) == 0.3
-    assert _poll_delay(100.0, 0, 2.0, 30.0, eta_spent=False) == 30.0
+def _seen_at(staged: float, plan: PollPlan, hint_at: float | None = 10.0) -> tuple[float, int]:
+    """When ``plan`` first polls at or after ``staged`` seconds, and how many polls that took.
+
+    ``hint_at`` is the real JSOC's estimate: its ``wait`` is ``hint_at - age``, whole seconds.
+    """
+    age, polls = 0.0, 0
+    while True:
+        hint = round(hint_at - age) if hint_at is not None else 0
+        age += plan.delay(age, hint)
+        polls += 1
+        if age >= staged:
+            return age, polls
 
 
-def test_later_hints_and_late_exports_never_poll_faster_than_poll_min() -> None:
-    """After the ETA exception, every pause is within [poll_min, poll_max] and never zero."""
-    assert _poll_delay(0.01, 0, 2.0, 30.0, eta_spent=True) == 2.0
-    assert _poll_delay(7.0, 0, 2.0, 30.0, eta_spent=True) == 7.0
-    late = [_poll_delay(0.0, k, 2.0, 30.0, eta_spent=True) for k in range(12)]
-    assert all(2.0 <= d <= 30.0 for d in late)
-    assert late[-1] == 30.0
-    assert late[0] < late[6]
-    jittered = {_poll_delay(-1.0, 2, 2.0, 30.0, eta_spent=False) for _ in range(20)}
+def test_the_first_hint_adds_one_exact_poll_even_below_poll_min() -> None:
+    """An ideal server's exact hint is followed to the moment; a far one waits for no one."""
+    assert PollPlan(2.0, 30.0).delay(0.0, 0.3) == 0.3
+    assert PollPlan(2.0, 30.0).delay(0.0, 100.0) == 2.0
+    plan = PollPlan(2.0, 30.0)
+    assert plan.delay(0.0, 3.0) == 2.0
+    assert plan.delay(2.0, 1.0) == pytest.approx(1.0)
+    assert plan.delay(3.0, 0.5) == 2.0  # a later hint is not followed
+    capped = PollPlan(0.001, 0.5)
+    assert capped.delay(0.0, 100.0) == 0.001
+
+
+def test_paced_polls_keep_lateness_within_a_quarter_of_the_age() -> None:
+    """Against the real JSOC's meaningless hint, an export is seen by ~1.25 x its staging
+    time (at most poll_max late), with polls growing like the logarithm of the time."""
+    random.seed(5)
+    for staged in (0.5, 3.0, 8.0, 11.0, 30.0, 75.0, 200.0, 900.0):
+        seen, polls = _seen_at(staged, PollPlan(2.0, 30.0))
+        late = seen - staged
+        assert late <= max(2.0, min(LATENESS * staged, 30.0)) + 1e-9, (staged, seen)
+        # poll_min steps to 8 s, x1.2-1.25 steps to 120 s, then every poll_max
+        assert polls <= (5 if staged <= 8 else 20 + max(0.0, staged - 120) / 30), staged
+    pauses = [PollPlan(2.0, 30.0).delay(age, 0) for age in (0.0, 4.0, 40.0, 400.0)]
+    assert pauses[:2] == [2.0, 2.0]
+    assert 0.8 * LATENESS * 40 <= pauses[2] <= LATENESS * 40
+    assert pauses[3] == 30.0
+    jittered = {PollPlan(2.0, 30.0).delay(40.0, 0) for _ in range(20)}
     assert len(jittered) > 1
 
 
+def test_learned_targets_come_first_and_the_hint_is_then_ignored() -> None:
+    """With targets the first polls are exactly there, however far; paced polls only after."""
+    plan = PollPlan(2.0, 30.0, [8.0, 7.0])
+    assert plan.delay(0.0, 10.0) == 7.0  # no paced polls before the first target
+    assert plan.delay(7.0, 3.0) == pytest.approx(1.0)
+    late = plan.delay(8.0, 2.0)
+    assert 2.0 <= late <= LATENESS * 8.0 + 2.0
+    seen, polls = _seen_at(8.0, PollPlan(0.5, 30.0, [7.9, 8.05]))
+    assert seen == pytest.approx(8.05)
+    assert polls == 2
+    assert PollPlan(2.0, 30.0, [100.0]).delay(0.0, 0) == 30.0
+
+
+def test_staging_times_narrow_to_the_agreeing_newest_brackets() -> None:
+    """The window is the intersection of the newest consistent brackets; a change of pace
+    drops the old ones; a narrow window is polled once, at its end."""
+    times = StagingTimes()
+    assert times.window() is None
+    assert times.targets() == []
+    times.record(0.0, 10.0)
+    assert times.targets() == [5.0, 10.0]
+    times.record(5.0, 10.5)
+    times.record(4.0, 7.5)
+    assert times.window() == (5.0, 7.5)
+    assert times.targets() == [6.25, 7.5]
+    times.record(7.45, 7.55)
+    assert times.window() == (7.45, 7.5)
+    assert times.targets() == [7.5]
+    times.record(20.0, 25.0)  # slower now: the old brackets disagree and drop out
+    assert times.window() == (20.0, 25.0)
+    times.record(3.0, 2.0)
+    times.record(-1.0, 2.0)
+    assert times.window() == (20.0, 25.0)
+    small = StagingTimes(keep=2)
+    for bracket in ((0.0, 9.0), (1.0, 8.0), (2.0, 10.0)):
+        small.record(*bracket)
+    assert small.window() == (2.0, 8.0)
+
+
 async def test_a_server_saying_almost_forever_is_polled_at_poll_min() -> None:
-    """Repeated tiny hints use the ETA exception once, then poll_min spacing."""
+    """Repeated tiny hints use the hint once, then poll_min spacing."""
     api = _Scripted(_status(1, wait=0.001), _status(1, wait=0.001), _status(0))
     events: list[Event] = []
     final = await wait_export_ready(api, _status(2, wait=0.001), poll_min=0.01, poll_max=1.0,
                                     reporter=events.append)
     assert final.done
     pauses = [e.next_poll for e in events if isinstance(e, ExportWaiting)]
-    assert pauses == [0.001, 0.01, 0.01]
+    assert pauses[0] == 0.001
+    assert pauses[1:] == [0.01, 0.01]
 
 
-async def test_export_is_polled_at_its_eta_not_on_the_poll_min_grid(tmp_path: Path) -> None:
-    """Audit: the only status poll arrives just after the export is ready, long before poll_min."""
+async def test_an_ideal_servers_eta_is_polled_exactly_not_on_the_poll_min_grid(
+    tmp_path: Path,
+) -> None:
+    """Audit: against an exact hint the only status poll arrives just after the export is
+    ready, long before poll_min."""
     delay = 0.3
-    async with emulator(time_scale=1.0, export_delay=delay) as emu:
+    async with emulator(time_scale=1.0, export_delay=delay, eta_seconds=None) as emu:
         config = dataclasses.replace(fast_config(emu, method="url", protocol="fits"),
                                      poll_min=2.0, poll_max=30.0)
         async with Client(config, tmp_path) as client:
@@ -78,3 +149,37 @@ async def test_export_is_polled_at_its_eta_not_on_the_poll_min_grid(tmp_path: Pa
         assert polls[0].status == 0
         late = polls[0].time - (submits[0].time + delay)
         assert -0.01 <= late < 0.5, late
+
+
+def _lateness(emu: Emulator) -> list[tuple[float, int]]:
+    """Per export, in request order: seconds from staged to the first status-0 poll, polls."""
+    out = []
+    polls = emu.audit.requests("jsoc_fetch/exp_status")
+    for span in sorted(emu.audit.pending, key=lambda s: s.start):
+        mine = [p for p in polls if p.params.get("requestid") == span.request_id]
+        seen = next(p.time for p in mine if p.status == 0)
+        out.append((seen - span.end, len(mine)))
+    return out
+
+
+async def test_a_pull_learns_its_staging_time_from_the_real_servers_meaningless_hint(
+    tmp_path: Path,
+) -> None:
+    """Audit, real-server hints (request + 10 s): the first export is seen on the paced grid,
+    not at the 10 s estimate; later ones are polled where the earlier ones finished."""
+    delay = 0.45
+    async with emulator(time_scale=1.0, export_delay=delay, file_caps={"hmi.": 1}) as emu:
+        config = dataclasses.replace(fast_config(emu, method="url", protocol="fits"),
+                                     poll_min=0.2, poll_max=30.0)
+        async with Client(config, tmp_path) as client:
+            result = await client.fetch("hmi.M_45s[2012.01.01_00:00:00_TAI/315s]{magnetogram}")
+        assert result.ok
+        assert len(result.files) == 7
+        late = _lateness(emu)
+    assert len(late) == 7
+    first_late, first_polls = late[0]
+    assert 0.0 <= first_late <= 0.2 + 0.1, late
+    assert first_polls >= 2, late
+    for lateness, polls in late[-3:]:
+        assert 0.0 <= lateness < 0.06, late
+        assert polls <= 2, late

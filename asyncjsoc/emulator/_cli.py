@@ -89,6 +89,11 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--seed", type=_count, default=0, help="seed of every random fault")
     p.add_argument("--time-scale", type=_positive, default=1.0, help="emulator s per wall s")
     p.add_argument("--export-delay", type=_seconds, default=1.0, help="export processing seconds")
+    p.add_argument("--eta-seconds", type=_seconds, default=10.0,
+                   help="seconds from a request to the estimate its `wait` counts down to "
+                   "(the real server: 10, whatever the export takes)")
+    p.add_argument("--exact-wait", action="store_true",
+                   help="an ideal server: `wait` is the true time left (overrides --eta-seconds)")
     p.add_argument("--retention", type=_seconds, default=7 * 86400.0, help="export lifetime, s")
     p.add_argument("--pending-timeout", type=_seconds, default=3600.0, help="slot timeout, s")
     p.add_argument("--max-pending-per-email", type=_count, default=1)
@@ -138,6 +143,7 @@ def knobs_from_args(args: argparse.Namespace) -> Knobs:
     """The Knobs the parsed flags describe."""
     knobs = Knobs(
         seed=args.seed, time_scale=args.time_scale, export_delay=args.export_delay,
+        eta_seconds=None if args.exact_wait else args.eta_seconds,
         retention=args.retention, pending_timeout=args.pending_timeout,
         max_pending_per_email=args.max_pending_per_email,
         max_pending_per_ip=args.max_pending_per_ip, size_cap_mb=args.size_cap_mb,

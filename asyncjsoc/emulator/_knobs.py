@@ -29,6 +29,13 @@ class Knobs:
         Emulator seconds per wall second (100 makes a 10 s export take 0.1 s).
     export_delay : float
         Emulator seconds from ``exp_request`` until the export reaches status 0 (or 4).
+    eta_seconds : float | None
+        Emulator seconds from ``exp_request`` to the estimate its ``wait`` counts down to.
+        The real server stores EstTime = request + 10 s whatever the export will take, and
+        prints ``wait`` = EstTime - now rounded to whole seconds (``%1.0lf``), so it reads 10
+        on a new request and 0 or less once those 10 s have passed (protocol §5.9, §6).
+        ``None`` makes an ideal server instead, whose ``wait`` is the true time left
+        (``export_delay`` counted down, with decimals).
     retention : float
         Emulator seconds a finished export stays online; afterwards status 5 and file 404s.
     pending_timeout : float
@@ -146,6 +153,7 @@ class Knobs:
     seed: int = 0
     time_scale: float = 1.0
     export_delay: float = 1.0
+    eta_seconds: float | None = 10.0
     retention: float = 7 * 86400.0
     pending_timeout: float = 3600.0
     duplicate_window: float = 86400.0

@@ -55,6 +55,7 @@ class Export:
     size_mb: int
     rows: list[ExportRow]
     md5: str
+    eta_at: float | None = None
     polls: int = 0
     index_json: str | None = None
     error: str = "Export processing failed (emulated failure)."
@@ -219,6 +220,7 @@ class State:
             requestor=requestor,
             created=now,
             done_at=now + self.knobs.export_delay,
+            eta_at=None if self.knobs.eta_seconds is None else now + self.knobs.eta_seconds,
             fails=self.chance(self.knobs.export_failure_rate),
             sunum=sunum,
             rcount=rcount,
@@ -234,8 +236,15 @@ class State:
         return exp
 
     def wait_of(self, exp: Export) -> float | int:
-        """Seconds until ``exp`` is done (an int when whole, as the server prints it)."""
-        return seconds_value(exp.done_at - self.clock.now())
+        """The ``wait`` the server prints for ``exp``: whole seconds to its estimate.
+
+        That is EstTime - now, rounded as ``%1.0lf`` rounds, and negative once the estimate has
+        passed (see ``Knobs.eta_seconds``). An export made by an ideal server (``eta_seconds``
+        None) reports the true time until it is done instead, an int only when whole.
+        """
+        if exp.eta_at is None:
+            return seconds_value(exp.done_at - self.clock.now())
+        return round(exp.eta_at - self.clock.now())
 
     # -- per-IP accounting ----------------------------------------------------------------------
 

@@ -23,7 +23,8 @@ def test_flags_become_knobs() -> None:
          "--seed", "9", "--http500-rate", "0.1", "--rate-budget", "50", "--block-seconds", "5",
          "--file-cap", "aia.=10", "--series-file-size", "hmi.m_45s=2000",
          "--unknown-email", "x@y.org", "--bandwidth", "1000", "--max-connections", "2",
-         "--drop-rate", "0.2", "--status6-polls", "2", "--time-scale", "10"]
+         "--drop-rate", "0.2", "--status6-polls", "2", "--time-scale", "10",
+         "--eta-seconds", "4"]
     )  # fmt: skip
     assert isinstance(args, argparse.Namespace)
     knobs = knobs_from_args(args)
@@ -41,7 +42,11 @@ def test_flags_become_knobs() -> None:
     assert knobs.drop_rate == 0.2
     assert knobs.status6_polls == 2
     assert knobs.time_scale == 10
+    assert knobs.eta_seconds == 4
     assert args.handler.__name__ == "run"
+    exact = knobs_from_args(build_parser().parse_args(["emulator", "--exact-wait"]))
+    assert exact.eta_seconds is None
+    assert knobs_from_args(build_parser().parse_args(["emulator"])).eta_seconds == 10
 
 
 @pytest.mark.anyio

@@ -80,7 +80,7 @@ async def test_full_lifecycle_fits_index(emulator: Emulator) -> None:
     rid = first["requestid"]
     pending = await fetch(emulator, op="exp_status", requestid=rid)
     assert pending["status"] == 1
-    assert 0 < pending["wait"] <= 0.3
+    assert pending["wait"] == 10
     raw = await wait_for_raw(emulator, rid)
     assert raw.startswith('{\n\t"version": "0.5",\n\t"requestid": ')
     assert '"status": "0"' in raw
@@ -192,10 +192,42 @@ async def test_size_and_file_caps(emulator: Emulator) -> None:
     assert emulator.state.exports == {}
 
 
+async def test_wait_counts_down_to_a_fixed_estimate_in_whole_seconds(emulator: Emulator) -> None:
+    """As the server: wait = request + 10 s - now, rounded, whatever the export takes, and
+    negative once the estimate has passed while the export is still processing."""
+    emulator.knobs.export_delay = 100.0
+    first = await request(emulator)
+    assert first["wait"] == 10
+    rid = first["requestid"]
+    waits = []
+    for step in (3.4, 3.0, 7.0, 50.0):
+        emulator.clock.advance(step)
+        body = await fetch(emulator, op="exp_status", requestid=rid)
+        assert body["status"] == 1
+        waits.append(body["wait"])
+    assert waits == [7, 4, -3, -53]
+    assert all(type(w) is int for w in waits)
+    again = await request(emulator, email="b@b.org")  # a duplicate: the old id
+    assert (again["requestid"], again["wait"]) == (rid, 0)
+
+
+async def test_an_ideal_server_counts_down_the_true_time_left(emulator: Emulator) -> None:
+    """With eta_seconds None, wait is export_delay counted down, decimals kept."""
+    emulator.knobs.eta_seconds = None
+    emulator.knobs.export_delay = 30.0
+    first = await request(emulator)
+    assert 29.0 < first["wait"] <= 30.0
+    emulator.clock.advance(12.5)
+    body = await fetch(emulator, op="exp_status", requestid=first["requestid"])
+    assert 16.5 < body["wait"] <= 17.5
+    assert body["wait"] != round(body["wait"])
+
+
 async def test_duplicate_returns_same_id_within_24h(emulator: Emulator) -> None:
     """An identical request returns the old id with status 2; after 24 h a new id."""
     first = await request(emulator)
     await wait_done(emulator, first["requestid"])
+    emulator.clock.advance(11)  # past the estimate: max(0, EstTime - now) is 0
     again = await request(emulator)
     assert again["status"] == 2
     assert again["requestid"] == first["requestid"]
