@@ -77,8 +77,9 @@ def _limit(params: dict[str, str]) -> int | None:
 
 
 def _size_mb(nbytes: int) -> int:
-    """Bytes as the server's MB figure: rounded up, at least 1 when anything is there."""
-    return 0 if nbytes <= 0 else max(1, -(-nbytes // MB))
+    """Bytes as the server's MB figure: whole MiB rounded down, but at least 1 when anything
+    is there (jsoc_fetch raises a size under 1 MiB to 1 MiB, then divides)."""
+    return 0 if nbytes <= 0 else max(1, nbytes // MB)
 
 
 def _series_of(ds: str) -> str:
@@ -250,19 +251,39 @@ def exp_status(state: State, params: dict[str, str]) -> FetchResult:
     if exp.polls <= state.knobs.status6_polls:
         return {"status": 6, **head, "wait": max(0, state.wait_of(exp)),
                 "error": "Request not found"}  # fmt: skip
+    txt = params.get("format", "json").lower() == "txt"
     phase = exp.phase(state.clock.now(), state.knobs.retention)
     if phase == "processing":
+        if txt:
+            return _not_ready_txt(1, head, state.wait_seconds(exp), exp.size_mb)
         return {"status": 1, **head, "wait": state.wait_of(exp), "rcount": 0,
                 "size": exp.size_mb}  # fmt: skip
-    if phase == "failed":
-        return {"status": 4, **head, "wait": 0, "error": exp.error, "contact": CONTACT}
-    if phase == "expired":
-        return {"status": 5, **head, "wait": 0,
-                "error": "Request was completed but is now deleted, 7 day limit exceeded",
-                "contact": CONTACT}  # fmt: skip
-    if params.get("format", "json").lower() == "txt":
+    if phase in ("failed", "expired"):
+        # The server's status switch sets wait 999999 for 3, 4 and 5; rcount is only known
+        # to exp_request, so a status call prints 0.
+        code, error = ((4, exp.error) if phase == "failed" else
+                       (5, "Request was completed but is now deleted, 7 day limit exceeded"))
+        if txt:
+            return _not_ready_txt(code, head, 999999.0, exp.size_mb, error)
+        return {"status": code, **head, "wait": 999999, "rcount": 0, "size": exp.size_mb,
+                "error": error, "contact": CONTACT}  # fmt: skip
+    if txt:
         return index_txt(exp)
     return index_json(exp)
+
+
+def _not_ready_txt(status: int, head: dict[str, str], wait: float, size_mb: int,
+                   error: str | None = None) -> str:
+    """The ``format=txt`` answer for an export that is not done: ``key=value`` lines, the
+    wait unrounded (``%f``), an error quoted, and the contact line for statuses above 2."""
+    lines = ["# JSOC Data Export Not Ready.", f"status={status}",
+             f"requestid={head['requestid']}", f"method={head['method']}",
+             f"protocol={head['protocol']}", f"wait={wait:f}", f"size={size_mb}"]  # fmt: skip
+    if error is not None:
+        lines.append(f'error="{error}"')
+    if status > 2:
+        lines.append(f"contact={CONTACT}")
+    return "\n".join(lines) + "\n"
 
 
 def _index_header(exp: Export) -> list[tuple[str, str]]:

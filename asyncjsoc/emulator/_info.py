@@ -196,7 +196,16 @@ def show_series(catalog: Catalog, params: dict[str, str]) -> dict[str, Any]:
 
 
 def check_address(state: State, params: dict[str, str]) -> dict[str, Any]:
-    """Answer ``checkAddress.sh``; the address is URL-unquoted once more, as the server does."""
+    """Answer ``checkAddress.sh``; the address is URL-unquoted once more, as the server does.
+
+    Without ``checkonly`` an unregistered (or lapsed) address starts a registration: status
+    1, and from then on status 3 (pending), as the address now awaits its confirmation reply
+    (protocol §4). The real message of status 1 is not recorded; the emulator's is its own.
+    """
     address = unquote(params.get("address", "")).strip()
     code, msg = state.email_status(address)
+    if code == 4 and params.get("checkonly", "") in ("", "0"):
+        state.start_registration(address)
+        return {"msg": f"A registration email has been sent to {address}; reply to it within "
+                "15 minutes to complete the registration.", "status": 1}
     return {"msg": msg, "status": code}

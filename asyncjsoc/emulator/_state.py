@@ -139,6 +139,7 @@ class State:
         self._day_counters: dict[str, int] = {}
         self._spans: dict[str, PendingSpan] = {}
         self._ips: dict[str, _IpState] = {}
+        self._registering: set[str] = set()
 
     # -- faults ---------------------------------------------------------------------------------
 
@@ -155,13 +156,17 @@ class State:
         if not EMAIL_RE.fullmatch(address):
             return -2, "Not a valid email address."
         low = address.lower()
-        if low in {e.lower() for e in self.knobs.pending_emails}:
+        if low in self._registering or low in {e.lower() for e in self.knobs.pending_emails}:
             return 3, "Email address registration is pending. Please wait and try again later."
         if low in {e.lower() for e in self.knobs.expired_emails}:
             return 4, "Email address registration has expired; please register it again."
         if low in {e.lower() for e in self.knobs.unknown_emails}:
             return 4, "Email address has been neither validated nor registered."
         return 2, "Email address is valid and registered."
+
+    def start_registration(self, address: str) -> None:
+        """``address`` was sent a registration email: it is pending from now on."""
+        self._registering.add(address.lower())
 
     # -- pending slots --------------------------------------------------------------------------
 
@@ -244,7 +249,11 @@ class State:
         """
         if exp.eta_at is None:
             return seconds_value(exp.done_at - self.clock.now())
-        return round(exp.eta_at - self.clock.now())
+        return round(self.wait_seconds(exp))
+
+    def wait_seconds(self, exp: Export) -> float:
+        """Seconds from now to ``exp``'s estimate, unrounded (``format=txt`` prints ``%f``)."""
+        return (exp.done_at if exp.eta_at is None else exp.eta_at) - self.clock.now()
 
     # -- per-IP accounting ----------------------------------------------------------------------
 

@@ -145,6 +145,22 @@ async def test_check_address_codes(
         assert "expired" in body["msg"]
 
 
+async def test_check_address_without_checkonly_starts_a_registration(emulator: Emulator) -> None:
+    """No checkonly: an unknown address gets 1 (registration sent), then 3 (pending); a
+    registered one still 2, and the same unknown address with checkonly stays 4."""
+    emulator.knobs.unknown_emails.update({"u@x.org", "w@x.org"})
+    assert (await cgi(emulator, "checkAddress.sh", "address=w%2540x.org&checkonly=1"))[
+        "status"] == 4
+    started = await cgi(emulator, "checkAddress.sh", "address=u%2540x.org")
+    assert started["status"] == 1
+    assert "u@x.org" in started["msg"]
+    assert (await cgi(emulator, "checkAddress.sh", "address=u%2540x.org&checkonly=1"))[
+        "status"] == 3
+    assert (await cgi(emulator, "checkAddress.sh", "address=w%2540x.org&checkonly=1"))[
+        "status"] == 4
+    assert (await cgi(emulator, "checkAddress.sh", "address=me%2540x.org"))["status"] == 2
+
+
 async def test_query_decoding_quirks_post_and_unknown_params(emulator: Emulator) -> None:
     """``process%3Dn=1`` limits records, unknown params are ignored, POST works like GET."""
     ds = "hmi.M_45s%5B2012.01.01_00%3A00%3A00_TAI%2F10m%5D"

@@ -192,6 +192,16 @@ async def test_size_and_file_caps(emulator: Emulator) -> None:
     assert emulator.state.exports == {}
 
 
+async def test_size_is_whole_mib_rounded_down_but_at_least_one(emulator: Emulator) -> None:
+    """As jsoc_fetch: a size under 1 MiB becomes 1, others are divided down (3.8 MiB → 3)."""
+    emulator.knobs.file_size = 1_000_000  # four records: about 3.8 MiB
+    body = await request(emulator)
+    assert body["size"] == 3
+    emulator.knobs.file_size = 2 * 2880
+    one = await request(emulator, email="b@b.org", ds="hmi.M_45s[2012.01.01_00:00:00_TAI]")
+    assert one["size"] == 1
+
+
 async def test_wait_counts_down_to_a_fixed_estimate_in_whole_seconds(emulator: Emulator) -> None:
     """As the server: wait = request + 10 s - now, rounded, whatever the export takes, and
     negative once the estimate has passed while the export is still processing."""
@@ -305,10 +315,37 @@ async def test_exp_status_errors_and_expiry(emulator: Emulator) -> None:
     assert (await get(emulator, path))[0] == 200
     emulator.clock.advance(7 * 86400 + 1)
     gone = await fetch(emulator, op="exp_status", requestid=first["requestid"])
-    assert gone["status"] == 5
-    assert "7 day limit exceeded" in gone["error"]
-    assert gone["contact"] == "jsoc_help@jsoc.stanford.edu"
+    assert gone == {"status": 5, "requestid": first["requestid"], "method": "url",
+                    "protocol": "fits", "wait": 999999, "rcount": 0, "size": first["size"],
+                    "error": "Request was completed but is now deleted, 7 day limit exceeded",
+                    "contact": "jsoc_help@jsoc.stanford.edu"}  # fmt: skip
+    assert list(gone) == ["status", "requestid", "method", "protocol", "wait", "rcount",
+                          "size", "error", "contact"]  # fmt: skip
     assert (await get(emulator, path))[0] == 404
+    text = await fetch(emulator, raw=True, op="exp_status", requestid=first["requestid"],
+                       format="txt")
+    assert text == (f"# JSOC Data Export Not Ready.\nstatus=5\nrequestid={first['requestid']}\n"
+                    f"method=url\nprotocol=fits\nwait=999999.000000\nsize={first['size']}\n"
+                    'error="Request was completed but is now deleted, 7 day limit exceeded"\n'
+                    "contact=jsoc_help@jsoc.stanford.edu\n")
+
+
+async def test_a_pending_export_in_txt_format_is_not_ready_with_its_unrounded_wait(
+    emulator: Emulator,
+) -> None:
+    """format=txt of a pending export: the server's 'Not Ready' lines, wait printed %f."""
+    emulator.knobs.export_delay = 100.0
+    first = await request(emulator)
+    emulator.clock.advance(2.25)
+    text = await fetch(emulator, raw=True, op="exp_status", requestid=first["requestid"],
+                       format="txt")
+    lines = text.splitlines()
+    assert lines[:5] == ["# JSOC Data Export Not Ready.", "status=1",
+                         f"requestid={first['requestid']}", "method=url", "protocol=fits"]
+    assert re.fullmatch(r"wait=7\.7\d{5}", lines[5]), lines[5]
+    assert 7.6 < float(lines[5][5:]) <= 7.75
+    assert lines[6:] == [f"size={first['size']}"]
+    assert text.endswith("\n")
 
 
 async def test_fault_status6_hash_error_and_failure(emulator: Emulator) -> None:
@@ -330,6 +367,7 @@ async def test_fault_status6_hash_error_and_failure(emulator: Emulator) -> None:
     assert failed["status"] == 4
     assert failed["error"]
     assert failed["contact"]
+    assert (failed["wait"], failed["rcount"], failed["size"]) == (999999, 0, doomed["size"])
     # the slot is freed when the export fails
     assert (await request(emulator, email="x@y.org", ds=AIA))["status"] == 2
 
