@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from ._keyvals import aia_file_time
 from ._model import Record, Segment
 
 __all__ = ["default_filenamefmt", "expand_filenamefmt"]
@@ -79,7 +80,10 @@ def expand_filenamefmt(fmt: str, record: Record, segment: Segment, counter: int)
         kw = record.series.keyword(name)
         if kw is None:
             return "ERROR"
-        value = record.key(kw.name)
+        if kw.name.upper() == "T_REC" and record.series.name.lower().startswith("aia."):
+            value = aia_file_time(record)
+        else:
+            value = record.key(kw.name)
         if layout is None:
             return value
         if kw.type == "time":

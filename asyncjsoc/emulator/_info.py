@@ -148,8 +148,9 @@ def _rs_list(state: State, sel: Any, params: dict[str, str]) -> dict[str, Any]:
         if seg is not None:
             entry["dims"] = [seg.dims or "" for _ in records]
             entry["cparms"] = ["compress Rice" for _ in records]
-            entry["bzeros"] = ["0" for _ in records]
-            entry["bscales"] = ["1" for _ in records]
+            bzero, bscale = _scaling(series, seg.name)
+            entry["bzeros"] = [bzero for _ in records]
+            entry["bscales"] = [bscale for _ in records]
         segments.append(entry)
     body["segments"] = segments
     body["links"] = [
@@ -193,6 +194,15 @@ def show_series(catalog: Catalog, params: dict[str, str]) -> dict[str, Any]:
         return {"status": 1, "errmsg": "invalid filter"}
     names = [{"name": s.name, "primekeys": ", ".join(s.primekeys), "note": s.note} for s in found]
     return {"status": 0, "names": names, "n": len(names)}
+
+
+def _scaling(series: Series, segment: str) -> tuple[str, str]:
+    """A segment's bzero and bscale as rs_list prints them: the series' ``<seg>_bzero`` and
+    ``<seg>_bscale`` keywords where it has them (hmi.M_45s magnetogram: 0 and 0.1, as
+    recorded), else 0 and 1."""
+    zero = series.keyword(f"{segment}_bzero")
+    scale = series.keyword(f"{segment}_bscale")
+    return (zero.defval if zero is not None else "0", scale.defval if scale is not None else "1")
 
 
 def check_address(state: State, params: dict[str, str]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from ._harps import mix_hash, unit_hash
 from ._model import Record
 from ._times import DAY, format_iso_utc, format_tai, time_to_jd
 
-__all__ = ["key_value", "time_key_names"]
+__all__ = ["aia_file_time", "key_value", "time_key_names"]
 
 _MISSING_DEFAULTS = frozenset({"nan", "-2147483648", "0x80000000", "-32768", "-128"})
 #: AIA exposure offsets T_OBS - T_REC per wavelength (seconds; roughly like real data).
@@ -65,6 +65,15 @@ def _t_obs(rec: Record) -> str:
         w = rec.value("WAVELNTH")
         return _fmt_time(rec, t + _AIA_TOBS.get(w, 5.0) + 0.01 * mix_hash(2, rec.recnum))
     return _fmt_time(rec, t + 0.3 * mix_hash(2, rec.recnum) - 0.15)
+
+
+def aia_file_time(rec: Record) -> str:
+    """What an AIA export's file name prints for ``{T_REC:...}``: the observation time, cut to
+    whole seconds. The 2020 recordings show it, not the slot: slot 13:30:02Z of 193 Å is file
+    ``...T133009Z...`` (+7 s), of 335 Å ``+3 s``, the whole seconds of T_OBS - T_REC. Why the
+    server prints it so is not known; the emulator reproduces what it sees."""
+    w = rec.value("WAVELNTH")
+    return format_iso_utc(math.floor(rec.t_rec() + _AIA_TOBS.get(w, 5.0)), 0)
 
 
 def _harp(rec: Record) -> int:

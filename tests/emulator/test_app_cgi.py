@@ -60,6 +60,10 @@ async def test_rs_list_keys_segments_links_recinfo(emulator: Emulator) -> None:
         p.startswith("/SUM") and p.endswith("/magnetogram.fits") for p in segs["magnetogram"]
     )
     assert segs["noseg"] == ["InvalidSegName"] * 2
+    magnetogram = next(s for s in body["segments"] if s["name"] == "magnetogram")
+    assert (magnetogram["dims"], magnetogram["cparms"]) == (["4096x4096"] * 2,
+                                                             ["compress Rice"] * 2)
+    assert (magnetogram["bzeros"], magnetogram["bscales"]) == (["0"] * 2, ["0.1"] * 2)
     assert [r["name"] for r in body["recinfo"]] == [
         "hmi.M_45s[2012.01.01_00:00:45_TAI][2]",
         "hmi.M_45s[2012.01.01_00:01:30_TAI][2]",

@@ -192,6 +192,25 @@ async def test_size_and_file_caps(emulator: Emulator) -> None:
     assert emulator.state.exports == {}
 
 
+async def test_aia_file_names_print_the_observation_second_not_the_slot(
+    emulator: Emulator,
+) -> None:
+    """As recorded in 2020: slot 13:30:02Z of 193 Å is exported as ...T133009Z..., and 335 Å
+    three seconds after its slot, while the index records keep the slot."""
+    emulator.knobs.export_delay = 0.0
+    fmt = "aia.lev1_euv_12s.{T_REC:A}.{WAVELNTH}.{segment}"
+    first = await request(emulator, ds="aia.lev1_euv_12s[2010-07-30T13:30:02Z][193,335]{image}",
+                          filenamefmt=fmt)
+    body = await wait_done(emulator, first["requestid"])
+    rows = [(row["record"], row["filename"]) for row in body["data"]]
+    assert rows == [
+        ("aia.lev1_euv_12s[2010-07-30T13:30:02Z][193]",
+         "aia.lev1_euv_12s.2010-07-30T133009Z.193.image_lev1.fits"),
+        ("aia.lev1_euv_12s[2010-07-30T13:30:02Z][335]",
+         "aia.lev1_euv_12s.2010-07-30T133005Z.335.image_lev1.fits"),
+    ]
+
+
 async def test_size_is_whole_mib_rounded_down_but_at_least_one(emulator: Emulator) -> None:
     """As jsoc_fetch: a size under 1 MiB becomes 1, others are divided down (3.8 MiB → 3)."""
     emulator.knobs.file_size = 1_000_000  # four records: about 3.8 MiB

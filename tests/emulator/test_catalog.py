@@ -216,7 +216,7 @@ def test_filenamefmt_fields(catalog: Catalog) -> None:
     image = aia.series.segment("image")
     assert image is not None
     got = expand_filenamefmt("aia.lev1_euv_12s.{T_REC:A}.{WAVELNTH}.{segment}", aia, image, 0)
-    assert got == "aia.lev1_euv_12s.2010-07-30T133002Z.193.image_lev1.fits"
+    assert got == "aia.lev1_euv_12s.2010-07-30T133009Z.193.image_lev1.fits"
 
 
 def test_resolve_rejects_tampered_paths(catalog: Catalog) -> None:
