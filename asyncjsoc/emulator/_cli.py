@@ -110,6 +110,8 @@ def add_parser(subparsers: Any) -> None:
         metavar="SERIES[:SEG]=BYTES", help="per-series/segment file size",
     )  # fmt: skip
     p.add_argument("--missing-segment-rate", type=_rate, default=0.0)
+    p.add_argument("--offline-rate", type=_rate, default=0.0,
+                   help="fraction of records whose storage units are offline")
     p.add_argument("--unknown-email", action="append", default=[], metavar="ADDR")
     p.add_argument("--pending-email", action="append", default=[], metavar="ADDR")
     p.add_argument("--expired-email", action="append", default=[], metavar="ADDR")
@@ -149,7 +151,7 @@ def knobs_from_args(args: argparse.Namespace) -> Knobs:
         max_pending_per_ip=args.max_pending_per_ip, size_cap_mb=args.size_cap_mb,
         max_records=args.max_records, file_size=args.file_size,
         file_sizes=dict(args.series_file_size),
-        missing_segment_rate=args.missing_segment_rate,
+        missing_segment_rate=args.missing_segment_rate, offline_rate=args.offline_rate,
         unknown_emails=set(args.unknown_email), pending_emails=set(args.pending_email),
         expired_emails=set(args.expired_email), rate_budget=args.rate_budget,
         rate_window=args.rate_window, block_seconds=args.block_seconds,

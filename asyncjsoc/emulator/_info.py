@@ -6,6 +6,7 @@ import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+from asyncjsoc.emulator._fetch import offline
 from asyncjsoc.emulator._state import State
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ def _special(record: Record, name: str, state: State) -> str | None:
         return str(sum(state.knobs.size_for(record.series.name, s.name)
                        for s in record.series.segments))  # fmt: skip
     if low == "*online*":
-        return "Y" if record.online else "N"
+        return "N" if offline(state, record) else "Y"
     if low == "*retain*":
         return "2030.01.01_00:00:00_UTC"
     if low == "*archive*":
@@ -59,11 +60,12 @@ def _key_value(record: Record, name: str, state: State) -> str:
         return "Invalid KeyLink"
 
 
-def _seg_value(record: Record, seg: Segment | None) -> str:
-    """A segment's SUMS path, ``NoDataDirectory`` when offline, ``InvalidSegName`` if unknown."""
+def _seg_value(state: State, record: Record, seg: Segment | None) -> str:
+    """A segment's SUMS path, ``NoDataDirectory`` when offline (``Knobs.offline_rate``, the
+    same records ``url_quick`` finds offline), ``InvalidSegName`` if unknown."""
     if seg is None:
         return "InvalidSegName"
-    if not record.online:
+    if offline(state, record):
         return "NoDataDirectory"
     return record.segment_path(seg)
 
@@ -143,7 +145,7 @@ def _rs_list(state: State, sel: Any, params: dict[str, str]) -> dict[str, Any]:
         seg = series.segment(name)
         entry: dict[str, Any] = {
             "name": name,
-            "values": [_seg_value(r, seg) for r in records],
+            "values": [_seg_value(state, r, seg) for r in records],
         }
         if seg is not None:
             entry["dims"] = [seg.dims or "" for _ in records]

@@ -24,7 +24,7 @@ def test_flags_become_knobs() -> None:
          "--file-cap", "aia.=10", "--series-file-size", "hmi.m_45s=2000",
          "--unknown-email", "x@y.org", "--bandwidth", "1000", "--max-connections", "2",
          "--drop-rate", "0.2", "--status6-polls", "2", "--time-scale", "10",
-         "--eta-seconds", "4"]
+         "--eta-seconds", "4", "--offline-rate", "0.25"]
     )  # fmt: skip
     assert isinstance(args, argparse.Namespace)
     knobs = knobs_from_args(args)
@@ -43,6 +43,7 @@ def test_flags_become_knobs() -> None:
     assert knobs.status6_polls == 2
     assert knobs.time_scale == 10
     assert knobs.eta_seconds == 4
+    assert knobs.offline_rate == 0.25
     assert args.handler.__name__ == "run"
     exact = knobs_from_args(build_parser().parse_args(["emulator", "--exact-wait"]))
     assert exact.eta_seconds is None

@@ -85,6 +85,33 @@ async def test_range_starting_at_the_size_is_416(emulator: Emulator) -> None:
         assert headers["Content-Range"] == f"bytes */{size}"
 
 
+async def test_rs_list_and_url_quick_agree_on_which_records_are_offline(
+    emulator: Emulator,
+) -> None:
+    """offline_rate: rs_list's *online* is N exactly where its segment path is
+    NoDataDirectory, and url_quick answers at once for the online records only."""
+    emulator.knobs.offline_rate = 0.5
+    status, raw = await cgi(emulator, "jsoc_info", op="rs_list",
+                            ds="hmi.M_45s[2012.01.01_00:00:00_TAI/15m]", key="*online*",
+                            seg="magnetogram")  # fmt: skip
+    assert status == 200
+    body = json.loads(raw)
+    online = body["keywords"][0]["values"]
+    paths = body["segments"][0]["values"]
+    assert len(online) == 20
+    assert set(online) == {"Y", "N"}
+    assert [p == "NoDataDirectory" for p in paths] == [o == "N" for o in online]
+    times = [f"2012.01.01_00:{45 * i // 60:02d}:{45 * i % 60:02d}_TAI" for i in range(20)]
+    up = times[online.index("Y")]
+    down = times[online.index("N")]
+    quick = await request(emulator, ds=f"hmi.M_45s[{up}]", method="url_quick",
+                          protocol="as-is")  # fmt: skip
+    assert (quick["status"], quick["data"][0]["filename"]) == (0, paths[online.index("Y")])
+    staged = await request(emulator, ds=f"hmi.M_45s[{down}]", method="url_quick",
+                           protocol="as-is", notify="c@d.org")  # fmt: skip
+    assert staged["status"] == 2
+
+
 async def test_offline_records_turn_url_quick_into_a_staged_export(emulator: Emulator) -> None:
     """Offline SUs: url_quick gets an id and status 2, then an as-is index; 'o' flag gives 25."""
     emulator.knobs.offline_rate = 1.0
