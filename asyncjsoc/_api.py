@@ -288,7 +288,8 @@ def _export_status(body: Mapping[str, Any], what: str) -> ExportStatus:
 def _raise_export_refusal(status: ExportStatus, *, notify: str | None) -> NoReturn:
     """Raise the error that an export status other than 0/1/2/6/12 stands for."""
     code = status.status
-    message = status.error or ""
+    # Some of jsoc_fetch's messages end in a newline; errors are one line.
+    message = (status.error or "").strip()
     rid = status.request_id if status.request_id not in (None, "VOID") else None
     said = f": {mask_emails(message)}" if message else ""
     if code == 7:
@@ -358,7 +359,8 @@ def _raise_export_refusal(status: ExportStatus, *, notify: str | None) -> NoRetu
 
 def _jsoc_info_refusal(body: Mapping[str, Any], what: str, subject: str) -> QueryError:
     """The QueryError for a jsoc_info answer whose status is not 0."""
-    message = _opt_str(body, "error", what) or _opt_str(body, "errmsg", what) or "no message"
+    said = _opt_str(body, "error", what) or _opt_str(body, "errmsg", what) or ""
+    message = said.strip() or "no message"
     lowered = message.lower()
     hint = "check the series name and the record-set syntax"
     if "keyword" in lowered:  # e.g. an unknown keyword in a [? ... ?] filter

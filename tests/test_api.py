@@ -254,9 +254,11 @@ def test_status_3_4_5_25_and_unknown() -> None:
     err = _refuse({"status": 4, "error": "Cant save new export-request hash."})
     assert isinstance(err, ExportFailedError)
     assert err.transient
-    err = _refuse({"status": 4, "error": "Bad record-set query 'x['."})
+    err = _refuse({"status": 4, "error": "Bad record-set query 'x['.\n"})
     assert isinstance(err, ExportFailedError)
     assert not err.transient
+    assert err.server_message == "Bad record-set query 'x['."  # the server's newline dropped
+    assert "\n" not in str(err)
     err = _refuse({"status": 5, "requestid": "JSOC_20260101_001", "error": "7 day limit"})
     assert isinstance(err, ExportExpiredError)
     assert err.request_id == "JSOC_20260101_001"

@@ -82,6 +82,15 @@ def _size_mb(nbytes: int) -> int:
     return 0 if nbytes <= 0 else max(1, nbytes // MB)
 
 
+def _dsquery(ds: str) -> str:
+    """The record set as jsoc_fetch queries it: a spec without a ``[...]`` filter gets an
+    empty one (``hmi.M_45s{magnetogram}`` becomes ``hmi.M_45s[]{magnetogram}``)."""
+    if "[" in ds:
+        return ds
+    brace = ds.find("{")
+    return f"{ds}[]" if brace < 0 else f"{ds[:brace]}[]{ds[brace:]}"
+
+
 def _series_of(ds: str) -> str:
     """The series name at the front of a record-set spec."""
     m = re.match(r"\s*([A-Za-z0-9_.]+)", ds)
@@ -116,26 +125,29 @@ def exp_request(
         )
         return state_refuse(state, notify, ip, text)
 
-    ds = params.get("ds", "").strip()
+    ds = _dsquery(params.get("ds", "").strip())
     seg = params.get("seg", "").strip()
     if seg:
         if "{" in ds:
-            return _err(4, f"Bad record-set query '{ds}'.")
+            return _err(4, "Can not give segment list both in key and explicitly in recordset.")
         ds = f"{ds}{{{seg}}}"
+    if "{" in ds and ds[ds.index("{") + 1:].startswith("**ALL**"):
+        ds = ds[: ds.index("{")]
     method = params.get("method", "url") or "url"
     protocol = params.get("protocol", "as-is") or "as-is"
     fmt = params.get("filenamefmt") or "{seriesname}.{recnum:%d}.{segment}"
     process = params.get("process", "")
-    if not ds:
-        return _err(4, f"Bad record-set query '{ds}'.")
+    if ds == "[]":
+        return _err(4, "Bad record-set query '[]'.\n")
     from asyncjsoc.emulator._catalog import DsError
 
+    # Both messages end in a newline, as jsoc_fetch's snprintf formats print them.
     try:
         sel = catalog.select(ds, limit=_limit(params))
     except DsError as exc:
         if exc.kind == "series":
-            return _err(4, f"Cannot export series '{_series_of(ds)}' - it does not exist.")
-        return _err(4, f"Bad record-set query '{ds}'.")
+            return _err(4, f"Cannot export series '{_series_of(ds)}' - it does not exist.\n")
+        return _err(4, f"Bad record-set query '{ds}'.\n")
     nrec = sel.count()
     if nrec > knobs.max_records:
         return _err(4, f"Can not open RecordSet {nrec} is too many records in one request.")

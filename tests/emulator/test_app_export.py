@@ -161,14 +161,20 @@ async def test_parse_and_series_errors(emulator: Emulator) -> None:
     unknown = await request(emulator, ds="hmi.nothing[2012.01.01]")
     assert unknown == {
         "status": 4,
-        "error": "Cannot export series 'hmi.nothing' - it does not exist.",
+        "error": "Cannot export series 'hmi.nothing' - it does not exist.\n",
     }
     bad = await request(emulator, ds="hmi.M_45s[2012.01.01_00:00:00_TAI")
-    assert bad["status"] == 4
-    assert bad["error"].startswith("Bad record-set query")
+    assert bad == {"status": 4,
+                   "error": "Bad record-set query 'hmi.M_45s[2012.01.01_00:00:00_TAI'.\n"}
     both = await request(emulator, ds="hmi.M_45s[2012.01.01_00:00:00_TAI]{magnetogram}",
                          seg="magnetogram")  # fmt: skip
-    assert both["status"] == 4
+    assert both == {"status": 4, "error": "Can not give segment list both in key and "
+                    "explicitly in recordset."}  # fmt: skip
+    # a spec without a filter is queried with an empty one, as the server does
+    unfiltered = await request(emulator, ds="hmi.nothing{magnetogram}")
+    assert unfiltered["error"] == "Cannot export series 'hmi.nothing' - it does not exist.\n"
+    nothing = await request(emulator, ds="{magnetogram}")
+    assert nothing == {"status": 4, "error": "Bad record-set query '[]{magnetogram}'.\n"}
     emulator.knobs.max_records = 3
     many = await request(emulator)
     assert many["status"] == 4
