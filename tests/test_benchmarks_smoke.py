@@ -153,7 +153,7 @@ def test_request_budget_floor_follows_the_token_bucket() -> None:
     # exports go before the two GETs (11, 12; GETs 13, 14); they finish at 21 and 22, each
     # poll then its GET: 21, 21, 22, 23.
     assert request_budget_floor(4, 1, 2, 10.0, 1.0, 2) == pytest.approx(23.0)
-    # The full export-bound scenario at asyncjsoc's default budget: two waves of 8 s, then
+    # The export-bound scenario's shape at asyncjsoc's default budget: two waves of 8 s, then
     # 3 polls + 15 GETs from a full bucket of 10, the last 8 at 5/s.
     rate, burst = asyncjsoc_budget()
     assert (rate, burst) == (5.0, 10)
