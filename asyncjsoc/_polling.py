@@ -36,7 +36,7 @@ LATENESS = 0.25
 (within ``[poll_min, poll_max]``)."""
 
 SETTLED = 0.02
-"""A learned staging time known to within this fraction is polled once, at its upper end."""
+"""A learned window narrower than this fraction of its end is polled once more, at its end."""
 
 
 class StatusApi(Protocol):
@@ -79,21 +79,6 @@ class StagingTimes:
             lo, hi = max(lo, a), min(hi, b)
         return None if hi == math.inf else (lo, hi)
 
-    def targets(self) -> list[float]:
-        """When to poll a new export (seconds after its request) to see it staged early.
-
-        Once the window is narrow (within :data:`SETTLED`), just its upper end: one poll that
-        finds the export staged. Otherwise its middle and then its upper end, so every
-        export halves the window.
-        """
-        window = self.window()
-        if window is None:
-            return []
-        lo, hi = window
-        if hi - lo <= SETTLED * hi:
-            return [hi]
-        return [(lo + hi) / 2, hi]
-
 
 class PollPlan:
     """When to poll one export; times are seconds since its ``exp_request`` was sent.
@@ -101,20 +86,25 @@ class PollPlan:
     Parameters
     ----------
     poll_min, poll_max
-        Bounds of the pause between polls, in seconds (see Notes).
-    targets
-        Planned polls learned from earlier exports (:meth:`StagingTimes.targets`).
+        Bounds of the pause between paced polls, in seconds (see Notes).
+    learned
+        The window ``(after, by]`` in which earlier exports of the pull staged
+        (:meth:`StagingTimes.window`), if any.
 
     Notes
     -----
     The policy, the same for a fresh export and for one found pending:
 
-    * **Learned targets first.** When earlier exports of the pull have staged, the first
-      polls go where they finished (at most two: the middle and the end of the learned
-      window, even if closer together than ``poll_min``), and there are none before. The
-      server's hint is not used then. An export much quicker than its predecessors is
-      therefore seen only at the first target: the price of not polling every export from
-      its start.
+    * **The learned window first.** When earlier exports of the pull have staged, the polls
+      bisect the window they staged in: each goes to the middle of what is left of it
+      (this export was still pending at its last poll), and once that is narrower than
+      :data:`SETTLED` of its end, one poll goes to the end. So an export that stages like
+      its predecessors is seen within a few percent of its staging time, and each one
+      narrows the window for the next; the polls are closer together than ``poll_min``,
+      but never closer than 1 % of the window's end and there are only a few (the window
+      halves each time). There are no polls before the window, and the server's hint is not
+      used: an export much quicker than its predecessors is seen only at the window's
+      middle, the price of not polling every export from its start.
     * **Otherwise the server's hint, once.** The first positive ``wait`` adds one poll at that
       moment. The real JSOC's hint is only request + 10 s whatever the export takes, so it
       is one poll among the paced ones, not a promise to wait for; an ideal server's exact
@@ -128,19 +118,21 @@ class PollPlan:
     No pause is ever longer than ``poll_max``, and none is zero unless ``poll_min`` is.
     """
 
-    def __init__(self, poll_min: float, poll_max: float, targets: list[float] | None = None
-                 ) -> None:
+    def __init__(self, poll_min: float, poll_max: float,
+                 learned: tuple[float, float] | None = None) -> None:
         self._min = poll_min
         self._max = poll_max
-        self._learned = sorted(targets or [])
+        self._learned = learned
         self._hint: float | None = None
-        self._hint_taken = bool(self._learned)
+        self._hint_taken = learned is not None
 
     def delay(self, age: float, hint: float) -> float:
         """Seconds from now (the export's ``age``) to the next poll, given its ``wait`` hint."""
-        self._learned = [t for t in self._learned if t > age]
-        if self._learned:
-            return min(self._learned[0] - age, self._max)
+        if self._learned is not None and age < self._learned[1]:
+            after, by = self._learned
+            after = max(after, age)  # it was still pending just now
+            target = by if by - after <= SETTLED * by else (after + by) / 2
+            return min(max(target - age, SETTLED * by / 2), self._max)
         if not self._hint_taken and hint > 0:
             self._hint_taken = True
             self._hint = age + hint
@@ -199,7 +191,7 @@ async def wait_export_ready(
     report = reporter if reporter is not None else NullReporter()
     fresh = requested_at is not None
     start = requested_at if requested_at is not None else anyio.current_time()
-    learned = staging.targets() if staging is not None and fresh else []
+    learned = staging.window() if staging is not None and fresh else None
     plan = PollPlan(poll_min, poll_max, learned)
     pending_at = 0.0
     polled = False

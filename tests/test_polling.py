@@ -78,34 +78,39 @@ def test_paced_polls_keep_lateness_within_a_quarter_of_the_age() -> None:
     assert len(jittered) > 1
 
 
-def test_learned_targets_come_first_and_the_hint_is_then_ignored() -> None:
-    """With targets the first polls are exactly there, however far; paced polls only after."""
-    plan = PollPlan(2.0, 30.0, [8.0, 7.0])
-    assert plan.delay(0.0, 10.0) == 7.0  # no paced polls before the first target
-    assert plan.delay(7.0, 3.0) == pytest.approx(1.0)
-    late = plan.delay(8.0, 2.0)
-    assert 2.0 <= late <= LATENESS * 8.0 + 2.0
-    seen, polls = _seen_at(8.0, PollPlan(0.5, 30.0, [7.9, 8.05]))
-    assert seen == pytest.approx(8.05)
+def test_a_learned_window_is_bisected_first_and_the_hint_is_then_ignored() -> None:
+    """With a learned window the polls halve what is left of it, then go to its end; paced
+    polls only after, and the server's hint is not followed."""
+    plan = PollPlan(2.0, 30.0, (6.0, 8.0))
+    ages = [0.0]
+    for _ in range(5):
+        ages.append(ages[-1] + plan.delay(ages[-1], 10 - ages[-1]))
+    assert ages[1:] == pytest.approx([7.0, 7.5, 7.75, 7.875, 8.0])
+    after = plan.delay(8.0, 2.0)
+    assert 2.0 <= after <= LATENESS * 8.0
+    seen, polls = _seen_at(7.3, PollPlan(2.0, 30.0, (6.0, 8.0)))
+    assert seen == pytest.approx(7.5)
     assert polls == 2
-    assert PollPlan(2.0, 30.0, [100.0]).delay(0.0, 0) == 30.0
+    seen, polls = _seen_at(8.0, PollPlan(0.5, 30.0, (7.9, 8.05)))  # settled: its end, once
+    assert seen == pytest.approx(8.05)
+    assert polls == 1
+    assert PollPlan(2.0, 30.0, (0.0, 100.0)).delay(0.0, 0) == 30.0  # still capped
+    # never a zero pause, even just before the window's end
+    assert PollPlan(2.0, 30.0, (7.9, 8.0)).delay(7.9999, 0) == pytest.approx(0.08)
 
 
 def test_staging_times_narrow_to_the_agreeing_newest_brackets() -> None:
     """The window is the intersection of the newest consistent brackets; a change of pace
-    drops the old ones; a narrow window is polled once, at its end."""
+    drops the old ones; nonsense brackets are ignored."""
     times = StagingTimes()
     assert times.window() is None
-    assert times.targets() == []
     times.record(0.0, 10.0)
-    assert times.targets() == [5.0, 10.0]
+    assert times.window() == (0.0, 10.0)
     times.record(5.0, 10.5)
     times.record(4.0, 7.5)
     assert times.window() == (5.0, 7.5)
-    assert times.targets() == [6.25, 7.5]
     times.record(7.45, 7.55)
     assert times.window() == (7.45, 7.5)
-    assert times.targets() == [7.5]
     times.record(20.0, 25.0)  # slower now: the old brackets disagree and drop out
     assert times.window() == (20.0, 25.0)
     times.record(3.0, 2.0)
@@ -182,4 +187,4 @@ async def test_a_pull_learns_its_staging_time_from_the_real_servers_meaningless_
     assert first_polls >= 2, late
     for lateness, polls in late[-3:]:
         assert 0.0 <= lateness < 0.06, late
-        assert polls <= 2, late
+        assert polls <= 4, late
