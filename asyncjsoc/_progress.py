@@ -134,6 +134,7 @@ class ExportRow:
     status: int | None = None
     eta_at: float | None = None
     poll_at: float | None = None
+    since: float | None = None
     n_files: int | None = None
     error: str | None = None
     spinner: Spinner = field(default_factory=lambda: Spinner("dots", style="cyan"))
@@ -241,7 +242,7 @@ class PullView:
                 self._know_email(email)
                 if method == "url-tar" and self.n_chunks is not None:
                     self.n_files = self.n_chunks  # one tar file per export
-                new = ExportRow(chunk, email, rid, method, event.n_records)
+                new = ExportRow(chunk, email, rid, method, event.n_records, since=now)
                 new.state = "queued" if rid else "submitted"
                 self.exports[chunk] = new
                 if rid:
@@ -259,6 +260,8 @@ class PullView:
                     row.state = "processing" if status == 1 else "queued"
                     row.eta_at = now + eta
                     row.poll_at = now + next_poll
+                    if row.since is None:
+                        row.since = now
             case ExportReady(chunk=chunk, request_id=rid, n_files=n_files):
                 row = self.exports.get(chunk)
                 if row is None:
@@ -753,7 +756,7 @@ def _state_mark(state: str) -> Text:
 
 
 def _state_text(row: ExportRow, now: float) -> Text:
-    """What an export is doing, with the server's ETA counting down."""
+    """What an export is doing: the server's ETA counting down, then how long it has taken."""
     if row.state == "ready":
         return Text(f"ready: {row.n_files} files", style="green")
     if row.state in ("failed", "expired"):
@@ -768,8 +771,9 @@ def _state_text(row: ExportRow, now: float) -> Text:
         left = row.eta_at - now
         if left > 0:
             text.append(f"ETA {_format_seconds(left)}")
-        else:
-            text.append("past the server's ETA", style="yellow")
+        elif row.since is not None:
+            # The real JSOC's ETA is only request + 10 s, so being past it is normal.
+            text.append(f"for {_format_seconds(max(0.0, now - row.since))}")
     if row.poll_at is not None:
         text.append(f" · next check in {_format_seconds(max(0.0, row.poll_at - now))}", "dim")
     return text

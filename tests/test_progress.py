@@ -31,6 +31,7 @@ from asyncjsoc._progress import (
     PlainReporter,
     PullView,
     RichReporter,
+    _state_text,
     describe,
     format_bytes,
     mask_email,
@@ -280,6 +281,22 @@ def test_summary_plain_and_rich() -> None:
     render_summary(console, view, out_dir="/data/out", stream=io.StringIO())
     assert "size mismatch" in buf.getvalue()
     assert "asyncjsoc summary" in buf.getvalue()
+
+
+def test_an_export_past_the_servers_eta_shows_how_long_it_has_taken() -> None:
+    """The real JSOC's ETA is request + 10 s: once past it the row says how long the export
+    has been staging, not a warning."""
+    now = [100.0]
+    view = PullView(EMAILS, clock=lambda: now[0])
+    view.apply(ExportSubmitted(0, EMAILS[0], "JSOC_20240101_001", "url", 1))
+    view.apply(ExportWaiting("JSOC_20240101_001", 1, eta=10.0, next_poll=2.0))
+    row = view.exports[0]
+    assert _state_text(row, now[0]).plain == "processing ETA 0:10 · next check in 0:02"
+    now[0] = 175.0
+    view.apply(ExportWaiting("JSOC_20240101_001", 1, eta=-65.0, next_poll=15.0))
+    text = _state_text(row, now[0])
+    assert text.plain == "processing for 1:15 · next check in 0:15"
+    assert "ETA" not in text.plain
 
 
 def test_summary_rate_counts_only_bytes_fetched_now() -> None:
