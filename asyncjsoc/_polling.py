@@ -71,17 +71,22 @@ class StagingTimes:
             self._seen.append((pending_at, done_at))
 
     def window(self) -> tuple[float, float] | None:
-        """The staging time the newest agreeing brackets allow, ``(after, by]``; None if none."""
+        """The staging time the newest agreeing brackets allow, ``(after, by]``.
+
+        None when there are none, or when none of them saw an export still pending after
+        its request (``after`` 0): exports seen staged at their first poll say only "quick",
+        and bisecting down from 0 would cost many polls to learn little.
+        """
         lo, hi = -math.inf, math.inf
         for a, b in reversed(self._seen):
             if max(lo, a) >= min(hi, b):
                 break
             lo, hi = max(lo, a), min(hi, b)
-        return None if hi == math.inf else (lo, hi)
+        return None if hi == math.inf or lo <= 0 else (lo, hi)
 
 
 class PollPlan:
-    """When to poll one export; times are seconds since its ``exp_request`` was sent.
+    """When to poll one export; times are its age, in seconds since it was accepted.
 
     Parameters
     ----------
@@ -93,18 +98,20 @@ class PollPlan:
 
     Notes
     -----
-    The policy, the same for a fresh export and for one found pending:
+    The policy:
 
     * **The learned window first.** When earlier exports of the pull have staged, the polls
-      bisect the window they staged in: each goes to the middle of what is left of it
-      (this export was still pending at its last poll), and once that is narrower than
-      :data:`SETTLED` of its end, one poll goes to the end. So an export that stages like
-      its predecessors is seen within a few percent of its staging time, and each one
-      narrows the window for the next; the polls are closer together than ``poll_min``,
-      but never closer than 1 % of the window's end and there are only a few (the window
-      halves each time). There are no polls before the window, and the server's hint is not
-      used: an export much quicker than its predecessors is seen only at the window's
-      middle, the price of not polling every export from its start.
+      bisect the window they staged in: each goes to the middle of what is left of it (the
+      export was pending at its last answer) until that is narrower than :data:`SETTLED` of
+      its end, then one goes to the end. An export that stages like its predecessors is thus
+      seen within that width of its staging time, usually at one poll once the window is
+      narrow, and its answers narrow the window for the next. There are no polls before the
+      window, and the server's hint is not used: an export much quicker than its
+      predecessors is seen only at the window's middle, the price of not polling every export
+      from its start.
+    * **Just past the window.** An export still pending at the window's end (slower than its
+      predecessors) is polled after 2 %, 4 %, 8 %... of the end, until that step reaches the
+      paced pause: it is seen about as late as it overshot, not a whole paced step late.
     * **Otherwise the server's hint, once.** The first positive ``wait`` adds one poll at that
       moment. The real JSOC's hint is only request + 10 s whatever the export takes, so it
       is one poll among the paced ones, not a promise to wait for; an ideal server's exact
@@ -112,10 +119,13 @@ class PollPlan:
     * **Paced polls.** Apart from those, the pause after a poll at age ``t`` is
       :data:`LATENESS` x ``t`` (0-20 % less, as jitter, so exports sent together do not
       poll in lock step) within ``[poll_min, poll_max]``: an export staged at age ``T`` is
-      seen by about ``1.25 T``, and never more than ``poll_max`` late, and a slow export costs
-      a number of polls that grows with the logarithm of its age, not with its age.
+      seen by about ``max(T + poll_min, 1.25 T)`` and never more than ``poll_max`` late; the
+      number of polls grows with the logarithm of ``T`` until the pause reaches
+      ``poll_max`` (at ``4 x poll_max``), then by one per ``poll_max``.
 
-    No pause is ever longer than ``poll_max``, and none is zero unless ``poll_min`` is.
+    Bisecting and searching past the window bring polls closer together than ``poll_min``,
+    but never closer than 1 % of the window's end, and only a few: the steps halve or double.
+    No pause is longer than ``poll_max``, and none is zero unless ``poll_min`` is.
     """
 
     def __init__(self, poll_min: float, poll_max: float,
@@ -123,23 +133,32 @@ class PollPlan:
         self._min = poll_min
         self._max = poll_max
         self._learned = learned
+        self._past_window = 0
         self._hint: float | None = None
         self._hint_taken = learned is not None
 
     def delay(self, age: float, hint: float) -> float:
         """Seconds from now (the export's ``age``) to the next poll, given its ``wait`` hint."""
-        if self._learned is not None and age < self._learned[1]:
+        if self._learned is not None:
             after, by = self._learned
-            after = max(after, age)  # it was still pending just now
-            target = by if by - after <= SETTLED * by else (after + by) / 2
-            return min(max(target - age, SETTLED * by / 2), self._max)
+            if age < by:
+                after = max(after, age)  # it was still pending just now
+                target = by if by - after <= SETTLED * by else (after + by) / 2
+                return min(max(target - age, SETTLED * by / 2), self._max)
+            step = SETTLED * by * 2.0 ** min(self._past_window, 64)
+            self._past_window += 1
+            return min(step, self._paced(age))
         if not self._hint_taken and hint > 0:
             self._hint_taken = True
             self._hint = age + hint
-        paced = min(max(LATENESS * age * random.uniform(0.8, 1.0), self._min), self._max)
+        paced = self._paced(age)
         if self._hint is not None and self._hint > age:
             paced = min(self._hint - age, paced)
         return paced
+
+    def _paced(self, age: float) -> float:
+        """The paced pause at ``age``: a quarter of it, jittered, within the bounds."""
+        return min(max(LATENESS * age * random.uniform(0.8, 1.0), self._min), self._max)
 
 
 async def wait_export_ready(
@@ -150,7 +169,7 @@ async def wait_export_ready(
     poll_max: float = 30.0,
     status6_retries: int = 5,
     reporter: Reporter | None = None,
-    requested_at: float | None = None,
+    accepted_at: float | None = None,
     staging: StagingTimes | None = None,
 ) -> ExportStatus:
     """Poll an export until it is staged (status 0).
@@ -167,12 +186,19 @@ async def wait_export_ready(
         How many legacy status-6 answers ("not found yet") count as pending.
     reporter
         Receives an :class:`~asyncjsoc._events.ExportWaiting` before each pause.
-    requested_at
-        When (``anyio.current_time()``) the ``exp_request`` that made ``status`` was sent,
-        for an export this caller just requested; None for one found pending.
+    accepted_at
+        For an export this caller just requested: when (``anyio.current_time()``) the
+        ``exp_request`` answer accepting it arrived. Ages count from there, so a wait for a
+        request token or a retried request does not skew them. None for an export found
+        pending (adopted, or left by an earlier run).
     staging
-        What the pull has learned of staging times. With ``requested_at`` it plans the first
-        polls, and learns from this export once it is staged.
+        What the pull has learned of staging times. With ``accepted_at`` it plans the first
+        polls, and this export is learned from once staged, unless its acceptance came with
+        no positive ``wait`` (the real server's sign of a duplicate of an older export, whose
+        age is not this request's).
+
+    After a status 6 or a broken answer the next poll waits at least ``poll_min``, so the
+    allowances for those are not spent within a fast learned bisection.
 
     Returns
     -------
@@ -189,12 +215,14 @@ async def wait_export_ready(
         Statuses 3 and 5, from ``exp_status``.
     """
     report = reporter if reporter is not None else NullReporter()
-    fresh = requested_at is not None
-    start = requested_at if requested_at is not None else anyio.current_time()
+    fresh = accepted_at is not None
+    start = accepted_at if accepted_at is not None else anyio.current_time()
     learned = staging.window() if staging is not None and fresh else None
+    learnable = staging is not None and fresh and status.wait > 0
     plan = PollPlan(poll_min, poll_max, learned)
     pending_at = 0.0
     polled = False
+    floor = 0.0
     sixes = 0
     broken = 0
     while not status.done:
@@ -213,7 +241,10 @@ async def wait_export_ready(
                 f"export {request_id} has unexpected status {status.status}",
                 status=status.status, server_message=status.error, request_id=request_id,
             )
-        delay = plan.delay(anyio.current_time() - start, status.wait)
+        if status.status == 6:
+            floor = poll_min
+        delay = max(plan.delay(anyio.current_time() - start, status.wait), floor)
+        floor = 0.0
         report(ExportWaiting(request_id, status.status, status.wait, delay))
         await anyio.sleep(delay)
         sent = anyio.current_time() - start
@@ -225,11 +256,12 @@ async def wait_export_ready(
             broken += 1
             if broken > BROKEN_STATUS_RETRIES:
                 raise
-            report(Backoff(delay, f"broken exp_status answer ({exc.message}); polling again"))
+            floor = poll_min
+            report(Backoff(poll_min, f"broken exp_status answer ({exc.message}); polling again"))
             continue
         broken = 0
         if not status.done:
             pending_at = sent
-    if staging is not None and fresh and polled:
+    if staging is not None and learnable and polled:
         staging.record(pending_at, anyio.current_time() - start)
     return status

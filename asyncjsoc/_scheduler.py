@@ -498,7 +498,7 @@ class ExportScheduler:
             lost: ExportFailedError | ExportExpiredError | None = None
             async with self._pool.slot() as slot:
                 try:
-                    status, sent_at = await self._submit(ds, slot.email)
+                    status, accepted_at = await self._submit(ds, slot.email)
                 except EmailNotRegisteredError as exc:
                     # The address lapsed mid-run: drop it and take another slot.
                     self._pool.drop(slot.email, exc.server_message or exc.message)
@@ -520,7 +520,7 @@ class ExportScheduler:
                 ))
                 self._staging += 1
                 try:
-                    status = await self._wait_ready(status, requested_at=sent_at)
+                    status = await self._wait_ready(status, accepted_at=accepted_at)
                 except (ExportFailedError, ExportExpiredError) as exc:
                     if not _worth_resubmitting(exc) or resubmits >= MAX_RESUBMITS:
                         raise
@@ -580,17 +580,17 @@ class ExportScheduler:
     async def _submit(self, ds: str, email: str) -> tuple[ExportStatus, float]:
         """``exp_request`` until accepted: adopt pending exports (7), retry transient 4s.
 
-        Returns the answer and when (``anyio.current_time()``) the accepted request was sent.
+        Returns the answer and when (``anyio.current_time()``) it arrived: the export's
+        age counts from there, after any wait for a request token or retry.
         """
         attempt = 0
         while True:
             try:
-                sent_at = anyio.current_time()
                 status = await self._api.exp_request(
                     ds, notify=email, method=self._config.export_method,
                     protocol=self._config.protocol, filenamefmt=self._filenamefmt,
                 )
-                return status, sent_at
+                return status, anyio.current_time()
             except PendingLimitError as exc:
                 # Unbounded on purpose: pending exports end by themselves (at the latest
                 # after the JSOC's pending timeout); the caller owns the overall deadline.
@@ -629,17 +629,17 @@ class ExportScheduler:
             if _is_fatal(exc):
                 raise
 
-    async def _wait_ready(self, status: ExportStatus, *, requested_at: float | None = None
+    async def _wait_ready(self, status: ExportStatus, *, accepted_at: float | None = None
                           ) -> ExportStatus:
         """:func:`~asyncjsoc._polling.wait_export_ready` with this scheduler's settings.
 
-        ``requested_at`` is given for an export this pull just requested: its polls are
+        ``accepted_at`` is given for an export this pull just requested: its polls are
         planned from, and teach, the staging times of the pull's earlier exports.
         """
         return await wait_export_ready(
             self._api, status, poll_min=self._config.poll_min, poll_max=self._config.poll_max,
             status6_retries=self._config.status6_retries, reporter=self._report,
-            requested_at=requested_at, staging=self._staging_times,
+            accepted_at=accepted_at, staging=self._staging_times,
         )
 
     async def _backoff(self, attempt: int, reason: str, *, floor: float = 0.0) -> None:
