@@ -19,7 +19,14 @@ from aiohttp import web
 
 from asyncjsoc.emulator._audit import Audit, RequestEntry
 from asyncjsoc.emulator._clock import Clock
-from asyncjsoc.emulator._fetch import exp_request, exp_status, index_json, index_txt, missing
+from asyncjsoc.emulator._fetch import (
+    exp_request,
+    exp_status,
+    index_json,
+    index_txt,
+    missing,
+    offline,
+)
 from asyncjsoc.emulator._files import BodyCache, FitsValue, build_tar, make_fits
 from asyncjsoc.emulator._hostile import broken_json, pick, rate_hit
 from asyncjsoc.emulator._info import check_address, jsoc_info, show_series, showextseries
@@ -150,8 +157,8 @@ class Emulator:
         if hit is None:
             return None
         record, seg = hit
-        if missing(self.state, record, seg):
-            return None
+        if missing(self.state, record, seg) or offline(self.state, record):
+            return None  # an offline storage unit's files are not on disk
         key = self._fits_key(record, seg)
         return key, self._fits_maker(record, seg), _etag(key), _SERIES_MTIME
 

@@ -283,6 +283,7 @@ def parse_ds(find: Callable[[str], Series | None], ds: str) -> list[SubsetSpec]:
     for sub in subsets[1:]:
         if sub.series is not first:
             raise DsError(
-                f"record-set subsets name different series ('{first.name}' and '{sub.series.name}')"
+                f"record-set subsets name different series ('{first.name}' and "
+                f"'{sub.series.name}')", "mixed",
             )
     return subsets

@@ -27,6 +27,8 @@ __all__ = [
 
 ID_RE = re.compile(r"JSOC_[0-9]{8}_[0-9]+(_IN)?")
 CONTACT = "jsoc_help@jsoc.stanford.edu"
+_SEG_FILTER = re.compile(r"\{([^{}]*)\}\s*$")
+"""A record-set spec's trailing segment filter, ``{seg,...}``."""
 MB = 1024 * 1024
 
 FetchResult = dict[str, Any] | str
@@ -82,15 +84,6 @@ def _size_mb(nbytes: int) -> int:
     return 0 if nbytes <= 0 else max(1, nbytes // MB)
 
 
-def _dsquery(ds: str) -> str:
-    """The record set as jsoc_fetch queries it: a spec without a ``[...]`` filter gets an
-    empty one (``hmi.M_45s{magnetogram}`` becomes ``hmi.M_45s[]{magnetogram}``)."""
-    if "[" in ds:
-        return ds
-    brace = ds.find("{")
-    return f"{ds}[]" if brace < 0 else f"{ds[:brace]}[]{ds[brace:]}"
-
-
 def _series_of(ds: str) -> str:
     """The series name at the front of a record-set spec."""
     m = re.match(r"\s*([A-Za-z0-9_.]+)", ds)
@@ -125,29 +118,34 @@ def exp_request(
         )
         return state_refuse(state, notify, ip, text)
 
-    ds = _dsquery(params.get("ds", "").strip())
+    sent = params.get("ds", "").strip()
+    ds = sent
     seg = params.get("seg", "").strip()
+    filt = _SEG_FILTER.search(ds)
     if seg:
-        if "{" in ds:
-            return _err(4, "Can not give segment list both in key and explicitly in recordset.")
-        ds = f"{ds}{{{seg}}}"
-    if "{" in ds and ds[ds.index("{") + 1:].startswith("**ALL**"):
-        ds = ds[: ds.index("{")]
+        if filt is not None and filt.group(1).strip():
+            return _err(4, "cannot provide both the `seg` argument, and a segment filter in "
+                        "the `in` argument")  # fmt: skip
+        ds = (ds[: filt.start()] if filt is not None else ds) + f"{{{seg}}}"
+        filt = _SEG_FILTER.search(ds)
+    if filt is not None and "**ALL**" in filt.group(1):
+        ds = ds[: filt.start()]  # **ALL** anywhere in the list: every segment
     method = params.get("method", "url") or "url"
     protocol = params.get("protocol", "as-is") or "as-is"
     fmt = params.get("filenamefmt") or "{seriesname}.{recnum:%d}.{segment}"
     process = params.get("process", "")
-    if ds == "[]":
-        return _err(4, "Bad record-set query '[]'.\n")
     from asyncjsoc.emulator._catalog import DsError
 
-    # Both messages end in a newline, as jsoc_fetch's snprintf formats print them.
+    # These messages end in a newline, as jsoc_fetch's snprintf formats print them; a bad
+    # query is quoted as it was sent.
     try:
         sel = catalog.select(ds, limit=_limit(params))
     except DsError as exc:
         if exc.kind == "series":
             return _err(4, f"Cannot export series '{_series_of(ds)}' - it does not exist.\n")
-        return _err(4, f"Bad record-set query '{ds}'.\n")
+        if exc.kind == "mixed":
+            return _err(4, "Cannot specify subsets of records from different series.\n")
+        return _err(4, f"Bad record-set query '{sent}'.\n")
     nrec = sel.count()
     if nrec > knobs.max_records:
         return _err(4, f"Can not open RecordSet {nrec} is too many records in one request.")
@@ -260,10 +258,13 @@ def exp_status(state: State, params: dict[str, str]) -> FetchResult:
         return _err(4, f"invalid export DRMS record for ID `%s`{rid}")
     exp.polls += 1
     head = {"requestid": rid, "method": exp.method, "protocol": exp.protocol}
+    txt = params.get("format", "json").lower() == "txt"
     if exp.polls <= state.knobs.status6_polls:
+        if txt:
+            return _not_ready_txt(6, head, max(0.0, state.wait_seconds(exp)), exp.size_mb,
+                                  "Request not found")  # fmt: skip
         return {"status": 6, **head, "wait": max(0, state.wait_of(exp)),
                 "error": "Request not found"}  # fmt: skip
-    txt = params.get("format", "json").lower() == "txt"
     phase = exp.phase(state.clock.now(), state.knobs.retention)
     if phase == "processing":
         if txt:

@@ -210,14 +210,24 @@ def _scaling(series: Series, segment: str) -> tuple[str, str]:
 def check_address(state: State, params: dict[str, str]) -> dict[str, Any]:
     """Answer ``checkAddress.sh``; the address is URL-unquoted once more, as the server does.
 
-    Without ``checkonly`` an unregistered (or lapsed) address starts a registration: status
-    1, and from then on status 3 (pending), as the address now awaits its confirmation reply
-    (protocol §4). The real message of status 1 is not recorded; the emulator's is its own.
+    Without ``checkonly=1`` (checkAddress.py tests ``int(checkonly) == 1``) an unregistered
+    (or lapsed) address starts a registration: status 1 with checkAddress.py's message, and
+    from then on status 3 (pending), as the address awaits its confirmation reply (§4).
     """
     address = unquote(params.get("address", "")).strip()
     code, msg = state.email_status(address)
-    if code == 4 and params.get("checkonly", "") in ("", "0"):
+    if code == 4 and not _is_one(params.get("checkonly", "")):
         state.start_registration(address)
-        return {"msg": f"A registration email has been sent to {address}; reply to it within "
-                "15 minutes to complete the registration.", "status": 1}
+        return {"msg": "Your email address has not been registered for use with the export "
+                "system - starting registration process. You will receive an email address "
+                "from user jsoc. Please reply to this email message within 15 minutes without "
+                "modifying the body.", "status": 1}  # fmt: skip
     return {"msg": msg, "status": code}
+
+
+def _is_one(text: str) -> bool:
+    """Whether ``text`` is an integer equal to 1 (``"1"``, ``"01"``), as Python's int() reads."""
+    try:
+        return int(text) == 1
+    except ValueError:
+        return False

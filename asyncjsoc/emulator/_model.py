@@ -24,7 +24,7 @@ __all__ = [
     "Series",
 ]
 
-DsErrorKind = Literal["series", "syntax", "segment"]
+DsErrorKind = Literal["series", "syntax", "segment", "mixed"]
 
 
 class DsError(ValueError):
@@ -35,7 +35,8 @@ class DsError(ValueError):
     message
         The server-style error text.
     kind
-        ``"series"`` (unknown series), ``"syntax"`` (bad query) or ``"segment"``.
+        ``"series"`` (unknown series), ``"syntax"`` (bad query), ``"segment"``, or ``"mixed"``
+        (subsets of different series).
     """
 
     def __init__(self, message: str, kind: DsErrorKind = "syntax") -> None:

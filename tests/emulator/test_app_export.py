@@ -168,13 +168,24 @@ async def test_parse_and_series_errors(emulator: Emulator) -> None:
                    "error": "Bad record-set query 'hmi.M_45s[2012.01.01_00:00:00_TAI'.\n"}
     both = await request(emulator, ds="hmi.M_45s[2012.01.01_00:00:00_TAI]{magnetogram}",
                          seg="magnetogram")  # fmt: skip
-    assert both == {"status": 4, "error": "Can not give segment list both in key and "
-                    "explicitly in recordset."}  # fmt: skip
-    # a spec without a filter is queried with an empty one, as the server does
-    unfiltered = await request(emulator, ds="hmi.nothing{magnetogram}")
-    assert unfiltered["error"] == "Cannot export series 'hmi.nothing' - it does not exist.\n"
+    assert both == {"status": 4, "error": "cannot provide both the `seg` argument, and a "
+                    "segment filter in the `in` argument"}  # fmt: skip
+    # an empty {} beside seg= is no conflict (jsoc_fetch 2022)
+    empty = await request(emulator, ds="hmi.M_45s[2012.01.01_00:00:00_TAI]{}",
+                          seg="magnetogram", email="e@b.org")  # fmt: skip
+    assert empty["status"] == 2
+    # **ALL** anywhere in the segment list means every segment
+    every = await request(emulator, ds="hmi.sharp_cea_720s[7302][2018.09.08_14:24_TAI]"
+                          "{Br,**ALL**}", email="s@b.org")  # fmt: skip
+    sharp = emulator.catalog.find("hmi.sharp_cea_720s")
+    assert sharp is not None
+    assert len(emulator.state.exports[every["requestid"]].rows) == len(sharp.segments) > 3
     nothing = await request(emulator, ds="{magnetogram}")
-    assert nothing == {"status": 4, "error": "Bad record-set query '[]{magnetogram}'.\n"}
+    assert nothing == {"status": 4, "error": "Bad record-set query '{magnetogram}'.\n"}
+    mixed = await request(emulator, ds="hmi.M_45s[2012.01.01_00:00:00_TAI],"
+                          "hmi.V_45s[2012.01.01_00:00:00_TAI]", email="m@b.org")  # fmt: skip
+    assert mixed == {"status": 4,
+                     "error": "Cannot specify subsets of records from different series.\n"}
     emulator.knobs.max_records = 3
     many = await request(emulator)
     assert many["status"] == 4
@@ -379,9 +390,12 @@ async def test_fault_status6_hash_error_and_failure(emulator: Emulator) -> None:
     """Legacy 6 for the first polls, transient hash error, and export failure → 4."""
     emulator.knobs.status6_polls = 2
     first = await request(emulator)
-    polls = [(await fetch(emulator, op="exp_status", requestid=first["requestid"]))["status"]
-             for _ in range(2)]  # fmt: skip
-    assert polls == [6, 6]
+    polls = [(await fetch(emulator, op="exp_status", requestid=first["requestid"]))["status"]]
+    text = await fetch(emulator, raw=True, op="exp_status", requestid=first["requestid"],
+                       format="txt")  # fmt: skip
+    assert polls == [6]
+    assert text.splitlines()[:2] == ["# JSOC Data Export Not Ready.", "status=6"]
+    assert 'error="Request not found"' in text
     await wait_done(emulator, first["requestid"])
     emulator.knobs.hash_error_rate = 1.0
     err = await request(emulator, email="x@y.org", ds="hmi.M_45s[2013.01.01_00:00:00_TAI]")

@@ -110,6 +110,11 @@ async def test_rs_list_and_url_quick_agree_on_which_records_are_offline(
     staged = await request(emulator, ds=f"hmi.M_45s[{down}]", method="url_quick",
                            protocol="as-is", notify="c@d.org")  # fmt: skip
     assert staged["status"] == 2
+    # and an offline storage unit's files are not on disk: its SUMS path is a 404
+    (offline_record,) = emulator.catalog.select(f"hmi.M_45s[{down}]")
+    segment = offline_record.series.segments[0]
+    assert (await get(emulator, offline_record.segment_path(segment), {}))[0] == 404
+    assert (await get(emulator, paths[online.index("Y")], {}))[0] == 200
 
 
 async def test_offline_records_turn_url_quick_into_a_staged_export(emulator: Emulator) -> None:

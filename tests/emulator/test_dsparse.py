@@ -204,7 +204,7 @@ def test_segments_selection() -> None:
         ("hmi.M_45s[garbage]", "syntax"),
         ("hmi.M_45s[2012.01.01_TAI][2][3]", "syntax"),
         ("hmi.M_45s[2012.01.01_TAI", "syntax"),
-        ("hmi.M_45s[2012.01.01_TAI/1h],hmi.V_45s[2012.01.01_TAI/1h]", "syntax"),
+        ("hmi.M_45s[2012.01.01_TAI/1h],hmi.V_45s[2012.01.01_TAI/1h]", "mixed"),
         ("hmi.M_45s[? NOSUCHKEY = 1 ?]", "syntax"),
         ("hmi.M_45s[? QUALITY = ?]", "syntax"),
         ("hmi.M_45s[HARPNUM=1]", "syntax"),
