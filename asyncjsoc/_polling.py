@@ -227,6 +227,7 @@ async def wait_export_ready(
     broken = 0
     while not status.done:
         request_id = status.request_id
+        said = (status.error or "").strip() or None
         if not request_id:
             raise ProtocolError(f"an export in status {status.status} came without a request id")
         if status.status == 6:
@@ -234,12 +235,12 @@ async def wait_export_ready(
             if sixes > status6_retries:
                 raise ExportFailedError(
                     f"export {request_id} was still not found after {sixes} polls (status 6)",
-                    status=6, server_message=status.error, request_id=request_id,
+                    status=6, server_message=said, request_id=request_id,
                 )
         elif not status.pending:
             raise ExportFailedError(
                 f"export {request_id} has unexpected status {status.status}",
-                status=status.status, server_message=status.error, request_id=request_id,
+                status=status.status, server_message=said, request_id=request_id,
             )
         if status.status == 6:
             floor = poll_min

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import random
 from pathlib import Path
 
 import anyio
@@ -65,7 +64,6 @@ def test_the_first_hint_adds_one_exact_poll_even_below_poll_min() -> None:
 def test_paced_polls_keep_lateness_within_a_quarter_of_the_age() -> None:
     """Against the real JSOC's meaningless hint, an export is seen by ~1.25 x its staging
     time (at most poll_max late), with polls growing like the logarithm of the time."""
-    random.seed(5)
     for staged in (0.5, 3.0, 8.0, 11.0, 30.0, 75.0, 200.0, 900.0):
         seen, polls = _seen_at(staged, PollPlan(2.0, 30.0))
         late = seen - staged
