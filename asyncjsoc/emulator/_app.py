@@ -22,6 +22,7 @@ from asyncjsoc.emulator._clock import Clock
 from asyncjsoc.emulator._fetch import (
     exp_request,
     exp_status,
+    index_html,
     index_json,
     index_txt,
     missing,
@@ -171,6 +172,14 @@ class Emulator:
         base = f"export|{exp.request_id}|"
         if name == "index.json":
             text = index_json(exp)
+            return (
+                base + name,
+                lambda: memoryview(text.encode("latin-1", "replace")),
+                _etag(base + text),
+                exp.done_at,
+            )
+        if name == "index.html":
+            text = index_html(exp)
             return (
                 base + name,
                 lambda: memoryview(text.encode("latin-1", "replace")),
@@ -453,7 +462,7 @@ class Emulator:
             "Accept-Ranges": "bytes",
             "ETag": etag,
             "Last-Modified": last_modified,
-            "Content-Type": "application/octet-stream",
+            "Content-Type": "text/html" if path.endswith(".html") else "application/octet-stream",
         }
         start, end, status = 0, size - 1, 200
         rng = request.headers.get("Range")

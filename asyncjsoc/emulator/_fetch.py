@@ -346,6 +346,37 @@ def index_json(exp: Export) -> str:
     return exp.index_json
 
 
+_HTML_INTRO = (
+    '<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 4.01//EN" "http://www.w3.org/TR/html4/loose.dtd">'
+    '<html><head title="JSOC Data Export Request Results Index">\n</head><body>\n'
+    "<h2>JSOC Data Request Summary</h2>\n<table>\n"
+)
+_HTTP_SERVER = "https://jsoc1.stanford.edu"
+
+
+def index_html(exp: Export) -> str:
+    """The export's ``index.html`` as jsoc_export_make_index writes it: a table of the header
+    fields, then one of the records with links to their files on the real JSOC's host (the
+    program hard-codes it; as there, nothing is HTML-escaped). A tar export lists names only
+    and links its tar."""
+    out = [_HTML_INTRO]
+    for name, value in _index_header(exp):
+        if name == "tarfile":
+            out.append(f'<tr><td>tarfile</td><td><a href="{_HTTP_SERVER}{value}">{value}</a>'
+                       "</td></tr>\n")
+        else:
+            out.append(f"<tr><td><b>{name}</b></td><td>{value}</td></tr>\n")
+    out.append("</table>\n<p><h2><b>Selected Data</b></h2><p>\n<table>\n")
+    for rec, name in _data_rows(exp):
+        if exp.is_tar:
+            out.append(f"<tr><td>{rec}</td><td>{name}</td></tr>\n")
+        else:
+            out.append(f'<tr><td>{rec}</td><td><A HREF="{_HTTP_SERVER}{exp.dir}/{name}">{name}'
+                       "</A></td></tr>\n")
+    out.append("</table></body></html>\n")
+    return "".join(out)
+
+
 def index_txt(exp: Export) -> str:
     """The export's ``index.txt``: ``key=value`` lines, ``# DATA``, then record/filename rows."""
     head = [f"{k}={v}" for k, v in _index_header(exp)]

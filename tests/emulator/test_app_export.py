@@ -98,6 +98,18 @@ async def test_full_lifecycle_fits_index(emulator: Emulator) -> None:
     status, index = await get(emulator, f"{body['dir']}/index.json")
     assert status == 200
     assert index.decode() == raw
+    # index.html as jsoc_export_make_index writes it: header table, then linked records
+    status, page = await get(emulator, f"{body['dir']}/index.html")
+    assert status == 200
+    html = page.decode()
+    assert html.startswith('<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 4.01//EN"')
+    assert f"<tr><td><b>requestid</b></td><td>{rid}</td></tr>" in html
+    first_row = body["data"][0]
+    link = f"https://jsoc1.stanford.edu{body['dir']}/{first_row['filename']}"
+    assert (f"<tr><td>{first_row['record']}</td><td><A HREF=\"{link}\">"
+            f"{first_row['filename']}</A></td></tr>") in html
+    assert html.count("<A HREF=") == 4
+    assert html.endswith("</table></body></html>\n")
     txt = await fetch(emulator, raw=True, op="exp_status", requestid=rid, format="txt")
     assert "status=0" in txt
     assert "# DATA" in txt
@@ -328,6 +340,13 @@ async def test_as_is_url_tar_and_missing_segments(emulator: Emulator) -> None:
     assert sums
     status, _ = await get(emulator, f"{body['dir']}/{members[0]}")
     assert status == 404  # only the tar is in the directory
+    status, page = await get(emulator, f"{body['dir']}/index.html")
+    assert status == 200
+    html = page.decode()
+    tar_link = f"https://jsoc1.stanford.edu{body['tarfile']}"
+    assert f'<tr><td>tarfile</td><td><a href="{tar_link}">{body["tarfile"]}</a></td></tr>' in html
+    assert "<A HREF=" not in html  # a tar export's records are names, not links
+    assert f"<tr><td>{body['data'][0]['record']}</td><td>{names[0]}</td></tr>" in html
 
 
 async def test_fits_export_with_nothing_written_has_warning_row(emulator: Emulator) -> None:
