@@ -433,7 +433,11 @@ class Emulator:
 
     async def _show_series(self, request: web.Request, params: dict[str, str]) -> web.Response:
         """``show_series``."""
-        return _json(request, show_series(self.catalog, params))
+        answer = show_series(self.catalog, params)
+        if isinstance(answer, str):  # the server's unquoted error message: not JSON
+            request[STATUS_KEY] = 1
+            return web.Response(text=answer, content_type="application/json")
+        return _json(request, answer)
 
     # -- files ----------------------------------------------------------------------------------
 

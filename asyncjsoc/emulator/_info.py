@@ -189,11 +189,17 @@ def showextseries(catalog: Catalog, params: dict[str, str]) -> dict[str, Any]:
     return {"errMsg": None, "seriesList": [s.name for s in found]}
 
 
-def show_series(catalog: Catalog, params: dict[str, str]) -> dict[str, Any]:
-    """Answer ``show_series`` (``{"status":0,"names":[...],"n":N}``)."""
+SHOW_SERIES_BAD_FILTER = '{"status":1,"errmsg":Series filter format error}\n'
+"""show_series's answer to a filter that is not a regex: its C source prints the message
+unquoted, so the body is not JSON. (No match at all is valid JSON: an empty ``names``.)"""
+
+
+def show_series(catalog: Catalog, params: dict[str, str]) -> dict[str, Any] | str:
+    """Answer ``show_series`` (``{"status":0,"names":[...],"n":N}``), or the raw broken body
+    :data:`SHOW_SERIES_BAD_FILTER` for a bad filter."""
     found = _matching(catalog, params.get("filter"))
     if found is None:
-        return {"status": 1, "errmsg": "invalid filter"}
+        return SHOW_SERIES_BAD_FILTER
     names = [{"name": s.name, "primekeys": ", ".join(s.primekeys), "note": s.note} for s in found]
     return {"status": 0, "names": names, "n": len(names)}
 

@@ -123,6 +123,15 @@ async def test_series_lists(emulator: Emulator) -> None:
     assert plain["status"] == 0
     assert plain["n"] == len(plain["names"]) >= 1
     assert plain["names"][0]["primekeys"] == "T_REC, CAMERA"
+    # no match is valid JSON; a filter that is not a regex gets the server's unquoted error
+    assert await cgi(emulator, "show_series", "filter=no_such_series_at_all") == {
+        "status": 0, "names": [], "n": 0}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"{emulator.url}/cgi-bin/ajax/show_series?filter=%5Bbroken") as r,
+    ):
+        assert await r.text() == '{"status":1,"errmsg":Series filter format error}\n'
+    assert emulator.audit.requests("show_series")[-1].status == 1
 
 
 @pytest.mark.parametrize(
