@@ -50,8 +50,8 @@ class StatusApi(Protocol):
 class StagingTimes:
     """How long a pull's recent exports took to stage, as brackets ``(pending_at, done_at]``.
 
-    Each bracket is in seconds since the export's ``exp_request`` was sent: the send time of
-    its last answer that was still pending, and the arrival of its first status 0. The time
+    Each bracket is in seconds since the answer accepting the export arrived: the send time
+    of its last poll that was still pending, and the arrival of its first status 0. The time
     the next export will take is guessed from the newest brackets that agree with each other
     (their intersection): chunks of one pull tend to stage alike, and a change in the
     server's pace breaks the agreement, so old brackets drop out by themselves.
