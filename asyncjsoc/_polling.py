@@ -111,7 +111,9 @@ class PollPlan:
       from its start.
     * **Just past the window.** An export still pending at the window's end (slower than its
       predecessors) is polled after 2 %, 4 %, 8 %... of the end, until that step reaches the
-      paced pause: it is seen about as late as it overshot, not a whole paced step late.
+      paced pause: it is seen about as late as it overshot, not a whole paced step late. An
+      export already twice as old as the window's end (one left pending by an earlier run)
+      is simply paced.
     * **Otherwise the server's hint, once.** The first positive ``wait`` adds one poll at that
       moment. The real JSOC's hint is only request + 10 s whatever the export takes, so it
       is one poll among the paced ones, not a promise to wait for; an ideal server's exact
@@ -145,9 +147,10 @@ class PollPlan:
                 after = max(after, age)  # it was still pending just now
                 target = by if by - after <= SETTLED * by else (after + by) / 2
                 return min(max(target - age, SETTLED * by / 2), self._max)
-            step = SETTLED * by * 2.0 ** min(self._past_window, 64)
-            self._past_window += 1
-            return min(step, self._paced(age))
+            if age < 2 * by:
+                step = SETTLED * by * 2.0 ** min(self._past_window, 64)
+                self._past_window += 1
+                return min(step, self._paced(age))
         if not self._hint_taken and hint > 0:
             self._hint_taken = True
             self._hint = age + hint

@@ -559,13 +559,25 @@ class ExportScheduler:
                 async with self._hold_for(stored):
                     status = await self._api.exp_status(stored.request_id)
                     if not status.done:
-                        status = await self._wait_ready(status)
+                        status = await self._wait_ready(
+                            status, accepted_at=self._accepted_at(stored))
         except (ExportExpiredError, ExportFailedError, ExportTooLargeError):
             await self._store.forget_export(chunk.index)
             return None
         self.request_ids.append(stored.request_id)
         self._report(ExportReused(chunk.index, stored.request_id))
         return status
+
+    def _accepted_at(self, stored: StoredExport) -> float | None:
+        """When a stored export was accepted, on ``anyio.current_time()``'s clock.
+
+        So that an export left pending by an earlier run is polled for its real age: an old
+        one at a quarter of that age, not from ``poll_min`` again.
+        """
+        if stored.submitted_at is None:
+            return None
+        age = max(0.0, self._clock() - stored.submitted_at)
+        return anyio.current_time() - age
 
     @contextlib.asynccontextmanager
     async def _hold_for(self, stored: StoredExport) -> AsyncIterator[None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sqlite3
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -32,7 +33,7 @@ from asyncjsoc._events import (
     PullFinished,
 )
 from asyncjsoc._status import read_status
-from asyncjsoc._store import StateStore
+from asyncjsoc._store import StateStore, default_state_path
 from asyncjsoc.emulator import Emulator
 from asyncjsoc.exceptions import (
     EmailNotRegisteredError,
@@ -579,6 +580,43 @@ async def test_resumed_pending_export_holds_its_email(tmp_path: Path) -> None:
         assert any(isinstance(e, ExportReused) and e.request_id == pending_id for e in events)
         assert max(emu.audit.max_pending_per_email().values()) == 1
         assert_identical(emu, result)
+
+
+async def test_an_export_left_pending_long_ago_is_polled_for_its_real_age(
+    tmp_path: Path,
+) -> None:
+    """A crashed run's export submitted 1,000 s ago is paced at a quarter of that age (here
+    capped at poll_max), not from poll_min as if it were new."""
+    async with emulator(export_delay=100_000.0) as emu:
+        config = dataclasses.replace(fast_config(emu, max_files_per_export=8),
+                                     poll_min=0.001, poll_max=0.05)
+        async with Client(config, tmp_path) as client:
+            with anyio.CancelScope() as scope:
+
+                def stop(event: Event) -> None:
+                    if isinstance(event, ExportSubmitted):
+                        scope.cancel()
+
+                client._report = stop
+                await client.fetch(QUERY)
+        assert scope.cancelled_caught
+        pending_id = emu.audit.pending[0].request_id
+        state = default_state_path(tmp_path)  # our own state file: age the export
+        with sqlite3.connect(state) as db:
+            db.execute("UPDATE exports SET submitted_at = submitted_at - 1000")
+        db.close()
+        pauses: list[float] = []
+
+        def reporter(event: Event) -> None:
+            if isinstance(event, ExportWaiting) and event.request_id == pending_id:
+                pauses.append(event.next_poll)
+                if len(pauses) == 3:
+                    emu.clock.advance(100_000.0)
+
+        async with Client(config, tmp_path, reporter=reporter) as client:
+            result = await client.fetch(QUERY)
+        assert result.ok
+        assert pauses[:3] == [0.05, 0.05, 0.05]
 
 
 async def test_email_lapsing_mid_pull_is_dropped_and_chunks_go_to_the_others(

@@ -110,6 +110,9 @@ def test_an_export_slower_than_the_window_is_searched_for_just_past_it() -> None
     assert polls == 3
     unlearned, _ = _seen_at(8.3, PollPlan(2.0, 30.0))
     assert unlearned >= 10.0
+    # an export already twice the window's age (left pending by an earlier run) is paced
+    assert PollPlan(2.0, 30.0, (7.9, 8.0)).delay(300.0, 0) == 30.0
+    assert 2.0 <= PollPlan(2.0, 30.0, (7.9, 8.0)).delay(16.0, 0) <= LATENESS * 16.0
 
 
 def test_staging_times_narrow_to_the_agreeing_newest_brackets() -> None:
