@@ -545,20 +545,26 @@ async def test_url_tar_fetches_one_tar_per_export(tmp_path: Path) -> None:
         assert_identical(emu, result)
 
 
+async def _stop_after_first_export(config: ClientConfig, out: Path) -> None:
+    """A run of ``QUERY`` cancelled right after its first export is submitted (a crash that
+    leaves the export pending on the server and recorded in the state file)."""
+    async with Client(config, out) as client:
+        with anyio.CancelScope() as scope:
+
+            def stop(event: Event) -> None:
+                if isinstance(event, ExportSubmitted):
+                    scope.cancel()
+
+            client._report = stop
+            await client.fetch(QUERY)
+    assert scope.cancelled_caught
+
+
 async def test_resumed_pending_export_holds_its_email(tmp_path: Path) -> None:
     """A crashed run's still-pending export keeps its email busy: no status 7 on our own."""
     async with emulator(export_delay=100_000.0) as emu:
         config = fast_config(emu, max_files_per_export=4)
-        async with Client(config, tmp_path) as client:
-            with anyio.CancelScope() as scope:
-
-                def stop(event: Event) -> None:
-                    if isinstance(event, ExportSubmitted):
-                        scope.cancel()
-
-                client._report = stop
-                await client.fetch(QUERY)
-        assert scope.cancelled_caught
+        await _stop_after_first_export(config, tmp_path)
         assert len(emu.audit.pending) == 1
         pending_id = emu.audit.pending[0].request_id
         emu.knobs.export_delay = 20.0
@@ -590,16 +596,7 @@ async def test_an_export_left_pending_long_ago_is_polled_for_its_real_age(
     async with emulator(export_delay=100_000.0) as emu:
         config = dataclasses.replace(fast_config(emu, max_files_per_export=8),
                                      poll_min=0.001, poll_max=0.05)
-        async with Client(config, tmp_path) as client:
-            with anyio.CancelScope() as scope:
-
-                def stop(event: Event) -> None:
-                    if isinstance(event, ExportSubmitted):
-                        scope.cancel()
-
-                client._report = stop
-                await client.fetch(QUERY)
-        assert scope.cancelled_caught
+        await _stop_after_first_export(config, tmp_path)
         pending_id = emu.audit.pending[0].request_id
         state = default_state_path(tmp_path)  # our own state file: age the export
         with sqlite3.connect(state) as db:

@@ -170,32 +170,14 @@ class Emulator:
         if exp.phase(self.clock.now(), self.knobs.retention) != "done":
             return None
         base = f"export|{exp.request_id}|"
-        if name == "index.json":
-            text = index_json(exp)
-            return (
-                base + name,
-                lambda: memoryview(text.encode("latin-1", "replace")),
-                _etag(base + text),
-                exp.done_at,
-            )
-        if name == "index.html":
-            text = index_html(exp)
-            return (
-                base + name,
-                lambda: memoryview(text.encode("latin-1", "replace")),
-                _etag(base + text),
-                exp.done_at,
-            )
-        if name == "index.txt":
-            text = index_txt(exp)
-            return (
-                base + name,
-                lambda: memoryview(text.encode("latin-1", "replace")),
-                _etag(base + text),
-                exp.done_at,
-            )
-        if name == f"{exp.request_id}.keywords.txt" and not exp.is_fits:
-            text = _keywords_txt(exp)
+        texts: dict[str, Callable[[Export], str]] = {
+            "index.json": index_json, "index.html": index_html, "index.txt": index_txt,
+        }
+        if not exp.is_fits:
+            texts[f"{exp.request_id}.keywords.txt"] = _keywords_txt
+        write = texts.get(name)
+        if write is not None:
+            text = write(exp)
             return (
                 base + name,
                 lambda: memoryview(text.encode("latin-1", "replace")),
