@@ -195,6 +195,8 @@ class _PullState:
     store_has_more_done: bool = True
     # Tars unpacked (ClientConfig.extract_tars) by this run or an earlier one: members.
     unpacked: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Files recorded as done whose size on disk differs: the final file is not trusted.
+    changed: set[str] = field(default_factory=set)
 
 
 class Pull:
@@ -604,7 +606,9 @@ class Client:
 
         A file is reused when it is on disk with its recorded size. One that is not is put
         back to pending, and its chunk (if done) back to ``ready``, so the scheduler fetches
-        it again from the stored export, or re-exports it if that export is gone.
+        it again from the stored export, or re-exports it if that export is gone. A file
+        still there with another size (cut short or changed since) is fetched again too, not
+        taken as complete.
         """
         states = await store.chunk_states()
         state.unpacked = await store.unpacked()
@@ -622,6 +626,8 @@ class Client:
                         await anyio.to_thread.run_sync(_remove, path)
                 elif path is None or size != record.bytes:
                     await store.mark_pending(record.relpath)
+                    if size is not None:  # there, but not as recorded: fetch it again
+                        state.changed.add(record.relpath)
                     gone = True
                     continue
                 elif self.config.extract_tars:  # a run stopped before unpacking it
@@ -703,7 +709,7 @@ class Client:
             # A final file the store does not list as done was finished by a run killed
             # between the rename and its (bulk-committed) record: keep it. One the store
             # lists with another size was changed on disk: fetch it again.
-            trust_final = True
+            trust_final = relpath not in state.changed
             if known is not None and known.state == "done" and relpath in state.unpacked:
                 dest = await anyio.to_thread.run_sync(resolve_inside, self.out_dir, relpath)
                 state.reused.append(FileResult(

@@ -331,6 +331,33 @@ async def test_rerun_fetches_a_file_deleted_from_disk(tmp_path: Path) -> None:
         assert emu.audit.count("file") == gets + 1
 
 
+async def test_rerun_fetches_files_whose_size_changed_on_disk(tmp_path: Path) -> None:
+    """Done files found emptied, cut short or grown (a power loss with ``fsync`` off, an
+    editor) are fetched again on rerun, not taken as complete; the others are reused."""
+    async with emulator() as emu:
+        config = fast_config(emu)
+        async with Client(config, tmp_path) as client:
+            first = await client.fetch(QUERY)
+        emptied, cut, grown = first.files[1], first.files[4], first.files[6]
+        emptied.path.write_bytes(b"")
+        with cut.path.open("r+b") as handle:
+            handle.truncate(cut.bytes // 2)
+        with grown.path.open("ab") as appended:
+            appended.write(b"trailing")
+        gets = emu.audit.count("file")
+        async with Client(config, tmp_path) as client:
+            second = await client.fetch(QUERY)
+        assert second.ok
+        assert sorted(f.relpath for f in second.files) == sorted(
+            f.relpath for f in (emptied, cut, grown))
+        assert len(second.reused) == len(first.files) - 3
+        for f in (emptied, cut, grown):
+            assert f.path.read_bytes() == emu.file_bytes(f.url)
+        assert emu.audit.count("file") == gets + 3
+        status = read_status(tmp_path)
+        assert status.complete
+
+
 async def test_second_client_on_same_directory_is_refused(tmp_path: Path) -> None:
     """The state lock, taken by the first pull, refuses a second client's pull."""
     async with emulator() as emu:
