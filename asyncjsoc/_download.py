@@ -188,8 +188,21 @@ def _prepare_part(dest: Path, part: Path, meta: Path) -> _Prepared:
 
 
 def _look_at_part(part: Path, meta: Path) -> _Prepared:
-    """:func:`_size` and :func:`~asyncjsoc._resume.resume_point` of a part file."""
-    size = _size(part)
+    """The size and :func:`~asyncjsoc._resume.resume_point` of a part file.
+
+    A part file is ours alone. A symlink or a second hard link under its name (not made by
+    asyncjsoc) would send the bytes into another file, possibly outside the output
+    directory, so that name is deleted (the link, not its target) and the file starts
+    afresh.
+    """
+    try:
+        st = os.lstat(part)
+    except FileNotFoundError:
+        return (0, *resume_point(part, meta, 0))
+    if stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink > 1):
+        _discard(part, meta)
+        return (0, *resume_point(part, meta, 0))
+    size = st.st_size if stat.S_ISREG(st.st_mode) else 0
     return (size, *resume_point(part, meta, size))
 
 
@@ -222,10 +235,17 @@ def _publish(part: Path, dest: Path, meta: Path) -> None:
 
 def _open_part(part: Path, offset: int, new_meta: tuple[Path, _Validator] | None) -> int:
     """Open the part file for appending; starting afresh, store the validator first
-    (:func:`~asyncjsoc._resume.save_validator`), before any byte."""
-    flags = (os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | NOFOLLOW
-             | (os.O_APPEND if offset else os.O_TRUNC))
-    fd = os.open(part, flags, 0o666)
+    (:func:`~asyncjsoc._resume.save_validator`), before any byte.
+
+    Starting afresh creates a new file (whatever had the name is unlinked first), so the
+    bytes cannot reach another file through a hard link to the old one.
+    """
+    if offset:
+        flags = os.O_APPEND
+    else:
+        _discard(part)
+        flags = os.O_EXCL
+    fd = os.open(part, flags | os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | NOFOLLOW, 0o666)
     if new_meta is not None:
         try:
             save_validator(fd, *new_meta)

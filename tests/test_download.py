@@ -725,11 +725,47 @@ async def test_symlinks_planted_after_the_listing_are_never_written_through(
     part.symlink_to(victims[1])
     meta = meta_path(out / remote.relpath)
     meta.with_name(meta.name + ".tmp").symlink_to(victims[2])
-    with pytest.raises(DiskError, match="cannot write") as caught:
+    if chunk_size == CHUNK:  # a streamed part file starts afresh: the link is replaced
         await dl.download_into(remote, out)
-    assert caught.value.hint is not None
-    assert emulator.audit.file_gets(_paths(emulator, 3)[2]) <= 1  # not retried as a network error
+        assert not part.exists()
+        assert not (out / remote.relpath).is_symlink()
+        assert (out / remote.relpath).read_bytes() == emulator.file_bytes(
+            _paths(emulator, 3)[2])
+    else:  # a whole body is written to a name known fresh, without a look: refused
+        with pytest.raises(DiskError, match="cannot write") as caught:
+            await dl.download_into(remote, out)
+        assert caught.value.hint is not None
+        assert emulator.audit.file_gets(_paths(emulator, 3)[2]) <= 1  # not retried
     assert [v.read_bytes() for v in victims] == [b"keep"] * 3
+
+
+@pytest.mark.parametrize("chunk_size", [CHUNK, 4 << 20], ids=["streamed", "whole-body"])
+@pytest.mark.parametrize("link", ["symlink", "hard link"])
+async def test_a_part_file_linked_elsewhere_is_replaced_not_written_through(
+        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path,
+        chunk_size: int, link: str) -> None:
+    """A part file left by someone else as a symlink or a second hard link to a file outside
+    the output directory: the file outside keeps its bytes, the download starts afresh and
+    arrives whole (a stale part could otherwise stop every rerun, or overwrite the file)."""
+    (path,) = _paths(emulator, 1)
+    remote = _remote(emulator, path)
+    out = tmp_path / "out"
+    out.mkdir()
+    outside = tmp_path / "precious.txt"
+    outside.write_bytes(b"keep me" * 1000)
+    part = part_path(out / remote.relpath)
+    if link == "symlink":
+        part.symlink_to(outside)
+    else:
+        os.link(outside, part)
+    dl = Downloader(session, chunk_size=chunk_size, retry=RetryPolicy.no_wait(2))
+    done = await dl.download_into(remote, out)
+    assert done.resumed_from == 0
+    assert (out / remote.relpath).read_bytes() == emulator.file_bytes(path)
+    assert not part.exists()
+    assert not part.is_symlink()
+    assert outside.read_bytes() == b"keep me" * 1000
+    assert outside.stat().st_nlink == 1
 
 
 async def test_forget_directories_sees_files_added_between_pulls(
