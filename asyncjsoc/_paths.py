@@ -8,6 +8,7 @@ it once existing symlinks are followed.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -138,18 +139,29 @@ def resolve_inside(out_dir: Path, relpath: str) -> Path:
     Raises
     ------
     UnsafePathError
-        If the name is unsafe or resolves outside ``out_dir``.
+        If the name is unsafe, resolves outside ``out_dir``, or cannot be made there (too
+        long for the file system, a file where one of its directories must go).
     """
     clean = safe_relpath(relpath)
     base = out_dir.resolve()
     joined = base.joinpath(*clean.split("/"))
-    parent = joined.parent.resolve()
-    if not parent.is_relative_to(base):
-        raise _refuse(relpath, f"resolves outside {base} (through a symlink)")
-    final = parent / joined.name
-    if final.is_symlink() and not final.resolve().is_relative_to(base):
-        raise _refuse(relpath, f"is a symlink pointing outside {base}")
+    try:
+        parent = joined.parent.resolve()
+        if not parent.is_relative_to(base):
+            raise _refuse(relpath, f"resolves outside {base} (through a symlink)")
+        final = parent / joined.name
+        if final.is_symlink() and not final.resolve().is_relative_to(base):
+            raise _refuse(relpath, f"is a symlink pointing outside {base}")
+    except OSError as exc:
+        if exc.errno not in _NAME_ERRNOS:
+            raise
+        raise _refuse(relpath, f"cannot be made here ({exc.strerror})") from None
     return final
+
+
+_NAME_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR})
+"""Errors looking at a path that belong to the name (too long for the file system, a symlink
+loop, a file where a directory must go), not to the disk."""
 
 
 class Placer:

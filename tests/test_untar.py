@@ -94,6 +94,21 @@ def test_unsafe_member_names_refuse_the_tar(tmp_path: Path, name: str) -> None:
     assert not (tmp_path / "evil.fits").exists()
 
 
+def test_a_member_path_too_long_for_the_file_system_refuses_the_tar(tmp_path: Path) -> None:
+    """A member whose path is longer than the OS allows (each component short) refuses its
+    tar with the usual one-line error, like any name that cannot be made."""
+    tar_path = tmp_path / "t.tar"
+    with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("d/" * 2100 + "x.fits")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(UnsafePathError, match=r"t\.tar: .*nothing was extracted"):
+        extract_tar_sync(tar_path, out)
+    assert _tree(out) == set()
+
+
 @pytest.mark.parametrize(("kind", "words"), [
     (tarfile.SYMTYPE, "symbolic link"), (tarfile.LNKTYPE, "hard link"),
     (tarfile.CHRTYPE, "device"), (tarfile.FIFOTYPE, "FIFO"),
