@@ -224,7 +224,12 @@ class TarUnpacked(Event):
 
 @dataclass(frozen=True, slots=True)
 class FileFailed(Event):
-    """A file could not be fetched or failed verification; it keeps no final name."""
+    """A file could not be fetched or failed verification; it keeps no final name.
+
+    Also sent for a file refused before any download (a server-sent name that is unsafe or
+    shared by several files, or an export that kept expiring); ``relpath`` is then the
+    record when the file has no usable name.
+    """
 
     relpath: str
     record: str

@@ -56,6 +56,7 @@ from asyncjsoc._events import (
     ExportReady,
     ExportReused,
     ExportSubmitted,
+    FileFailed,
     NullReporter,
     Reporter,
 )
@@ -794,11 +795,14 @@ class ExportScheduler:
         for part in renumbered:
             self._queue.send_nowait(part)
 
-    def _fail(self, failure: Failure) -> None:
+    def _fail(self, failure: Failure, *, file: bool = True) -> None:
         """Record ``failure``, replacing an earlier one of the same file or record.
 
         A re-export of missing records can meet the same refusal again; each file is
         reported once, with its latest error (a row without a file name, once per message).
+        A new failure of a file (``file``, as opposed to a whole chunk) is also reported as
+        a :class:`~asyncjsoc._events.FileFailed`, named by its record when the server's name
+        for it was refused, so displays count it with the files that failed to download.
         """
 
         def key(f: Failure) -> tuple[str, str]:
@@ -810,12 +814,15 @@ class ExportScheduler:
                 self.failures[i] = failure
                 return
         self.failures.append(failure)
+        if file:
+            self._report(FileFailed(failure.relpath or failure.record, failure.record,
+                                    failure.error))
 
     async def _fail_chunk(
         self, chunk: Chunk, ds: str, error: JsocError, request_id: str | None
     ) -> None:
         """Record that a chunk (or its re-export ``ds``) could not be exported."""
-        self._fail(Failure(ds, error, None, request_id))
+        self._fail(Failure(ds, error, None, request_id), file=False)
         self._report(ExportFailed(chunk.index, request_id, error))
         await self._store.set_chunk_state(chunk.index, "failed", error=error.message)
         self._failed += 1

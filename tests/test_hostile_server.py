@@ -22,7 +22,7 @@ from asyncjsoc import Client
 from asyncjsoc._api import MAX_BODY_BYTES
 from asyncjsoc._client import PullResult
 from asyncjsoc._download import MAX_UNSIZED_BYTES, Downloader
-from asyncjsoc._events import Backoff, Event
+from asyncjsoc._events import Backoff, Event, FileFailed
 from asyncjsoc._http import TransportConfig, create_session
 from asyncjsoc._models import RemoteFile
 from asyncjsoc._retry import RetryPolicy
@@ -61,12 +61,15 @@ def data_files(out: Path) -> set[str]:
             and not p.endswith((".part", ".part.meta"))}  # fmt: skip
 
 
-async def pull(emu: Emulator, tmp_path: Path, query: str = SHARP, **config: object
+async def pull(emu: Emulator, tmp_path: Path, query: str = SHARP, *,
+               events: list[Event] | None = None, **config: object
                ) -> tuple[PullResult, Path]:  # fmt: skip
-    """Fetch ``query`` into ``tmp_path/out``; nothing may appear next to ``out``."""
+    """Fetch ``query`` into ``tmp_path/out``; nothing may appear next to ``out``. The
+    client's events are appended to ``events``, if given."""
     out = tmp_path / "out"
     before = set(os.listdir(tmp_path))
-    async with Client(fast_config(emu, **config), out) as client:
+    reporter = events.append if events is not None else None
+    async with Client(fast_config(emu, **config), out, reporter=reporter) as client:
         result = await client.fetch(query)
     assert set(os.listdir(tmp_path)) - before == {"out"}
     for name in data_files(out):
@@ -88,11 +91,15 @@ def failed_records(result: PullResult) -> set[str]:
 @pytest.mark.parametrize("method", ["url", "url_quick"])
 async def test_unsafe_file_names(kind: str, method: str, tmp_path: Path) -> None:
     """Unsafe names fail their records with UnsafePathError; the other files arrive intact."""
+    events: list[Event] = []
     async with emulator(hostile_names={kind: 0.4}) as emu:
         protocol = "as-is" if method == "url_quick" else "fits"
         result, out = await pull(emu, tmp_path, method=method, protocol=protocol,
-                                 max_files_per_export=3)  # fmt: skip
+                                 max_files_per_export=3, events=events)  # fmt: skip
     assert result.failed, "the knob picked no row: change the rate or seed"
+    # Each failed file is reported once, so displays count it (refused names included).
+    reported = sorted((e.record, e.error.message) for e in events if isinstance(e, FileFailed))
+    assert reported == sorted((f.record, f.error.message) for f in result.failed)
     if not (method == "url_quick" and kind == "absolute"):
         assert all(isinstance(f.error, UnsafePathError) for f in result.failed)
         assert all("refusing" in f.error.message for f in result.failed)
