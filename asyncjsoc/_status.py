@@ -130,19 +130,54 @@ def read_status(out_dir: str | Path, state_path: str | Path | None = None) -> Pu
         raise InvalidInputError(
             f"no asyncjsoc state at {path}",
             hint="pass the --out directory of a fetch (and its --state PATH if it had one)")
+    first, then = _open_modes(path)
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        status = _read_with(path, first)
+    except sqlite3.OperationalError:  # e.g. no -shm index and no right to make one
+        status = None
     except sqlite3.Error as exc:
-        raise StateError(f"cannot open the state database {path}: {exc}") from exc
-    try:
-        status = _read(conn, path)
-    except sqlite3.Error as exc:
-        raise StateError(f"cannot read the state database {path}: {exc}",
-                         hint="is it an asyncjsoc state file?") from exc
-    finally:
-        conn.close()
+        raise _unreadable(path, exc) from exc
+    if status is None:
+        try:
+            status = _read_with(path, then)
+        except sqlite3.Error as exc:
+            raise _unreadable(path, exc) from exc
     pid = _lock_holder(lock_path(path))
     return status if pid is None else replace(status, running_pid=pid)
+
+
+def _read_with(path: Path, how: str) -> PullStatus:
+    """:func:`_read` through a connection opened with the URI parameter ``how``."""
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?{how}", uri=True)
+    try:
+        return _read(conn, path)
+    finally:
+        conn.close()
+
+
+def _unreadable(path: Path, exc: sqlite3.Error) -> StateError:
+    """The error for a state database SQLite cannot read."""
+    return StateError(f"cannot read the state database {path}: {exc}",
+                      hint="is it an asyncjsoc state file?")
+
+
+_READ_ONLY = "mode=ro"
+_IMMUTABLE = "immutable=1"
+
+
+def _open_modes(path: Path) -> tuple[str, ...]:
+    """How to open the state database without writing anything, in the order to try.
+
+    Without a write-ahead log beside it no run has it open and every change is in the file
+    itself, so it is read as immutable: SQLite then creates no ``-wal`` or ``-shm`` file
+    (the directory may be read-only, or belong to someone else). With a log (a run going
+    on, or one that was killed) the reader needs the log's index: a read-only connection
+    first, and as immutable only if that cannot be opened (a read-only copy of a killed
+    run's directory), which shows the state as of the last checkpoint.
+    """
+    if path.with_name(path.name + "-wal").exists():
+        return (_READ_ONLY, _IMMUTABLE)
+    return (_IMMUTABLE, _READ_ONLY)
 
 
 def _lock_holder(lock: Path) -> int | None:

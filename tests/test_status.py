@@ -60,6 +60,21 @@ async def test_status_of_a_complete_pull(tmp_path: Path,
     assert f"{len(result.files)} done" in text
 
 
+async def test_status_of_a_finished_pull_creates_no_file(tmp_path: Path) -> None:
+    """Once no run has the state open, reading it leaves the state directory as it was (no
+    ``-wal``/``-shm`` files: the directory may be read-only media or someone else's)."""
+    out = tmp_path / "out"
+    async with emulator() as emu, Client(fast_config(emu), out) as c:
+        result = await c.fetch(RS)
+    state_dir = out / ".asyncjsoc"
+    before = sorted(os.listdir(state_dir))
+    assert not any(name.endswith(("-wal", "-shm")) for name in before)
+    status = read_status(out)
+    assert sorted(os.listdir(state_dir)) == before
+    assert status.complete
+    assert status.files == {"done": len(result.files)}
+
+
 async def test_status_lists_failures_and_staged_exports(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A pull with failed files: not complete, the failures named with their errors, the
