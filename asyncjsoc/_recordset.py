@@ -253,8 +253,10 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NUMBER = re.compile(r"\d+\.\d+(?:[eE][+-]?\d+)?|\d+[eE][+-]?\d+")
 _INT = re.compile(r"\d+")
 _RECNUMS = re.compile(r"\d+(?:-\d+)?(?:,\d+(?:-\d+)?)*")
-_SYNTAX_HINT = ("record sets look like series[value][start-end@cadence][? KEY>0 ?]{seg1,seg2}; "
-                "see http://jsoc.stanford.edu/ajax/RecordSetHelp.html")
+# Concrete on purpose: a placeholder such as "end@cadence" reads as an email address, and
+# error texts are shown through mask_emails.
+_SYNTAX_HINT = ("record sets look like hmi.sharp_cea_720s[7302][2018.09.08_00:00_TAI/1d@96m]"
+                "[? QUALITY=0 ?]{Bp,Br}; see http://jsoc.stanford.edu/ajax/RecordSetHelp.html")
 
 
 class _Parser:
@@ -410,7 +412,8 @@ class _Parser:
             self.skip_space()
             return Span(start, self.duration("a duration after '/'"), self.cadence())
         if char == "@":
-            raise self.fail("'@cadence' needs a range: start-end@cadence or start/duration@cadence")
+            raise self.fail("a cadence ('@12m') needs a range: "
+                            "2012.01.01_TAI-2012.01.02_TAI@12m or 2012.01.01_TAI/1d@12m")
         return start
 
     def cadence(self) -> float | None:

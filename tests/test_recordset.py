@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from asyncjsoc._privacy import mask_emails
 from asyncjsoc._recordset import (
     First,
     IntValue,
@@ -126,6 +128,22 @@ def test_errors_have_position_and_hint(text: str, position: int, words: str) -> 
     assert info.value.position == position
     assert words in str(info.value)
     assert info.value.hint
+
+
+@pytest.mark.parametrize("text", ["hmi.x[1@2s]", "hmi.x[#]"])
+def test_syntax_help_survives_email_masking(text: str) -> None:
+    """Error texts are shown through mask_emails: the hint and message must not look like an
+    address (a placeholder such as ``end@cadence`` came out as ``s***@cadence``), and the
+    hint's example is itself a valid record set."""
+    with pytest.raises(RecordSetSyntaxError) as info:
+        parse_recordset(text)
+    error = info.value
+    assert error.hint is not None
+    assert mask_emails(error.hint) == error.hint
+    assert mask_emails(error.message) == error.message
+    example = re.search(r"look like (.+?); see", error.hint)
+    assert example is not None
+    assert parse_recordset(example.group(1)).series == "hmi.sharp_cea_720s"
 
 
 def test_non_string_refused() -> None:
