@@ -290,7 +290,8 @@ class PullView:
                     row.state = "failed"
                     row.error = error.message
                     self._free_slot(row)
-                self.failures.append(Failure(f"export {rid or f'chunk {chunk}'}", error.message))
+                what = f"export {rid or f'chunk {chunk + 1}'}"
+                self.failures.append(Failure(what, error.message))
             case ChunkSplit(chunk=chunk, parts=parts):
                 old = self.exports.pop(chunk.index, None)
                 if old is not None:
@@ -374,7 +375,7 @@ _STAGING = ("submitted", "queued", "processing", "reused")
 
 def _slot_label(row: ExportRow) -> str:
     """What a slot-holding export is called in the slot line."""
-    return row.request_id or f"chunk {row.chunk}"
+    return row.request_id or f"chunk {row.chunk + 1}"
 
 
 # --- one-line descriptions (plain log, and warnings above the live display) -------------

@@ -171,6 +171,19 @@ def test_plain_reporter_lines_are_timestamped_and_masked() -> None:
     assert "finished with failures" in text
 
 
+def test_chunks_are_numbered_from_one_everywhere() -> None:
+    """An export that failed before it had a request id is named by its chunk as the
+    progress lines number it (from 1), in the failure list too."""
+    view = PullView()
+    view.apply(Planned(_plan()))
+    view.apply(ExportSubmitted(0, EMAILS[0], None, "url", 1))
+    view.apply(ExportFailed(0, None, ExportFailedError("refused")))
+    line = describe(ExportFailed(0, None, ExportFailedError("refused")), view)
+    assert line is not None
+    assert "chunk 1" in line
+    assert [f.what for f in view.failures] == ["export chunk 1"]
+
+
 def test_describe_says_when_a_query_matches_nothing() -> None:
     """An empty plan names the problem and what to check, instead of '0 records, 0 files'."""
     view = PullView()
