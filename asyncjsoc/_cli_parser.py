@@ -151,7 +151,7 @@ def build_command_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentPa
     _add_server(fetch)
     _add_export(fetch)
     g = fetch.add_argument_group("output")
-    g.add_argument("--state", type=Path, metavar="PATH",
+    g.add_argument("--state", type=state_file, metavar="PATH",
                    help="state file that makes the pull resumable "
                    "(default DIR/.asyncjsoc/state.sqlite)")
     g.add_argument("--no-checksums", action="store_true",
@@ -223,7 +223,7 @@ def build_command_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentPa
         "safe to run while the pull is running. Exit 0 when the pull is complete, 1 when "
         "not, 2 when DIR holds no pull's state it can read.")
     status.add_argument("out", type=Path, metavar="DIR", help="the --out directory of a fetch")
-    status.add_argument("--state", type=Path, metavar="PATH",
+    status.add_argument("--state", type=state_file, metavar="PATH",
                         help="the fetch's --state file, if it had one")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.set_defaults(handler=handlers["status"])
@@ -263,6 +263,18 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def state_file(text: str) -> Path:
+    """argparse type: the path of a state file (not empty, not a directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("needs the path of a file, e.g. DIR/state.sqlite")
+    path = Path(text)
+    if text.endswith("/") or path.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a directory; give the path of a file in it, e.g. "
+            f"{(path / 'state.sqlite').as_posix()}")
+    return path
 
 
 def positive_float(text: str) -> float:

@@ -17,6 +17,7 @@ store still lists as pending; the next run finds them under their final names an
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import json
@@ -144,6 +145,16 @@ def lock_path(state_path: Path) -> Path:
     return state_path.with_name(state_path.name + ".lock")
 
 
+def _state_place_hint(exc: OSError, directory: Path) -> str:
+    """What to do when the state's directory cannot hold asyncjsoc's files."""
+    elsewhere = "or keep the state elsewhere (--state PATH, ClientConfig.state_path)"
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        return f"a file is where the directory {directory} must be: move it away, {elsewhere}"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"{directory} is not writable here: fix its permissions, {elsewhere}"
+    return f"check {directory}, {elsewhere}"
+
+
 def take_lock(path: Path, user_of: str) -> int:
     """Create ``path`` (and its directory) and hold an exclusive ``flock`` on it.
 
@@ -162,7 +173,8 @@ def take_lock(path: Path, user_of: str) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise StateError(f"cannot create the state lock {path}: {exc}") from exc
+        raise StateError(f"cannot create the state lock {path}: {exc.strerror or exc}",
+                         hint=_state_place_hint(exc, path.parent)) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

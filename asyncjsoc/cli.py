@@ -498,6 +498,8 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     except StateError as exc:
         if _is_other_pull(exc):
             undo.undo()
+        else:
+            undo.remove_empty()
         raise
     except JsocError:
         # Anything else (an unreachable server...): the state is kept for the rerun to
@@ -544,10 +546,15 @@ class _Undo:
     def remove_empty(self) -> None:
         """Remove the directories that were created and hold nothing, deepest first, best
         effort. Only empty directories are removed (``rmdir``), so a file that appeared in
-        one meanwhile keeps it and its parents."""
+        one meanwhile keeps it and its parents. A created tree whose only files are state
+        locks (the run stopped before it had any state to resume) loses them first."""
         for root in (self.state_root, self.out_root):
             if root is None:
                 continue
+            locks = _only_state_locks(root)
+            for lock in locks or ():
+                with contextlib.suppress(OSError):
+                    lock.unlink()
             for dirpath, _dirs, _files in os.walk(root, topdown=False):
                 with contextlib.suppress(OSError):
                     os.rmdir(dirpath)
@@ -575,6 +582,18 @@ def _first_missing(path: Path) -> Path | None:
             break
         top = parent
     return top
+
+
+def _only_state_locks(root: Path) -> list[Path] | None:
+    """The state lock files under ``root`` if they are its only files, else ``None``."""
+    locks: list[Path] = []
+    for dirpath, _dirs, files in os.walk(root):
+        inside_state = ".asyncjsoc" in Path(dirpath).relative_to(root).parts
+        for name in files:
+            if not (inside_state and name.startswith("state.sqlite") and name.endswith(".lock")):
+                return None
+            locks.append(Path(dirpath, name))
+    return locks
 
 
 def _holds_no_files(root: Path) -> bool:

@@ -158,3 +158,35 @@ def test_out_dir_that_existed_keeps_no_state(
     out.mkdir()
     refused(fetch(emu, out, "hmi.nope[2018.09.06]"), tmp_path, capsys, "hmi.nope")
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("state", ["", " ", "{tmp}", "{tmp}/somedir/"])
+def test_state_that_is_not_a_file_path(emu: Emulator, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str], state: str) -> None:
+    """--state must name a file: an empty value or a directory is a usage error, at once."""
+    before = snapshot(tmp_path)
+    argv = [*fetch(emu, tmp_path / "out", RS), "--state", state.format(tmp=tmp_path)]
+    assert main(argv) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--state" in err
+    assert "Traceback" not in err
+    assert snapshot(tmp_path) == before
+
+
+def test_state_where_a_file_blocks_its_directory(
+    emu: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A state file whose directory cannot be made: one line saying what is in the way and
+    what to do; the output directory this run created is gone again."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    before = snapshot(tmp_path)
+    code = main([*fetch(emu, tmp_path / "out", RS), "--state", str(blocker / "state.sqlite")])
+    err = capsys.readouterr().err
+    assert code != EXIT_OK
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "cannot create the state lock" in lines[0]
+    assert "move it away" in lines[0]
+    assert "Errno" not in lines[0]
+    assert snapshot(tmp_path) == before
