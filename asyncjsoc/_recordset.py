@@ -529,6 +529,9 @@ def parse_items(text: str) -> tuple[Item, ...]:
         if parser.peek() != ",":
             raise parser.fail(f"unexpected character {parser.peek()!r} in a prime-key value")
         parser.pos += 1
+        parser.skip_space()
+        if parser.peek() == "":
+            raise parser.fail("a value is missing after the last ','")
         items.append(parser.item(0))
 
 

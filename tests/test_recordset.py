@@ -222,3 +222,14 @@ def test_a_segment_named_twice_counts_once() -> None:
     rs = parse_recordset("hmi.sharp_cea_720s[7302]{Br,Bp,br, Br}")
     assert rs.segments == ("Br", "Bp")
     assert str(rs) == "hmi.sharp_cea_720s[7302]{Br,Bp}"
+
+
+@pytest.mark.parametrize(("text", "position"), [("7302,", 5), ("7302, ", 6), ("171,193 ,", 9)])
+def test_prime_key_value_with_a_trailing_comma(text: str, position: int) -> None:
+    """A list ending in ',' (as in --primekey HARPNUM=7302,) says a value is missing there,
+    not that a bracket is unbalanced."""
+    with pytest.raises(RecordSetSyntaxError) as info:
+        parse_items(text)
+    assert "missing after the last ','" in info.value.message
+    assert info.value.position == position
+    assert "[" not in info.value.message.split(" at position")[0]
