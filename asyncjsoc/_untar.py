@@ -169,8 +169,25 @@ def _damaged(tar_path: Path) -> Iterator[None]:
         yield
     except (tarfile.TarError, EOFError) as exc:
         why = " ".join(str(exc).split()) or type(exc).__name__  # one line
+        if not _has_tar_magic(tar_path):
+            raise IntegrityError(f"{tar_path.name}: not a tar file ({why})",
+                                 hint=_NOT_A_TAR_HINT) from exc
         raise IntegrityError(f"{tar_path.name}: not a readable tar file ({why})",
                              hint=_DAMAGED_HINT) from exc
+
+
+_NOT_A_TAR_HINT = ("check the file name (asyncjsoc extracts the tars of url-tar exports); if "
+                   "a url-tar pull downloaded it, delete it and run the pull again")
+
+
+def _has_tar_magic(tar_path: Path) -> bool:
+    """Whether the file starts with a POSIX (ustar) or GNU tar header, as the JSOC's do."""
+    try:
+        with tar_path.open("rb") as f:
+            head = f.read(512)
+    except OSError:
+        return True  # unreadable now: say no more than "damaged"
+    return len(head) == 512 and head[257:262] == b"ustar"
 
 
 _COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz",

@@ -190,9 +190,19 @@ def test_cut_tar_is_refused_without_half_files(tmp_path: Path) -> None:
 def test_not_a_tar(tmp_path: Path) -> None:
     """A file that is not a tar, or no file at all: one clear error each."""
     junk = tmp_path / "junk.tar"
-    junk.write_bytes(b"<html>export expired</html>")
-    with pytest.raises(IntegrityError, match="not a readable tar file"):
+    junk.write_bytes(b"<html>export expired</html>" * 40)
+    with pytest.raises(IntegrityError, match=r"junk\.tar: not a tar file") as caught:
         extract_tar_sync(junk)
+    assert caught.value.hint is not None
+    assert "check the file name" in caught.value.hint
+    assert "damaged" not in caught.value.hint
+    # A real tar whose end is garbage is damaged, not "not a tar".
+    tar = _tar(tmp_path / "t.tar", MEMBERS)
+    tar.write_bytes(tar.read_bytes()[:512] + b"\xff" * 2048)
+    with pytest.raises(IntegrityError, match="not a readable tar file") as damaged:
+        extract_tar_sync(tar, tmp_path / "out")
+    assert damaged.value.hint is not None
+    assert "damaged" in damaged.value.hint
     with pytest.raises(LocalError, match="no such file"):
         extract_tar_sync(tmp_path / "missing.tar")
 
