@@ -52,7 +52,12 @@ from asyncjsoc._query import Query
 from asyncjsoc._ratelimit import TokenBucket
 from asyncjsoc._retry import RetryPolicy
 from asyncjsoc._scheduler import DownloadJob, ExportScheduler, Failure, is_expiry
-from asyncjsoc._store import OutputLock, StateStore, default_state_path
+from asyncjsoc._store import (
+    STATE_FILE_SUFFIXES,
+    OutputLock,
+    StateStore,
+    default_state_path,
+)
 from asyncjsoc._untar import extract_tar
 from asyncjsoc.exceptions import (
     DiskError,
@@ -525,8 +530,10 @@ class Client:
             pool = EmailPool(api, self.config.emails,
                              max_pending=self.config.max_pending_exports, reporter=self._report,
                              known=self._registered)
+            reserved = await anyio.to_thread.run_sync(_state_names_inside, store.path,
+                                                      self.out_dir)
             scheduler = ExportScheduler(api, pool, store, self.config, reporter=self._report,
-                                        filenamefmt=filenamefmt)
+                                        filenamefmt=filenamefmt, reserved=reserved)
             results_send, results_receive = anyio.create_memory_object_stream[FileResult](
                 self.config.download_buffer)
             pull = Pull(results_receive, plan, scheduler, pool)
@@ -788,6 +795,17 @@ def _as_query(query: Query | str) -> Query:
 def _elsewhere(path: Path, default: Path) -> bool:
     """Whether the state file ``path`` is not the output directory's default one."""
     return path.resolve() != default.resolve()
+
+
+def _state_names_inside(state: Path, out_dir: Path) -> frozenset[str]:
+    """The names under ``out_dir`` of the state database and its companion files, when it
+    was put inside the output directory (``state_path``): server-sent names may not take
+    them. (The default place, ``.asyncjsoc/``, is refused by ``safe_relpath`` already.)"""
+    try:
+        inside = state.resolve().relative_to(out_dir.resolve()).as_posix()
+    except ValueError:
+        return frozenset()
+    return frozenset(inside + suffix for suffix in STATE_FILE_SUFFIXES)
 
 
 def _sizes_on_disk(out_dir: Path, relpaths: list[str]) -> list[tuple[Path | None, int | None]]:

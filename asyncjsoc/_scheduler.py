@@ -285,6 +285,9 @@ class ExportScheduler:
         Sent with every export; ``None`` lets the server use its default.
     clock
         Wall-clock seconds (``time.time``), for the stored export times.
+    reserved
+        Names under the output directory that server-sent names may not take (the state
+        file's, when ``state_path`` puts it there); compared without case.
     """
 
     def __init__(
@@ -297,8 +300,10 @@ class ExportScheduler:
         reporter: Reporter | None = None,
         filenamefmt: str | None = None,
         clock: Callable[[], float] = time.time,
+        reserved: frozenset[str] = frozenset(),
     ) -> None:
         self._api = api
+        self._reserved = frozenset(name.casefold() for name in reserved)
         self._pool = pool
         self._store = store
         self._config = config
@@ -682,6 +687,12 @@ class ExportScheduler:
                     relpath = safe_relpath(f.filename.rsplit("/", 1)[-1])
                 else:
                     relpath = quick_relpath(f.record, f.filename)
+                if relpath.casefold() in self._reserved:
+                    raise UnsafePathError(
+                        f"refusing file name {f.filename!r}: it is asyncjsoc's state file "
+                        "(state_path) inside the output directory",
+                        hint="keep the state outside the output directory, or in its "
+                             "default place")
                 url = self._api.file_url(status, f)
             except UnsafePathError as exc:
                 self._fail(Failure(f.record, exc, None, status.request_id))

@@ -140,6 +140,10 @@ def default_state_path(out_dir: Path) -> Path:
     return out_dir / STATE_DIRNAME / "state.sqlite"
 
 
+STATE_FILE_SUFFIXES = ("", "-wal", "-shm", "-journal", ".lock")
+"""The state database's name and the suffixes of its companions (SQLite's, and the lock)."""
+
+
 def lock_path(state_path: Path) -> Path:
     """The lock file a run holds while it uses the state database ``state_path``."""
     return state_path.with_name(state_path.name + ".lock")

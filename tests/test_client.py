@@ -713,6 +713,26 @@ async def test_per_ip_status7_backs_off_and_finishes(tmp_path: Path) -> None:
         assert not any(isinstance(e, ExportAdopted) for e in events)
 
 
+@pytest.mark.parametrize("state_name", ["hmi.M_45s.magnetogram.fits",
+                                        "HMI.M_45S.MAGNETOGRAM.FITS"])
+async def test_a_state_file_inside_the_output_directory_is_never_a_data_file(
+        tmp_path: Path, state_name: str) -> None:
+    """``state_path`` inside the output directory, named as the server names data files (or
+    in another case): those files are refused, and the state survives."""
+    out = tmp_path / "out"
+    state = out / state_name
+    async with emulator() as emu:
+        config = fast_config(emu, max_files_per_export=1, filenamefmt="{seriesname}.{segment}",
+                             state_path=state)
+        async with Client(config, out) as client:
+            result = await client.fetch(QUERY)
+    assert result.files == ()
+    assert len(result.failed) == 8
+    assert all("state file" in f.error.message for f in result.failed)
+    assert read_status(out, state).files == {}
+    assert sqlite3.connect(state).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
 async def test_shared_file_names_never_overwrite(tmp_path: Path) -> None:
     """A filenamefmt without prime keys: names shared inside one export fail, across
     exports the later record gets a digest suffix; no file is overwritten."""
