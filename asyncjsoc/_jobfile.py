@@ -76,11 +76,27 @@ def read_job_file(path: str | PathLike[str]) -> JobList:
     """Read and parse a job file (see :func:`parse_job_lines`); the file is read at once."""
     name = str(path)
     try:
-        with open(path, encoding="utf-8-sig") as handle:  # -sig: a BOM some editors add
-            lines = handle.read().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"cannot read job file {name}: {exc}") from None
-    return parse_job_lines(lines, source=name)
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read job file {name}: {exc.strerror or exc}",
+                                hint="check the path given to --jobs") from None
+    try:
+        text = data.decode("utf-8-sig")  # -sig: a BOM some editors add
+    except UnicodeDecodeError as exc:
+        number = data.count(b"\n", 0, exc.start) + 1
+        raise JobFileError(f"byte 0x{data[exc.start]:02x} is not text (UTF-8)", path=name,
+                           line_number=number, line=_printable_line(data, exc.start),
+                           hint=_HINT) from None
+    return parse_job_lines(text.splitlines(), source=name)
+
+
+def _printable_line(data: bytes, at: int) -> str:
+    """The line of ``data`` holding byte ``at``, undecodable bytes shown as U+FFFD."""
+    start = data.rfind(b"\n", 0, at) + 1
+    end = data.find(b"\n", at)
+    line = data[start:] if end < 0 else data[start:end]
+    return line.rstrip(b"\r").decode("utf-8", errors="replace")
 
 
 def format_job_line(harpnum: int, t_rec: TimeParts) -> str:

@@ -81,3 +81,21 @@ def test_a_byte_order_mark_is_not_part_of_line_one(tmp_path: Path) -> None:
     path = tmp_path / "jobs.txt"
     path.write_bytes("\ufeff7020.20170524_222400_TAI\n".encode())
     assert list(read_job_file(path)) == [7020]
+
+
+@pytest.mark.parametrize(("data", "number"), [
+    (b"7020.20170524_222400_TAI\r\n7021.2017\xff0524_222400_TAI\r\n", 2),
+    (b"\xef\xbb\xbf# Latin-1 comment: caf\xe9\n7020.20170524_222400_TAI\n", 1),
+])
+def test_a_byte_that_is_not_utf8_names_its_line(tmp_path: Path, data: bytes,
+                                                 number: int) -> None:
+    """A file that is not UTF-8 text is refused naming the line and the byte, like any bad
+    line, not with the codec's offset into the file."""
+    path = tmp_path / "jobs.txt"
+    path.write_bytes(data)
+    with pytest.raises(JobFileError) as info:
+        read_job_file(path)
+    assert info.value.line_number == number
+    assert "not text (UTF-8)" in info.value.message
+    assert "\ufffd" in info.value.line
+    assert "\r" not in info.value.line
