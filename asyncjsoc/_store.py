@@ -35,7 +35,13 @@ import anyio.to_thread
 
 from ._models import Chunk, Plan, RemoteFile
 from ._paths import STATE_DIRNAME
-from .exceptions import InvalidInputError, StateError, StateLockedError, StateMismatchError
+from .exceptions import (
+    DiskError,
+    InvalidInputError,
+    StateError,
+    StateLockedError,
+    StateMismatchError,
+)
 
 __all__ = [
     "ChunkState",
@@ -524,15 +530,31 @@ class StateStore:
         if conn is None:
             raise StateError("the state store is not open")
         if not self._deferred:
-            return await anyio.to_thread.run_sync(fn, conn, limiter=self._limiter)
+            try:
+                return await anyio.to_thread.run_sync(fn, conn, limiter=self._limiter)
+            except sqlite3.Error as exc:
+                raise self._failed(exc) from exc
         rows, self._deferred = self._deferred, []
         try:
             return await anyio.to_thread.run_sync(
                 functools.partial(self._after_deferred, rows=rows, fn=fn), conn,
                 limiter=self._limiter)
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
             self._deferred[:0] = rows  # not committed: the next operation tries again
-            raise
+            raise self._failed(exc) from exc
+
+    def _failed(self, exc: sqlite3.Error) -> StateError | DiskError:
+        """The error for an SQLite failure while using the database: a :class:`DiskError`
+        when the disk is to blame (full, read-only, failing), else a :class:`StateError`."""
+        name = getattr(exc, "sqlite_errorname", "")
+        if name.startswith(("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN")):
+            return DiskError(f"cannot write the state database {self.path}: {exc}",
+                             hint="free some space, or fix the permissions, then run the same "
+                                  "command again: finished files are kept")
+        return StateError(f"the state database {self.path} failed: {exc}",
+                          hint="run the same command again; if it fails the same way, move "
+                               "the state file away to start the pull afresh (finished files "
+                               "are kept)")
 
     @classmethod
     def _after_deferred(cls, conn: sqlite3.Connection, rows: list[tuple[int, str | None, str]],
@@ -547,14 +569,20 @@ class StateStore:
     @staticmethod
     @contextlib.contextmanager
     def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-        """BEGIN IMMEDIATE … COMMIT, rolled back on any error."""
+        """BEGIN IMMEDIATE … COMMIT, rolled back on any error.
+
+        After some errors (a full disk, an I/O error) SQLite has rolled the transaction back
+        itself; the error that says so is the one raised, not a failed ``ROLLBACK``.
+        """
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a failed COMMIT may leave it open
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     @staticmethod
     def _meta_get(conn: sqlite3.Connection, key: str) -> str | None:

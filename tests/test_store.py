@@ -15,7 +15,13 @@ import pytest
 
 from asyncjsoc._models import Chunk, Plan, RemoteFile
 from asyncjsoc._store import StateStore, StoredExport, default_state_path
-from asyncjsoc.exceptions import InvalidInputError, StateError, StateLockedError, StateMismatchError
+from asyncjsoc.exceptions import (
+    DiskError,
+    InvalidInputError,
+    StateError,
+    StateLockedError,
+    StateMismatchError,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -213,6 +219,26 @@ async def test_files_lifecycle(tmp_path: Path) -> None:
         assert summary.chunks == {"planned": 2}
         with pytest.raises(StateError, match="not a known file"):
             await store.mark_done("ghost.fits", 1)
+
+
+async def test_a_full_disk_is_a_disk_error_with_a_hint(tmp_path: Path) -> None:
+    """SQLite's "database or disk is full" (here: the database may not grow) surfaces as a
+    DiskError naming the state file and what to do, never as a raw sqlite3 error; the
+    completions it could not record are kept for the next try."""
+    async with StateStore.for_output(tmp_path) as store:
+        await store.save_plan(PLAN)
+        await store.add_files(0, _files(3))
+        conn = store._conn  # the database may not grow past its pages now
+        assert conn is not None
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(DiskError, match=r"state database .* full") as full:
+            await store.add_files(1, _files(2000, chunk=1, prefix="g"))
+        assert full.value.hint is not None
+        assert "free some space" in full.value.hint
+        conn.execute("PRAGMA max_page_count = 1073741823")
+        await store.add_files(1, _files(2000, chunk=1, prefix="g"))
+        assert (await store.summary()).files == {"pending": 2003}
 
 
 async def test_exports_round_trip(tmp_path: Path) -> None:
