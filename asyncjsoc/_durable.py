@@ -262,12 +262,13 @@ def disk_errors(hint: str, path: Path | None = None) -> Iterator[None]:
     :class:`~asyncjsoc.exceptions.UnsafePathError` instead: that file fails, and the pull
     goes on with the others (a :class:`DiskError` stops it).
 
-    ``path`` names the file when the error does not (calls on a file descriptor).
+    ``path`` names the file when the error does not (calls on a file descriptor). A failed
+    rename is named by its destination, where the obstacle is (a directory in the way).
     """
     try:
         yield
     except OSError as exc:
-        name = exc.filename or path
+        name = exc.filename2 or exc.filename or path
         where = f" {name}" if name else ""
         message = f"cannot write{where}: {exc.strerror or exc}"
         if exc.errno in NAME_ERRNOS:

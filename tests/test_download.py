@@ -768,6 +768,23 @@ async def test_a_part_file_linked_elsewhere_is_replaced_not_written_through(
     assert outside.stat().st_nlink == 1
 
 
+@pytest.mark.parametrize("chunk_size", [CHUNK, 4 << 20], ids=["streamed", "whole-body"])
+async def test_a_directory_under_the_final_name_is_named_in_the_error(
+        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path,
+        chunk_size: int) -> None:
+    """A directory where the file must go fails that file (UnsafePathError, not a disk
+    error that would stop the pull), naming the final name, not its part file."""
+    (path,) = _paths(emulator, 1)
+    remote = _remote(emulator, path)
+    (tmp_path / remote.relpath / "inside").mkdir(parents=True)
+    dl = Downloader(session, chunk_size=chunk_size, retry=RetryPolicy.no_wait(2))
+    with pytest.raises(UnsafePathError) as caught:
+        await dl.download_into(remote, tmp_path)
+    assert f"{remote.relpath}:" in caught.value.message
+    assert ".part" not in caught.value.message
+    assert (tmp_path / remote.relpath / "inside").is_dir()
+
+
 async def test_forget_directories_sees_files_added_between_pulls(
         emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path) -> None:
     """After ``forget_directories`` a finished file added behind the placer's back is kept."""
