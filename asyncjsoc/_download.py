@@ -757,7 +757,7 @@ class Downloader:
             checked = self.inline_io and check_fits_bytes(dest.name, data, wait=False)
             if not checked:
                 await verify_fits_bytes(dest.name, data)
-        with _disk_errors():
+        with _disk_errors(part):
             await self.publisher.publish(part, dest, meta, data)
         if on_progress is not None:
             on_progress(len(data), len(data))
