@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["JSOC_CONTACTS", "mask_email", "mask_emails"]
+__all__ = ["JSOC_CONTACTS", "mask_email", "mask_emails", "redact_url"]
 
 JSOC_CONTACTS = frozenset({"jsoc@sun.stanford.edu", "jsoc_help@jsoc.stanford.edu"})
 """The JSOC's own help addresses, which its messages ask users to write to: never masked
@@ -54,3 +54,19 @@ def mask_emails(text: str) -> str:
         return address if address.lower() in JSOC_CONTACTS else mask_email(address)
 
     return _EMAIL_IN_TEXT.sub(mask, text)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its ``user:password@`` part, if any, replaced by ``***``.
+
+    A server URL may carry credentials for a proxy or mirror; messages show it without them.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, tail = rest.partition("/")
+    userinfo, at, host = netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}{slash}{tail}"

@@ -140,9 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc(file=sys.stderr)
         hint = exc.hint
         if hint is None and isinstance(exc, TransportError):
+            from asyncjsoc._privacy import redact_url
+
             server = getattr(args, "server", None) or os.environ.get("ASYNCJSOC_SERVER")
-            hint = (f"is the server {server or DEFAULT_SERVER} right and reachable from here? "
-                    "rerun the same command to try again")
+            hint = (f"is the server {redact_url(server or DEFAULT_SERVER)} right and reachable "
+                    "from here? rerun the same command to try again")
         if _is_other_pull(exc):
             # The library's hint names its API (reset=); say it in command-line terms.
             hint = ("give this query another --out, or its own state file with --state PATH "

@@ -23,6 +23,7 @@ from anyio.from_thread import start_blocking_portal
 from engine_helpers import emulator, fast_config
 
 from asyncjsoc import Client
+from asyncjsoc._privacy import redact_url
 from asyncjsoc.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, build_parser, main
 from asyncjsoc.emulator import Emulator, Knobs, run_emulator
 
@@ -177,3 +178,27 @@ def test_cli_stderr_and_files_never_show_full_emails(
     assert EMAIL not in captured.err
     assert "erin@example.org" not in captured.err
     assert_no_email_in_outputs(out, (EMAIL, "erin@example.org"))
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("http://u:secret@127.0.0.1:9", "http://u:***@127.0.0.1:9"),
+    ("https://me:p@ss:w@host/path?x=1", "https://me:***@host/path?x=1"),
+    ("http://user@host/", "http://user@host/"),
+    ("http://jsoc.stanford.edu", "http://jsoc.stanford.edu"),
+])
+def test_redact_url_hides_only_the_password(url: str, shown: str) -> None:
+    """A password in a server URL is never shown; the rest of the URL is."""
+    assert redact_url(url) == shown
+
+
+def test_cli_never_shows_a_password_in_the_server_url(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An unreachable --server with credentials: the hint names the server, not its
+    password."""
+    code = main(["fetch", "hmi.M_45s[2012.01.01/3m]{magnetogram}", "--email", "a@example.org",
+                 "--out", str(tmp_path / "out"), "--server", "http://u:secret@127.0.0.1:9",
+                 "--no-retry-wait", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "http://u:***@127.0.0.1:9" in err
+    assert "secret" not in err
