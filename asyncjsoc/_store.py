@@ -23,6 +23,7 @@ import functools
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -361,6 +362,7 @@ class StateStore:
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._limiter = anyio.CapacityLimiter(1)
+        self._db_lock = threading.Lock()  # see _serially
         self._closed = False
         self._done_next: _DoneBatch | None = None
         self._flushing: anyio.Event | None = None
@@ -409,7 +411,7 @@ class StateStore:
         """
         if self._conn is not None or self._closed:
             raise RuntimeError("a StateStore can be opened once")
-        await anyio.to_thread.run_sync(self._open_sync, limiter=self._limiter)
+        await anyio.to_thread.run_sync(self._serially, self._open_sync, limiter=self._limiter)
 
     async def close(self) -> None:
         """Commit what :meth:`record_done` kept, close the database, release the lock.
@@ -419,15 +421,42 @@ class StateStore:
         if self._closed:
             return
         self._closed = True
-        with anyio.CancelScope(shield=True):
-            # Completions being committed are written before the database closes.
-            while (busy := self._flushing or self._deferred_flush) is not None:
-                await busy.wait()
-            try:
-                if self._deferred and self._conn is not None:
-                    await self._run(_no_work)
-            finally:
-                await anyio.to_thread.run_sync(self._close_sync, limiter=self._limiter)
+        try:
+            with anyio.CancelScope(shield=True):
+                # Completions being committed are written before the database closes.
+                while (busy := self._flushing or self._deferred_flush) is not None:
+                    await busy.wait()
+                await anyio.to_thread.run_sync(self._serially, self._finish_sync,
+                                               limiter=self._limiter)
+        finally:
+            if self._conn is not None or self._lock_fd is not None:
+                # Only when a cancellation got through the shield (asyncio's own
+                # Task.cancel(), repeated, can): finish here, once any database call still
+                # running in a worker thread is over, so the lock is never left held.
+                self._serially(self._finish_sync)
+
+    def _finish_sync(self) -> None:
+        """Commit the deferred completions, then close the database and release the lock
+        (whatever the commit did). Does nothing the second time."""
+        rows, self._deferred = self._deferred, []
+        try:
+            if rows and self._conn is not None:
+                try:
+                    unknown = self._mark_done_rows(self._conn, rows)
+                except sqlite3.Error as exc:
+                    raise self._failed(exc) from exc
+                if unknown:
+                    raise StateError(f"recorded as done but not files of this pull: "
+                                     f"{', '.join(sorted(unknown)[:5])}")
+        finally:
+            self._close_sync()
+
+    def _serially(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` while no other database call runs (a thread-level guard: the
+        capacity limiter alone cannot stop a worker thread whose awaiting task was
+        cancelled)."""
+        with self._db_lock:
+            return fn(*args)
 
     def _open_sync(self) -> None:
         """Blocking body of :meth:`open`."""
@@ -531,17 +560,25 @@ class StateStore:
             raise StateError("the state store is not open")
         if not self._deferred:
             try:
-                return await anyio.to_thread.run_sync(fn, conn, limiter=self._limiter)
+                return await anyio.to_thread.run_sync(self._serially, fn, conn,
+                                                      limiter=self._limiter)
             except sqlite3.Error as exc:
                 raise self._failed(exc) from exc
         rows, self._deferred = self._deferred, []
         try:
             return await anyio.to_thread.run_sync(
-                functools.partial(self._after_deferred, rows=rows, fn=fn), conn,
+                self._serially, functools.partial(self._after_deferred, rows=rows, fn=fn), conn,
                 limiter=self._limiter)
+        except StateError:
+            raise  # rows that are not this pull's: trying them again would fail again
         except sqlite3.Error as exc:
             self._deferred[:0] = rows  # not committed: the next operation tries again
             raise self._failed(exc) from exc
+        except BaseException:
+            # Cancelled, most likely before the worker thread began: the next operation (or
+            # close) commits them. Should they have been committed, again is harmless.
+            self._deferred[:0] = rows
+            raise
 
     def _failed(self, exc: sqlite3.Error) -> StateError | DiskError:
         """The error for an SQLite failure while using the database: a :class:`DiskError`

@@ -241,6 +241,57 @@ async def test_a_full_disk_is_a_disk_error_with_a_hint(tmp_path: Path) -> None:
         assert (await store.summary()).files == {"pending": 2003}
 
 
+async def test_completions_survive_an_operation_cancelled_before_it_ran(
+        tmp_path: Path) -> None:
+    """Completions kept by record_done are committed by the next operation; when that
+    operation is cancelled before its worker thread starts, close still commits them (they
+    were dropped, and a status after a cancelled pull showed reported files as pending)."""
+    files = _files(4)
+    async with StateStore.for_output(tmp_path) as store:
+        await store.save_plan(PLAN)
+        await store.add_files(0, files)
+        for f in files[:3]:
+            await store.record_done(f.relpath, 1000)
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await store.set_chunk_state(0, "ready")
+        assert scope.cancelled_caught
+    async with StateStore.for_output(tmp_path) as store:
+        assert await store.done_relpaths() == {f.relpath for f in files[:3]}
+
+
+async def test_close_releases_the_lock_through_repeated_asyncio_cancels(
+        tmp_path: Path) -> None:
+    """asyncio's own Task.cancel(), called on every turn of the loop, gets through anyio's
+    shield; close still commits the completions and releases the lock, so a new store (a
+    rerun in the same Jupyter kernel) can open the directory."""
+    import asyncio
+
+    files = _files(50)
+    store = StateStore.for_output(tmp_path)
+    await store.open()
+    await store.save_plan(PLAN)
+    await store.add_files(0, files)
+    for f in files:
+        await store.record_done(f.relpath, 1000)
+    loop = asyncio.get_running_loop()
+    closing = asyncio.ensure_future(store.close())
+    cancels = 0
+
+    def hammer() -> None:
+        nonlocal cancels
+        if not closing.done():
+            closing.cancel()
+            cancels += 1
+            loop.call_soon(hammer)
+
+    loop.call_soon(hammer)
+    await asyncio.wait([closing])
+    assert cancels >= 1
+    async with StateStore.for_output(tmp_path) as again:
+        assert await again.done_relpaths() == {f.relpath for f in files}
+
+
 async def test_exports_round_trip(tmp_path: Path) -> None:
     """An export record comes back as stored, can be replaced and forgotten."""
     export = StoredExport(chunk_index=0, request_id="JSOC_20260101_001", email="a@b.c",
