@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import difflib
 from pathlib import Path
 
 import anyio.from_thread
@@ -17,6 +18,7 @@ from asyncjsoc._client import Client, PullResult
 from asyncjsoc._config import ClientConfig
 from asyncjsoc._events import Reporter
 from asyncjsoc._query import Query
+from asyncjsoc.exceptions import InvalidInputError
 
 __all__ = ["fetch_sync"]
 
@@ -59,6 +61,9 @@ def fetch_sync(
     ------
     RuntimeError
         When called from inside a running event loop (it would block that loop).
+    InvalidInputError
+        For an option that is not a :class:`~asyncjsoc.ClientConfig` field (the hint
+        suggests the closest name).
     """
     if _in_event_loop():
         raise RuntimeError(
@@ -70,6 +75,14 @@ def fetch_sync(
         changes["emails"] = (emails,) if isinstance(emails, str) else tuple(emails)
     if server is not None:
         changes["server"] = server
+    fields = {f.name for f in dataclasses.fields(ClientConfig)}
+    for name in changes:
+        if name not in fields:
+            close = difflib.get_close_matches(name, sorted(fields), n=1)
+            raise InvalidInputError(
+                f"fetch_sync() got an unknown option {name!r}",
+                hint=f"did you mean {close[0]!r}?" if close
+                else "options are ClientConfig's fields (see help(asyncjsoc.ClientConfig))")
     base = config if config is not None else ClientConfig()
     final = dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 

@@ -12,6 +12,7 @@ from asyncjsoc import fetch_sync
 from asyncjsoc._events import Event, PullFinished
 from asyncjsoc._retry import RetryPolicy
 from asyncjsoc.emulator import run_emulator
+from asyncjsoc.exceptions import InvalidInputError
 
 
 def test_fetch_sync_from_a_plain_thread(tmp_path: Path) -> None:
@@ -36,3 +37,12 @@ async def test_fetch_sync_refuses_a_running_loop(tmp_path: Path) -> None:
     """Inside an event loop the blocking call raises instead of freezing the loop."""
     with pytest.raises(RuntimeError, match="running event loop"):
         fetch_sync(QUERY, out_dir=tmp_path, emails="a@example.org")
+
+
+def test_fetch_sync_names_a_misspelled_option(tmp_path: Path) -> None:
+    """A keyword that is no ClientConfig field is bad input with a suggestion, before
+    anything is written (it was a bare TypeError from dataclasses.replace)."""
+    with pytest.raises(InvalidInputError, match="'conections'") as caught:
+        fetch_sync(QUERY, out_dir=tmp_path / "out", emails="a@example.org", conections=3)
+    assert caught.value.hint == "did you mean 'connections'?"
+    assert not (tmp_path / "out").exists()
