@@ -73,6 +73,9 @@ class ClientConfig:
     max_pending_exports
         Exports this client keeps pending at once over all emails. The JSOC refuses more
         than 10 per IP address, so this must stay below 10; leave room for other users.
+        It is counted per client: clients (or processes) pulling at once from one IP share
+        the JSOC's limit, so give each a share (the server's refusals are still waited
+        out, at the cost of requests).
     connections
         Concurrent file downloads from the JSOC host. The JSOC asked tool authors for very
         few (sunpy uses 1); 2 overlaps one file's latency with another's transfer. JSOC API
