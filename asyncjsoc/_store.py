@@ -193,8 +193,15 @@ def take_lock(path: Path, user_of: str) -> int:
             holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
         finally:
             os.close(fd)
+        if holder == str(os.getpid()):
+            raise StateLockedError(
+                f"another Client in this process is using {user_of}",
+                hint="close it first (leave its `async with` block), or use a different "
+                     "output directory",
+            ) from None
+        who = f"pid {holder}" if holder.isdigit() else "starting just now"
         raise StateLockedError(
-            f"another asyncjsoc run is using {user_of} (pid {holder})",
+            f"another asyncjsoc run is using {user_of} ({who})",
             hint="wait for it to finish, or use a different output directory",
         ) from None
     except OSError as exc:

@@ -117,10 +117,13 @@ async def test_fingerprint_adopted_without_wiping(tmp_path: Path) -> None:
 
 
 async def test_lock_refuses_second_opener_in_process(tmp_path: Path) -> None:
-    """A second store on the same directory is refused while the first is open."""
+    """A second store on the same directory is refused while the first is open, naming
+    this process's other client rather than "another run" with our own pid."""
     async with StateStore.for_output(tmp_path):
-        with pytest.raises(StateLockedError, match=r"another asyncjsoc run .* \(pid \d+\)"):
+        with pytest.raises(StateLockedError, match=r"another Client in this process") as info:
             await StateStore.for_output(tmp_path).open()
+        assert info.value.hint is not None
+        assert "close it first" in info.value.hint
     async with StateStore.for_output(tmp_path) as again:
         assert await again.load_plan() is None
 
