@@ -37,6 +37,7 @@ from asyncjsoc._events import (
     FileSkipped,
     FileStarted,
     NullReporter,
+    PlanCounting,
     Planned,
     PullFinished,
     Reporter,
@@ -456,7 +457,8 @@ class Client:
         """
         api = self._require_open()[0]
         query = _as_query(query)
-        plan = await make_plan(api, query, max_files_per_export=self.config.max_files_per_export)
+        plan = await make_plan(api, query, max_files_per_export=self.config.max_files_per_export,
+                               on_count=lambda n: self._report(PlanCounting(n)))
         plan = replace(plan, estimated_bytes=await estimate_bytes(
             api, plan, segments=query.segments))
         self._report(Planned(plan))

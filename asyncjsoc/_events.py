@@ -37,6 +37,7 @@ __all__ = [
     "FileSkipped",
     "FileStarted",
     "NullReporter",
+    "PlanCounting",
     "Planned",
     "PullFinished",
     "Reporter",
@@ -51,6 +52,14 @@ class Event:
 
 
 # --- planning and emails ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PlanCounting(Event):
+    """Planning is counting the query's records, one ``jsoc_info`` call per count; sent
+    after each count. Years of data take many counts, at the request rate."""
+
+    counts: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,6 +118,7 @@ async def make_plan(
     *,
     max_files_per_export: int | None = None,
     max_recordset_chars: int = DEFAULT_MAX_RECORDSET_CHARS,
+    on_count: Callable[[int], None] | None = None,
 ) -> Plan:
     """Split ``query`` into chunks of at most ``max_files_per_export`` files each.
 
@@ -131,6 +132,8 @@ async def make_plan(
         The cap; default :func:`default_file_cap` of the series.
     max_recordset_chars
         Keep each chunk's record set under this length where possible.
+    on_count
+        Called after each ``count`` call with the number made so far (for progress).
 
     Returns
     -------
@@ -154,7 +157,7 @@ async def make_plan(
             f"one record of {query.series} has {fpr} files, more than the cap of {cap}",
             hint="select fewer segments with {...}, or raise the cap "
                  "(--max-files-per-export; max_files_per_export in Python)")
-    planner = _Planner(api, info, max_records, max(100, max_recordset_chars))
+    planner = _Planner(api, info, max_records, max(100, max_recordset_chars), on_count)
     pieces: list[_Piece | _Atom] = []
     for subset in query.parsed.subsets:
         pieces.extend(await planner.pieces(subset))
@@ -459,15 +462,21 @@ class _Planner:
     """Planning state for one query: API, series, limits."""
 
     def __init__(self, api: PlanningApi, info: SeriesInfo, max_records: int,
-                 max_chars: int) -> None:
+                 max_chars: int, on_count: Callable[[int], None] | None = None) -> None:
         self.api = api
         self.info = info
         self.max_records = max_records
         self.max_chars = max_chars
+        self.on_count = on_count
+        self.counts = 0
 
     async def count(self, subsets: Sequence[Subset]) -> int:
         """One ``count`` call for a comma-joined record set."""
-        return await self.api.count(",".join(str(s) for s in subsets))
+        n = await self.api.count(",".join(str(s) for s in subsets))
+        self.counts += 1
+        if self.on_count is not None:
+            self.on_count(self.counts)
+        return n
 
     async def pieces(self, subset: Subset) -> list[_Piece | _Atom]:
         """Planned pieces of one subset, each within the record cap."""

@@ -50,6 +50,7 @@ from asyncjsoc._events import (
     FileProgress,
     FileSkipped,
     FileStarted,
+    PlanCounting,
     Planned,
     PullFinished,
     TarUnpacked,
@@ -73,6 +74,7 @@ __all__ = [
 _RECENT_READY = 3
 # The plain log repeats an unchanged "still staging" line at most this often (seconds).
 _WAIT_LOG_EVERY = 30.0
+_COUNT_LOG_EVERY = 10.0  # seconds between "planning: N record counts" lines
 
 
 NO_RECORDS = ("the query matches no records (check the prime-key values, the time range "
@@ -186,6 +188,7 @@ class PullView:
         self.tar_exports = False
         self.n_records: int | None = None
         self.estimated_bytes: int | None = None
+        self.plan_counts = 0  # jsoc_info counts made while planning (PlanCounting)
         self.files_done = 0
         self.files_skipped = 0
         self.files_failed = 0
@@ -225,6 +228,8 @@ class PullView:
         now = self.clock()
         row: ExportRow | None
         match event:
+            case PlanCounting(counts=counts):
+                self.plan_counts = counts
             case Planned(plan=plan):
                 self.n_chunks = len(plan.chunks)
                 self.n_files = self.n_chunks if self.tar_exports else plan.n_files
@@ -397,6 +402,9 @@ def describe(event: Event, view: PullView, *, mask: bool = True) -> str | None:
     """
     show = mask_email if mask else _identity
     match event:
+        case PlanCounting(counts=counts):
+            return (f"planning: {counts} record counts so far (one jsoc_info request each; "
+                    "a long time range takes many)")
         case Planned(plan=plan):
             if not plan.n_records:
                 return f"planned {plan.series}: {NO_RECORDS}, so there is nothing to export"
@@ -488,21 +496,31 @@ class PlainReporter:
         The addresses in use, for the view.
     mask
         Mask email addresses in the lines.
+    clock
+        Monotonic clock in seconds (for the pacing of repeated lines); injectable for tests.
     """
 
     def __init__(
-        self, stream: TextIO, *, emails: Iterable[str] = (), mask: bool = True
+        self, stream: TextIO, *, emails: Iterable[str] = (), mask: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stream = stream
         self.mask = mask
-        self.view = PullView(emails)
+        self.view = PullView(emails, clock=clock)
         self._last_wait: dict[str, tuple[int, float]] = {}
+        # Planning that takes more than a few seconds gets a line every _COUNT_LOG_EVERY.
+        self._last_count_line = self.view.started
 
     def __call__(self, event: Event, /) -> None:
         """Apply ``event`` and log it when it is worth a line."""
         self.view.apply(event)
         if isinstance(event, ExportWaiting) and not self._wait_is_news(event):
             return
+        if isinstance(event, PlanCounting):
+            now = self.view.clock()
+            if now - self._last_count_line < _COUNT_LOG_EVERY:
+                return
+            self._last_count_line = now
         line = describe(event, self.view, mask=self.mask)
         if line is not None:
             self.log(line)
@@ -697,7 +715,8 @@ class RichReporter:
         if view.active:
             return "downloading"
         if view.n_files is None:
-            return "planning"
+            counts = view.plan_counts
+            return f"planning ({counts} record counts)" if counts else "planning"
         return "working"
 
     def _exports_table(self) -> Table | None:

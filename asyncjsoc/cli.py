@@ -896,15 +896,15 @@ def _print_summary(display: _Display, out: Path) -> None:
 
 
 @asynccontextmanager
-async def _scratch_client(config: Any) -> AsyncIterator[Any]:
-    """A client for plan, check-email and series.
+async def _scratch_client(config: Any, reporter: Any = None) -> AsyncIterator[Any]:
+    """A client for plan, check-email and series (``reporter`` gets its events).
 
     Those never open the state store (only a pull does), so they write nothing and need no
     output directory.
     """
     from asyncjsoc._client import Client
 
-    async with Client(config, Path.cwd()) as client:
+    async with Client(config, Path.cwd(), reporter=reporter) as client:
         yield client
 
 
@@ -919,10 +919,18 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 async def _plan(config: Any, queries: list[Any], args: argparse.Namespace) -> int:
     """Compute and print the plan of every query."""
-    from asyncjsoc._progress import NO_RECORDS, format_bytes
+    from asyncjsoc._events import Event, PlanCounting
+    from asyncjsoc._progress import NO_RECORDS, PlainReporter, format_bytes
+
+    log = PlainReporter(sys.stderr)
+
+    def counting(event: Event) -> None:
+        """Long planning (years of data) says how far it got, on stderr, every few seconds."""
+        if isinstance(event, PlanCounting):
+            log(event)
 
     plans = []
-    async with _scratch_client(config) as client:
+    async with _scratch_client(config, counting) as client:
         for query in queries:
             plans.append(await client.plan(query))
     if args.json:

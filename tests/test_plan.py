@@ -599,3 +599,14 @@ async def test_full_ranges_on_the_emulator(times: str, full: bool) -> None:
                 seen |= got
             listing = await api.rs_list(query.recordset(), keys=("T_REC",))
             assert seen == set(listing.keywords["T_REC"])
+
+
+@pytest.mark.anyio
+async def test_on_count_reports_every_count_call() -> None:
+    """Progress for long planning: on_count gets 1, 2, ... once per count call made."""
+    api = CountingApi({7000: (150, 1000)})
+    seen: list[int] = []
+    await make_plan(api, sharp_query(100, 399, harps="7000"), max_files_per_export=50,
+                    on_count=seen.append)
+    assert len(api.calls) > 1
+    assert seen == list(range(1, len(api.calls) + 1))

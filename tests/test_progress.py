@@ -22,6 +22,7 @@ from asyncjsoc._events import (
     FileProgress,
     FileSkipped,
     FileStarted,
+    PlanCounting,
     Planned,
     PullFinished,
     TarUnpacked,
@@ -348,3 +349,25 @@ def test_view_counts_one_file_per_tar_export() -> None:
     view.apply(Planned(_plan(n_chunks=2, files_per_chunk=3)))
     view.apply(ExportSubmitted(0, EMAILS[0], "JSOC_20240101_001", "url-tar", 1))
     assert view.n_files == 2
+
+
+def test_long_planning_is_logged_every_few_seconds_and_shown_live() -> None:
+    """Counting records for years of data takes minutes: the plain log says how far it got
+    every 10 s (not once per count), and the live display's headline counts along."""
+    now = [0.0]
+    out = io.StringIO()
+    rep = PlainReporter(out, clock=lambda: now[0])
+    for counts, at in enumerate([1.0, 5.0, 10.5, 12.0, 19.0, 21.0], start=1):
+        now[0] = at
+        rep(PlanCounting(counts))
+    lines = out.getvalue().splitlines()
+    assert [line.split(" ", 1)[1].split(" record counts")[0] for line in lines] == [
+        "planning: 3", "planning: 6"]
+    console, _buf = _rich_console()
+    live = RichReporter(console, emails=EMAILS)
+    assert live._headline() == "planning"
+    live(PlanCounting(7))
+    assert live._headline() == "planning (7 record counts)"
+    live(Planned(_plan()))
+    assert "record counts" not in live._headline()
+    live.close()
