@@ -727,6 +727,10 @@ async def _fetch(config: Any, queries: list[Any], out: Path, args: argparse.Name
             f"interrupted: {display.view.files_done} files done; state saved, "
             "rerun the same command to resume"
         )
+        if args.json:  # a script reading stdout still gets its one object
+            _emit_json({"ok": False, "interrupted": True, "error": "interrupted",
+                        "hint": "rerun the same command to resume",
+                        "files_done": display.view.files_done}, sys.stdout)
         raise
     finally:
         display.close()

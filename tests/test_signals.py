@@ -9,6 +9,7 @@ size (per the emulator's audit), and a second concurrent run on the same directo
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import sqlite3
@@ -101,7 +102,7 @@ def test_signal_saves_state_and_rerun_resumes_parts_with_range(
 ) -> None:
     """A signal mid-file: exit 130/143, store consistent, the .part resumed from its size."""
     out = tmp_path / "out"
-    proc = subprocess.Popen(_argv(emulator, out), stdout=subprocess.PIPE,
+    proc = subprocess.Popen([*_argv(emulator, out), "--json"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=_env())
     try:
         # Some files done and the next one part-way: a prefix has trickled in, and at 2 MB/s
@@ -112,13 +113,17 @@ def test_signal_saves_state_and_rerun_resumes_parts_with_range(
                   and any(0 < size < FILE_SIZE // 2 for size in _parts(out).values()),
                   proc, "partial download")
         proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=20)
+        stdout, stderr = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == code, stderr
     assert "interrupted" in stderr.lower() or "terminated" in stderr.lower(), stderr
+    # With --json, stdout still holds one object saying so (a script parses it).
+    doc = json.loads(stdout)
+    assert (doc["ok"], doc["interrupted"]) == (False, True)
+    assert doc["files_done"] >= 1
     _check_store_matches_disk(out)
     parts = {name: size for name, size in _parts(out).items() if size > 0}
     assert parts, "the signal left no partial bytes to resume"
