@@ -572,10 +572,11 @@ class Downloader:
             As for :meth:`download`.
         trust_final
             A file already under the final name is taken as complete and not fetched (its
-            size must match ``remote.expected_size`` when that is known): asyncjsoc gives a
-            final name only to a complete, verified file, so one found there was finished by
-            an earlier run, possibly killed between the rename and recording it. Pass
-            ``False`` to fetch it again regardless.
+            size must match ``remote.expected_size`` when that is known; when it is not, and
+            checksums are verified, its FITS checksums must hold): asyncjsoc gives a final
+            name only to a complete, verified file, so one found there was finished by an
+            earlier run, possibly killed between the rename and recording it. Pass ``False``
+            to fetch it again regardless.
 
         Returns
         -------
@@ -592,9 +593,28 @@ class Downloader:
         check_url_path(remote.url)
         dest, prepared, final_size = await self._quick(
             _locate_and_prepare, self._placer(out_dir), remote.relpath, trust_final)
-        if final_size is not None and remote.expected_size in (None, final_size):
+        if final_size is not None and remote.expected_size in (None, final_size) and (
+                remote.expected_size is not None or await self._adoptable(dest)):
             return DownloadOutcome(dest, final_size, resumed_from=final_size, attempts=0)
         return await self._download(remote, dest, prepared, on_progress)
+
+    async def _adoptable(self, dest: Path) -> bool:
+        """Whether a final file of unknown expected size may be kept as it is.
+
+        asyncjsoc gives a final name only to a verified file, so one found there is normally
+        an earlier run's (killed before recording it). Anything else put there (a pull with
+        its state reset, a copy) is checked like a download first, when checksums are
+        verified: a FITS file whose checksums fail is fetched again, replacing it.
+        """
+        if not self.verify_checksums:
+            return True
+        try:
+            await verify_fits(dest)
+        except IntegrityError:
+            return False
+        except OSError:
+            return False  # unreadable now: fetching it again is the safe answer
+        return True
 
     async def _download(self, remote: RemoteFile, dest: Path, prepared: _Prepared,
                         on_progress: ProgressCallback | None) -> DownloadOutcome:

@@ -800,6 +800,34 @@ async def test_forget_directories_sees_files_added_between_pulls(
     assert emulator.audit.file_gets(_paths(emulator, 2)[1]) == 0
 
 
+@pytest.mark.parametrize("verify", [True, False])
+async def test_a_damaged_final_file_of_unknown_size_is_not_adopted(
+        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path,
+        verify: bool) -> None:
+    """A file already under the final name (not recorded by the store: a reset state, a copy)
+    whose FITS checksums fail is fetched again when checksums are verified; an intact one is
+    kept without a request."""
+    paths = _paths(emulator, 2)
+    damaged, intact = (RemoteFile(url=emulator.url + path, relpath=f"{i}.fits", record="r")
+                       for i, path in enumerate(paths))
+    body = bytearray(emulator.file_bytes(paths[0]))
+    body[-100] ^= 0xFF  # same size, one data byte flipped
+    (tmp_path / damaged.relpath).write_bytes(bytes(body))
+    (tmp_path / intact.relpath).write_bytes(emulator.file_bytes(paths[1]))
+    dl = Downloader(session, chunk_size=CHUNK, retry=RetryPolicy.no_wait(2),
+                    verify_checksums=verify)
+    again = await dl.download_into(damaged, tmp_path)
+    kept = await dl.download_into(intact, tmp_path)
+    assert kept.attempts == 0
+    assert emulator.audit.file_gets(paths[1]) == 0
+    if verify:
+        assert again.attempts == 1
+        assert (tmp_path / damaged.relpath).read_bytes() == emulator.file_bytes(paths[0])
+    else:  # nothing checks it: taken as found, as before
+        assert again.attempts == 0
+        assert emulator.audit.file_gets(paths[0]) == 0
+
+
 @pytest.mark.parametrize(("streamed", "inline_io"), [(False, True), (False, False),
                                                      (True, True)])
 async def test_body_corrupted_in_transit_is_never_written_under_its_name(
