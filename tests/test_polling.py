@@ -239,12 +239,14 @@ async def test_a_pull_learns_its_staging_time_from_the_real_servers_meaningless_
         late = _lateness(emu)
     assert len(late) == 7
     first_late, first_polls = late[0]
-    assert 0.0 <= first_late <= 0.2 + 0.1, late
+    assert -0.005 <= first_late <= 0.2 + 0.1, late
     assert first_polls >= 2, late
     # Robust to a loaded machine: an export a few ms slower than the window is found just
     # past it, so even the worst of the last three is well under poll_min late.
     last = sorted(lateness for lateness, _ in late[-3:])
-    assert last[0] >= 0.0, late
+    # The audit stamps a poll on arrival; an export ending while that poll is handled is
+    # answered staged, so a poll may look a few microseconds early (-56 µs seen once).
+    assert last[0] >= -0.005, late
     assert last[1] < 0.06, late
     assert last[2] < 0.15, late
     assert all(polls <= 6 for _, polls in late[-3:]), late
