@@ -46,6 +46,10 @@ _TLS_HINT = (
     "(e.g. a TLS-inspecting proxy), pass its certificate file as ca_bundle."
 )
 
+NETWORK_HINT = ("check the server URL and that it is reachable from here; the same call may "
+                "work later (what finished is kept)")
+"""The hint of a network failure (refused, reset, timed out) once its retries are spent."""
+
 
 def _own_version() -> str:
     """asyncjsoc's installed version (read from metadata: importing the package would cycle)."""
@@ -292,17 +296,19 @@ def map_transport_errors(url: str | None = None) -> Iterator[None]:
     except aiohttp.InvalidURL as exc:
         raise ProtocolError(f"invalid URL{where}: {exc}") from exc
     except (aiohttp.ServerTimeoutError, aiohttp.ConnectionTimeoutError) as exc:
-        raise TransportError(f"timed out{where}: {exc}", url=url) from exc
+        raise TransportError(f"timed out{where}: {exc}", url=url, hint=NETWORK_HINT) from exc
     except aiohttp.ClientPayloadError as exc:
-        raise TransportError(f"reply body broken off{where}: {exc}", url=url) from exc
+        raise TransportError(f"reply body broken off{where}: {exc}", url=url,
+                             hint=NETWORK_HINT) from exc
     except aiohttp.ClientError as exc:
-        raise TransportError(f"{type(exc).__name__}{where}: {exc}", url=url) from exc
+        raise TransportError(f"{type(exc).__name__}{where}: {exc}", url=url,
+                             hint=NETWORK_HINT) from exc
     except TimeoutError as exc:
-        raise TransportError(f"timed out{where}", url=url) from exc
+        raise TransportError(f"timed out{where}", url=url, hint=NETWORK_HINT) from exc
     except ssl.SSLError as exc:
         raise TransportError(f"TLS error{where}: {exc}", url=url, hint=_TLS_HINT) from exc
     except OSError as exc:
-        raise TransportError(f"network error{where}: {exc}", url=url) from exc
+        raise TransportError(f"network error{where}: {exc}", url=url, hint=NETWORK_HINT) from exc
 
 
 def raise_for_status(response: aiohttp.ClientResponse, *, url: str | None = None) -> None:

@@ -139,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:  # the traceback too, with the exit code it would have had
             traceback.print_exc(file=sys.stderr)
         hint = exc.hint
-        if hint is None and isinstance(exc, TransportError):
+        if isinstance(exc, TransportError) and (hint is None or hint == _network_hint()):
+            # The same advice, naming the server it could not reach.
             from asyncjsoc._privacy import redact_url
 
             server = getattr(args, "server", None) or os.environ.get("ASYNCJSOC_SERVER")
@@ -193,6 +194,13 @@ def _print_error(message: str, hint: str | None, *, debug: bool) -> None:
         text = mask_emails(text)
     sys.stderr.write(f"asyncjsoc: error: {' '.join(text.split())}\n")
     sys.stderr.flush()
+
+
+def _network_hint() -> str:
+    """The library's hint for a network failure (imported late: it loads aiohttp)."""
+    from asyncjsoc._http import NETWORK_HINT
+
+    return NETWORK_HINT
 
 
 def _run(work: Callable[[], Awaitable[int]]) -> int:

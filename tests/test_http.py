@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from asyncjsoc._http import (
+    NETWORK_HINT,
     TransportConfig,
     create_session,
     default_user_agent,
@@ -136,6 +137,7 @@ async def test_connection_refused_maps_to_transport_error() -> None:
                 pass
     assert info.value.url == url
     assert is_retryable(info.value)
+    assert info.value.hint == NETWORK_HINT  # library users get advice too, not only the CLI
 
 
 @pytest.mark.anyio
@@ -145,9 +147,11 @@ async def test_sock_read_timeout_maps_to_transport_error(
     """A server that stalls past sock_read gives a TransportError."""
     url, _ = server
     async with create_session(TransportConfig(sock_read=0.1)) as session:
-        with pytest.raises(TransportError, match="timed out"), map_transport_errors(url):
+        with pytest.raises(TransportError, match="timed out") as info, \
+                map_transport_errors(url):
             async with session.get(f"{url}/stall") as resp:
                 await resp.read()
+    assert info.value.hint == NETWORK_HINT
 
 
 @pytest.mark.anyio
