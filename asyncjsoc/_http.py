@@ -28,6 +28,7 @@ from ._ratelimit import TokenBucket, parse_retry_after, rate_limit_middleware
 from .exceptions import HttpStatusError, IpBlockedError, ProtocolError, TransportError
 
 __all__ = [
+    "NETWORK_HINT",
     "RETRYABLE_STATUSES",
     "TransportConfig",
     "create_session",

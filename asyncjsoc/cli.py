@@ -530,8 +530,6 @@ class _Undo:
     asyncjsoc's own state: a downloaded file is never deleted.
     """
 
-    _STATE_SUFFIXES = ("", "-wal", "-shm", "-journal", ".lock")
-
     def __init__(self, out: Path, state: Path) -> None:
         self.out_root = _first_missing(out)
         self.state = state
@@ -540,7 +538,9 @@ class _Undo:
 
     def _state_paths(self) -> list[Path]:
         """The state database and its companions."""
-        return [self.state.with_name(self.state.name + s) for s in self._STATE_SUFFIXES]
+        from asyncjsoc._store import STATE_FILE_SUFFIXES
+
+        return [self.state.with_name(self.state.name + s) for s in STATE_FILE_SUFFIXES]
 
     def undo(self) -> None:
         """Remove what was created, best effort."""
@@ -550,7 +550,7 @@ class _Undo:
                     path.unlink(missing_ok=True)
         for root in (self.state_root, self.out_root):
             with contextlib.suppress(OSError):
-                if root is not None and root.is_dir() and _holds_no_files(root):
+                if root is not None and root.is_dir() and _only_state_files(root) is not None:
                     shutil.rmtree(root, ignore_errors=True)
 
     def remove_empty(self) -> None:
@@ -561,7 +561,7 @@ class _Undo:
         for root in (self.state_root, self.out_root):
             if root is None:
                 continue
-            locks = _only_state_locks(root)
+            locks = _only_state_files(root, locks=True)
             for lock in locks or ():
                 with contextlib.suppress(OSError):
                     lock.unlink()
@@ -594,26 +594,18 @@ def _first_missing(path: Path) -> Path | None:
     return top
 
 
-def _only_state_locks(root: Path) -> list[Path] | None:
-    """The state lock files under ``root`` if they are its only files, else ``None``."""
-    locks: list[Path] = []
+def _only_state_files(root: Path, *, locks: bool = False) -> list[Path] | None:
+    """asyncjsoc's state files under ``root`` (only its state locks, with ``locks``) if they
+    are the only files there, else ``None``."""
+    found: list[Path] = []
     for dirpath, _dirs, files in os.walk(root):
         inside_state = ".asyncjsoc" in Path(dirpath).relative_to(root).parts
         for name in files:
-            if not (inside_state and name.startswith("state.sqlite") and name.endswith(".lock")):
+            if not (inside_state and name.startswith("state.sqlite")
+                    and (not locks or name.endswith(".lock"))):
                 return None
-            locks.append(Path(dirpath, name))
-    return locks
-
-
-def _holds_no_files(root: Path) -> bool:
-    """True if the tree under ``root`` has no files other than asyncjsoc's state files."""
-    for dirpath, _dirs, files in os.walk(root):
-        inside_state = ".asyncjsoc" in Path(dirpath).relative_to(root).parts
-        for name in files:
-            if not (inside_state and name.startswith("state.sqlite")):
-                return False
-    return True
+            found.append(Path(dirpath, name))
+    return found
 
 
 def _client_config(args: argparse.Namespace, *, server: str, emails: tuple[str, ...]) -> Any:
