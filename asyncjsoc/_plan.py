@@ -157,6 +157,8 @@ async def make_plan(
             f"one record of {query.series} has {fpr} files, more than the cap of {cap}",
             hint="select fewer segments with {...}, or raise the cap "
                  "(--max-files-per-export; max_files_per_export in Python)")
+    for subset in query.parsed.subsets:
+        _check_integer_keys(subset, info)
     planner = _Planner(api, info, max_records, max(100, max_recordset_chars), on_count)
     pieces: list[_Piece | _Atom] = []
     for subset in query.parsed.subsets:
@@ -316,6 +318,34 @@ def _find_axis(subset: Subset, info: SeriesInfo) -> _Axis | None:
         items = select.items
         return _Axis(subset, index, size, lambda lo, hi: Select(items[lo:hi]))
     return ints[0] if ints else None
+
+
+_INTEGER_TYPES = frozenset({"char", "short", "int", "longlong"})
+"""DRMS keyword types that hold whole numbers."""
+
+
+def _check_integer_keys(subset: Subset, info: SeriesInfo) -> None:
+    """Refuse a number written with a point or an exponent for an integer prime key.
+
+    How DRMS reads ``[1e5]`` or ``[7302.0]`` for an ``int`` key is not documented (a C
+    integer parse would stop at the ``e`` or the point and select another record), so such
+    a value is refused rather than sent or rewritten.
+    """
+    keys = _positional_keys(subset, info)
+    for index, flt in enumerate(subset.filters):
+        kw = info.keyword(keys.get(index, ""))
+        if kw is None or kw.type.lower() not in _INTEGER_TYPES or not isinstance(flt, Select):
+            continue
+        for item in flt.items:
+            ends = (item.start, item.end) if isinstance(item, Range) else (item,)
+            for value in ends:
+                if isinstance(value, NumberValue):
+                    hint = (f"write it in digits: {int(value.value)}"
+                            if value.value.is_integer() and value.value < 1e18
+                            else f"{kw.name} takes whole numbers only")
+                    raise InvalidInputError(
+                        f"{kw.name} is an integer prime key of {info.name}, but {value} is "
+                        "not written as an integer", hint=hint)
 
 
 def _positional_keys(subset: Subset, info: SeriesInfo) -> dict[int, str]:

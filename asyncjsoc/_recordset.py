@@ -18,7 +18,7 @@ written ``[? sql ?]``), and re-parsing a rendered record set gives an equal valu
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from asyncjsoc._times import TimeParts, format_duration, match_duration, match_time
 from asyncjsoc.exceptions import InvalidInputError, RecordSetSyntaxError
@@ -71,13 +71,18 @@ class IntValue:
 
 @dataclass(frozen=True, slots=True)
 class NumberValue:
-    """A non-integer number (``1.5``)."""
+    """A number written with a decimal point or an exponent (``1.5``, ``1e5``).
+
+    ``text`` is the number as the user wrote it, sent to the server unchanged (DRMS parses
+    it by the key's type); when empty, Python's shortest round-tripping form is used.
+    """
 
     value: float
+    text: str = field(default="", compare=False)
 
     def __str__(self) -> str:
-        """Python's shortest round-tripping form."""
-        return repr(self.value)
+        """The number as written, else Python's shortest round-tripping form."""
+        return self.text or repr(self.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,7 +458,7 @@ class _Parser:
                 self.pos = m.end()
                 text = m.group(0)
                 if pattern is _NUMBER:
-                    return NumberValue(float(text))
+                    return NumberValue(float(text), text)
                 if pattern is _INT:
                     return IntValue(int(text))
                 return WordValue(text)

@@ -610,3 +610,19 @@ async def test_on_count_reports_every_count_call() -> None:
                     on_count=seen.append)
     assert len(api.calls) > 1
     assert seen == list(range(1, len(api.calls) + 1))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("value", "hint"), [
+    ("1e5", "write it in digits: 100000"),
+    ("7302.0-7310", "write it in digits: 7302"),
+    ("7300-7302.5", "HARPNUM takes whole numbers only"),
+])
+async def test_integer_key_written_as_a_float_is_refused(value: str, hint: str) -> None:
+    """``[1e5]`` for an int prime key is refused with the digits to write, not sent as is
+    (a C integer parse would read 1) nor rewritten behind the user's back."""
+    api = CountingApi({1: (0, 100)})
+    query = Query.from_recordset(f"{SERIES}[{value}][{slot_time(0)}]{{Br}}")
+    with pytest.raises(InvalidInputError, match=r"HARPNUM is an integer prime key") as info:
+        await make_plan(api, query)
+    assert info.value.hint == hint

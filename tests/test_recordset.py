@@ -66,7 +66,7 @@ def test_sharp_example_typed() -> None:
         ("hmi.M_45s[:#1-5,9]{magnetogram}", "hmi.M_45s[:#1-5,9]{magnetogram}"),
         ("hmi.M_45s[![QUALITY<0]!]", "hmi.M_45s[! [QUALITY<0] !]"),
         ("hmi.M_45s[]{}", "hmi.M_45s[]{}"),
-        ("hmi.x[a_b][1.5][3e2]", "hmi.x[a_b][1.5][300.0]"),
+        ("hmi.x[a_b][1.50][3E2]", "hmi.x[a_b][1.50][3E2]"),  # numbers go as written
         ("hmi.M_45s[20170524_222400_TAI]", "hmi.M_45s[2017.05.24_22:24:00_TAI]"),
         ("hmi.m[1], hmi.M[2]{a}", "hmi.m[1],hmi.M[2]{a}"),
     ],
