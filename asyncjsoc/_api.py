@@ -25,7 +25,7 @@ import aiohttp
 import anyio
 from yarl import URL
 
-from ._http import is_retryable, map_transport_errors, raise_for_status
+from ._http import could_not_connect, is_retryable, map_transport_errors, raise_for_status
 from ._models import (
     EmailStatus,
     ExportFile,
@@ -65,6 +65,10 @@ _MAX_GET_QUERY = 4000
 
 _CGI = "/cgi-bin/ajax/"
 _DEFAULT_RETRY = RetryPolicy()
+FIRST_CONTACT_ATTEMPTS = 3
+"""Attempts, the first included, for a call that cannot connect before the server has ever
+answered this client: a wrong or unreachable ``--server`` fails in seconds, not after the
+half minute of the full policy, and an unreachable host gets fewer requests."""
 _REQUEST_ID = re.compile(r"JSOC_\d{8}_\d+(?:_IN)?")
 _TRANSIENT_4 = ("Cant save new export-request hash",)
 _EMAIL_REFUSALS = (
@@ -385,7 +389,10 @@ class JsocApi:
     base_url
         Server root, e.g. ``"http://jsoc.stanford.edu"``.
     retry
-        Retry policy for calls that fail in transit (network errors, HTTP 429/5xx).
+        Retry policy for calls that fail in transit (network errors, HTTP 429/5xx). Until
+        the server has answered this object once, a call that cannot connect at all is
+        tried at most :data:`FIRST_CONTACT_ATTEMPTS` times (a wrong server fails fast);
+        after that, the server is known to exist and the whole policy applies.
     on_retry
         Called as ``on_retry(attempt, exc, delay)`` before each retry; the default logs.
     """
@@ -405,6 +412,7 @@ class JsocApi:
         self._base = base
         self._retry = retry
         self._on_retry = on_retry
+        self._answered = False
         self._series_cache: dict[str, SeriesInfo] = {}
         self._series_lock = anyio.Lock()
 
@@ -445,14 +453,26 @@ class JsocApi:
                 async with self._session.request(
                     method, url, data=data, headers=headers
                 ) as response:
+                    self._answered = True
                     raise_for_status(response, url=what)
                     raw = await self._read(response, what)
             return _decode_body(raw, what)
 
+        unreached = 0
+
+        def retry_on(exc: Exception) -> bool:
+            nonlocal unreached
+            if not is_retryable(exc):
+                return False
+            if self._answered or not could_not_connect(exc):
+                return True
+            unreached += 1
+            return unreached < FIRST_CONTACT_ATTEMPTS
+
         return await retrying(
             attempt,
             self._retry,
-            retry_on=is_retryable,
+            retry_on=retry_on,
             on_retry=self._on_retry or self._log_retry,
         )
 

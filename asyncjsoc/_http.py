@@ -31,6 +31,7 @@ __all__ = [
     "NETWORK_HINT",
     "RETRYABLE_STATUSES",
     "TransportConfig",
+    "could_not_connect",
     "create_session",
     "default_user_agent",
     "is_retryable",
@@ -357,6 +358,28 @@ def raise_for_status(response: aiohttp.ClientResponse, *, url: str | None = None
         url=url,
         retry_after=retry_after,
     )
+
+
+def could_not_connect(exc: Exception) -> bool:
+    """Whether ``exc`` says no connection to the server was made (refused, no route, a name
+    that does not resolve, a connect timeout): the request never reached the server.
+
+    Parameters
+    ----------
+    exc
+        The error from an attempt.
+
+    Returns
+    -------
+    bool
+        True for connection failures, False for everything that happened after connecting.
+    """
+    if not isinstance(exc, TransportError) or isinstance(exc, HttpStatusError):
+        return False
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientConnectorCertificateError | ssl.SSLError):
+        return False
+    return isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
 
 
 def is_retryable(exc: Exception) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import anyio
 import pytest
 
 from asyncjsoc._api import (
+    FIRST_CONTACT_ATTEMPTS,
     JsocApi,
     _decode_body,
     _export_status,
@@ -39,6 +41,7 @@ from asyncjsoc.exceptions import (
     PendingLimitError,
     ProtocolError,
     QueryError,
+    TransportError,
 )
 
 #: The shared recordings live beside the repository (``../shared``), as on CI; override with
@@ -743,3 +746,40 @@ async def test_emulator_logs_never_hold_full_email(
     library = [r.getMessage() for r in caplog.records
                if r.name.startswith("asyncjsoc.") and r.name != "asyncjsoc.test"]
     assert any("j***@example.org" in line for line in library)
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.mark.anyio
+async def test_unreachable_server_fails_after_few_attempts() -> None:
+    """A server that has never answered is given FIRST_CONTACT_ATTEMPTS tries, not the
+    whole policy: a wrong --server fails in seconds."""
+    retries: list[int] = []
+    async with create_session(TransportConfig(), TokenBucket(1000.0, 100)) as session:
+        api = JsocApi(session, f"http://127.0.0.1:{_closed_port()}",
+                      retry=RetryPolicy.no_wait(attempts=6),
+                      on_retry=lambda n, exc, delay: retries.append(n))
+        with pytest.raises(TransportError, match="Cannot connect"):
+            await api.count(FEW)
+    assert retries == list(range(1, FIRST_CONTACT_ATTEMPTS))
+
+
+@pytest.mark.anyio
+async def test_server_gone_after_answering_gets_the_whole_policy() -> None:
+    """Once the server has answered, losing it (a restart, a network blip) is retried with
+    the whole policy: a long pull does not give up after three quick tries."""
+    retries: list[int] = []
+    async with create_session(TransportConfig(), TokenBucket(1000.0, 100)) as session:
+        async with run_emulator(Knobs()) as emu:
+            api = JsocApi(session, emu.url, retry=RetryPolicy.no_wait(attempts=6),
+                          on_retry=lambda n, exc, delay: retries.append(n))
+            assert await api.count(FEW) == 4
+        with pytest.raises(TransportError):
+            await api.count(FEW)
+    assert retries == [1, 2, 3, 4, 5]
