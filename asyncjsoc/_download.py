@@ -41,6 +41,7 @@ from ._retry import RetryPolicy, retrying
 from ._stall import StallWatch, hand_over_read_timeout
 from ._verify import FITS_MAGIC, check_fits_bytes, check_size, verify_fits, verify_fits_bytes
 from .exceptions import (
+    DiskError,
     ExportExpiredError,
     IntegrityError,
     IpBlockedError,
@@ -253,6 +254,12 @@ def _open_part(part: Path, offset: int, new_meta: tuple[Path, _Validator] | None
             os.close(fd)
             raise
     return fd
+
+
+def _starts_like_fits(path: Path) -> bool:
+    """Whether the file at ``path`` begins with a FITS primary header card."""
+    with open(path, "rb") as f:
+        return f.read(len(FITS_MAGIC)) == FITS_MAGIC
 
 
 def _write_pieces(fd: int, pieces: list[bytes]) -> int:
@@ -572,8 +579,9 @@ class Downloader:
             As for :meth:`download`.
         trust_final
             A file already under the final name is taken as complete and not fetched (its
-            size must match ``remote.expected_size`` when that is known; when it is not, and
-            checksums are verified, its FITS checksums must hold): asyncjsoc gives a final
+            size must match ``remote.expected_size`` when that is known; when it is not, its
+            FITS checksums must hold when checksums are verified, and any other file's size
+            must match the one the server reports): asyncjsoc gives a final
             name only to a complete, verified file, so one found there was finished by an
             earlier run, possibly killed between the rename and recording it. Pass ``False``
             to fetch it again regardless.
@@ -594,27 +602,49 @@ class Downloader:
         dest, prepared, final_size = await self._quick(
             _locate_and_prepare, self._placer(out_dir), remote.relpath, trust_final)
         if final_size is not None and remote.expected_size in (None, final_size) and (
-                remote.expected_size is not None or await self._adoptable(dest)):
+                remote.expected_size is not None
+                or await self._adoptable(remote.url, dest, final_size)):
             return DownloadOutcome(dest, final_size, resumed_from=final_size, attempts=0)
         return await self._download(remote, dest, prepared, on_progress)
 
-    async def _adoptable(self, dest: Path) -> bool:
+    async def _adoptable(self, url: str, dest: Path, size: int) -> bool:
         """Whether a final file of unknown expected size may be kept as it is.
 
         asyncjsoc gives a final name only to a verified file, so one found there is normally
         an earlier run's (killed before recording it). Anything else put there (a pull with
-        its state reset, a copy) is checked like a download first, when checksums are
-        verified: a FITS file whose checksums fail is fetched again, replacing it.
+        its state reset, a copy, another tool killed mid-file) is checked first: a FITS file
+        by its checksums, when they are verified; any other file (a tar, a JPEG, or any file
+        with checksums off) by its size against the one the server reports for ``url``
+        (one ranged request). A file that fails is fetched again, replacing it.
         """
-        if not self.verify_checksums:
-            return True
+        if self.verify_checksums:
+            try:
+                if await _in_thread(_starts_like_fits, dest, where=dest):
+                    await verify_fits(dest)
+                    return True
+            except IntegrityError:
+                return False
+            except (OSError, DiskError):
+                return False  # unreadable now: fetching it again is the safe answer
         try:
-            await verify_fits(dest)
-        except IntegrityError:
-            return False
-        except OSError:
-            return False  # unreadable now: fetching it again is the safe answer
-        return True
+            return await self._remote_size(url) == size
+        except TransportError:
+            return False  # the download that follows retries, or reports, properly
+
+    async def _remote_size(self, url: str) -> int | None:
+        """The size of ``url`` as the server reports it, from a GET of its first byte
+        (``None`` when the answer does not say)."""
+        with map_transport_errors(url):
+            async with self._transfer_slot(), self._session.get(
+                    url, headers={"Range": "bytes=0-0"}) as resp:
+                if resp.status == 206:
+                    match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+                    if match is not None and match.group(3) != "*":
+                        return int(match.group(3))
+                    return None
+                if resp.status == 200:  # the server ignored the range: no body is read
+                    return _content_length(resp)
+                return None
 
     async def _download(self, remote: RemoteFile, dest: Path, prepared: _Prepared,
                         on_progress: ProgressCallback | None) -> DownloadOutcome:

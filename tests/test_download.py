@@ -819,13 +819,42 @@ async def test_a_damaged_final_file_of_unknown_size_is_not_adopted(
     again = await dl.download_into(damaged, tmp_path)
     kept = await dl.download_into(intact, tmp_path)
     assert kept.attempts == 0
-    assert emulator.audit.file_gets(paths[1]) == 0
     if verify:
+        assert emulator.audit.file_gets(paths[1]) == 0
         assert again.attempts == 1
         assert (tmp_path / damaged.relpath).read_bytes() == emulator.file_bytes(paths[0])
-    else:  # nothing checks it: taken as found, as before
+    else:  # only its size is checked (one ranged GET of a byte), and it is right
+        assert emulator.audit.ranges(paths[1]) == ["bytes=0-0"]
         assert again.attempts == 0
-        assert emulator.audit.file_gets(paths[0]) == 0
+        assert emulator.audit.ranges(paths[0]) == ["bytes=0-0"]
+
+
+@pytest.mark.parametrize("verify", [True, False])
+@pytest.mark.parametrize("fits", [True, False], ids=["fits", "not-fits"])
+async def test_a_short_final_file_of_unknown_size_is_fetched_again(
+        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path,
+        verify: bool, fits: bool) -> None:
+    """A final file cut short (another tool killed mid-file, an interrupted copy) is not
+    taken as done: a FITS one fails its checksums; any other file, or any file with
+    checksums off, is compared with the size the server reports for it."""
+    paths = _paths(emulator, 2)
+    short, whole = (RemoteFile(url=emulator.url + path, relpath=f"{i}.dat", record="r")
+                    for i, path in enumerate(paths))
+    bodies = [emulator.file_bytes(path) for path in paths]
+    if not fits:  # same sizes, but nothing in them says FITS (a tar, a JPEG, ...)
+        bodies = [b"\x00" * len(body) for body in bodies]
+    (tmp_path / short.relpath).write_bytes(bodies[0][: len(bodies[0]) // 2])
+    (tmp_path / whole.relpath).write_bytes(bodies[1])
+    dl = Downloader(session, chunk_size=CHUNK, retry=RetryPolicy.no_wait(2),
+                    verify_checksums=verify)
+    again = await dl.download_into(short, tmp_path)
+    kept = await dl.download_into(whole, tmp_path)
+    assert again.attempts == 1
+    assert (tmp_path / short.relpath).read_bytes() == emulator.file_bytes(paths[0])
+    assert kept.attempts == 0
+    assert (tmp_path / whole.relpath).read_bytes() == bodies[1]
+    checked_by_size = not (verify and fits)
+    assert emulator.audit.ranges(paths[1]) == (["bytes=0-0"] if checked_by_size else [])
 
 
 @pytest.mark.parametrize(("streamed", "inline_io"), [(False, True), (False, False),
