@@ -390,10 +390,10 @@ async def _in_thread(fn: Callable[[*_Args], _T], *args: *_Args, where: Path | No
 
 
 def _retryable(exc: Exception) -> bool:
-    """Transport trouble, 408/425/429/5xx, and IP blocks that say when they end."""
-    if isinstance(exc, IpBlockedError):
-        return exc.retry_after is not None
-    return is_retryable(exc)
+    """Transport trouble and 408/425/429/5xx; never an IP block, even one that says when it
+    ends: the pull stops there, as it does when a CGI call meets the block, rather than wait
+    it out and press on against a server that refuses the IP."""
+    return not isinstance(exc, IpBlockedError) and is_retryable(exc)
 
 
 def _content_length(resp: aiohttp.ClientResponse) -> int | None:
@@ -547,7 +547,7 @@ class Downloader:
         HttpStatusError
             Another HTTP status that retrying cannot fix (or retries ran out).
         IpBlockedError
-            The server refuses this IP and retries ran out.
+            The server refuses this IP (never retried).
         TransportError
             The network failed on every attempt; the ``.part`` file is kept for next time.
         IntegrityError

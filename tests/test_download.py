@@ -36,6 +36,7 @@ from asyncjsoc.exceptions import (
     ExportExpiredError,
     HttpStatusError,
     IntegrityError,
+    IpBlockedError,
     TransportError,
     UnsafePathError,
 )
@@ -621,20 +622,19 @@ async def test_a_small_file_fetched_whole_over_a_stale_part_carries_no_validator
     assert _leftovers(dest) == ["f.fits"]
 
 
-async def test_ip_block_with_retry_after_is_waited_out(
+async def test_ip_block_with_retry_after_is_not_retried(
         emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path) -> None:
-    """A 403 + Retry-After (IP block) is retried after the block; the file then arrives."""
+    """A 403 + Retry-After (IP block) ends the download at once, whatever it says about its
+    end: the client stops (see the fault matrix) instead of pressing on after the block."""
     first, second = _paths(emulator, 2)
     emulator.knobs.rate_budget = 1
     emulator.knobs.block_seconds = 1.0
     await _downloader(session).download(_remote(emulator, first), tmp_path / "a.fits")
-    outcome = await _downloader(session).download(_remote(emulator, second),
-                                                  tmp_path / "b.fits")
-    assert (tmp_path / "b.fits").read_bytes() == emulator.file_bytes(second)
-    statuses = [e.http_status for e in emulator.audit.entries if e.path == second]
-    assert statuses[0] == 403
-    assert statuses[-1] == 200
-    assert outcome.attempts == len(statuses) >= 2
+    with pytest.raises(IpBlockedError) as caught:
+        await _downloader(session).download(_remote(emulator, second), tmp_path / "b.fits")
+    assert caught.value.retry_after is not None
+    assert [e.http_status for e in emulator.audit.entries if e.path == second] == [403]
+    assert not (tmp_path / "b.fits").exists()
     assert len(emulator.audit.blocks) == 1
 
 

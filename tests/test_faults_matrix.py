@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from engine_helpers import emulator, fast_config
 
@@ -35,6 +36,7 @@ pytestmark = pytest.mark.anyio
 QUERY = "hmi.M_45s[2012.01.01_00:00:00_TAI/450s]{magnetogram}"
 # Four records: for the cases paced at the library's default 5 requests/s.
 SHORT_QUERY = "hmi.M_45s[2012.01.01_00:00:00_TAI/180s]{magnetogram}"
+THREE_FILES = "hmi.M_45s[2012.01.01_00:00:00_TAI/135s]{magnetogram}"  # one export
 EMAILS = ("a@example.org", "b@example.org", "c@example.org")
 STATE_DIR = ".asyncjsoc"
 
@@ -435,3 +437,40 @@ async def test_failed_export_is_submitted_again(tmp_path: Path) -> None:
         assert sum(isinstance(e, ExportSubmitted) for e in events) == 2
         check_invariants(emu, tmp_path, {f.relpath: f for f in result.files}, config,
                          complete=True)
+
+
+async def test_a_block_met_by_a_file_download_ends_the_pull(tmp_path: Path) -> None:
+    """An IP block answered to a file GET ends the pull, as one answered to a CGI call does:
+    the pull does not wait the block out (600 s here) and press on against a server that
+    refuses the IP. The files finished before it stay, and nothing is sent after it."""
+    async with emulator(seed=12) as emu:
+        config = case_config(emu, Case({}), connections=2)
+        governor = FaultGovernor(emu)
+        emu.hold_files()
+        outcome: list[BaseException] = []
+
+        async def run() -> None:
+            try:
+                await pull(tmp_path, config, governor, THREE_FILES)
+            except IpBlockedError as exc:
+                outcome.append(exc)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run)
+                await emu.wait_files_held(2)  # both connections wait for their file
+                emu.knobs.rate_budget = 0  # the next request blocks the IP
+                emu.release_files()
+        assert len(outcome) == 1
+        refused = [e for e in emu.audit.entries if e.http_status == 403]
+        assert len(refused) == 1
+        assert refused[0].path.startswith("/SUM")
+        assert max(e.time for e in emu.audit.entries) == refused[0].time
+        assert len([p for p, st in emu.audit.file_stats.items() if st.complete]) == 2
+        # Files finished before the block keep their names (a small one still waiting for
+        # its batch to be published may be fetched again by the next run).
+        kept = {n: path for n, path in final_files(tmp_path).items() if ".part" not in n}
+        assert kept
+        served = {p.rsplit("/", 1)[-1]: emu.file_bytes(p) for p in emu.audit.file_stats}
+        for name, path in kept.items():
+            assert path.read_bytes() == served[Path(name).name]
