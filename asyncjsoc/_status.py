@@ -216,7 +216,10 @@ def _read(conn: sqlite3.Connection, path: Path) -> PullStatus:
         for i, rid, exp in conn.execute(
             "SELECT e.chunk_idx, e.request_id, e.expires_at FROM exports e "
             "JOIN chunks c ON c.idx = e.chunk_idx "
-            "WHERE c.state != 'done' AND e.request_id IS NOT NULL ORDER BY e.chunk_idx"))
+            "WHERE c.state != 'done' AND e.request_id IS NOT NULL "
+            # A failed chunk whose export never staged was refused or failed at the JSOC:
+            # nothing there to reuse (one that staged failed on some files: a rerun uses it).
+            "AND NOT (c.state = 'failed' AND e.ready_at IS NULL) ORDER BY e.chunk_idx"))
     failed = tuple(
         (str(name), str(error or "")) for name, error in conn.execute(
             "SELECT relpath, error FROM files WHERE state = 'failed' ORDER BY relpath LIMIT ?",

@@ -105,6 +105,25 @@ async def test_status_lists_failures_and_staged_exports(
     assert "run the same fetch command again" in text
 
 
+async def test_a_failed_export_is_not_listed_as_reusable(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An export the JSOC failed (status 4) is a failed export, not one "being prepared at
+    the JSOC" that a rerun could reuse (a rerun submits it again)."""
+    out = tmp_path / "out"
+    async with (emulator(export_failure_rate=1.0) as emu,
+                Client(fast_config(emu), out) as client):
+        result = await client.fetch(RS)
+    assert result.failed
+    status = read_status(out)
+    assert status.chunks == {"failed": 1}
+    assert len(status.failed_exports) == 1
+    assert status.staged == ()
+    assert main(["status", str(out)]) == EXIT_FAILED
+    text = capsys.readouterr().out
+    assert "being prepared" not in text
+    assert "failed    export 1 (" in text
+
+
 async def test_status_names_failed_files(tmp_path: Path) -> None:
     """Files that failed to download are listed by name with their error."""
     out = tmp_path / "out"
