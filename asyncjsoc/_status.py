@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -72,6 +73,11 @@ class PullStatus:
     running_pid
         The process of a run holding the store's lock right now, if any (found in
         ``/proc/locks``; ``None`` also where that cannot be read).
+    gone, gone_examples
+        Files recorded as done that are no longer in the output directory with their
+        recorded size (deleted, cut short or changed since; tars unpacked by ``--extract``
+        are meant to be gone and do not count), and up to :data:`FAILED_SHOWN` of their
+        names: a rerun fetches them again, so such a pull is not complete.
     """
 
     state_path: Path
@@ -88,13 +94,16 @@ class PullStatus:
     unpacked_tars: int = 0
     unpacked_files: int = 0
     running_pid: int | None = None
+    gone: int = 0
+    gone_examples: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:
         """Whether the plan is saved and every chunk of it is done (no file pending, partial
-        or failed; a query that matched nothing is complete once planned)."""
-        return self.series is not None and self.chunks.get("done", 0) == sum(
-            self.chunks.values())
+        or failed, and every finished file still on disk as recorded; a query that matched
+        nothing is complete once planned)."""
+        return self.series is not None and self.gone == 0 and self.chunks.get(
+            "done", 0) == sum(self.chunks.values())
 
     @property
     def files_failed(self) -> int:
@@ -116,7 +125,8 @@ def read_status(out_dir: str | Path, state_path: str | Path | None = None) -> Pu
     Returns
     -------
     PullStatus
-        Counts by state, bytes done, staged exports and failed files.
+        Counts by state, bytes done, staged exports and failed files, and the finished files
+        no longer on disk as recorded (each is looked at: one ``stat`` per finished file).
 
     Raises
     ------
@@ -131,28 +141,39 @@ def read_status(out_dir: str | Path, state_path: str | Path | None = None) -> Pu
             f"no asyncjsoc state at {path}",
             hint="pass the --out directory of a fetch (and its --state PATH if it had one)")
     first, then = _open_modes(path)
+    out = Path(out_dir)
     try:
-        status = _read_with(path, first)
+        status = _read_with(path, first, out)
     except sqlite3.OperationalError:  # e.g. no -shm index and no right to make one
         status = None
     except sqlite3.Error as exc:
         raise _unreadable(path, exc) from exc
     if status is None:
         try:
-            status = _read_with(path, then)
+            status = _read_with(path, then, out)
         except sqlite3.Error as exc:
             raise _unreadable(path, exc) from exc
     pid = _lock_holder(lock_path(path))
     return status if pid is None else replace(status, running_pid=pid)
 
 
-def _read_with(path: Path, how: str) -> PullStatus:
+def _read_with(path: Path, how: str, out_dir: Path) -> PullStatus:
     """:func:`_read` through a connection opened with the URI parameter ``how``."""
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?{how}", uri=True)
     try:
-        return _read(conn, path)
+        return _read(conn, path, out_dir)
     finally:
         conn.close()
+
+
+def _on_disk(out_dir: Path, relpath: str) -> int | None:
+    """The size of the regular file ``relpath`` names under ``out_dir``, else ``None``
+    (the names were checked to stay inside ``out_dir`` when the pull recorded them)."""
+    try:
+        st = os.stat(out_dir / relpath)
+    except (OSError, ValueError):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
 def _unreadable(path: Path, exc: sqlite3.Error) -> StateError:
@@ -202,7 +223,7 @@ def _lock_holder(lock: Path) -> int | None:
     return None
 
 
-def _read(conn: sqlite3.Connection, path: Path) -> PullStatus:
+def _read(conn: sqlite3.Connection, path: Path, out_dir: Path) -> PullStatus:
     """The status from an open database."""
     meta = dict(conn.execute("SELECT key, value FROM meta"))
     version = int(meta.get("schema_version", "0") or 0)
@@ -233,7 +254,18 @@ def _read(conn: sqlite3.Connection, path: Path) -> PullStatus:
     unpacked = ([len(json.loads(members)) for (members,) in
                  conn.execute("SELECT members FROM unpacked")]
                 if "unpacked" in tables else [])  # stores written before it existed
+    unpacked_names = ({str(name) for (name,) in conn.execute("SELECT relpath FROM unpacked")}
+                      if "unpacked" in tables else set())
+    gone: list[str] = []
+    n_gone = 0
+    for relpath, nbytes in conn.execute("SELECT relpath, bytes FROM files WHERE state = 'done'"):
+        if relpath in unpacked_names or _on_disk(out_dir, str(relpath)) == nbytes:
+            continue
+        n_gone += 1
+        if len(gone) < FAILED_SHOWN:
+            gone.append(str(relpath))
     return PullStatus(
+        gone=n_gone, gone_examples=tuple(sorted(gone)),
         state_path=path, series=plan.get("series"), n_records=int(plan.get("n_records", 0)),
         n_files=int(plan.get("n_files", 0)), estimated_bytes=plan.get("estimated_bytes"),
         chunks=summary.chunks, files=summary.files, bytes_done=summary.bytes_done,

@@ -57,6 +57,11 @@ def status_text(status: PullStatus, out: Path) -> str:
         else:
             where = f"staged, served until {_when(export.expires_at)}"
         lines.append(f"  export {export.chunk_index + 1:<3}{export.request_id}, {where}")
+    if status.gone:
+        lines.append(f"  gone      {status.gone:,} finished files are no longer on disk as "
+                     "recorded (deleted or changed); a rerun fetches them again"
+                     + (", for example:" if status.gone > len(status.gone_examples) else ":"))
+        lines += [f"            {name}" for name in status.gone_examples]
     if status.files_failed:
         lines.append(f"  failed    {status.files_failed:,} files"
                      + (", for example:" if status.files_failed > len(status.failed) else ":"))
@@ -83,6 +88,7 @@ def status_json(status: PullStatus) -> dict[str, Any]:
         "estimated_bytes": status.estimated_bytes, "exports": status.chunks,
         "files": status.files, "bytes_done": status.bytes_done,
         "unpacked": {"tars": status.unpacked_tars, "files": status.unpacked_files},
+        "gone": {"files": status.gone, "examples": list(status.gone_examples)},
         "staged": [{"export": s.chunk_index + 1, "requestid": s.request_id,
                     "expires_at": s.expires_at} for s in status.staged],
         "failed": [{"path": name, "error": mask_emails(error)} for name, error in status.failed],

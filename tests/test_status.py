@@ -60,6 +60,36 @@ async def test_status_of_a_complete_pull(tmp_path: Path,
     assert f"{len(result.files)} done" in text
 
 
+async def test_finished_files_gone_from_disk_make_the_pull_incomplete(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A finished file deleted or changed since is named by ``status``, which no longer
+    calls the pull complete; the rerun fetches exactly those files, and then it is."""
+    out = tmp_path / "out"
+    async with emulator() as emu:
+        async with Client(fast_config(emu), out) as c:
+            result = await c.fetch(RS)
+        deleted, cut = sorted(f.relpath for f in result.files)[:2]
+        (out / deleted).unlink()
+        with (out / cut).open("r+b") as f:
+            f.truncate(100)
+        status = read_status(out)
+        assert status.gone == 2
+        assert status.gone_examples == (deleted, cut)
+        assert not status.complete
+        assert main(["status", str(out)]) == EXIT_FAILED
+        text = capsys.readouterr().out
+        assert "gone      2 finished files are no longer on disk" in text
+        assert f"            {deleted}\n" in text
+        assert main(["status", str(out), "--json"]) == EXIT_FAILED
+        assert json.loads(capsys.readouterr().out)["gone"] == {"files": 2,
+                                                                "examples": [deleted, cut]}
+        async with Client(fast_config(emu), out) as c:
+            again = await c.fetch(RS)
+    assert sorted(f.relpath for f in again.files if not f.reused) == [deleted, cut]
+    status = read_status(out)
+    assert (status.gone, status.complete) == (0, True)
+
+
 async def test_status_of_a_finished_pull_creates_no_file(tmp_path: Path) -> None:
     """Once no run has the state open, reading it leaves the state directory as it was (no
     ``-wal``/``-shm`` files: the directory may be read-only media or someone else's)."""
