@@ -457,10 +457,10 @@ def describe(event: Event, view: PullView, *, mask: bool = True) -> str | None:
             return f"unpacked {relpath}: {files} files{kept}; tar deleted"
         case FileFailed(relpath=relpath, error=error):
             return f"FAILED {relpath}: {_mask_text(error.message, mask)}"
-        case PullFinished(files=files, failed=failed, bytes=n, exports=exports, ok=ok):
+        case PullFinished(files=files, failed=failed, bytes=n, ok=ok):
             verdict = "done" if ok else "finished with failures"
             return (
-                f"{verdict}: {files} files ({format_bytes(n)}) from {exports} export(s), "
+                f"{verdict}: {files} files ({format_bytes(n)}) from {len(view.exports)} export(s), "
                 f"{failed} failed, in {_format_seconds(view.clock() - view.started)}"
             )
         case _:

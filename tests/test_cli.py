@@ -285,7 +285,7 @@ def test_plan_json_and_text(emulator: Emulator, capsys: pytest.CaptureFixture[st
     assert "records:  2" in text
     assert "files:    6" in text
     assert list(tmp_path.iterdir()) == []
-    assert not [e for e in emulator.audit.entries if e.op == "exp_request"]
+    assert not [e for e in emulator.audit.entries if e.op == "jsoc_fetch/exp_request"]
 
 
 def test_plan_and_fetch_say_when_the_query_matches_nothing(
@@ -305,7 +305,7 @@ def test_plan_and_fetch_say_when_the_query_matches_nothing(
     err = capsys.readouterr().err
     assert "matches no records" in err
     assert _files(out) == []
-    assert not [e for e in emulator.audit.entries if e.op == "exp_request"]
+    assert not [e for e in emulator.audit.entries if e.op == "jsoc_fetch/exp_request"]
 
 
 def test_check_email(emulator: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
@@ -730,3 +730,16 @@ def test_extract_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     empty.mkdir()
     assert main(["extract", str(empty)]) == EXIT_USAGE
     _one_line_error(capsys.readouterr().err, "no .tar file", "empty")
+
+
+def test_quick_export_counts_in_the_closing_line(emulator: Emulator, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """An as-is pull answered at once (url_quick: no request id) is still one export in the
+    closing log line, as in the summary table."""
+    out = tmp_path / "out"
+    args = _fetch_args(emulator, out, RS, "--protocol", "as-is", "--no-progress", *FAST)
+    assert main(args) == EXIT_OK
+    err = capsys.readouterr().err
+    assert [e.params.get("method") for e in emulator.audit.entries
+            if e.op == "jsoc_fetch/exp_request"] == ["url_quick"]
+    assert "from 1 export(s)" in err
