@@ -39,7 +39,14 @@ from ._resume import Validator as _Validator
 from ._resume import forget_validator, resume_point, save_validator
 from ._retry import RetryPolicy, retrying
 from ._stall import StallWatch, hand_over_read_timeout
-from ._verify import FITS_MAGIC, check_fits_bytes, check_size, verify_fits, verify_fits_bytes
+from ._verify import (
+    FITS_MAGIC,
+    check_fits_bytes,
+    check_size,
+    is_tar_name,
+    verify_fits,
+    verify_fits_bytes,
+)
 from .exceptions import (
     DiskError,
     ExportExpiredError,
@@ -800,7 +807,7 @@ class Downloader:
 
         A body that fails verification is never written.
         """
-        if self.verify_checksums and data.startswith(FITS_MAGIC):
+        if self.verify_checksums and (data.startswith(FITS_MAGIC) or is_tar_name(dest.name)):
             # About a millisecond of astropy: cheaper here than a hop to a worker thread that
             # then contends with this one for the GIL (small-files probe, 4,000 x 5.8 kB,
             # 3 rounds: 441-481 -> 517-528 files/s); in a thread when a check is running.

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import io
 import os
+import tarfile
 import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import anyio.to_thread
 
 from .exceptions import IntegrityError
 
-__all__ = ["FITS_BLOCK", "FITS_MAGIC", "check_fits_bytes", "check_size", "verify_fits",
-           "verify_fits_bytes"]
+__all__ = ["FITS_BLOCK", "FITS_MAGIC", "check_fits_bytes", "check_size", "is_tar_name",
+           "verify_fits", "verify_fits_bytes"]
 
 FITS_MAGIC = b"SIMPLE  ="
 """How every FITS file starts: the first card of the primary header."""
@@ -65,7 +66,8 @@ async def check_size(path: Path, expected: int) -> int:
 
 
 async def verify_fits(path: Path, *, name: str | None = None) -> None:
-    """Verify a FITS file's ``CHECKSUM`` and ``DATASUM`` cards, if it is a FITS file.
+    """Verify a FITS file's ``CHECKSUM`` and ``DATASUM`` cards, if it is a FITS file, or a
+    tar file's headers and FITS members (a name ending in ``.tar``: see :func:`_verify_tar`).
 
     A file that does not start with a FITS primary header passes (there is nothing to check),
     unless its name ends in ``.fits``, ``.fit`` or ``.fts``: then it is damaged.
@@ -116,7 +118,57 @@ def _verify_fits_sync(path: Path, name: str) -> None:
         head = f.read(len(FITS_MAGIC))
         size = os.fstat(f.fileno()).st_size
         fd = f.fileno()
+        if is_tar_name(name) and head != FITS_MAGIC:
+            f.seek(0)
+            _verify_tar(name, size, f, lambda offset, n: os.pread(fd, n, offset))
+            return
         _verify_source(name, head, size, f, lambda offset, n: os.pread(fd, n, offset))
+
+
+def is_tar_name(name: str) -> bool:
+    """Whether ``name`` is a tar file's (a url-tar export): unless it starts like FITS, such a
+    file must be a readable tar, checked by :func:`_verify_tar`."""
+    return name.lower().endswith(".tar")
+
+
+def _verify_tar(name: str, size: int, source: IO[bytes], read: RawReader) -> None:
+    """Verify a tar file (a url-tar export) as far as its contents allow.
+
+    The JSOC sends no checksum for a tar, but its headers carry their own checksums and its
+    FITS members their ``CHECKSUM``/``DATASUM`` cards: every header must be intact, every
+    FITS member must pass :func:`_verify_source`, the padding after each member and
+    everything after the last one must be zeros (``tarfile`` takes a damaged header after
+    the first for the end of the archive, so a header hit in transit shows up there).
+    Members that are not FITS (an index file) have nothing to check them by.
+    """
+    try:
+        with tarfile.open(fileobj=source, mode="r:") as tar:
+            for info in tar:
+                if not info.isreg():
+                    continue
+                start, length = info.offset_data, info.size
+                if start + length > size:
+                    raise IntegrityError(f"{name}: member {info.name!r} is cut short",
+                                         hint=_HINT)
+                member = tar.extractfile(info)
+                assert member is not None  # a regular member always has a file object
+
+                def read_member(offset: int, n: int, start: int = start,
+                                length: int = length) -> bytes | memoryview:
+                    return read(start + offset, max(0, min(n, length - offset)))
+
+                _verify_source(f"{name}:{info.name}", bytes(read_member(0, len(FITS_MAGIC))),
+                               length, member, read_member)
+                padding = -length % tarfile.BLOCKSIZE
+                if padding and any(read(start + length, padding)):
+                    raise IntegrityError(f"{name}: damaged after member {info.name!r}",
+                                         hint=_HINT)
+            end = tar.offset
+    except tarfile.TarError as exc:
+        raise IntegrityError(f"{name}: not a readable tar file ({exc})", hint=_HINT) from exc
+    if end > size or any(read(end, size - end)):
+        raise IntegrityError(f"{name}: a tar header is damaged (data after the last member "
+                             "that tarfile could read)", hint=_HINT)
 
 
 def check_fits_bytes(name: str, data: bytes, *, wait: bool = True) -> bool:
@@ -130,6 +182,9 @@ def check_fits_bytes(name: str, data: bytes, *, wait: bool = True) -> bool:
     thread); otherwise ``True`` once checked.
     """
     view = memoryview(data)
+    if is_tar_name(name) and not data.startswith(FITS_MAGIC):
+        _verify_tar(name, len(data), io.BytesIO(data), lambda offset, n: view[offset:offset + n])
+        return True
     return _verify_source(name, data[:len(FITS_MAGIC)], len(data), io.BytesIO(data),
                           lambda offset, n: view[offset:offset + n], wait=wait)
 
@@ -141,7 +196,7 @@ RawReader = Callable[[int, int], "bytes | memoryview"]
 """``read(offset, n)``: up to ``n`` raw bytes of the file from ``offset``."""
 
 
-def _verify_source(name: str, head: bytes, size: int, source: BinaryIO, read: RawReader, *,
+def _verify_source(name: str, head: bytes, size: int, source: IO[bytes], read: RawReader, *,
                    wait: bool = True) -> bool:
     """Verify the FITS file ``source`` called ``name``; ``read`` gives its raw bytes.
 

@@ -12,7 +12,7 @@ from asyncjsoc import Client, PullResult
 from asyncjsoc._status import read_status
 from asyncjsoc.emulator import Emulator
 from asyncjsoc.events import Event, TarUnpacked
-from asyncjsoc.exceptions import InvalidInputError, UnsafePathError
+from asyncjsoc.exceptions import IntegrityError, InvalidInputError, UnsafePathError
 
 pytestmark = pytest.mark.anyio
 
@@ -141,3 +141,23 @@ async def test_members_of_two_tars_sharing_a_name_are_never_lost_silently(
     assert len(result.failed) == 3
     assert all("filenamefmt" in (f.error.hint or "") for f in result.failed)
     assert list(_tree(out)) == ["hmi.M_45s.2.magnetogram.fits"]
+
+
+async def test_a_tar_corrupted_in_transit_never_gets_its_name(tmp_path: Path) -> None:
+    """Without --extract, a url-tar export damaged in transit (one byte flipped) is checked
+    like any download (its headers and FITS members) and never kept under its name; once
+    the transfers are clean, a rerun fetches it and it is byte for byte the server's."""
+    out = tmp_path / "out"
+    async with emulator(corrupt_rate=1.0) as emu:
+        first = await _pull(emu, out, **TAR)
+        assert first.files == ()
+        assert len(first.failed) == 3
+        assert all(isinstance(f.error, IntegrityError) for f in first.failed)
+        assert not list(out.glob("*.tar"))
+        emu.knobs.corrupt_rate = 0.0
+        again = await _pull(emu, out, **TAR)
+    assert again.ok
+    assert len(again.files) == 3
+    for f in again.files:
+        assert f.url is not None
+        assert f.path.read_bytes() == emu.file_bytes(f.url)

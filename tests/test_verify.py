@@ -116,9 +116,10 @@ async def test_garbage_after_magic_detected(tmp_path: Path, verify: Verifier) ->
 
 
 async def test_non_fits_passes(tmp_path: Path, verify: Verifier) -> None:
-    """Files that are not FITS (tar, jpg, empty) pass, untouched: there is nothing to verify.
-    What decides is the content, not the name: a damaged FITS file named like a tar fails."""
-    for name, content in [("a.tar", b"ustar" * 1000), ("b.jpg", b"\xff\xd8\xff"), ("e", b"")]:
+    """Files that are not FITS (jpg, empty) pass, untouched: there is nothing to verify. A
+    FITS file named like a tar is checked as FITS (a damaged one fails), and a file named
+    like a tar that is not one fails (see the tar tests below)."""
+    for name, content in [("b.jpg", b"\xff\xd8\xff"), ("e", b"")]:
         path = tmp_path / name
         path.write_bytes(content)
         await verify(path)
@@ -329,3 +330,71 @@ def test_good_file_is_checked_while_another_check_holds_the_lock(tmp_path: Path)
     data = _write_fits(tmp_path / "ok.fits")
     with _verify._warnings_lock:
         assert check_fits_bytes("ok.fits", data, wait=False) is True
+
+
+def _write_tar(tmp_path: Path) -> tuple[Path, list[tuple[str, int, int]]]:
+    """A url-tar export's shape: two checksummed FITS members and an index file, written
+    with ``tarfile``. Returns the tar and each member's (name, data offset, size)."""
+    import tarfile
+
+    members = []
+    for i in range(2):
+        fits_path = tmp_path / f"m{i}.fits"
+        _write_fits(fits_path)
+        members.append(fits_path)
+    index = tmp_path / "index.json"
+    index.write_text('{"count": 2}')
+    members.append(index)
+    tar_path = tmp_path / "JSOC_20261207_001.tar"
+    with tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for path in members:
+            tar.add(path, arcname=path.name)
+    with tarfile.open(tar_path) as tar:
+        layout = [(i.name, i.offset_data, i.size) for i in tar]
+    return tar_path, layout
+
+
+async def test_intact_tar_passes(tmp_path: Path, verify: Verifier) -> None:
+    """A url-tar export as sent: its headers and FITS members check out."""
+    tar_path, _ = _write_tar(tmp_path)
+    await verify(tar_path)
+
+
+@pytest.mark.parametrize("where", ["first header", "second header", "fits member",
+                                   "member padding", "end of archive"])
+async def test_tar_damaged_in_transit_is_caught(tmp_path: Path, verify: Verifier,
+                                                where: str) -> None:
+    """One bit flipped anywhere a tar's own structure or a FITS member can tell: a header
+    (the first, or a later one that tarfile would take for the end), FITS data, the zeros
+    padding a member, or the zeros closing the archive."""
+    tar_path, layout = _write_tar(tmp_path)
+    (_, first_at, first_size), (_, second_at, _), _ = layout
+    size = tar_path.stat().st_size
+    offset = {
+        "first header": 10,
+        "second header": second_at - 512 + 10,
+        "fits member": first_at + first_size - 100,
+        "member padding": layout[2][1] + layout[2][2] + 3,
+        "end of archive": size - 600,
+    }[where]
+    _flip(tar_path, offset)
+    with pytest.raises(IntegrityError, match=tar_path.name):
+        await verify(tar_path)
+
+
+async def test_not_a_tar_under_a_tar_name_fails(tmp_path: Path, verify: Verifier) -> None:
+    """A url-tar export that is no tar at all (an error page, garbage) is not kept."""
+    path = tmp_path / "JSOC_20261207_001.tar"
+    path.write_bytes(b"ustar" * 1000)
+    with pytest.raises(IntegrityError, match="not a readable tar"):
+        await verify(path)
+
+
+async def test_truncated_tar_is_caught(tmp_path: Path, verify: Verifier) -> None:
+    """A tar cut inside a member fails (a size check would catch it too; this one needs no
+    size from the server)."""
+    tar_path, layout = _write_tar(tmp_path)
+    data = tar_path.read_bytes()
+    tar_path.write_bytes(data[: layout[1][1] + 1000])
+    with pytest.raises(IntegrityError, match=tar_path.name):
+        await verify(tar_path)
