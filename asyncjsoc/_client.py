@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -620,7 +620,9 @@ class Client:
         taken as complete.
         """
         states = await store.chunk_states()
-        state.unpacked = await store.unpacked()
+        unpacked = await store.unpacked()
+        state.unpacked = {tar: tuple(name for name, _ in members)
+                          for tar, members in unpacked.items()}
         for index in sorted(states):
             records = await store.done_files(index)
             if not records:
@@ -630,6 +632,10 @@ class Client:
             gone = False
             for record, (path, size) in zip(records, sizes, strict=True):
                 members = state.unpacked.get(record.relpath)
+                if members is not None and not await self._members_intact(
+                        record.relpath, unpacked[record.relpath], store, state):
+                    gone = True
+                    continue
                 if members is not None:  # unpacked: the tar is meant to be gone
                     if path is not None:  # a run stopped before deleting it
                         await anyio.to_thread.run_sync(_remove, path)
@@ -659,6 +665,30 @@ class Client:
             if gone and states[index] == "done":
                 await store.set_chunk_state(index, "ready")
 
+    async def _members_intact(self, tar: str, members: tuple[tuple[str, int | None], ...],
+                              store: StateStore, state: _PullState) -> bool:
+        """Whether every file unpacked from ``tar`` is still on disk with its size.
+
+        When one is not (deleted, cut short, changed), the tar is put back to pending, to be
+        fetched and unpacked again, like any finished file gone from disk; the changed
+        members are deleted first (they are this pull's own files, and unpacking never
+        overwrites a file that is not byte-identical), the intact ones are kept.
+        """
+        found = await anyio.to_thread.run_sync(
+            _sizes_on_disk, self.out_dir, [name for name, _ in members])
+        changed = [path for (_, want), (path, size) in zip(members, found, strict=True)
+                   if path is not None and size is not None and want is not None
+                   and size != want]
+        if not changed and all(path is not None and size is not None
+                               for path, size in found):
+            return True
+        for path in changed:
+            await anyio.to_thread.run_sync(_remove, path)
+        await store.forget_unpacked(tar)
+        del state.unpacked[tar]
+        await store.mark_pending(tar)
+        return False
+
     async def _unpack(self, relpath: str, tar: Path, state: _PullState) -> tuple[str, ...]:
         """Unpack a downloaded tar, record it as unpacked, then delete it; its members.
 
@@ -670,7 +700,8 @@ class Client:
                                  fsync=self.config.fsync)
         base = self.out_dir.resolve()
         members = tuple(p.relative_to(base).as_posix() for p in done.files)
-        await self._opened_store().mark_unpacked(relpath, members)
+        sizes = await anyio.to_thread.run_sync(_file_sizes, done.files)
+        await self._opened_store().mark_unpacked(relpath, members, sizes)
         state.unpacked[relpath] = members
         await anyio.to_thread.run_sync(_remove, tar)
         self._report(TarUnpacked(relpath, len(members), done.new))
@@ -821,6 +852,11 @@ def _sizes_on_disk(out_dir: Path, relpaths: list[str]) -> list[tuple[Path | None
             continue
         found.append((path, _size_or_none(path)))
     return found
+
+
+def _file_sizes(paths: Sequence[Path]) -> list[int]:
+    """The size of each file."""
+    return [path.stat().st_size for path in paths]
 
 
 def _remove(path: Path) -> None:

@@ -14,7 +14,13 @@ import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ._store import SCHEMA_VERSION, default_state_path, lock_path, read_summary
+from ._store import (
+    SCHEMA_VERSION,
+    default_state_path,
+    lock_path,
+    read_summary,
+    unpacked_members,
+)
 from .exceptions import InvalidInputError, StateError
 
 __all__ = ["PullStatus", "StagedExport", "read_status"]
@@ -75,9 +81,10 @@ class PullStatus:
         ``/proc/locks``; ``None`` also where that cannot be read).
     gone, gone_examples
         Files recorded as done that are no longer in the output directory with their
-        recorded size (deleted, cut short or changed since; tars unpacked by ``--extract``
-        are meant to be gone and do not count), and up to :data:`FAILED_SHOWN` of their
-        names: a rerun fetches them again, so such a pull is not complete.
+        recorded size (deleted, cut short or changed since; a tar unpacked by ``--extract``
+        is meant to be gone, and counts when one of its unpacked files is), and up to
+        :data:`FAILED_SHOWN` of their names: a rerun fetches them again, so such a pull is
+        not complete.
     """
 
     state_path: Path
@@ -164,6 +171,12 @@ def _read_with(path: Path, how: str, out_dir: Path) -> PullStatus:
         return _read(conn, path, out_dir)
     finally:
         conn.close()
+
+
+def _intact(out_dir: Path, relpath: str, size: int | None) -> bool:
+    """Whether the file is on disk, with ``size`` bytes when that is known."""
+    found = _on_disk(out_dir, relpath)
+    return found is not None and (size is None or found == size)
 
 
 def _on_disk(out_dir: Path, relpath: str) -> int | None:
@@ -254,12 +267,17 @@ def _read(conn: sqlite3.Connection, path: Path, out_dir: Path) -> PullStatus:
     unpacked = ([len(json.loads(members)) for (members,) in
                  conn.execute("SELECT members FROM unpacked")]
                 if "unpacked" in tables else [])  # stores written before it existed
-    unpacked_names = ({str(name) for (name,) in conn.execute("SELECT relpath FROM unpacked")}
-                      if "unpacked" in tables else set())
+    unpacked_tars = ({str(tar): unpacked_members(members) for tar, members in
+                      conn.execute("SELECT relpath, members FROM unpacked")}
+                     if "unpacked" in tables else {})
     gone: list[str] = []
     n_gone = 0
     for relpath, nbytes in conn.execute("SELECT relpath, bytes FROM files WHERE state = 'done'"):
-        if relpath in unpacked_names or _on_disk(out_dir, str(relpath)) == nbytes:
+        members = unpacked_tars.get(str(relpath))
+        if members is not None:  # the tar is meant to be gone: its files must be there
+            if all(_intact(out_dir, name, size) for name, size in members):
+                continue
+        elif _on_disk(out_dir, str(relpath)) == nbytes:
             continue
         n_gone += 1
         if len(gone) < FAILED_SHOWN:

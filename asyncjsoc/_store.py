@@ -56,6 +56,7 @@ __all__ = [
     "lock_path",
     "read_summary",
     "take_lock",
+    "unpacked_members",
 ]
 
 DEFERRED_ROWS = 1024
@@ -288,6 +289,18 @@ class StoreSummary:
     def files_total(self) -> int:
         """All file rows, whatever their state."""
         return sum(self.files.values())
+
+
+def unpacked_members(text: str) -> tuple[tuple[str, int | None], ...]:
+    """The members (and sizes, when recorded) of an ``unpacked`` row's JSON list, whose
+    items are ``[name, size]`` pairs or, in older stores, bare names."""
+    out: list[tuple[str, int | None]] = []
+    for item in json.loads(text):
+        if isinstance(item, str):
+            out.append((item, None))
+        else:
+            out.append((str(item[0]), int(item[1])))
+    return tuple(out)
 
 
 def read_summary(conn: sqlite3.Connection) -> StoreSummary:
@@ -996,10 +1009,14 @@ class StateStore:
 
         return await self._run(work)
 
-    async def mark_unpacked(self, relpath: str, members: Sequence[str]) -> None:
+    async def mark_unpacked(self, relpath: str, members: Sequence[str],
+                            sizes: Sequence[int] | None = None) -> None:
         """Record that the done tar ``relpath`` was unpacked into ``members`` (relative
-        paths), so that a rerun takes it as finished although the tar is gone from disk."""
-        text = json.dumps(list(members))
+        paths) of ``sizes`` bytes, so that a rerun takes it as finished although the tar is
+        gone from disk, as long as its members are still there with those sizes."""
+        items: list[object] = (list(members) if sizes is None
+                               else [[m, n] for m, n in zip(members, sizes, strict=True)])
+        text = json.dumps(items)
 
         def work(conn: sqlite3.Connection) -> None:
             conn.execute("INSERT INTO unpacked (relpath, members) VALUES (?, ?) "
@@ -1008,11 +1025,20 @@ class StateStore:
 
         await self._run(work)
 
-    async def unpacked(self) -> dict[str, tuple[str, ...]]:
-        """Every tar recorded by :meth:`mark_unpacked`, with its members."""
+    async def forget_unpacked(self, relpath: str) -> None:
+        """Drop the record of :meth:`mark_unpacked` for ``relpath`` (to unpack it again)."""
 
-        def work(conn: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
-            return {str(relpath): tuple(json.loads(members))
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM unpacked WHERE relpath = ?", (relpath,))
+
+        await self._run(work)
+
+    async def unpacked(self) -> dict[str, tuple[tuple[str, int | None], ...]]:
+        """Every tar recorded by :meth:`mark_unpacked`, with its members and their sizes
+        (``None`` in records written before sizes were kept)."""
+
+        def work(conn: sqlite3.Connection) -> dict[str, tuple[tuple[str, int | None], ...]]:
+            return {str(relpath): unpacked_members(members)
                     for relpath, members in conn.execute("SELECT relpath, members FROM unpacked")}
 
         return await self._run(work)

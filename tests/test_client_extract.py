@@ -161,3 +161,32 @@ async def test_a_tar_corrupted_in_transit_never_gets_its_name(tmp_path: Path) ->
     for f in again.files:
         assert f.url is not None
         assert f.path.read_bytes() == emu.file_bytes(f.url)
+
+
+async def test_unpacked_files_gone_or_changed_are_unpacked_again(tmp_path: Path) -> None:
+    """After an --extract pull, a member deleted and another cut short are noticed by the
+    rerun: their tar is fetched and unpacked again (that tar only), the two files come back
+    byte for byte, the others are kept, and only then does the pull report success."""
+    out = tmp_path / "out"
+    async with emulator() as emu:
+        plain = await _pull(emu, tmp_path / "plain", max_files_per_export=4)
+        first = await _pull(emu, out, extract_tars=True, **TAR)
+        assert first.ok
+        expected = _tree(tmp_path / "plain")
+        assert _tree(out) == expected
+        tar = first.files[0]
+        deleted, cut = tar.members[:2]
+        deleted.unlink()
+        with cut.open("r+b") as f:
+            f.truncate(100)
+        status = read_status(out)
+        assert (status.gone, status.gone_examples, status.complete) == (1, (tar.relpath,), False)
+        gets = _file_gets(emu)
+        again = await _pull(emu, out, extract_tars=True, **TAR)
+        assert _file_gets(emu) == gets + 1
+    assert plain.ok
+    assert again.ok
+    assert _tree(out) == expected
+    fetched = [f for f in again.files if not f.reused]
+    assert [f.relpath for f in fetched] == [tar.relpath]
+    assert read_status(out).complete
