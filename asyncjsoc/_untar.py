@@ -14,6 +14,12 @@ directory the way the downloader writes files:
   member declaring terabytes);
 - each member is written to ``NAME.part``, its FITS ``CHECKSUM``/``DATASUM`` checked,
   fsynced, then renamed: a final name means a complete, verified file;
+- a part file belongs to the process writing it, which holds a ``flock`` on it from its
+  creation to its rename (see :func:`_claim_part`): another run unpacking the same member
+  into the same directory at the same time (``asyncjsoc extract`` twice, or beside a
+  ``fetch --extract``) is refused for that tar, touching nothing, rather than deleting,
+  overwriting or renaming the first one's part file; a part file nobody holds was left by a
+  killed run and is replaced;
 - a member whose final name already holds a byte-identical file was unpacked by an earlier
   run and is kept; a different file in its way (another size or other bytes: a user's file,
   or another export's file of the same name) is an error, never overwritten and never taken
@@ -28,11 +34,14 @@ unpacks each tar as it arrives, records it as unpacked, and only then deletes it
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import stat
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import IO
 
 import anyio.to_thread
 
@@ -118,8 +127,10 @@ async def extract_tar(tar_path: str | Path, out_dir: str | Path | None = None, *
         The tar is not readable or cut short, or a member fails its FITS checksums; the
         members before it are on disk, nothing is left half-written under a final name.
     LocalError
-        A different file is in the way of a member (nothing was written), or ``tar_path``
-        is not a file.
+        A different file is in the way of a member (nothing was written), ``tar_path`` is
+        not a file, or another process is unpacking one of its members into ``out_dir``
+        right now (that member's part file is left to it; the members before it are on
+        disk).
     DiskError
         A file could not be written (disk full, permissions).
     """
@@ -306,46 +317,157 @@ def _same_bytes(tar: tarfile.TarFile, info: tarfile.TarInfo, path: Path) -> bool
 
 def _write_member(tar: tarfile.TarFile, member: _Member, tar_path: Path, *, verify: bool,
                   fsync: bool) -> None:
-    """Copy one member to ``NAME.part``, check it, make it durable, give it its name."""
+    """Copy one member to ``NAME.part``, check it, make it durable, give it its name.
+
+    The part file is claimed (:func:`_claim_part`) before anything is written and held
+    until it is renamed or deleted, so no other process touches it meanwhile.
+    """
     dest = member.dest
     part = dest.with_name(dest.name + PART_SUFFIX)
     source = tar.extractfile(member.info)
     if source is None:  # not a regular file: _plan let none through
         raise IntegrityError(f"{tar_path.name}: member {member.info.name!r} has no data",
                              hint=_DAMAGED_HINT)
-    done = False
-    try:
+    with source:
         with _disk_errors():
             dest.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                part.unlink()  # a stale part: never write through it
+            fd = _claim_part(part)
+        if fd is None:
+            raise LocalError(
+                f"{tar_path.name}: {dest} is being unpacked by another process (it holds "
+                f"{part.name})", hint="try again when it has finished: files already "
+                                      "extracted are kept")
+        done = False
+        try:
+            _fill_part(source, fd, member, part, tar_path, verify=verify, fsync=fsync)
+            # No unpacker moves a part file it does not hold; this catches any other program
+            # that did (not atomically with the rename: it narrows that window, no more).
+            if not _names(part, fd):
+                raise LocalError(f"{tar_path.name}: {part} was replaced by another program "
+                                 f"while {member.info.name!r} was unpacked into it",
+                                 hint="let it finish, then extract again")
+            with _disk_errors():
+                os.replace(part, dest)
+            done = True
+        finally:
+            if not done:
+                _drop_own_part(part, fd)
+            os.close(fd)  # releases the claim, after the rename or the unlink
+
+
+def _fill_part(source: IO[bytes], fd: int, member: _Member, part: Path,
+               tar_path: Path, *, verify: bool, fsync: bool) -> None:
+    """Copy the member's bytes into the claimed part file ``fd``, check them, sync them."""
+    dest = member.dest
+    with os.fdopen(fd, "wb", closefd=False) as sink:
+        written = 0
+        while chunk := source.read(_CHUNK):
+            with _disk_errors():
+                sink.write(chunk)  # buffered: writes it all, or raises
+            written += len(chunk)
+        with _disk_errors():
+            sink.flush()  # the check below reads the part file back
+        if written != member.info.size:
+            raise IntegrityError(
+                f"{tar_path.name}: member {member.info.name!r} is cut short ({written} of "
+                f"{member.info.size} bytes)", hint=_DAMAGED_HINT)
+        if verify:
+            try:
+                _verify_fits_sync(part, dest.name)
+            except IntegrityError as exc:
+                raise IntegrityError(f"{tar_path.name}: {exc.message}",
+                                     hint=_DAMAGED_HINT) from None
+        if fsync:
+            with _disk_errors():
+                os.fsync(fd)
+
+
+_CLAIM_TRIES = 3
+"""Times :func:`_claim_part` starts over when another process races it for the name."""
+
+
+def _claim_part(part: Path) -> int | None:
+    """Create ``part`` afresh and hold an exclusive ``flock`` on it; returns the descriptor
+    (closing it releases the claim), or ``None`` when another process holds the part file.
+
+    Two runs unpacking the same member into the same directory would otherwise each delete
+    the other's part file as stale and rename whatever the name holds by then: a partial
+    file under a final name. Every unpacker keeps to one rule instead: it deletes or renames
+    a part file only while holding its lock, having checked that the name still leads to
+    the locked file (:func:`_names`). A part file found locked belongs to a live writer and
+    is left alone; one found unlocked was left by a killed run (the kernel drops a dead
+    process's locks) and is deleted, never written through, as is anything planted there
+    (a symlink, a hard link to another file). The new file is made with ``O_EXCL`` and
+    ``O_NOFOLLOW``; between its creation and its lock another process may take it for
+    stale and delete it, hence the check after locking, and the fresh start.
+
+    Raises :class:`OSError` (the caller's :func:`disk_errors` turns it into a
+    :class:`~asyncjsoc.exceptions.DiskError`) when the file cannot be made or locked.
+    """
+    for _ in range(_CLAIM_TRIES):
+        if not _drop_stale_part(part):
+            return None
+        try:
             fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | NOFOLLOW,
                          0o666)
-        with source, os.fdopen(fd, "wb") as sink:
-            written = 0
-            while chunk := source.read(_CHUNK):
-                with _disk_errors():
-                    sink.write(chunk)  # buffered: writes it all, or raises
-                written += len(chunk)
-            with _disk_errors():
-                sink.flush()  # the check below reads the part file back
-            if written != member.info.size:
-                raise IntegrityError(
-                    f"{tar_path.name}: member {member.info.name!r} is cut short ({written} of "
-                    f"{member.info.size} bytes)", hint=_DAMAGED_HINT)
-            if verify:
-                try:
-                    _verify_fits_sync(part, dest.name)
-                except IntegrityError as exc:
-                    raise IntegrityError(f"{tar_path.name}: {exc.message}",
-                                         hint=_DAMAGED_HINT) from None
-            if fsync:
-                with _disk_errors():
-                    os.fsync(sink.fileno())
-        with _disk_errors():
-            os.replace(part, dest)
-        done = True
+        except FileExistsError:
+            continue  # another process made one meanwhile: look at it again
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)  # another process took it for stale, and deletes it
+            continue
+        except BaseException:
+            os.close(fd)
+            raise
+        if _names(part, fd):
+            return fd
+        os.close(fd)  # deleted as stale before we locked it
+    return None
+
+
+def _drop_stale_part(part: Path) -> bool:
+    """Delete what ``part`` names unless a live process holds it; ``False`` if one does."""
+    try:
+        st = os.lstat(part)
+    except FileNotFoundError:
+        return True
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()  # planted, never an unpacker's: delete the name, not its target
+        return True
+    try:
+        # For writing: where flock is emulated with POSIX locks (NFS), an exclusive lock
+        # needs a descriptor open for writing. Opening does not change the file, and
+        # O_NONBLOCK keeps a FIFO swapped in meanwhile from blocking the open.
+        fd = os.open(part, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | NOFOLLOW)
+    except FileNotFoundError:
+        return True
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        if _names(part, fd):
+            part.unlink()
+        return True
     finally:
-        if not done:
-            with contextlib.suppress(OSError):
-                part.unlink()
+        os.close(fd)
+
+
+def _drop_own_part(part: Path, fd: int) -> None:
+    """Delete the claimed part file ``fd`` after a failure, if ``part`` still names it."""
+    with contextlib.suppress(OSError):
+        if _names(part, fd):
+            part.unlink()
+
+
+def _names(part: Path, fd: int) -> bool:
+    """Whether the name ``part`` still leads to the open file ``fd``."""
+    try:
+        st = os.lstat(part)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import tarfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -351,3 +354,98 @@ def test_a_fifo_is_not_called_missing(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(LocalError, match="not a regular file"):
         extract_tar_sync(fifo)
+
+
+_WAIT = 60.0
+"""Bound on waits for the other party of a two-run test (a hung run fails the test)."""
+
+
+def test_a_member_another_run_is_unpacking_is_left_to_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs unpacking one tar into one directory at once: while the first is writing a
+    member's part file, the second is refused in one line and touches nothing (it used to
+    delete that part file and rename its own, or have the first rename a partial one); the
+    first then finishes, with the member's bytes under its final name."""
+    from asyncjsoc import _untar
+    from asyncjsoc._verify import _verify_fits_sync as real
+
+    name, body = MEMBERS[0]
+    tar = _tar(tmp_path / "t.tar", [MEMBERS[0]])
+    out = tmp_path / "out"
+    part = out / (name + ".part")
+    first_is_checking = threading.Event()
+    second_is_done = threading.Event()
+    first_result: list[ExtractResult | BaseException] = []
+
+    def first_run_pauses_while_checking(path: Path, dest_name: str) -> None:
+        if threading.current_thread() is first:
+            first_is_checking.set()
+            assert second_is_done.wait(_WAIT)
+        real(path, dest_name)
+
+    def first_run() -> None:
+        try:
+            first_result.append(extract_tar_sync(tar, out))
+        except BaseException as exc:
+            first_result.append(exc)
+
+    monkeypatch.setattr(_untar, "_verify_fits_sync", first_run_pauses_while_checking)
+    first = threading.Thread(target=first_run)
+    first.start()
+    try:
+        assert first_is_checking.wait(_WAIT)
+        inode = part.stat().st_ino
+        with pytest.raises(LocalError, match=r"^t\.tar: .*\.fits is being unpacked by "
+                                             r"another process") as caught:
+            extract_tar_sync(tar, out)
+        assert "\n" not in caught.value.message
+        assert part.stat().st_ino == inode
+        assert part.read_bytes() == body
+        assert not (out / name).exists()
+    finally:
+        second_is_done.set()
+        first.join(_WAIT)
+    assert len(first_result) == 1
+    assert isinstance(first_result[0], ExtractResult), first_result[0]
+    assert first_result[0].new == 1
+    assert (out / name).read_bytes() == body
+    assert not part.exists()
+
+
+_HOLD_PART = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+os.write(fd, b"the first megabyte of it")
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()
+"""
+"""A run writing a part file (argv[1]): it holds its lock until killed."""
+
+
+def test_a_part_file_is_replaced_only_once_its_writer_is_dead(tmp_path: Path) -> None:
+    """A part file another process is writing is refused and left as it is; once that
+    process is killed (its lock dies with it), the part file is stale and replaced."""
+    name, body = MEMBERS[0]
+    tar = _tar(tmp_path / "t.tar", [MEMBERS[0]])
+    out = tmp_path / "out"
+    out.mkdir()
+    part = out / (name + ".part")
+    with subprocess.Popen([sys.executable, "-c", _HOLD_PART, str(part)],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as writer:
+        try:
+            assert writer.stdout is not None
+            assert writer.stdout.readline() == "held\n"
+            inode = part.stat().st_ino
+            with pytest.raises(LocalError, match="is being unpacked by another process"):
+                extract_tar_sync(tar, out)
+            assert part.stat().st_ino == inode
+            assert part.read_bytes() == b"the first megabyte of it"
+            assert _tree(out) == {part.name}
+        finally:
+            writer.kill()
+            writer.wait(_WAIT)
+    again = extract_tar_sync(tar, out)
+    assert again.new == 1
+    assert (out / name).read_bytes() == body
+    assert _tree(out) == {name}
