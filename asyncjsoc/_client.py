@@ -60,8 +60,10 @@ from asyncjsoc._store import (
     default_state_path,
 )
 from asyncjsoc._untar import extract_tar
+from asyncjsoc._verify import verify_fits
 from asyncjsoc.exceptions import (
     DiskError,
+    IntegrityError,
     InvalidInputError,
     IpBlockedError,
     JsocError,
@@ -584,7 +586,13 @@ class Client:
         store = self._opened_store()
         state = _PullState()
         async with results:
-            await self._reuse_done(store, state)
+            unchecked = await store.files_unchecked()
+            if not self.config.verify_checksums and not unchecked:
+                await store.set_files_unchecked(True)  # before any file is recorded unchecked
+            check = self.config.verify_checksums and unchecked
+            await self._reuse_done(store, state, check=check)
+            if check:
+                await store.set_files_unchecked(False)
             summary = await store.summary()
             state.store_has_more_done = summary.files.get("done", 0) > len(state.reused_paths)
             states = await store.chunk_states()
@@ -610,14 +618,17 @@ class Client:
                                       bytes=result.bytes, exports=len(result.exports),
                                       ok=result.ok))
 
-    async def _reuse_done(self, store: StateStore, state: _PullState) -> None:
+    async def _reuse_done(self, store: StateStore, state: _PullState, *,
+                          check: bool = False) -> None:
         """Report the files finished by earlier runs; queue again the ones gone from disk.
 
         A file is reused when it is on disk with its recorded size. One that is not is put
         back to pending, and its chunk (if done) back to ``ready``, so the scheduler fetches
         it again from the stored export, or re-exports it if that export is gone. A file
         still there with another size (cut short or changed since) is fetched again too, not
-        taken as complete.
+        taken as complete. With ``check`` (checksums are on now, and an earlier run had them
+        off), each file (and each file unpacked from a tar) must also pass
+        :func:`~asyncjsoc._verify.verify_fits`, or it is fetched again.
         """
         states = await store.chunk_states()
         unpacked = await store.unpacked()
@@ -633,9 +644,12 @@ class Client:
             for record, (path, size) in zip(records, sizes, strict=True):
                 members = state.unpacked.get(record.relpath)
                 if members is not None and not await self._members_intact(
-                        record.relpath, unpacked[record.relpath], store, state):
+                        record.relpath, unpacked[record.relpath], store, state, check=check):
                     gone = True
                     continue
+                if (members is None and check and path is not None and size == record.bytes
+                        and not await _checks_out(path)):
+                    size = -1  # on disk as recorded, but damaged: fetch it again
                 if members is not None:  # unpacked: the tar is meant to be gone
                     if path is not None:  # a run stopped before deleting it
                         await anyio.to_thread.run_sync(_remove, path)
@@ -666,8 +680,10 @@ class Client:
                 await store.set_chunk_state(index, "ready")
 
     async def _members_intact(self, tar: str, members: tuple[tuple[str, int | None], ...],
-                              store: StateStore, state: _PullState) -> bool:
-        """Whether every file unpacked from ``tar`` is still on disk with its size.
+                              store: StateStore, state: _PullState, *,
+                              check: bool = False) -> bool:
+        """Whether every file unpacked from ``tar`` is still on disk with its size (and,
+        with ``check``, passes :func:`~asyncjsoc._verify.verify_fits`).
 
         When one is not (deleted, cut short, changed), the tar is put back to pending, to be
         fetched and unpacked again, like any finished file gone from disk; the changed
@@ -677,8 +693,9 @@ class Client:
         found = await anyio.to_thread.run_sync(
             _sizes_on_disk, self.out_dir, [name for name, _ in members])
         changed = [path for (_, want), (path, size) in zip(members, found, strict=True)
-                   if path is not None and size is not None and want is not None
-                   and size != want]
+                   if path is not None and size is not None and (
+                       (want is not None and size != want)
+                       or (check and not await _checks_out(path)))]
         if not changed and all(path is not None and size is not None
                                for path, size in found):
             return True
@@ -852,6 +869,16 @@ def _sizes_on_disk(out_dir: Path, relpaths: list[str]) -> list[tuple[Path | None
             continue
         found.append((path, _size_or_none(path)))
     return found
+
+
+async def _checks_out(path: Path) -> bool:
+    """Whether the file at ``path`` passes :func:`~asyncjsoc._verify.verify_fits` (one that
+    cannot be read counts as damaged: fetching it again is the safe answer)."""
+    try:
+        await verify_fits(path)
+    except (IntegrityError, OSError):
+        return False
+    return True
 
 
 def _file_sizes(paths: Sequence[Path]) -> list[int]:

@@ -88,7 +88,9 @@ class ClientConfig:
         How many requests may go out back to back before ``requests_per_second`` applies.
     verify_checksums
         Check FITS ``DATASUM``/``CHECKSUM`` of downloaded files when present (the JSOC sends
-        no HTTP digest). The size is always checked.
+        no HTTP digest), and the headers and FITS members of url-tar exports. The size is
+        always checked. The state store remembers a run with it off: the next run with it on
+        checks the files already finished and fetches the damaged ones again.
     extract_tars
         With ``method="url-tar"``: unpack each export's tar into the output directory as
         soon as it is downloaded (as :func:`~asyncjsoc.extract_tar` does: names checked,

@@ -291,6 +291,10 @@ class StoreSummary:
         return sum(self.files.values())
 
 
+_UNCHECKED = "unchecked_files"
+"""Meta key: "1" once a run with checksums off began, until a run checked every file."""
+
+
 def unpacked_members(text: str) -> tuple[tuple[str, int | None], ...]:
     """The members (and sizes, when recorded) of an ``unpacked`` row's JSON list, whose
     items are ``[name, size]`` pairs or, in older stores, bare names."""
@@ -766,6 +770,20 @@ class StateStore:
                         n_files=fields["n_files"], estimated_bytes=fields["estimated_bytes"])
 
         return await self._run(work)
+
+    async def files_unchecked(self) -> bool:
+        """Whether a run with checksums off may have recorded finished files since the
+        last run that checked them all (see :meth:`set_files_unchecked`)."""
+        return await self._run(lambda conn: self._meta_get(conn, _UNCHECKED) == "1")
+
+    async def set_files_unchecked(self, unchecked: bool) -> None:
+        """Record that finished files may not have had their checksums verified (a run with
+        checksums off is starting), or that all of them now have."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            self._meta_set(conn, _UNCHECKED, "1" if unchecked else "0")
+
+        await self._run(work)
 
     async def stored_fingerprint(self) -> str | None:
         """The fingerprint of the pull this store belongs to, if one was recorded."""

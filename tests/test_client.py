@@ -834,3 +834,29 @@ async def test_overlapping_record_sets_fetch_each_file_once(tmp_path: Path) -> N
     assert twice.ok, twice.failed
     assert sorted(f.relpath for f in twice.files) == sorted(f.relpath for f in once.files)
     assert_identical(emu, twice)
+
+
+async def test_files_kept_unchecked_are_checked_when_checksums_come_back_on(
+        tmp_path: Path) -> None:
+    """Files finished by a run with checksums off (here every one corrupted in transit, same
+    size) are checked by the next run that has them on, which fetches the damaged ones
+    again before it reports success; the run after that trusts them again (no request)."""
+    async with emulator(corrupt_rate=1.0) as emu:
+        async with Client(fast_config(emu, verify_checksums=False), tmp_path) as client:
+            blind = await client.fetch(QUERY)
+        assert blind.ok
+        damaged = [f for f in blind.files if f.url and f.path.read_bytes() != emu.file_bytes(f.url)]
+        assert len(damaged) == len(blind.files)
+        emu.knobs.corrupt_rate = 0.0
+        async with Client(fast_config(emu), tmp_path) as client:
+            checked = await client.fetch(QUERY)
+        assert checked.ok
+        assert sorted(f.relpath for f in checked.files if not f.reused) == sorted(
+            f.relpath for f in damaged)
+        assert_identical(emu, checked)
+        gets = len([e for e in emu.audit.entries if e.op == "file"])
+        async with Client(fast_config(emu), tmp_path) as client:
+            trusted = await client.fetch(QUERY)
+        assert trusted.ok
+        assert all(f.reused for f in trusted.files)
+        assert len([e for e in emu.audit.entries if e.op == "file"]) == gets

@@ -190,3 +190,29 @@ async def test_unpacked_files_gone_or_changed_are_unpacked_again(tmp_path: Path)
     fetched = [f for f in again.files if not f.reused]
     assert [f.relpath for f in fetched] == [tar.relpath]
     assert read_status(out).complete
+
+
+async def test_unpacked_files_are_checked_after_a_run_without_checksums(
+        tmp_path: Path) -> None:
+    """A run with checksums off leaves the finished files to be checked by the next run
+    that has them on: an unpacked file damaged in place (same size) is caught then, and
+    its tar fetched and unpacked again."""
+    out = tmp_path / "out"
+    async with emulator() as emu:
+        plain = await _pull(emu, tmp_path / "plain", max_files_per_export=4)
+        first = await _pull(emu, out, extract_tars=True, **TAR)
+        assert first.ok
+        member = first.files[1].members[0]
+        data = bytearray(member.read_bytes())
+        data[-10] ^= 0xFF
+        member.write_bytes(bytes(data))
+        blind = await _pull(emu, out, extract_tars=True, verify_checksums=False, **TAR)
+        assert blind.ok
+        assert all(f.reused for f in blind.files)  # nothing checked what is on disk
+        gets = _file_gets(emu)
+        checked = await _pull(emu, out, extract_tars=True, **TAR)
+        assert _file_gets(emu) == gets + 1
+    assert plain.ok
+    assert checked.ok
+    assert [f.relpath for f in checked.files if not f.reused] == [first.files[1].relpath]
+    assert _tree(out) == _tree(tmp_path / "plain")
