@@ -143,7 +143,10 @@ class PullResult:
     Attributes
     ----------
     files
-        The files fetched by this run, in the order they were finished.
+        The files fetched by this run, in the order they were finished, with the files it
+        found complete under their final names but not yet recorded (a run killed before
+        recording them, or a state removed since): those are reported as
+        :class:`~asyncjsoc.events.FileSkipped`, not fetched.
     failed
         What did not arrive: files, or whole chunks whose export the JSOC refused.
     exports
@@ -824,7 +827,11 @@ class Client:
         if not self.config.extract_tars:
             await store.record_done(relpath, outcome.bytes)
         state.done_here.add(relpath)
-        report(FileDone(relpath, outcome.bytes))
+        # Found complete under its final name (attempts == 0: nothing was fetched): already
+        # present, like a file the store knew, not a download.
+        kept = outcome.attempts == 0
+        report(FileSkipped(relpath, outcome.bytes, remote.record) if kept
+               else FileDone(relpath, outcome.bytes))
         return FileResult(path=outcome.path, relpath=relpath, record=remote.record,
                           bytes=outcome.bytes, request_id=remote.request_id, url=remote.url,
                           resumed_from=outcome.resumed_from,

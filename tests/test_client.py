@@ -860,3 +860,26 @@ async def test_files_kept_unchecked_are_checked_when_checksums_come_back_on(
         assert trusted.ok
         assert all(f.reused for f in trusted.files)
         assert len([e for e in emu.audit.entries if e.op == "file"]) == gets
+
+
+async def test_files_found_complete_without_a_record_count_as_already_present(
+        tmp_path: Path) -> None:
+    """A finished pull copied without its state: the rerun finds every file complete under
+    its name, fetches none, and reports each as skipped (already present), not done."""
+    events: list[Event] = []
+    async with emulator() as emu:
+        async with Client(fast_config(emu), tmp_path / "a") as client:
+            first = await client.fetch(QUERY)
+        copy = tmp_path / "b"
+        copy.mkdir()
+        for f in first.files:
+            (copy / f.relpath).parent.mkdir(parents=True, exist_ok=True)
+            (copy / f.relpath).write_bytes(f.path.read_bytes())
+        gets = len([e for e in emu.audit.entries if e.op == "file"])
+        async with Client(fast_config(emu), copy, reporter=events.append) as client:
+            again = await client.fetch(QUERY)
+        assert len([e for e in emu.audit.entries if e.op == "file"]) == gets
+    assert again.ok
+    assert len(again.files) == len(first.files)
+    assert not [e for e in events if isinstance(e, FileDone)]
+    assert len([e for e in events if isinstance(e, FileSkipped)]) == len(first.files)
