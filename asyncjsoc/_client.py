@@ -13,6 +13,7 @@ leaves a state the next run resumes from.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 from collections.abc import AsyncIterator, Sequence
@@ -539,8 +540,10 @@ class Client:
                              known=self._registered)
             reserved = await anyio.to_thread.run_sync(_state_names_inside, store.path,
                                                       self.out_dir)
-            scheduler = ExportScheduler(api, pool, store, self.config, reporter=self._report,
-                                        filenamefmt=filenamefmt, reserved=reserved)
+            scheduler = ExportScheduler(
+                api, pool, store, self.config, reporter=self._report, filenamefmt=filenamefmt,
+                reserved=reserved, discard_part=functools.partial(downloader.discard_part,
+                                                                  self.out_dir))
             results_send, results_receive = anyio.create_memory_object_stream[FileResult](
                 self.config.download_buffer)
             pull = Pull(results_receive, plan, scheduler, pool)

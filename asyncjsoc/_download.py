@@ -34,7 +34,7 @@ from ._durable import fsync_dir as _fsync_dir
 from ._handoff import cancel_point
 from ._http import is_retryable, map_transport_errors, raise_for_status
 from ._models import RemoteFile
-from ._paths import PART_SUFFIX, SIDECAR_SUFFIX, Placer
+from ._paths import PART_SUFFIX, SIDECAR_SUFFIX, Placer, resolve_inside
 from ._resume import Validator as _Validator
 from ._resume import forget_validator, resume_point, save_validator
 from ._retry import RetryPolicy, retrying
@@ -613,6 +613,25 @@ class Downloader:
                 or await self._adoptable(remote.url, dest, final_size)):
             return DownloadOutcome(dest, final_size, resumed_from=final_size, attempts=0)
         return await self._download(remote, dest, prepared, on_progress)
+
+    async def discard_part(self, out_dir: Path, relpath: str) -> None:
+        """Delete the part file of ``relpath`` under ``out_dir`` and its resume sidecar (an
+        extended attribute goes with the part file); the final file is never touched.
+
+        For a download that will never be resumed: a url-tar export's tar lost to expiry
+        comes back under the new export's name. A name that no longer resolves inside
+        ``out_dir`` is left alone.
+
+        Raises
+        ------
+        DiskError
+            A part file or sidecar that is there could not be deleted.
+        """
+        try:
+            dest = await self._quick(resolve_inside, out_dir, relpath)
+        except UnsafePathError:
+            return
+        await self._quick(_discard, part_path(dest), meta_path(dest), where=dest)
 
     async def _adoptable(self, url: str, dest: Path, size: int) -> bool:
         """Whether a final file of unknown expected size may be kept as it is.

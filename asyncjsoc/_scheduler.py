@@ -23,7 +23,9 @@ The JSOC's refusals are policy here, not errors:
 * legacy status 6 while polling → still pending, a bounded number of times;
 * status 4, too many 6s or status 5 while staging → submit the export again, a bounded
   number of times (``MAX_RESUBMITS``);
-* status 5 or HTTP 404 on a file → request the missing records again.
+* status 5 or HTTP 404 on a file → request the missing records again; a url-tar export's
+  lost tar held all of its chunk's records, so the whole chunk is requested again, and the
+  tar's partial download is deleted (the new export's tar has another name).
 
 File names that clash are never overwritten: rows of one export sharing a name fail (the
 server keeps one file per name), and a record whose name another export already used gets
@@ -38,7 +40,7 @@ import contextlib
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -110,6 +112,9 @@ MAX_RECORDS_IN_LIST = 100
 """Above this many missing records, the whole chunk is requested again instead of a list."""
 
 _NO_DATA = frozenset({"", "NoDataFile"})
+
+_UNNAMED_TAR = "tar"
+"""The record given to a url-tar export's tar when the export has no request id."""
 
 
 class ExportApi(StatusApi, Protocol):
@@ -288,6 +293,10 @@ class ExportScheduler:
     reserved
         Names under the output directory that server-sent names may not take (the state
         file's, when ``state_path`` puts it there); compared without case.
+    discard_part
+        Deletes the partial download (part file, resume sidecar) of a name under the output
+        directory: called for a url-tar export's tar that will not be fetched under its name
+        any more (:meth:`~asyncjsoc._download.Downloader.discard_part`).
     """
 
     def __init__(
@@ -301,8 +310,10 @@ class ExportScheduler:
         filenamefmt: str | None = None,
         clock: Callable[[], float] = time.time,
         reserved: frozenset[str] = frozenset(),
+        discard_part: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._api = api
+        self._discard_part = discard_part
         self._reserved = frozenset(name.casefold() for name in reserved)
         self._pool = pool
         self._store = store
@@ -466,6 +477,8 @@ class ExportScheduler:
                 remotes, refused = await self._register(chunk, status,
                                                         full=ds == chunk.recordset)
                 unnamed += refused
+                if status.tarfile:
+                    await self._drop_earlier_tars(chunk, remotes)
             errors = await self._hand_off(chunk, remotes, jobs, queued)
             expired = [remote for remote, error in errors if is_expiry(error)]
             if not expired:
@@ -482,6 +495,7 @@ class ExportScheduler:
             self._reexports += 1
             self._report(ExportExpired(chunk.index, request_id, len(expired)))
             await self._store.forget_export(chunk.index)
+            await self._drop_tars([remote for remote in expired if self._is_tar(remote)])
             ds = self._missing_recordset(chunk, expired)
             remotes = None
         error = ExportExpiredError(
@@ -737,10 +751,40 @@ class ExportScheduler:
 
     @staticmethod
     def _export_files(status: ExportStatus) -> tuple[ExportFile, ...]:
-        """The rows to download: the data rows, or the one tar file of a url-tar export."""
+        """The rows to download: the data rows, or the one tar file of a url-tar export
+        (its record is the export's request id: see :meth:`_is_tar`)."""
         if status.tarfile:
-            return (ExportFile(record=status.request_id or "tar", filename=status.tarfile),)
+            return (ExportFile(record=status.request_id or _UNNAMED_TAR,
+                               filename=status.tarfile),)
         return status.files
+
+    def _is_tar(self, remote: RemoteFile) -> bool:
+        """Whether ``remote`` is a url-tar export's tar rather than a record's file."""
+        return (self._config.export_method == "url-tar"
+                and remote.record == (remote.request_id or _UNNAMED_TAR))
+
+    async def _drop_earlier_tars(self, chunk: Chunk, current: Sequence[RemoteFile]) -> None:
+        """Drop the chunk's unfinished tars other than ``current``'s: tars of earlier
+        exports (expired, or replaced by this one) that will never be fetched under their
+        names; their records come in this export's tar."""
+        keep = {remote.relpath for remote in current}
+        earlier = [f.remote() for f in await self._store.pending_files(chunk.index)]
+        await self._drop_tars([remote for remote in earlier
+                               if self._is_tar(remote) and remote.relpath not in keep])
+
+    async def _drop_tars(self, tars: Sequence[RemoteFile]) -> None:
+        """Delete the partial downloads of tars whose exports are gone, then forget their
+        rows (a row first would leave a part that no later run knows of).
+
+        A tar's name is its export's request id, so a new export of the same records
+        brings a tar of another name: these parts would never be resumed.
+        """
+        if not tars:
+            return
+        if self._discard_part is not None:
+            for tar in tars:
+                await self._discard_part(tar.relpath)
+        await self._store.forget_unfinished([tar.relpath for tar in tars])
 
     async def _hand_off(
         self, chunk: Chunk, remotes: Sequence[RemoteFile],
@@ -755,7 +799,13 @@ class ExportScheduler:
         return batch.errors
 
     def _missing_recordset(self, chunk: Chunk, expired: Sequence[RemoteFile]) -> str:
-        """A record set of just the expired files' records (or the whole chunk if many)."""
+        """A record set of just the expired files' records (or the whole chunk if many).
+
+        A url-tar export's tar holds every record of the chunk and its "record" is the
+        export's request id, no record set: losing it means requesting the whole chunk.
+        """
+        if any(self._is_tar(remote) for remote in expired):
+            return chunk.recordset
         records = list(dict.fromkeys(r.record for r in expired))
         if len(records) > MAX_RECORDS_IN_LIST or any(r.startswith("warning=") for r in records):
             return chunk.recordset

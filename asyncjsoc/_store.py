@@ -883,6 +883,17 @@ class StateStore:
 
         await self._run(work)
 
+    async def forget_unfinished(self, relpaths: Sequence[str]) -> None:
+        """Drop the rows of files that will never be fetched under these names (a url-tar
+        export's tar lost to expiry comes back under another name); finished files stay."""
+        rows = [(relpath,) for relpath in relpaths]
+
+        def work(conn: sqlite3.Connection) -> None:
+            with self._transaction(conn):
+                conn.executemany("DELETE FROM files WHERE relpath = ? AND state != 'done'", rows)
+
+        await self._run(work)
+
     async def _update_file(self, relpath: str, sql: str, params: tuple[object, ...]) -> None:
         """Run an UPDATE on one file row; an unknown relpath is an error."""
 

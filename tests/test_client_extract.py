@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
-from engine_helpers import emulator, fast_config
+from engine_helpers import QUERY, emulator, fast_config
 
-from asyncjsoc import Client, PullResult
+from asyncjsoc import Client, ClientConfig, PullResult
+from asyncjsoc import _resume as resume_module
+from asyncjsoc._paths import PART_SUFFIX, SIDECAR_SUFFIX
 from asyncjsoc._status import read_status
 from asyncjsoc.emulator import Emulator
-from asyncjsoc.events import Event, TarUnpacked
+from asyncjsoc.events import Event, ExportExpired, ExportReady, FileProgress, TarUnpacked
 from asyncjsoc.exceptions import IntegrityError, InvalidInputError, UnsafePathError
 
 pytestmark = pytest.mark.anyio
@@ -30,6 +34,18 @@ def _tree(out: Path) -> dict[str, bytes]:
 def _file_gets(emu: Emulator) -> int:
     """File GETs the emulator served so far."""
     return len([e for e in emu.audit.entries if e.op == "file"])
+
+
+def _exported_recordsets(emu: Emulator) -> list[str]:
+    """The ``ds`` of every exp_request the emulator saw, in order."""
+    return [e.params.get("ds", "") for e in emu.audit.entries
+            if e.op == "jsoc_fetch/exp_request"]
+
+
+def _leftover_parts(out: Path) -> list[str]:
+    """Part files and resume sidecars under ``out``."""
+    return sorted(p.name for p in out.rglob("*")
+                  if p.name.endswith((PART_SUFFIX, SIDECAR_SUFFIX)))
 
 
 async def _pull(emu: Emulator, out: Path, *, events: list[Event] | None = None,
@@ -119,8 +135,6 @@ async def test_a_tar_that_cannot_be_unpacked_fails(tmp_path: Path) -> None:
 
 def test_extract_tars_needs_url_tar() -> None:
     """extract_tars with another method is refused with the fix."""
-    from asyncjsoc import ClientConfig
-
     with pytest.raises(InvalidInputError, match="url-tar"):
         ClientConfig(extract_tars=True)
 
@@ -216,3 +230,106 @@ async def test_unpacked_files_are_checked_after_a_run_without_checksums(
     assert checked.ok
     assert [f.relpath for f in checked.files if not f.reused] == [first.files[1].relpath]
     assert _tree(out) == _tree(tmp_path / "plain")
+
+
+# QUERY's eight records in one export: a 3.5 MB tar (more than a body read whole), sent
+# slowly enough to stop a pull in the middle of it.
+BIG_SLOW_TAR: dict[str, Any] = {"file_size": 150 * 2880, "bandwidth": 2_000_000}
+
+
+async def _stop_mid_tar(config: ClientConfig, out: Path) -> None:
+    """A pull of ``QUERY`` cancelled once the first bytes of its tar are in the part file."""
+    with anyio.CancelScope() as scope:
+
+        def stop_mid_tar(event: Event) -> None:
+            if isinstance(event, FileProgress) and event.bytes_done > 0:
+                scope.cancel()
+
+        async with Client(config, out, reporter=stop_mid_tar) as client:
+            await client.fetch(QUERY)
+    assert any(name.endswith(".tar" + PART_SUFFIX) for name in _leftover_parts(out))
+
+
+@pytest.mark.parametrize(("extract", "xattrs"), [(False, True), (True, True), (False, False)],
+                         ids=["tar", "extract", "tar-sidecar"])
+async def test_a_tar_whose_export_expired_between_runs_is_exported_again_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extract: bool, xattrs: bool) -> None:
+    """A pull stopped mid-tar, its export expired before the rerun: the rerun requests the
+    chunk's record set again (before: a record set made of the lost tar's request id, which
+    the JSOC refuses with status 4), completes, and leaves no part file or resume sidecar
+    of the lost tar behind (it comes back under the new export's name), nor its row."""
+    if not xattrs:
+        monkeypatch.setattr(resume_module, "_xattrs", False)
+    out = tmp_path / "out"
+    async with emulator(**BIG_SLOW_TAR) as emu:
+        config = fast_config(emu, method="url-tar", extract_tars=extract)
+        await _stop_mid_tar(config, out)
+        emu.clock.advance(8 * 86400)
+        events: list[Event] = []
+        async with Client(config, out, reporter=events.append) as client:
+            result = await client.fetch(QUERY)
+        assert result.ok, result.failed
+        assert any(isinstance(e, ExportExpired) for e in events)
+        assert result.plan is not None
+        recordset = result.plan.chunks[0].recordset
+        assert _exported_recordsets(emu) == [recordset, recordset]
+        assert _leftover_parts(out) == []
+        assert read_status(out).files == {"done": 1}
+        if extract:
+            assert len(_tree(out)) == 8
+        else:
+            assert [f.relpath for f in result.files] == list(_tree(out))
+            assert _tree(out)[result.files[0].relpath] == emu.file_bytes(result.files[0].url)
+
+
+async def test_the_part_of_a_tar_known_expired_goes_when_its_chunk_is_exported_again(
+        tmp_path: Path) -> None:
+    """A rerun after the stored export's lifetime exports the chunk anew without trying the
+    old tar; the old tar's part file and row go once the new tar is known."""
+    out = tmp_path / "out"
+    async with emulator(**BIG_SLOW_TAR) as emu:
+        config = fast_config(emu, method="url-tar")
+        await _stop_mid_tar(config, out)
+        emu.clock.advance(8 * 86400)
+        with sqlite3.connect(out / ".asyncjsoc" / "state.sqlite") as conn:
+            conn.execute("UPDATE exports SET expires_at = 0")  # as 7 days later
+        conn.close()
+        async with Client(config, out) as client:
+            result = await client.fetch(QUERY)
+        assert result.ok, result.failed
+        assert result.plan is not None
+        recordset = result.plan.chunks[0].recordset
+        assert _exported_recordsets(emu) == [recordset, recordset]
+        assert _leftover_parts(out) == []
+        assert read_status(out).files == {"done": 1}
+        assert list(_tree(out)) == [result.files[0].relpath]
+
+
+async def test_a_tar_whose_export_expired_before_its_download_is_exported_again_whole(
+        tmp_path: Path) -> None:
+    """The export expires between staging and the tar's GET (a 404): the one re-export
+    asks for the chunk's record set, and the pull completes."""
+    async with emulator() as emu:
+        expired_once: list[bool] = []
+
+        def expire_first_export(event: Event) -> None:
+            if isinstance(event, ExportReady) and not expired_once:
+                expired_once.append(True)
+                emu.clock.advance(8 * 86400)
+
+        events: list[Event] = []
+
+        def reporter(event: Event) -> None:
+            events.append(event)
+            expire_first_export(event)
+
+        async with Client(fast_config(emu, method="url-tar"), tmp_path / "out",
+                          reporter=reporter) as client:
+            result = await client.fetch(QUERY)
+        assert result.ok, result.failed
+        assert sum(isinstance(e, ExportExpired) for e in events) == 1
+        assert result.plan is not None
+        recordset = result.plan.chunks[0].recordset
+        assert _exported_recordsets(emu) == [recordset, recordset]
+        assert len(result.files) == 1
+        assert len(result.exports) == 2

@@ -924,3 +924,23 @@ async def test_the_connection_is_free_while_a_finished_file_is_made_durable(
     assert _leftovers(tmp_path / "f0.fits") == ["f0.fits", "f1.fits"]
     for i, path in enumerate(paths):
         assert (tmp_path / f"f{i}.fits").read_bytes() == emulator.file_bytes(path)
+
+
+async def test_discard_part_deletes_only_that_names_part_and_sidecar(
+        tmp_path: Path, session: aiohttp.ClientSession) -> None:
+    """The part file and sidecar go; the final file, another name's part and a part reached
+    through a symlink out of the output directory stay."""
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    (out / "sub").mkdir(parents=True)
+    outside.mkdir()
+    for name in ("sub/a.tar", "sub/a.tar.part", "sub/a.tar.part.meta", "sub/b.tar.part"):
+        (out / name).write_bytes(b"x")
+    (outside / "c.tar.part").write_bytes(b"x")
+    (out / "link").symlink_to(outside, target_is_directory=True)
+    dl = _downloader(session)
+    await dl.discard_part(out, "sub/a.tar")
+    await dl.discard_part(out, "link/c.tar")
+    await dl.discard_part(out, "sub/never-started.tar")
+    assert sorted(p.relative_to(out).as_posix() for p in (out / "sub").iterdir()) == [
+        "sub/a.tar", "sub/b.tar.part"]
+    assert (outside / "c.tar.part").exists()
