@@ -218,10 +218,11 @@ def _refuse_compressed(tar_path: Path) -> None:
                      "its source")
 
 
-def _disk_errors() -> contextlib.AbstractContextManager[None]:
-    """:func:`~asyncjsoc._durable.disk_errors` with the unpacking's hint."""
-    return disk_errors("free some space, or fix the permissions, then extract again: "
-                       "files already extracted are kept")
+def _disk_errors(path: Path | None = None) -> contextlib.AbstractContextManager[None]:
+    """:func:`~asyncjsoc._durable.disk_errors` with the unpacking's hint; ``path`` names the
+    file when the error does not (writes through a descriptor)."""
+    return disk_errors("free some space, or fix the permissions, then run the same command "
+                       "again: files already extracted are kept", path)
 
 
 def _plan(tar: tarfile.TarFile, tar_path: Path, out: Path) -> list[_Member]:
@@ -362,10 +363,10 @@ def _fill_part(source: IO[bytes], fd: int, member: _Member, part: Path,
     with os.fdopen(fd, "wb", closefd=False) as sink:
         written = 0
         while chunk := source.read(_CHUNK):
-            with _disk_errors():
+            with _disk_errors(part):
                 sink.write(chunk)  # buffered: writes it all, or raises
             written += len(chunk)
-        with _disk_errors():
+        with _disk_errors(part):
             sink.flush()  # the check below reads the part file back
         if written != member.info.size:
             raise IntegrityError(
@@ -378,7 +379,7 @@ def _fill_part(source: IO[bytes], fd: int, member: _Member, part: Path,
                 raise IntegrityError(f"{tar_path.name}: {exc.message}",
                                      hint=_DAMAGED_HINT) from None
         if fsync:
-            with _disk_errors():
+            with _disk_errors(part):
                 os.fsync(fd)
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import textwrap
 import threading
 from pathlib import Path
 
@@ -449,3 +450,28 @@ def test_a_part_file_is_replaced_only_once_its_writer_is_dead(tmp_path: Path) ->
     assert again.new == 1
     assert (out / name).read_bytes() == body
     assert _tree(out) == {name}
+
+
+def test_a_write_error_names_the_file_and_what_to_do(tmp_path: Path) -> None:
+    """A write that fails (here over a file-size limit, as a full disk would) is a
+    DiskError naming the file written, with a hint that fits both extract and fetch."""
+    tar_path = _tar(tmp_path / "t.tar", [("big.bin", b"\x01" * 300_000)])
+    code = textwrap.dedent(f"""
+        import resource, signal
+        from asyncjsoc import extract_tar_sync
+        from asyncjsoc.exceptions import DiskError
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+        try:
+            extract_tar_sync({str(tar_path)!r}, {str(tmp_path / "out")!r})
+        except DiskError as exc:
+            print(exc.message)
+            print(exc.hint)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    message, hint = done.stdout.splitlines()
+    assert message.startswith(f"cannot write {tmp_path / 'out' / 'big.bin.part'}:")
+    assert "run the same command again" in hint
+    assert not (tmp_path / "out" / "big.bin").exists()
+    assert not (tmp_path / "out" / "big.bin.part").exists()
