@@ -57,6 +57,7 @@ from asyncjsoc._events import (
 )
 from asyncjsoc._privacy import mask_email as _mask_address
 from asyncjsoc._privacy import mask_emails
+from asyncjsoc.exceptions import JsocError, LocalError, UnsafePathError
 
 __all__ = [
     "NO_RECORDS",
@@ -153,10 +154,12 @@ class ActiveFile:
 
 @dataclass
 class Failure:
-    """Something that did not arrive, and why."""
+    """Something that did not arrive, and why; ``fix_first`` when a rerun alone fails the
+    same way (a file in the way, a name refused as unsafe: the user must act first)."""
 
     what: str
     error: str
+    fix_first: bool = False
 
 
 class PullView:
@@ -198,6 +201,8 @@ class PullView:
         self.skipped: dict[str, tuple[int, str | None]] = {}
         self.active: dict[str, ActiveFile] = {}
         self.failures: list[Failure] = []
+        self.reexported = 0
+        """Exports requested again after the JSOC let them expire (not failures)."""
         self.backoff_until: float | None = None
         self.backoff_reason: str | None = None
         self.finished: PullFinished | None = None
@@ -281,14 +286,12 @@ class PullView:
                 self.slot_holder[email] = (
                     "earlier export " + ",".join(ids) if ids else "earlier export"
                 )
-            case ExportExpired(chunk=chunk, request_id=rid, n_missing=n):
+            case ExportExpired(chunk=chunk):
                 row = self.exports.get(chunk)
                 if row is not None:
                     row.state = "expired"
                     self._free_slot(row)
-                self.failures.append(
-                    Failure(f"export {rid or chunk}", f"expired; {n} files requested again")
-                )
+                self.reexported += 1
             case ExportFailed(chunk=chunk, request_id=rid, error=error):
                 row = self.exports.get(chunk)
                 if row is not None:
@@ -331,7 +334,8 @@ class PullView:
             case FileFailed(relpath=relpath, record=record, error=error):
                 self.active.pop(relpath, None)
                 self.files_failed += 1
-                self.failures.append(Failure(record or relpath, error.message))
+                self.failures.append(Failure(record or relpath, error.message,
+                                             fix_first=_needs_the_user(error)))
             case PullFinished():
                 self.finished = event
                 self.active.clear()
@@ -465,6 +469,22 @@ def describe(event: Event, view: PullView, *, mask: bool = True) -> str | None:
             )
         case _:
             return None
+
+
+def _needs_the_user(error: JsocError) -> bool:
+    """Whether a rerun alone would fail the same way: a file or directory in the way, a
+    name refused as unsafe (a damaged transfer, a full disk or the network may pass)."""
+    return isinstance(error, UnsafePathError) or type(error) is LocalError
+
+
+def _closing_hint(failures: list[Failure]) -> str:
+    """The summary's last line after failures: what a rerun does, and what it cannot."""
+    if failures and all(f.fix_first for f in failures):
+        return "fix what the errors above name, then rerun the same command"
+    if any(f.fix_first for f in failures):
+        return ("rerun the same command to retry what failed; errors about a file in the "
+                "way or an unsafe name need fixing first")
+    return "rerun the same command to retry what failed"
 
 
 def _identity(text: str) -> str:
@@ -844,9 +864,12 @@ def render_summary(
                  f"({format_bytes(fetched / elapsed)}/s)"
                  + (f"; {format_bytes(view.bytes_skipped)} already present"
                     if view.bytes_skipped else "")),
-        ("exports", str(len(view.exports))),
+        ("exports", str(len(view.exports))
+                    + (f" ({view.reexported} requested again after they expired)"
+                       if view.reexported else "")),
         ("output", str(out_dir)),
     ]
+    closing = _closing_hint(view.failures)
     failures = [
         (f.what, mask_emails(f.error) if mask else f.error) for f in view.failures
     ]
@@ -870,7 +893,7 @@ def render_summary(
             if len(failures) > _MAX_FAILURES_SHOWN:
                 console.print(f"... and {len(failures) - _MAX_FAILURES_SHOWN} more")
         if not ok:
-            console.print("[yellow]rerun the same command to retry what failed[/]")
+            console.print(f"[yellow]{closing}[/]")
         return
     stamp = time.strftime("%H:%M:%S")
     stream.write(f"{stamp} summary:\n")
@@ -881,5 +904,5 @@ def render_summary(
     if len(failures) > _MAX_FAILURES_SHOWN:
         stream.write(f"  ... and {len(failures) - _MAX_FAILURES_SHOWN} more failures\n")
     if not ok:
-        stream.write("  rerun the same command to retry what failed\n")
+        stream.write(f"  {closing}\n")
     stream.flush()

@@ -13,6 +13,7 @@ from asyncjsoc._events import (
     EmailChecked,
     EmailDropped,
     ExportAdopted,
+    ExportExpired,
     ExportFailed,
     ExportReady,
     ExportSubmitted,
@@ -39,7 +40,14 @@ from asyncjsoc._progress import (
     mask_emails,
     render_summary,
 )
-from asyncjsoc.exceptions import ExportFailedError, IntegrityError
+from asyncjsoc.exceptions import (
+    ExportFailedError,
+    IntegrityError,
+    JsocError,
+    LocalError,
+    TransportError,
+    UnsafePathError,
+)
 
 EMAILS = ("alice@example.org", "bob@example.org")
 
@@ -371,3 +379,39 @@ def test_long_planning_is_logged_every_few_seconds_and_shown_live() -> None:
     live(Planned(_plan()))
     assert "record counts" not in live._headline()
     live.close()
+
+
+def test_an_expired_export_is_not_a_failure_in_the_summary() -> None:
+    """An export the JSOC let expire, requested again, is counted as such, not listed as a
+    failure of a pull that then succeeded."""
+    view = PullView(EMAILS)
+    view.apply(Planned(_plan()))
+    view.apply(ExportSubmitted(0, EMAILS[0], "JSOC_20240101_001", "url", 1))
+    view.apply(ExportExpired(0, "JSOC_20240101_001", 3))
+    view.apply(FileDone("a.fits", 1000))
+    out = io.StringIO()
+    render_summary(None, view, out_dir="/data/out", stream=out)
+    text = out.getvalue()
+    assert "FAILED" not in text
+    assert "(1 requested again after they expired)" in text
+    assert "rerun" not in text
+
+
+@pytest.mark.parametrize(("errors", "closing"), [
+    ([TransportError("reset")], "rerun the same command to retry what failed\n"),
+    ([LocalError("x.fits is in the way"), UnsafePathError("y.fits: link out of --out")],
+     "fix what the errors above name, then rerun the same command\n"),
+    ([LocalError("x.fits is in the way"), IntegrityError("bad sum")],
+     "rerun the same command to retry what failed; errors about a file in the way or an "
+     "unsafe name need fixing first\n"),
+])
+def test_the_closing_line_says_when_a_rerun_alone_is_not_enough(
+        errors: list[JsocError], closing: str) -> None:
+    """Failures a rerun cannot fix by itself (a file in the way, an unsafe name) are told
+    apart from those it retries (network, damaged transfers)."""
+    view = PullView(EMAILS)
+    for i, error in enumerate(errors):
+        view.apply(FileFailed(f"{i}.fits", f"rec[{i}]", error))
+    out = io.StringIO()
+    render_summary(None, view, out_dir="/data/out", stream=out)
+    assert out.getvalue().endswith(f"  {closing}")
