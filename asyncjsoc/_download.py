@@ -830,7 +830,9 @@ class Downloader:
             # About a millisecond of astropy: cheaper here than a hop to a worker thread that
             # then contends with this one for the GIL (small-files probe, 4,000 x 5.8 kB,
             # 3 rounds: 441-481 -> 517-528 files/s); in a thread when a check is running.
-            checked = self.inline_io and check_fits_bytes(dest.name, data, wait=False)
+            # A tar's members may need astropy, which must not be waited for here: a thread.
+            checked = (self.inline_io and not is_tar_name(dest.name)
+                       and check_fits_bytes(dest.name, data, wait=False))
             if not checked:
                 await verify_fits_bytes(dest.name, data)
         with _disk_errors(part):

@@ -166,9 +166,22 @@ def _verify_tar(name: str, size: int, source: IO[bytes], read: RawReader) -> Non
             end = tar.offset
     except tarfile.TarError as exc:
         raise IntegrityError(f"{name}: not a readable tar file ({exc})", hint=_HINT) from exc
-    if end > size or any(read(end, size - end)):
+    if end > size or not _zeros(read, end, size):
         raise IntegrityError(f"{name}: a tar header is damaged (data after the last member "
                              "that tarfile could read)", hint=_HINT)
+
+
+_ZERO_SCAN = 1 << 20
+"""Bytes read at a time when checking that a tar's tail is zeros."""
+
+
+def _zeros(read: RawReader, start: int, end: int) -> bool:
+    """Whether bytes ``start`` to ``end`` are all zero, read a block at a time (after a
+    damaged header that tail can be most of a many-gigabyte tar)."""
+    for offset in range(start, end, _ZERO_SCAN):
+        if any(read(offset, min(_ZERO_SCAN, end - offset))):
+            return False
+    return True
 
 
 def check_fits_bytes(name: str, data: bytes, *, wait: bool = True) -> bool:

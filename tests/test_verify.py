@@ -398,3 +398,27 @@ async def test_truncated_tar_is_caught(tmp_path: Path, verify: Verifier) -> None
     tar_path.write_bytes(data[: layout[1][1] + 1000])
     with pytest.raises(IntegrityError, match=tar_path.name):
         await verify(tar_path)
+
+
+def test_a_damaged_tar_tail_is_read_a_block_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a damaged header, the rest of the tar (most of it, for a big one) is scanned a
+    block at a time, never read into memory whole."""
+    import io
+
+    from asyncjsoc import _verify
+
+    tar_path, layout = _write_tar(tmp_path)
+    _flip(tar_path, layout[1][1] - 512 + 10)  # the second header
+    data = tar_path.read_bytes()
+    monkeypatch.setattr(_verify, "_ZERO_SCAN", 1024)
+    asked: list[int] = []
+
+    def read(offset: int, n: int) -> bytes:
+        asked.append(n)
+        return data[offset:offset + n]
+
+    with pytest.raises(IntegrityError, match="header is damaged"):
+        _verify._verify_tar(tar_path.name, len(data), io.BytesIO(data), read)
+    assert len(data) - layout[1][1] > 10_000  # the tail after the damaged header
+    assert asked[-1] <= 1024  # its first block already shows the damage: no whole read
