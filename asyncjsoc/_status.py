@@ -19,7 +19,7 @@ from ._store import (
     default_state_path,
     lock_path,
     read_summary,
-    unpacked_members,
+    read_unpacked,
 )
 from .exceptions import InvalidInputError, StateError
 
@@ -173,6 +173,43 @@ def _read_with(path: Path, how: str, out_dir: Path) -> PullStatus:
         conn.close()
 
 
+_STAT_BATCH = 5000
+"""Finished files looked at per database read in :func:`_gone_from_disk`."""
+
+
+def _gone_from_disk(conn: sqlite3.Connection, out_dir: Path,
+                    unpacked: dict[str, tuple[tuple[str, int | None], ...]]
+                    ) -> tuple[int, list[str]]:
+    """How many finished files are no longer on disk as recorded, and the first
+    :data:`FAILED_SHOWN` of their names (a tar unpacked by ``--extract`` counts when one of
+    its files is gone or changed, shown as ``NAME (files unpacked from it)``).
+
+    The rows are read a batch at a time, each read finished before its files are looked
+    at: a million ``stat`` calls take a while on a slow file system, and a read kept open
+    meanwhile would stop a running pull from checkpointing its log.
+    """
+    count, after = 0, ""
+    names: list[str] = []
+    while rows := conn.execute(
+            "SELECT relpath, bytes FROM files WHERE state = 'done' AND relpath > ? "
+            "ORDER BY relpath LIMIT ?", (after, _STAT_BATCH)).fetchall():
+        after = str(rows[-1][0])
+        for relpath, nbytes in rows:
+            members = unpacked.get(str(relpath))
+            if members is None:
+                if _on_disk(out_dir, str(relpath)) == nbytes:
+                    continue
+                shown = str(relpath)
+            elif all(_intact(out_dir, name, size) for name, size in members):
+                continue
+            else:
+                shown = f"{relpath} (files unpacked from it)"
+            count += 1
+            if len(names) < FAILED_SHOWN:
+                names.append(shown)
+    return count, names
+
+
 def _intact(out_dir: Path, relpath: str, size: int | None) -> bool:
     """Whether the file is on disk, with ``size`` bytes when that is known."""
     found = _on_disk(out_dir, relpath)
@@ -262,28 +299,11 @@ def _read(conn: sqlite3.Connection, path: Path, out_dir: Path) -> PullStatus:
         (int(index), str(recordset), str(error or "")) for index, recordset, error in
         conn.execute("SELECT idx, recordset, error FROM chunks WHERE state = 'failed' "
                      "ORDER BY idx LIMIT ?", (FAILED_SHOWN,)))
-    tables = {str(name) for (name,) in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    unpacked = ([len(json.loads(members)) for (members,) in
-                 conn.execute("SELECT members FROM unpacked")]
-                if "unpacked" in tables else [])  # stores written before it existed
-    unpacked_tars = ({str(tar): unpacked_members(members) for tar, members in
-                      conn.execute("SELECT relpath, members FROM unpacked")}
-                     if "unpacked" in tables else {})
-    gone: list[str] = []
-    n_gone = 0
-    for relpath, nbytes in conn.execute("SELECT relpath, bytes FROM files WHERE state = 'done'"):
-        members = unpacked_tars.get(str(relpath))
-        if members is not None:  # the tar is meant to be gone: its files must be there
-            if all(_intact(out_dir, name, size) for name, size in members):
-                continue
-        elif _on_disk(out_dir, str(relpath)) == nbytes:
-            continue
-        n_gone += 1
-        if len(gone) < FAILED_SHOWN:
-            gone.append(str(relpath))
+    unpacked_tars = read_unpacked(conn)
+    unpacked = [len(members) for members in unpacked_tars.values()]
+    n_gone, gone = _gone_from_disk(conn, out_dir, unpacked_tars)
     return PullStatus(
-        gone=n_gone, gone_examples=tuple(sorted(gone)),
+        gone=n_gone, gone_examples=tuple(gone),
         state_path=path, series=plan.get("series"), n_records=int(plan.get("n_records", 0)),
         n_files=int(plan.get("n_files", 0)), estimated_bytes=plan.get("estimated_bytes"),
         chunks=summary.chunks, files=summary.files, bytes_done=summary.bytes_done,

@@ -55,8 +55,8 @@ __all__ = [
     "default_state_path",
     "lock_path",
     "read_summary",
+    "read_unpacked",
     "take_lock",
-    "unpacked_members",
 ]
 
 DEFERRED_ROWS = 1024
@@ -126,6 +126,10 @@ CREATE INDEX IF NOT EXISTS files_by_chunk_state ON files (chunk_idx, state);
 CREATE TABLE IF NOT EXISTS unpacked (
     relpath TEXT PRIMARY KEY,
     members TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS unpacked_sizes (
+    relpath TEXT PRIMARY KEY,
+    sizes   TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_by_state ON files (state);
 
@@ -295,16 +299,26 @@ _UNCHECKED = "unchecked_files"
 """Meta key: "1" once a run with checksums off began, until a run checked every file."""
 
 
-def unpacked_members(text: str) -> tuple[tuple[str, int | None], ...]:
-    """The members (and sizes, when recorded) of an ``unpacked`` row's JSON list, whose
-    items are ``[name, size]`` pairs or, in older stores, bare names."""
-    out: list[tuple[str, int | None]] = []
-    for item in json.loads(text):
-        if isinstance(item, str):
-            out.append((item, None))
+def read_unpacked(conn: sqlite3.Connection) -> dict[str, tuple[tuple[str, int | None], ...]]:
+    """Every unpacked tar with its members and their sizes (``None`` where not recorded, or
+    recorded for another list of members: by an older version unpacking it again)."""
+    tables = {str(name) for (name,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "unpacked" not in tables:  # stores written before it existed
+        return {}
+    sizes: dict[str, list[int]] = {}
+    if "unpacked_sizes" in tables:
+        sizes = {str(relpath): [int(n) for n in json.loads(text)] for relpath, text in
+                 conn.execute("SELECT relpath, sizes FROM unpacked_sizes")}
+    out: dict[str, tuple[tuple[str, int | None], ...]] = {}
+    for relpath, text in conn.execute("SELECT relpath, members FROM unpacked"):
+        names = [str(name) for name in json.loads(text)]
+        known = sizes.get(str(relpath))
+        if known is None or len(known) != len(names):
+            out[str(relpath)] = tuple((name, None) for name in names)
         else:
-            out.append((str(item[0]), int(item[1])))
-    return tuple(out)
+            out[str(relpath)] = tuple(zip(names, known, strict=True))
+    return out
 
 
 def read_summary(conn: sqlite3.Connection) -> StoreSummary:
@@ -696,7 +710,7 @@ class StateStore:
     @staticmethod
     def _wipe(conn: sqlite3.Connection) -> None:
         """Forget the plan, exports and files of a previous pull."""
-        for table in ("chunks", "exports", "files", "unpacked"):
+        for table in ("chunks", "exports", "files", "unpacked", "unpacked_sizes"):
             conn.execute(f"DELETE FROM {table}")
         conn.execute("DELETE FROM meta WHERE key = 'plan'")
 
@@ -1042,15 +1056,24 @@ class StateStore:
                             sizes: Sequence[int] | None = None) -> None:
         """Record that the done tar ``relpath`` was unpacked into ``members`` (relative
         paths) of ``sizes`` bytes, so that a rerun takes it as finished although the tar is
-        gone from disk, as long as its members are still there with those sizes."""
-        items: list[object] = (list(members) if sizes is None
-                               else [[m, n] for m, n in zip(members, sizes, strict=True)])
-        text = json.dumps(items)
+        gone from disk, as long as its members are still there with those sizes.
+
+        The sizes have a table of their own: ``unpacked`` keeps the form older versions
+        read (a JSON list of names).
+        """
+        names = json.dumps(list(members))
+        if sizes is not None and len(sizes) != len(members):
+            raise ValueError("one size per member")
 
         def work(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT INTO unpacked (relpath, members) VALUES (?, ?) "
-                         "ON CONFLICT (relpath) DO UPDATE SET members = excluded.members",
-                         (relpath, text))
+            with self._transaction(conn):
+                conn.execute("INSERT INTO unpacked (relpath, members) VALUES (?, ?) "
+                             "ON CONFLICT (relpath) DO UPDATE SET members = excluded.members",
+                             (relpath, names))
+                conn.execute("DELETE FROM unpacked_sizes WHERE relpath = ?", (relpath,))
+                if sizes is not None:
+                    conn.execute("INSERT INTO unpacked_sizes (relpath, sizes) VALUES (?, ?)",
+                                 (relpath, json.dumps(list(sizes))))
 
         await self._run(work)
 
@@ -1058,19 +1081,16 @@ class StateStore:
         """Drop the record of :meth:`mark_unpacked` for ``relpath`` (to unpack it again)."""
 
         def work(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM unpacked WHERE relpath = ?", (relpath,))
+            with self._transaction(conn):
+                conn.execute("DELETE FROM unpacked WHERE relpath = ?", (relpath,))
+                conn.execute("DELETE FROM unpacked_sizes WHERE relpath = ?", (relpath,))
 
         await self._run(work)
 
     async def unpacked(self) -> dict[str, tuple[tuple[str, int | None], ...]]:
         """Every tar recorded by :meth:`mark_unpacked`, with its members and their sizes
-        (``None`` in records written before sizes were kept)."""
-
-        def work(conn: sqlite3.Connection) -> dict[str, tuple[tuple[str, int | None], ...]]:
-            return {str(relpath): unpacked_members(members)
-                    for relpath, members in conn.execute("SELECT relpath, members FROM unpacked")}
-
-        return await self._run(work)
+        (``None`` in records written before sizes were kept, or by an older version)."""
+        return await self._run(read_unpacked)
 
     async def done_files(self, chunk_index: int | None = None) -> list[FileRecord]:
         """Files finished (in this run or an earlier one), optionally of one chunk.

@@ -11,6 +11,7 @@ import pytest
 from engine_helpers import emulator, fast_config
 
 from asyncjsoc import Client
+from asyncjsoc import _status as status_module
 from asyncjsoc._status import FAILED_SHOWN, read_status
 from asyncjsoc.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from asyncjsoc.exceptions import InvalidInputError, StateError
@@ -60,10 +61,13 @@ async def test_status_of_a_complete_pull(tmp_path: Path,
     assert f"{len(result.files)} done" in text
 
 
+@pytest.mark.parametrize("batch", [5000, 1])
 async def test_finished_files_gone_from_disk_make_the_pull_incomplete(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        batch: int) -> None:
     """A finished file deleted or changed since is named by ``status``, which no longer
     calls the pull complete; the rerun fetches exactly those files, and then it is."""
+    monkeypatch.setattr(status_module, "_STAT_BATCH", batch)  # files read a batch at a time
     out = tmp_path / "out"
     async with emulator() as emu:
         async with Client(fast_config(emu), out) as c:

@@ -412,3 +412,28 @@ async def test_a_state_path_holding_something_else_is_left_unchanged(
         await StateStore(path).open()
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["other.db"]
+
+
+async def test_unpacked_members_keep_the_older_form_and_their_sizes(tmp_path: Path) -> None:
+    """An unpacked tar's members stay a JSON list of names (what older versions read); their
+    sizes live beside them and come back with them. A record without sizes (older version,
+    or sizes for another member list) reads as unknown sizes."""
+    import json
+
+    async with StateStore.for_output(tmp_path, fingerprint="fp1") as store:
+        await store.save_plan(PLAN)
+        await store.mark_unpacked("a.tar", ["x.fits", "y.fits"], [10, 20])
+        await store.mark_unpacked("b.tar", ["z.fits"])
+        assert await store.unpacked() == {"a.tar": (("x.fits", 10), ("y.fits", 20)),
+                                          "b.tar": (("z.fits", None),)}
+        path = store.path
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        members = dict(conn.execute("SELECT relpath, members FROM unpacked"))
+        assert json.loads(members["a.tar"]) == ["x.fits", "y.fits"]
+        with conn:  # an older version unpacking a.tar again, into another member list
+            conn.execute("UPDATE unpacked SET members = ? WHERE relpath = 'a.tar'",
+                         (json.dumps(["x.fits"]),))
+    async with StateStore.for_output(tmp_path, fingerprint="fp1") as store:
+        assert (await store.unpacked())["a.tar"] == (("x.fits", None),)
+        await store.forget_unpacked("a.tar")
+        assert set(await store.unpacked()) == {"b.tar"}
