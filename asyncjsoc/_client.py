@@ -265,7 +265,8 @@ class Pull:
 def pull_fingerprint(query: Query, config: ClientConfig) -> str:
     """A digest of what decides a pull's files: the record set, server and export options."""
     fields = {
-        "recordset": query.recordset(),
+        # Canonical numbers: the fingerprint of a pull stays what earlier versions stored.
+        "recordset": query.canonical(),
         "server": config.server,
         "method": config.export_method,
         "protocol": config.protocol,

@@ -33,6 +33,7 @@ from asyncjsoc._recordset import (
     Subset,
     TimeValue,
     Where,
+    canonical_recordset,
     is_time_item,
     parse_items,
     parse_recordset,
@@ -94,6 +95,12 @@ class Query:
     def recordset(self) -> str:
         """The whole DRMS record-set string (``ds``)."""
         return str(self.parsed)
+
+    def canonical(self) -> str:
+        """The record set with every number in one canonical form (see
+        :func:`~asyncjsoc._recordset.canonical_recordset`): what identifies the selection
+        in a pull's state, however its numbers were written."""
+        return canonical_recordset(self.parsed)
 
     def __str__(self) -> str:
         """Same as :meth:`recordset`."""

@@ -18,7 +18,7 @@ written ``[? sql ?]``), and re-parsing a rendered record set gives an equal valu
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from asyncjsoc._times import TimeParts, format_duration, match_duration, match_time
 from asyncjsoc.exceptions import InvalidInputError, RecordSetSyntaxError
@@ -41,6 +41,7 @@ __all__ = [
     "TimeValue",
     "Where",
     "WordValue",
+    "canonical_recordset",
     "is_time_item",
     "parse_items",
     "parse_recordset",
@@ -262,6 +263,33 @@ _RECNUMS = re.compile(r"\d+(?:-\d+)?(?:,\d+(?:-\d+)?)*")
 # error texts are shown through mask_emails.
 _SYNTAX_HINT = ("record sets look like hmi.sharp_cea_720s[7302][2018.09.08_00:00_TAI/1d@96m]"
                 "[? QUALITY=0 ?]{Bp,Br}; see http://jsoc.stanford.edu/ajax/RecordSetHelp.html")
+
+
+def _plain_number(value: Scalar) -> Scalar:
+    """``value`` with a number's text as written dropped (its canonical form)."""
+    return replace(value, text="") if isinstance(value, NumberValue) else value
+
+
+def _plain_item(item: Item) -> Item:
+    """``item`` with every number in its canonical form."""
+    if isinstance(item, Range):
+        return replace(item, start=_plain_number(item.start), end=_plain_number(item.end))
+    if isinstance(item, Span):
+        return item
+    return _plain_number(item)
+
+
+def canonical_recordset(rs: RecordSet) -> str:
+    """``rs`` rendered with every number in Python's shortest form (``1e5`` as
+    ``100000.0``, ``1.50`` as ``1.5``): one text for one selection however its numbers were
+    written, as asyncjsoc rendered every record set before numbers were sent as written
+    (state fingerprints are taken from it)."""
+    subsets = tuple(
+        replace(sub, filters=tuple(
+            replace(f, items=tuple(_plain_item(i) for i in f.items)) if isinstance(f, Select)
+            else f for f in sub.filters))
+        for sub in rs.subsets)
+    return str(replace(rs, subsets=subsets))
 
 
 class _Parser:

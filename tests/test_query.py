@@ -10,9 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from asyncjsoc._client import pull_fingerprint
+from asyncjsoc._config import ClientConfig
 from asyncjsoc._models import KeywordInfo, SegmentInfo, SeriesInfo
 from asyncjsoc._query import Query, known_primekeys
-from asyncjsoc._recordset import Range, Span
+from asyncjsoc._recordset import Range, Span, parse_recordset
 from asyncjsoc.exceptions import InvalidInputError, JobFileError, RecordSetSyntaxError
 
 SHARP = SeriesInfo(
@@ -170,3 +172,20 @@ def test_an_empty_segment_list_is_refused() -> None:
     with pytest.raises(InvalidInputError, match=r"asks for no segment") as caught:
         Query.from_recordset("hmi.sharp_cea_720s[7302][2018.09.08_00:00_TAI]{}")
     assert "{Br,Bp}" in (caught.value.hint or "")
+
+
+@pytest.mark.parametrize(("written", "canonical"), [
+    ("hmi.x[1e5][2012.01.01_TAI]{a}", "hmi.x[100000.0][2012.01.01_TAI]{a}"),
+    ("hmi.x[1.50-2.0E1]", "hmi.x[1.5-20.0]"),
+    ("hmi.x[? A>1 ?][0.25]", "hmi.x[? A>1 ?][0.25]"),
+])
+def test_numbers_as_written_go_to_the_server_but_one_pull_has_one_fingerprint(
+        written: str, canonical: str) -> None:
+    """The server gets numbers as written; the pull's identity (its state fingerprint) is
+    the same however they were written, and the same as before numbers were kept as written
+    (Python's shortest form), so a pull started then resumes."""
+    query, plain = Query.from_recordset(written), Query.from_recordset(canonical)
+    assert query.recordset() == str(parse_recordset(written))
+    assert query.canonical() == plain.recordset() == plain.canonical()
+    config = ClientConfig(emails=("a@example.org",))
+    assert pull_fingerprint(query, config) == pull_fingerprint(plain, config)
