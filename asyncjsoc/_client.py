@@ -64,6 +64,7 @@ from asyncjsoc._untar import extract_tar
 from asyncjsoc._verify import verify_fits
 from asyncjsoc.exceptions import (
     DiskError,
+    FileBusyError,
     IntegrityError,
     InvalidInputError,
     IpBlockedError,
@@ -814,8 +815,9 @@ class Client:
                     members = await self._unpack(relpath, outcome.path, state)
                 except JsocError as exc:
                     # A tar that cannot be unpacked is fetched again by the next run (the
-                    # members already out are kept); after a disk error it is kept.
-                    if not isinstance(exc, DiskError):
+                    # members already out are kept); after a disk error, or while another
+                    # process unpacks one of its members, it is kept for the next run.
+                    if not isinstance(exc, DiskError | FileBusyError):
                         await anyio.to_thread.run_sync(_remove, outcome.path)
                     raise
         except JsocError as exc:

@@ -52,6 +52,7 @@ from .exceptions import (
     ExportExpiredError,
     IntegrityError,
     IpBlockedError,
+    JsocError,
     ProtocolError,
     TransportError,
     UnsafePathError,
@@ -638,31 +639,35 @@ class Downloader:
 
         asyncjsoc gives a final name only to a verified file, so one found there is normally
         an earlier run's (killed before recording it). Anything else put there (a pull with
-        its state reset, a copy, another tool killed mid-file) is checked first: a FITS file
-        by its checksums, when they are verified; any other file (a tar, a JPEG, or any file
-        with checksums off) by its size against the one the server reports for ``url``
-        (one ranged request). A file that fails is fetched again, replacing it.
+        its state reset, a copy, another tool killed mid-file) is checked first, on disk
+        when it can be: a FITS file by its checksums and a tar by its headers and FITS
+        members (:func:`~asyncjsoc._verify.verify_fits`), even with checksums off, since
+        this costs no request and happens only for files found without a record; any other
+        file (a JPEG, ...) by its size against the one the server reports for ``url`` (one
+        ranged request, retried like a download). A file that fails is fetched again,
+        replacing it.
         """
-        if self.verify_checksums:
-            try:
-                if await _in_thread(_starts_like_fits, dest, where=dest):
-                    await verify_fits(dest)
-                    return True
-            except IntegrityError:
-                return False
-            except (OSError, DiskError):
-                return False  # unreadable now: fetching it again is the safe answer
         try:
-            return await self._remote_size(url) == size
-        except TransportError:
-            return False  # the download that follows retries, or reports, properly
+            if is_tar_name(dest.name) or await _in_thread(_starts_like_fits, dest, where=dest):
+                await verify_fits(dest)
+                return True
+        except IntegrityError:
+            return False
+        except (OSError, DiskError):
+            return False  # unreadable now: fetching it again is the safe answer
+        try:
+            return await retrying(lambda: self._remote_size(url), self.retry,
+                                  retry_on=_retryable) == size
+        except JsocError:
+            return False  # the download that follows reports it properly
 
     async def _remote_size(self, url: str) -> int | None:
         """The size of ``url`` as the server reports it, from a GET of its first byte
-        (``None`` when the answer does not say)."""
+        (``None`` when the answer does not say); an HTTP error status is raised."""
         with map_transport_errors(url):
             async with self._transfer_slot(), self._session.get(
                     url, headers={"Range": "bytes=0-0"}) as resp:
+                raise_for_status(resp)
                 if resp.status == 206:
                     match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
                     if match is not None and match.group(3) != "*":

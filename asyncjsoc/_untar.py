@@ -48,7 +48,7 @@ import anyio.to_thread
 from ._durable import NOFOLLOW, disk_errors, fsync_dir
 from ._paths import PART_SUFFIX, resolve_inside, safe_relpath
 from ._verify import _verify_fits_sync
-from .exceptions import IntegrityError, LocalError, UnsafePathError
+from .exceptions import FileBusyError, IntegrityError, LocalError, UnsafePathError
 
 __all__ = ["ExtractResult", "extract_tar", "extract_tar_sync"]
 
@@ -126,11 +126,12 @@ async def extract_tar(tar_path: str | Path, out_dir: str | Path | None = None, *
     IntegrityError
         The tar is not readable or cut short, or a member fails its FITS checksums; the
         members before it are on disk, nothing is left half-written under a final name.
+    FileBusyError
+        Another process is unpacking one of its members into ``out_dir`` right now (that
+        member's part file is left to it; the members before it are on disk).
     LocalError
-        A different file is in the way of a member (nothing was written), ``tar_path`` is
-        not a file, or another process is unpacking one of its members into ``out_dir``
-        right now (that member's part file is left to it; the members before it are on
-        disk).
+        A different file is in the way of a member (nothing was written), or ``tar_path``
+        is not a file.
     DiskError
         A file could not be written (disk full, permissions).
     """
@@ -334,7 +335,7 @@ def _write_member(tar: tarfile.TarFile, member: _Member, tar_path: Path, *, veri
             dest.parent.mkdir(parents=True, exist_ok=True)
             fd = _claim_part(part)
         if fd is None:
-            raise LocalError(
+            raise FileBusyError(
                 f"{tar_path.name}: {dest} is being unpacked by another process (it holds "
                 f"{part.name})", hint="try again when it has finished: files already "
                                       "extracted are kept")

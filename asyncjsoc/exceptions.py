@@ -38,6 +38,7 @@ __all__ = [
     "ExportExpiredError",
     "ExportFailedError",
     "ExportTooLargeError",
+    "FileBusyError",
     "HttpStatusError",
     "IntegrityError",
     "InvalidInputError",
@@ -262,6 +263,13 @@ class UnsafePathError(LocalError):
     on asyncjsoc's own files), or it cannot be made there (too long for the file system, or
     a file where a directory must go, or the other way round). That file fails; the pull
     goes on with the others."""
+
+
+class FileBusyError(LocalError):
+    """Another process is writing the same file right now (it holds that file's ``.part``).
+
+    Nothing of it was touched; trying again once that process has finished works.
+    """
 
 
 class StateError(LocalError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,12 @@ from asyncjsoc._paths import PART_SUFFIX, SIDECAR_SUFFIX
 from asyncjsoc._status import read_status
 from asyncjsoc.emulator import Emulator
 from asyncjsoc.events import Event, ExportExpired, ExportReady, FileProgress, TarUnpacked
-from asyncjsoc.exceptions import IntegrityError, InvalidInputError, UnsafePathError
+from asyncjsoc.exceptions import (
+    FileBusyError,
+    IntegrityError,
+    InvalidInputError,
+    UnsafePathError,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -334,3 +340,40 @@ async def test_a_tar_whose_export_expired_before_its_download_is_exported_again_
         assert _exported_recordsets(emu) == [recordset, recordset]
         assert len(result.files) == 1
         assert len(result.exports) == 2
+
+
+_HOLD_PART = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()
+"""
+"""Another process unpacking a file (argv[1] is its part file): it holds it until killed."""
+
+
+async def test_a_tar_whose_member_another_process_unpacks_is_kept(tmp_path: Path) -> None:
+    """With --extract, a member another process is unpacking at that moment fails the tar
+    for this run, but the verified tar is kept: the next run unpacks it without fetching
+    it again."""
+    out = tmp_path / "out"
+    async with emulator() as emu:
+        plain = await _pull(emu, tmp_path / "plain", max_files_per_export=4)
+        first_member = sorted(_tree(tmp_path / "plain"))[0]
+        part = out / (first_member + ".part")
+        part.parent.mkdir(parents=True)
+        async with await anyio.open_process(
+                [sys.executable, "-c", _HOLD_PART, str(part)]) as holder:
+            try:
+                assert holder.stdout is not None
+                assert await holder.stdout.receive() == b"held\n"
+                first = await _pull(emu, out, extract_tars=True, **TAR)
+            finally:
+                holder.kill()
+        assert [type(f.error) for f in first.failed] == [FileBusyError]
+        gets = _file_gets(emu)
+        again = await _pull(emu, out, extract_tars=True, **TAR)
+        assert _file_gets(emu) == gets
+    assert plain.ok
+    assert again.ok
+    assert _tree(out) == _tree(tmp_path / "plain")

@@ -805,8 +805,8 @@ async def test_a_damaged_final_file_of_unknown_size_is_not_adopted(
         emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path,
         verify: bool) -> None:
     """A file already under the final name (not recorded by the store: a reset state, a copy)
-    whose FITS checksums fail is fetched again when checksums are verified; an intact one is
-    kept without a request."""
+    whose FITS checksums fail is fetched again, even with checksums off for downloads (the
+    check costs no request); an intact one is kept without a request."""
     paths = _paths(emulator, 2)
     damaged, intact = (RemoteFile(url=emulator.url + path, relpath=f"{i}.fits", record="r")
                        for i, path in enumerate(paths))
@@ -818,15 +818,11 @@ async def test_a_damaged_final_file_of_unknown_size_is_not_adopted(
                     verify_checksums=verify)
     again = await dl.download_into(damaged, tmp_path)
     kept = await dl.download_into(intact, tmp_path)
+    # Checked on disk either way: a file found without a record costs no request to check.
     assert kept.attempts == 0
-    if verify:
-        assert emulator.audit.file_gets(paths[1]) == 0
-        assert again.attempts == 1
-        assert (tmp_path / damaged.relpath).read_bytes() == emulator.file_bytes(paths[0])
-    else:  # only its size is checked (one ranged GET of a byte), and it is right
-        assert emulator.audit.ranges(paths[1]) == ["bytes=0-0"]
-        assert again.attempts == 0
-        assert emulator.audit.ranges(paths[0]) == ["bytes=0-0"]
+    assert emulator.audit.file_gets(paths[1]) == 0
+    assert again.attempts == 1
+    assert (tmp_path / damaged.relpath).read_bytes() == emulator.file_bytes(paths[0])
 
 
 @pytest.mark.parametrize("verify", [True, False])
@@ -835,8 +831,8 @@ async def test_a_short_final_file_of_unknown_size_is_fetched_again(
         emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path,
         verify: bool, fits: bool) -> None:
     """A final file cut short (another tool killed mid-file, an interrupted copy) is not
-    taken as done: a FITS one fails its checksums; any other file, or any file with
-    checksums off, is compared with the size the server reports for it."""
+    taken as done: a FITS one fails its checks on disk (checksums on or off); any other
+    file is compared with the size the server reports for it."""
     paths = _paths(emulator, 2)
     short, whole = (RemoteFile(url=emulator.url + path, relpath=f"{i}.dat", record="r")
                     for i, path in enumerate(paths))
@@ -853,7 +849,7 @@ async def test_a_short_final_file_of_unknown_size_is_fetched_again(
     assert (tmp_path / short.relpath).read_bytes() == emulator.file_bytes(paths[0])
     assert kept.attempts == 0
     assert (tmp_path / whole.relpath).read_bytes() == bodies[1]
-    checked_by_size = not (verify and fits)
+    checked_by_size = not fits  # FITS is checked on disk, checksums on or off
     assert emulator.audit.ranges(paths[1]) == (["bytes=0-0"] if checked_by_size else [])
 
 
