@@ -719,6 +719,9 @@ class ExportScheduler:
             self._fail(failure)
         refused += len(shared)
         async with self._names_lock:
+            if status.tarfile:
+                named = [(f, await self._own_tar_name(chunk, relpath, f.record))
+                         for f, relpath in named]
             owners = await self._store.records_of([relpath for _, relpath in named])
             remotes: list[RemoteFile] = []
             for f, relpath in named:
@@ -757,6 +760,20 @@ class ExportScheduler:
             return (ExportFile(record=status.request_id or _UNNAMED_TAR,
                                filename=status.tarfile),)
         return status.files
+
+    async def _own_tar_name(self, chunk: Chunk, relpath: str, record: str) -> str:
+        """A name for a url-tar export's tar that no other chunk's file has.
+
+        The tar is named by its request id, which the JSOC never hands out twice; a server
+        that does (restarted with its counter reset, as an emulator can be) would give two
+        chunks one tar name, and the second chunk's tar would pass for the first one's,
+        already done: its records never fetched. Such a tar gets a name of its own, the
+        same on every rerun.
+        """
+        owner = await self._store.chunk_of(relpath)
+        if owner is None or owner == chunk.index:
+            return relpath
+        return disambiguated_relpath(relpath, f"{record} for export {chunk.index + 1}")
 
     def _is_tar(self, remote: RemoteFile) -> bool:
         """Whether ``remote`` is a url-tar export's tar rather than a record's file."""

@@ -1117,6 +1117,16 @@ class StateStore:
 
         return await self._run(work)
 
+    async def chunk_of(self, relpath: str) -> int | None:
+        """The chunk the file ``relpath`` belongs to, or ``None`` if it is unknown."""
+
+        def work(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute("SELECT chunk_idx FROM files WHERE relpath = ?",
+                               (relpath,)).fetchone()
+            return None if row is None or row[0] is None else int(row[0])
+
+        return await self._run(work)
+
     async def records_of(self, relpaths: Sequence[str]) -> dict[str, str]:
         """Which record each known relpath belongs to (unknown relpaths are left out).
 

@@ -9,14 +9,21 @@ from typing import Any
 
 import anyio
 import pytest
-from engine_helpers import QUERY, emulator, fast_config
+from engine_helpers import QUERY, emulator, fast_config, fast_knobs
 
 from asyncjsoc import Client, ClientConfig, PullResult
 from asyncjsoc import _resume as resume_module
 from asyncjsoc._paths import PART_SUFFIX, SIDECAR_SUFFIX
 from asyncjsoc._status import read_status
-from asyncjsoc.emulator import Emulator
-from asyncjsoc.events import Event, ExportExpired, ExportReady, FileProgress, TarUnpacked
+from asyncjsoc.emulator import Emulator, run_emulator
+from asyncjsoc.events import (
+    Event,
+    ExportExpired,
+    ExportReady,
+    FileDone,
+    FileProgress,
+    TarUnpacked,
+)
 from asyncjsoc.exceptions import (
     FileBusyError,
     IntegrityError,
@@ -377,3 +384,37 @@ async def test_a_tar_whose_member_another_process_unpacks_is_kept(tmp_path: Path
     assert plain.ok
     assert again.ok
     assert _tree(out) == _tree(tmp_path / "plain")
+
+
+@pytest.mark.parametrize("extract", [False, True], ids=["tar", "extract"])
+async def test_a_request_id_handed_out_again_never_passes_for_a_done_tar(
+        tmp_path: Path, extract: bool) -> None:
+    """A server that hands out a request id again (restarted with its counter reset, at the
+    same address) gives a later export's tar the name of a tar already done: that tar gets
+    a name of its own, and every record arrives (it passed for done, and its records were
+    silently never fetched)."""
+    out = tmp_path / "out"
+    config = {"extract_tars": extract, "max_pending_exports": 1, **TAR}
+    async with emulator() as emu:
+        plain = await _pull(emu, tmp_path / "plain", max_files_per_export=4)
+    async with run_emulator(fast_knobs()) as first_server:
+        port = int(first_server.url.rsplit(":", 1)[1])
+        with anyio.CancelScope() as scope:
+            def stop_after_the_first_tar(event: Event) -> None:
+                if isinstance(event, TarUnpacked | FileDone) and event.relpath.endswith(".tar"):
+                    scope.cancel()
+
+            async with Client(fast_config(first_server, **config), out,
+                              reporter=stop_after_the_first_tar) as client:
+                await client.fetch(RS)
+        assert scope.cancelled_caught
+    async with run_emulator(fast_knobs(), port=port) as restarted:  # ids from _001 again
+        again = await _pull(restarted, out, **config)
+    assert plain.ok
+    assert again.ok
+    if extract:
+        assert _tree(out) == _tree(tmp_path / "plain")
+    else:
+        assert len(again.all_files) == 3
+        assert len({f.relpath for f in again.all_files}) == 3
+    assert read_status(out).complete
