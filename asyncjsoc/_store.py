@@ -295,6 +295,9 @@ class StoreSummary:
         return sum(self.files.values())
 
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+"""How every SQLite database file begins."""
+
 _UNCHECKED = "unchecked_files"
 """Meta key: "1" once a run with checksums off began, until a run checked every file."""
 
@@ -554,9 +557,15 @@ class StateStore:
         if self._in_own_directory:
             return  # a damaged store there is reported as unusable
         try:
+            with open(self.path, "rb") as f:
+                head = f.read(len(_SQLITE_MAGIC))
+            # SQLite takes a file shorter than its header for an empty database: only an
+            # empty file (a first run killed before its first write) is ours to fill.
+            if head and head != _SQLITE_MAGIC:
+                raise sqlite3.DatabaseError("not a database")
             tables = {row[0] for row in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        except sqlite3.DatabaseError:
+        except (sqlite3.DatabaseError, OSError):
             what = "is not an SQLite database"
         else:
             if not tables or "meta" in tables:

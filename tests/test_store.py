@@ -394,14 +394,17 @@ async def test_a_state_path_that_is_not_a_regular_file_is_refused(tmp_path: Path
     assert os.listdir(where) == []
 
 
-@pytest.mark.parametrize("kind", ["someone's database", "a text file"])
+@pytest.mark.parametrize("kind", ["someone's database", "a text file", "one byte"])
 async def test_a_state_path_holding_something_else_is_left_unchanged(
         tmp_path: Path, kind: str) -> None:
     """An existing file that is not an asyncjsoc state file is refused and left as it was:
-    not converted (tables, WAL mode), no lock file left beside it."""
+    not converted (tables, WAL mode), no lock file left beside it; even a file shorter than
+    SQLite's header, which SQLite would take for an empty database."""
     path = tmp_path / "other.db"
     if kind == "a text file":
         path.write_text("my notes\n")
+    elif kind == "one byte":
+        path.write_bytes(b"x")
     else:
         conn = sqlite3.connect(path)
         conn.execute("CREATE TABLE papers (title TEXT)")
@@ -437,3 +440,13 @@ async def test_unpacked_members_keep_the_older_form_and_their_sizes(tmp_path: Pa
         assert (await store.unpacked())["a.tar"] == (("x.fits", None),)
         await store.forget_unpacked("a.tar")
         assert set(await store.unpacked()) == {"b.tar"}
+
+
+async def test_an_empty_state_file_is_taken(tmp_path: Path) -> None:
+    """An empty file at ``state_path`` (a first run killed before SQLite's first write) is
+    filled as a state store, not refused."""
+    path = tmp_path / "state.db"
+    path.write_bytes(b"")
+    async with StateStore(path, fingerprint="fp1") as store:
+        await store.save_plan(PLAN)
+    assert path.read_bytes().startswith(b"SQLite format 3\x00")
