@@ -25,6 +25,7 @@ from asyncjsoc._recordset import (
     Filter,
     IntValue,
     Item,
+    NumberValue,
     Range,
     RecordSet,
     Select,
@@ -91,6 +92,9 @@ class Query:
     series: str
     segments: tuple[str, ...] | None
     parsed: RecordSet
+
+    def __post_init__(self) -> None:
+        _refuse_backwards_ranges(self.parsed)
 
     def recordset(self) -> str:
         """The whole DRMS record-set string (``ds``)."""
@@ -301,6 +305,32 @@ def _primekey_order(series: str, info: SeriesInfo | None, has_others: bool
                 hint="pass series_info= (from the API) or use Query.from_recordset")
         return ("T_REC",), "T_REC"
     return order, "T_REC"
+
+
+def _refuse_backwards_ranges(rs: RecordSet) -> None:
+    """Refuse a range whose start is after its end: DRMS would quietly select nothing.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming the range, with the order to write it in.
+    """
+    for subset in rs.subsets:
+        for flt in subset.filters:
+            for item in flt.items if isinstance(flt, Select) else ():
+                if not isinstance(item, Range):
+                    continue
+                start, end = item.start, item.end
+                backwards = False
+                if isinstance(start, TimeValue) and isinstance(end, TimeValue):
+                    backwards = bool(start.parts.to_time() > end.parts.to_time())
+                elif isinstance(start, IntValue | NumberValue) and isinstance(
+                        end, IntValue | NumberValue):
+                    backwards = start.value > end.value
+                if backwards:
+                    raise InvalidInputError(
+                        f"the range {item} in {str(rs)!r} runs backwards (its start is after "
+                        "its end)", hint="write the earlier value first, e.g. [a-b] with a <= b")
 
 
 def _primekey_items(key: str, value: PrimeKeyValue) -> tuple[Item, ...]:

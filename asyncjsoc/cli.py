@@ -356,8 +356,6 @@ def _queries(sel: _Selection) -> list[Any]:
 
     if sel.recordsets:
         queries = [Query.from_recordset(text) for text in sel.recordsets]
-        for query in queries:
-            _check_ranges(query.recordset())
         if len(queries) == 1:
             return queries
         series = {q.series.lower() for q in queries}
@@ -386,38 +384,7 @@ def _queries(sel: _Selection) -> list[Any]:
             where=list(sel.where) or None,
         )
     ]
-    for query in built:
-        _check_ranges(query.recordset())
     return built
-
-
-def _check_ranges(text: str) -> None:
-    """Refuse a range whose start is after its end (DRMS would quietly select nothing)."""
-    from asyncjsoc._recordset import (
-        IntValue,
-        NumberValue,
-        Range,
-        Select,
-        TimeValue,
-        parse_recordset,
-    )
-
-    for subset in parse_recordset(text).subsets:
-        for flt in subset.filters:
-            for item in flt.items if isinstance(flt, Select) else ():
-                if not isinstance(item, Range):
-                    continue
-                start, end = item.start, item.end
-                backwards = False
-                if isinstance(start, TimeValue) and isinstance(end, TimeValue):
-                    backwards = bool(start.parts.to_time() > end.parts.to_time())
-                elif isinstance(start, IntValue | NumberValue) and \
-                        isinstance(end, IntValue | NumberValue):
-                    backwards = start.value > end.value
-                if backwards:
-                    raise UsageError(f"the range {item} in {text!r} runs backwards "
-                                     "(its start is after its end)",
-                                     "write the earlier value first, e.g. [a-b] with a <= b")
 
 
 def _out_dir(path: Path) -> Path:

@@ -189,3 +189,16 @@ def test_numbers_as_written_go_to_the_server_but_one_pull_has_one_fingerprint(
     assert query.canonical() == plain.recordset() == plain.canonical()
     config = ClientConfig(emails=("a@example.org",))
     assert pull_fingerprint(query, config) == pull_fingerprint(plain, config)
+
+
+@pytest.mark.parametrize("text", [
+    "hmi.M_45s[2012.01.02_00:00_TAI-2012.01.01_00:00_TAI]",
+    "hmi.sharp_720s[7310-7300][2012.01.01_TAI]",
+    "hmi.x[2.5-1.5]",
+])
+def test_a_backwards_range_is_refused_by_the_library_too(text: str) -> None:
+    """A range whose start is after its end would select nothing at the JSOC: refused when
+    the query is made, in Python as on the command line."""
+    with pytest.raises(InvalidInputError, match="runs backwards") as caught:
+        Query.from_recordset(text)
+    assert caught.value.hint is not None
