@@ -406,10 +406,10 @@ def _writable_dir(path: Path) -> Path:
     except OSError as exc:
         raise UsageError(f"cannot create --out {str(path)!r}: {exc.strerror or exc}",
                          "choose a directory you can write to") from None
-    probe = path / ".asyncjsoc-write-test"
     try:
-        probe.write_bytes(b"")
-        probe.unlink()
+        # A name of its own: two runs starting at once must not unlink each other's probe.
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".asyncjsoc-write-test-"):
+            pass
     except OSError as exc:
         raise UsageError(f"cannot write into --out {str(path)!r}: {exc.strerror or exc}",
                          "choose a directory you can write to") from None
@@ -467,6 +467,10 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
         out = _out_dir(args.out)
         config = _client_config(args, server=server, emails=emails)
         return _run(lambda: _fetch(config, queries, out, args))
+    except StateLockedError:
+        # Another run holds the directory: what did not exist when this one started may be
+        # that run's (two started at once), so nothing is removed.
+        raise
     except _BAD_INPUT as exc:
         # Bad input found by the server (unknown series, unregistered email...): leave the
         # disk as it was, so a typo does not leave an empty output tree behind.

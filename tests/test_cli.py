@@ -743,3 +743,42 @@ def test_quick_export_counts_in_the_closing_line(emulator: Emulator, tmp_path: P
     assert [e.params.get("method") for e in emulator.audit.entries
             if e.op == "jsoc_fetch/exp_request"] == ["url_quick"]
     assert "from 1 export(s)" in err
+
+
+def test_a_run_that_loses_the_lock_to_one_started_at_once_removes_nothing(
+        emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Two fetches started at the same moment on a new --out: the one that finds the lock
+    taken exits 2 and leaves the other's state, lock and directory alone (it took them for
+    its own leftovers, as they did not exist when it started, and deleted them)."""
+    from asyncjsoc._store import lock_path, take_lock
+
+    out = tmp_path / "out"
+    state = out / ".asyncjsoc" / "state.sqlite"
+    real_out_dir = cli._out_dir
+    held: list[int] = []
+
+    def the_other_run_takes_the_lock_meanwhile(path: Path) -> Path:
+        made = real_out_dir(path)
+        held.append(take_lock(lock_path(state), str(out)))
+        state.write_bytes(b"the other run's state")
+        return made
+
+    monkeypatch.setattr(cli, "_out_dir", the_other_run_takes_the_lock_meanwhile)
+    try:
+        assert main(_fetch_args(emulator, out, RS, "--no-progress", *FAST)) == EXIT_USAGE
+        assert "is using" in capsys.readouterr().err  # (held here: "another Client")
+        assert state.read_bytes() == b"the other run's state"
+        assert lock_path(state).exists()
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def test_the_write_check_of_out_uses_a_name_of_its_own(tmp_path: Path) -> None:
+    """Each run checks that --out is writable with a probe file of its own name, so two runs
+    starting at once never delete each other's probe ("cannot write into --out")."""
+    out = tmp_path / "out"
+    (out / ".asyncjsoc-write-test").mkdir(parents=True)  # in the way of a fixed probe name
+    assert cli._out_dir(out) == out
+    assert sorted(p.name for p in out.iterdir()) == [".asyncjsoc-write-test"]
