@@ -41,6 +41,7 @@ from ._retry import RetryPolicy, retrying
 from ._stall import StallWatch, hand_over_read_timeout
 from ._verify import (
     FITS_MAGIC,
+    FITS_SUFFIXES,
     check_fits_bytes,
     check_size,
     is_tar_name,
@@ -640,21 +641,26 @@ class Downloader:
         asyncjsoc gives a final name only to a verified file, so one found there is normally
         an earlier run's (killed before recording it). Anything else put there (a pull with
         its state reset, a copy, another tool killed mid-file) is checked first, on disk
-        when it can be: a FITS file by its checksums and a tar by its headers and FITS
-        members (:func:`~asyncjsoc._verify.verify_fits`), even with checksums off, since
-        this costs no request and happens only for files found without a record; any other
-        file (a JPEG, ...) by its size against the one the server reports for ``url`` (one
-        ranged request, retried like a download). A file that fails is fetched again,
-        replacing it.
+        when it can be: a FITS file (or a file with a FITS name) by its checksums and a tar
+        by its headers and FITS members (:func:`~asyncjsoc._verify.verify_fits`), even with
+        checksums off, since this costs no request and happens only for files found without
+        a record; a tar, and any other file (a JPEG, ...), also by its size against the one
+        the server reports for ``url`` (one ranged request, retried like a download). A
+        file that fails is fetched again, replacing it.
         """
+        tar = is_tar_name(dest.name)
         try:
-            if is_tar_name(dest.name) or await _in_thread(_starts_like_fits, dest, where=dest):
-                await verify_fits(dest)
-                return True
+            if tar or dest.name.lower().endswith(FITS_SUFFIXES) or await _in_thread(
+                    _starts_like_fits, dest, where=dest):
+                await verify_fits(dest)  # a FITS name without FITS content fails here
+                if not tar:
+                    return True
         except IntegrityError:
             return False
         except (OSError, DiskError):
             return False  # unreadable now: fetching it again is the safe answer
+        # A tar's contents say nothing of which export it belongs to (a sound tar of
+        # another export could sit under this name): its size is compared too.
         try:
             return await retrying(lambda: self._remote_size(url), self.retry,
                                   retry_on=_retryable) == size

@@ -21,8 +21,8 @@ import anyio.to_thread
 
 from .exceptions import IntegrityError
 
-__all__ = ["FITS_BLOCK", "FITS_MAGIC", "check_fits_bytes", "check_size", "is_tar_name",
-           "verify_fits", "verify_fits_bytes"]
+__all__ = ["FITS_BLOCK", "FITS_MAGIC", "FITS_SUFFIXES", "check_fits_bytes", "check_size",
+           "is_tar_name", "verify_fits", "verify_fits_bytes"]
 
 FITS_MAGIC = b"SIMPLE  ="
 """How every FITS file starts: the first card of the primary header."""
@@ -202,7 +202,7 @@ def check_fits_bytes(name: str, data: bytes, *, wait: bool = True) -> bool:
                           lambda offset, n: view[offset:offset + n], wait=wait)
 
 
-_FITS_SUFFIXES = (".fits", ".fit", ".fts")
+FITS_SUFFIXES = (".fits", ".fit", ".fts")
 """Names of files that must be FITS: one of these not starting with a FITS header is damaged."""
 
 RawReader = Callable[[int, int], "bytes | memoryview"]
@@ -220,7 +220,7 @@ def _verify_source(name: str, head: bytes, size: int, source: IO[bytes], read: R
     the lock.
     """
     if head != FITS_MAGIC:
-        if name.lower().endswith(_FITS_SUFFIXES):
+        if name.lower().endswith(FITS_SUFFIXES):
             raise IntegrityError(f"{name}: does not start with a FITS header", hint=_HINT)
         return True
     if size % FITS_BLOCK:

@@ -362,7 +362,7 @@ sys.stdin.read()
 async def test_a_tar_whose_member_another_process_unpacks_is_kept(tmp_path: Path) -> None:
     """With --extract, a member another process is unpacking at that moment fails the tar
     for this run, but the verified tar is kept: the next run unpacks it without fetching
-    it again."""
+    it again (one ranged GET of a byte checks its size)."""
     out = tmp_path / "out"
     async with emulator() as emu:
         plain = await _pull(emu, tmp_path / "plain", max_files_per_export=4)
@@ -378,9 +378,10 @@ async def test_a_tar_whose_member_another_process_unpacks_is_kept(tmp_path: Path
             finally:
                 holder.kill()
         assert [type(f.error) for f in first.failed] == [FileBusyError]
-        gets = _file_gets(emu)
+        seen = len(emu.audit.entries)
         again = await _pull(emu, out, extract_tars=True, **TAR)
-        assert _file_gets(emu) == gets
+        # Not fetched again: only its size asked for (a tar found without a record).
+        assert [e.range for e in emu.audit.entries[seen:] if e.op == "file"] == ["bytes=0-0"]
     assert plain.ok
     assert again.ok
     assert _tree(out) == _tree(tmp_path / "plain")
@@ -418,3 +419,27 @@ async def test_a_request_id_handed_out_again_never_passes_for_a_done_tar(
         assert len(again.all_files) == 3
         assert len({f.relpath for f in again.all_files}) == 3
     assert read_status(out).complete
+
+
+async def test_a_sound_tar_of_another_export_under_a_tar_name_is_not_kept(
+        tmp_path: Path) -> None:
+    """A tar found under its name without a record may be another export's (a copy, ids
+    handed out again by a restarted server): its contents check out, so its size is also
+    compared with the server's, and the wrong one is fetched again."""
+    seven = RS.replace("01:00:00_TAI]", "01:12:00_TAI]")  # 14 files: tars of 2, 4, 4, 4
+    source, copy = tmp_path / "source", tmp_path / "copy"
+    async with emulator() as emu, Client(fast_config(emu, **TAR), source) as client:
+        first = await client.fetch(seven)
+    sizes = {f.relpath: f.bytes for f in first.files}
+    small = min(sizes, key=lambda name: sizes[name])
+    big = max(sizes, key=lambda name: sizes[name])
+    assert sizes[small] < sizes[big]
+    copy.mkdir()
+    (copy / small).write_bytes((source / big).read_bytes())  # a sound tar, the wrong one
+    async with emulator() as emu:  # a new server: the same request ids again
+        async with Client(fast_config(emu, **TAR), copy) as client:
+            again = await client.fetch(seven)
+        assert again.ok
+        for f in again.all_files:
+            assert f.path.read_bytes() == emu.file_bytes(f.url)
+    assert small in {f.relpath for f in again.files if not f.reused}

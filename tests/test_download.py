@@ -940,3 +940,18 @@ async def test_discard_part_deletes_only_that_names_part_and_sidecar(
     assert sorted(p.relative_to(out).as_posix() for p in (out / "sub").iterdir()) == [
         "sub/a.tar", "sub/b.tar.part"]
     assert (outside / "c.tar.part").exists()
+
+
+async def test_a_fits_name_without_fits_content_is_not_kept(
+        emulator: Emulator, session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """Zeros of the right size under a FITS name (what a killed downloader that preallocates
+    leaves) are not taken for the file: a FITS name must hold FITS, checked on disk."""
+    (path,) = _paths(emulator, 1)
+    remote = RemoteFile(url=emulator.url + path, relpath="a.fits", record="r")
+    (tmp_path / remote.relpath).write_bytes(b"\0" * len(emulator.file_bytes(path)))
+    dl = Downloader(session, chunk_size=CHUNK, retry=RetryPolicy.no_wait(2),
+                    verify_checksums=False)
+    again = await dl.download_into(remote, tmp_path)
+    assert again.attempts == 1
+    assert (tmp_path / remote.relpath).read_bytes() == emulator.file_bytes(path)
+    assert emulator.audit.ranges(path) == [None]  # no size probe: the name said FITS
