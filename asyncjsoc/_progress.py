@@ -865,7 +865,7 @@ def render_summary(
                  + (f"; {format_bytes(view.bytes_skipped)} already present"
                     if view.bytes_skipped else "")),
         ("exports", str(len(view.exports))
-                    + (f" ({view.reexported} requested again after they expired)"
+                    + (f" (+{view.reexported} re-requested after expiry)"
                        if view.reexported else "")),
         ("output", str(out_dir)),
     ]

@@ -393,7 +393,7 @@ def test_an_expired_export_is_not_a_failure_in_the_summary() -> None:
     render_summary(None, view, out_dir="/data/out", stream=out)
     text = out.getvalue()
     assert "FAILED" not in text
-    assert "(1 requested again after they expired)" in text
+    assert "(+1 re-requested after expiry)" in text
     assert "rerun" not in text
 
 
