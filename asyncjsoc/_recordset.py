@@ -295,9 +295,10 @@ def canonical_recordset(rs: RecordSet) -> str:
 class _Parser:
     """A hand-written recursive-descent parser keeping track of the offset for errors."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, *, bracketed: bool = True) -> None:
         self.text = text
         self.pos = 0
+        self.bracketed = bracketed  # values inside [...] (a record set), or alone (--primekey)
 
     def fail(self, message: str, pos: int | None = None,
              hint: str | None = None) -> RecordSetSyntaxError:
@@ -491,6 +492,8 @@ class _Parser:
                     return IntValue(int(text))
                 return WordValue(text)
         if self.peek() == "":
+            if not self.bracketed:
+                raise self.fail("a value is missing at the end")
             raise self.fail("unbalanced '[': missing ']'", opened)
         raise self.fail(f"bad character {self.peek()!r} in a prime-key value")
 
@@ -553,7 +556,7 @@ def parse_items(text: str) -> tuple[Item, ...]:
     RecordSetSyntaxError
         With the position inside ``text``.
     """
-    parser = _Parser(text)
+    parser = _Parser(text, bracketed=False)
     items = [parser.item(0)]
     while True:
         parser.skip_space()

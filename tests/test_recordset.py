@@ -233,3 +233,12 @@ def test_prime_key_value_with_a_trailing_comma(text: str, position: int) -> None
     assert "missing after the last ','" in info.value.message
     assert info.value.position == position
     assert "[" not in info.value.message.split(" at position")[0]
+
+
+@pytest.mark.parametrize("text", ["7302-", "7300,7302-"])
+def test_a_primekey_value_cut_short_says_so(text: str) -> None:
+    """A --primekey value that ends where a value should follow is named as such, not as an
+    unbalanced '[' (there is no bracket in it)."""
+    with pytest.raises(RecordSetSyntaxError, match="a value is missing at the end") as caught:
+        parse_items(text)
+    assert "[" not in caught.value.message
