@@ -67,3 +67,28 @@ def tree_size(root: Path) -> tuple[int, int]:
             files += 1
             total += st.st_size
     return files, total
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def machine_cpu_s() -> float | None:
+    """CPU seconds the whole machine has spent busy (user, nice, system, irq, softirq) since
+    boot, from ``/proc/stat``; None where there is no ``/proc`` (not Linux)."""
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    # cpu user nice system idle iowait irq softirq steal guest guest_nice
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in first[1:8])
+    return (user + nice + system + irq + softirq) / _TICK
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` (all its threads), or None if unknown."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK

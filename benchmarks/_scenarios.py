@@ -111,7 +111,8 @@ class Ctx:
             self.log(f"  {label:<28} SKIPPED ({self.available[contender]})")
             return row
         out = self.work.fresh(label.replace(" ", "_").replace("/", "_"))
-        spec = {"contender": contender, "url": emu.url, "out": str(out), "emails": EMAILS[:1]}
+        spec = {"contender": contender, "url": emu.url, "out": str(out), "emails": EMAILS[:1],
+                "emulator_pid": emu.proc.pid}
         spec.update(fields)
         if audit:
             emu.clear_audit()
@@ -141,6 +142,9 @@ def derive(label: str, res: dict[str, Any], expect_files: int | None,
     row["files_s"] = files / wall if files else None
     row["cpu_s_per_gb"] = cpu / (nbytes / 1e9) if cpu is not None and nbytes else None
     row["cpu_ms_per_file"] = 1000 * cpu / files if cpu is not None and files else None
+    machine = row.get("cpu_machine_s")
+    row["machine_cpu_s_per_gb"] = (machine / (nbytes / 1e9) if machine is not None and nbytes
+                                   else None)
     audit = row.get("audit") or {}
     row["requests"] = audit.get("requests")
     row["req_per_file"] = audit["requests"] / files if audit.get("requests") and files else None
@@ -467,17 +471,18 @@ def _download_rows(ctx: Ctx, emu: Emulator, urls_file: Path, query: dict[str, An
             if name == "parfive sunpy-mode":
                 contender = "parfive-sunpy"
             runs[name].append(ctx.run(f"{name}{suffix}", contender, emu, **fields_))
-    return [_median_run(found, also="cpu_s_per_gb") for found in runs.values()]
+    return [_median_run(found, also=("cpu_s_per_gb", "machine_cpu_s_per_gb"))
+            for found in runs.values()]
 
 
 def _median_run(found: list[dict[str, Any]], key: str = "mb_s", *,
-                also: str | None = None) -> dict[str, Any]:
+                also: str | tuple[str, ...] = ()) -> dict[str, Any]:
     """The run with the median ``key`` (a failed run, if any failed), with every run's
     ``key`` in ``<key>_runs``.
 
-    ``also`` names a second measure (CPU per unit of work) that is replaced by its own median
-    over the runs, with every run's value in ``<also>_runs``: the CPU time of the run with
-    the median speed is one sample of a noisy quantity, not its median.
+    ``also`` names further measures (CPU per unit of work) that are each replaced by their own
+    median over the runs, with every run's value in ``<measure>_runs``: the CPU time of the
+    run with the median speed is one sample of a noisy quantity, not its median.
     """
     if len(found) == 1:
         return found[0]
@@ -487,11 +492,11 @@ def _median_run(found: list[dict[str, Any]], key: str = "mb_s", *,
     ordered = sorted(found, key=lambda r: r.get(key) or 0.0)
     row = dict(ordered[(len(ordered) - 1) // 2])
     row[f"{key}_runs"] = [r.get(key) for r in found]
-    if also is not None:
-        values = [r[also] for r in found if r.get(also) is not None]
+    for measure in (also,) if isinstance(also, str) else also:
+        values = [r[measure] for r in found if r.get(measure) is not None]
         if values:
-            row[also] = statistics.median(values)
-            row[f"{also}_runs"] = values
+            row[measure] = statistics.median(values)
+            row[f"{measure}_runs"] = values
     return row
 
 
@@ -620,13 +625,17 @@ def s2_bandwidth(ctx: Ctx) -> dict[str, Any]:
     cpu_spread = ", ".join(
         f"{r['label']} {min(r['cpu_s_per_gb_runs']):.2f}-{max(r['cpu_s_per_gb_runs']):.2f}"
         for r in rows if r.get("cpu_s_per_gb_runs"))
+    machine_spread = ", ".join(
+        f"{r['label']} {min(r['machine_cpu_s_per_gb_runs']):.2f}-"
+        f"{max(r['machine_cpu_s_per_gb_runs']):.2f}"
+        for r in rows if r.get("machine_cpu_s_per_gb_runs"))
     notes = [
         "One emulator for the whole scenario (url_quick/as-is exports hold no server state); its "
         "body cache is warmed first so every contender is served from memory.",
         *([f"Cap off, each contender at 2 connections ran {REPEATS} times, round-robin; its "
            f"row is its median run (by MB/s), except CPU s/GB, which is the median of its "
-           f"runs' CPU s/GB. Range of MB/s over the runs: {spread}. Range of CPU s/GB: "
-           f"{cpu_spread}."]
+           f"runs' CPU s/GB (and machine CPU s/GB). Range of MB/s over the runs: {spread}. "
+           f"Range of CPU s/GB: {cpu_spread}. Range of machine CPU s/GB: {machine_spread}."]
           if spread else []),
         "asyncjsoc rows lift the request-rate limit (`requests_per_second=10000`) and turn "
         "checksum verification off to compare the data path like for like; `asyncjsoc+verify` "
@@ -641,6 +650,12 @@ def s2_bandwidth(ctx: Ctx) -> dict[str, Any]:
         "× raw = MB/s relative to raw aiohttp at the same cap. CPU s/GB counts the client "
         "process (or the tool's process for curl/aria2c/CLI) only; the emulator is another "
         "process. Peak RSS is the client process's max RSS.",
+        "machine CPU s/GB counts every CPU second the machine spent (`/proc/stat`: user, "
+        "system, interrupts) from the run's start until a `sync()` after it has put its "
+        "files on disk, minus the emulator's own: the client plus the kernel threads that "
+        "write back what it left dirty. Contenders that do not fsync pay their write-back "
+        "here too; each run starts after a `sync()`, so nothing of the run before is "
+        "written back during it. Anything else running on the machine counts as well.",
         "`parfive sunpy-mode` is what sunpy's JSOC client runs: max_conn=1, max_splits=1, "
         "parfive's default 1 KiB reads.",
         f"Cap on uses the first {n_on} files (≈{n_on * size / MB:.0f} MB) to keep the run "
@@ -658,7 +673,9 @@ def s2_bandwidth(ctx: Ctx) -> dict[str, Any]:
         "columns": [("label", "contender", ""), ("status", "status", ""),
                     ("wall_s", "s", ".2f"), ("mb_s", "MB/s", ".0f"), ("vs_raw", "× raw", ".2f"),
                     ("vs_raw_fsync", "× raw+fsync", ".2f"),
-                    ("cpu_s_per_gb", "CPU s/GB", ".2f"), ("peak_rss_mb", "peak RSS MB", ".0f"),
+                    ("cpu_s_per_gb", "CPU s/GB", ".2f"),
+                    ("machine_cpu_s_per_gb", "machine CPU s/GB", ".2f"),
+                    ("peak_rss_mb", "peak RSS MB", ".0f"),
                     ("req_per_file", "req/file", ".2f"), ("error", "error", "")],
     }
 

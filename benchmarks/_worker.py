@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
 
 from _contenders import CONTENDERS, EXTERNAL, PRELOAD
-from _measure import measure, tree_size
+from _measure import machine_cpu_s, measure, process_cpu_s, tree_size
 
 
 def main(spec_path: str, out_path: str) -> int:
@@ -26,6 +27,13 @@ def main(spec_path: str, out_path: str) -> int:
     for module in PRELOAD.get(name, ()):
         importlib.import_module(module)
     result: dict[str, object] = {"contender": name, "ok": True}
+    # Write-back accounting: start from a clean page cache (nothing dirty from earlier runs),
+    # and end with sync() so this run's bytes are on disk within the measurement, whoever
+    # writes them back (this process in fsync, or the kernel's flusher threads later).
+    os.sync()
+    emulator_pid = spec.get("emulator_pid")
+    machine0 = machine_cpu_s()
+    emulator0 = process_cpu_s(emulator_pid) if emulator_pid else None
     with measure() as usage:
         try:
             result.update(fn(spec))
@@ -33,6 +41,14 @@ def main(spec_path: str, out_path: str) -> int:
             result["ok"] = False
             result["error"] = f"{type(exc).__name__}: {exc}"[:800]
             result["traceback"] = traceback.format_exc()[-2000:]
+    os.sync()
+    machine1 = machine_cpu_s()
+    emulator1 = process_cpu_s(emulator_pid) if emulator_pid else None
+    if None not in (machine0, machine1, emulator0, emulator1):
+        # Everything the machine did during the run and the closing sync, except the
+        # emulator's work: the client (or tool), the kernel threads writing its files back,
+        # interrupts, and whatever else ran (keep the machine quiet).
+        result["cpu_machine_s"] = (machine1 - machine0) - (emulator1 - emulator0)  # type: ignore[operator]
     if name in EXTERNAL:
         cpu, rss = usage.cpu_children_s, usage.rss_children_mb
     else:

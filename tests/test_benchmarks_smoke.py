@@ -118,6 +118,7 @@ def test_workdir_defers_removal_to_the_end_of_a_block(tmp_path: Path) -> None:
     assert work.pending is None
 
 
+@pytest.mark.usefixtures("bench_modules")
 def test_a_repeated_row_is_its_median_run_with_the_median_cpu() -> None:
     """The row of a repeated contender: its median-speed run, with CPU per unit of work
     replaced by the median over all runs (not the CPU of the median-speed run)."""
@@ -139,6 +140,38 @@ def test_a_repeated_row_is_its_median_run_with_the_median_cpu() -> None:
     assert runs[0]["cpu_s_per_gb"] == 1.5  # the runs themselves are left as measured
     failed: list[dict[str, Any]] = [*runs, {"ok": False, "mb_s": None, "label": "f"}]
     assert _median_run(failed, also="cpu_s_per_gb")["label"] == "f"
+    both = _median_run([r | {"machine_cpu_s_per_gb": 2 * r["cpu_s_per_gb"] + 1} for r in runs],
+                       also=("cpu_s_per_gb", "machine_cpu_s_per_gb"))
+    assert both["label"] == "a"
+    assert both["cpu_s_per_gb"] == 1.0
+    assert both["machine_cpu_s_per_gb"] == 3.0  # median of 4.0, 3.0, 2.8, 3.4, 2.6
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads /proc (Linux)")
+@pytest.mark.usefixtures("bench_modules")
+def test_machine_and_process_cpu_readers_see_this_process_work() -> None:
+    """The write-back accounting reads /proc: busy CPU of the machine and of one process
+    both grow by at least what this process spends spinning."""
+    import os
+    import resource
+
+    from _measure import machine_cpu_s, process_cpu_s
+
+    machine0, mine0 = machine_cpu_s(), process_cpu_s(os.getpid())
+    assert machine0 is not None
+    assert mine0 is not None
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    spent = 0.0
+    while spent < 0.3:  # spin until the kernel has charged 0.3 s of CPU to us
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        spent = (ru.ru_utime + ru.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    machine1, mine1 = machine_cpu_s(), process_cpu_s(os.getpid())
+    assert machine1 is not None
+    assert mine1 is not None
+    # /proc counts in clock ticks (10 ms at 100 Hz): allow two ticks of rounding each way.
+    assert mine1 - mine0 >= spent - 0.02
+    assert machine1 - machine0 >= spent - 0.02
+    assert process_cpu_s(2**22 + 12345) is None  # no such process
 
 
 @pytest.mark.usefixtures("bench_modules")
