@@ -340,9 +340,13 @@ def _check_integer_keys(subset: Subset, info: SeriesInfo) -> None:
             ends = (item.start, item.end) if isinstance(item, Range) else (item,)
             for value in ends:
                 if isinstance(value, NumberValue):
-                    hint = (f"write it in digits: {int(value.value)}"
-                            if value.value.is_integer() and value.value < 1e18
-                            else f"{kw.name} takes whole numbers only")
+                    if value.value.is_integer() and abs(value.value) < 1e18:
+                        hint = f"write it in digits: {int(value.value)}"
+                    elif math.isfinite(value.value) and not value.value.is_integer():
+                        hint = f"{kw.name} takes whole numbers only"
+                    else:  # 1e400 is inf; 1e30 is whole but beyond a 64-bit integer
+                        hint = (f"{kw.name} takes whole numbers written in digits, "
+                                "below 9223372036854775808 (a 64-bit integer)")
                     raise InvalidInputError(
                         f"{kw.name} is an integer prime key of {info.name}, but {value} is "
                         "not written as an integer", hint=hint)

@@ -617,6 +617,10 @@ async def test_on_count_reports_every_count_call() -> None:
     ("1e5", "write it in digits: 100000"),
     ("7302.0-7310", "write it in digits: 7302"),
     ("7300-7302.5", "HARPNUM takes whole numbers only"),
+    ("1e400", "HARPNUM takes whole numbers written in digits, below 9223372036854775808 "
+              "(a 64-bit integer)"),
+    ("1e30", "HARPNUM takes whole numbers written in digits, below 9223372036854775808 "
+             "(a 64-bit integer)"),
 ])
 async def test_integer_key_written_as_a_float_is_refused(value: str, hint: str) -> None:
     """``[1e5]`` for an int prime key is refused with the digits to write, not sent as is
