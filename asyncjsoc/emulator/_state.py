@@ -194,11 +194,21 @@ class State:
         return f"JSOC_{day}_{n:03d}"
 
     def duplicate(self, md5: str) -> Export | None:
-        """The export an identical request made within the duplicate window, if any."""
+        """The export an identical request made within the duplicate window, if any.
+
+        An export already expired is not handed out again: on the real server the window
+        (24 h) is far shorter than the retention (7 days), so what it does then is unknown;
+        with ``retention`` set below ``duplicate_window`` here, the old id would only answer
+        status 5 to every rerun, and a new export is the answer a client can use.
+        """
         hit = self.md5s.get(md5)
-        if hit is None or self.clock.now() - hit[0] > self.knobs.duplicate_window:
+        now = self.clock.now()
+        if hit is None or now - hit[0] > self.knobs.duplicate_window:
             return None
-        return self.exports.get(hit[1])
+        old = self.exports.get(hit[1])
+        if old is not None and old.phase(now, self.knobs.retention) == "expired":
+            return None
+        return old
 
     def add_export(
         self,

@@ -297,6 +297,22 @@ async def test_duplicate_returns_same_id_within_24h(emulator: Emulator) -> None:
     assert fresh["requestid"] != first["requestid"]
 
 
+async def test_an_expired_export_is_not_handed_out_as_a_duplicate(emulator: Emulator) -> None:
+    """With retention shorter than the 24 h window, an identical request after expiry gets a
+    new export, not the old id that answers only status 5."""
+    emulator.knobs.retention = 60.0
+    first = await request(emulator)
+    await wait_done(emulator, first["requestid"])
+    emulator.clock.advance(30)
+    assert (await request(emulator))["requestid"] == first["requestid"]  # still served
+    emulator.clock.advance(61)
+    gone = await fetch(emulator, op="exp_status", requestid=first["requestid"])
+    assert gone["status"] == 5
+    fresh = await request(emulator)
+    assert fresh["requestid"] != first["requestid"]
+    assert fresh["status"] == 2
+
+
 async def test_url_quick_as_is_immediate(emulator: Emulator) -> None:
     """url_quick + as-is answers at once with SUMS paths, no id, and takes no slot."""
     body = await request(emulator, method="url_quick", protocol="as-is")
