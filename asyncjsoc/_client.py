@@ -60,7 +60,7 @@ from asyncjsoc._store import (
     StateStore,
     default_state_path,
 )
-from asyncjsoc._untar import extract_tar
+from asyncjsoc._untar import extract_tar_in_pull
 from asyncjsoc._verify import verify_fits
 from asyncjsoc.exceptions import (
     DiskError,
@@ -721,8 +721,9 @@ class Client:
         there and is unpacked again (members already there are kept), after it the tar is
         known to be unpacked and only deleted.
         """
-        done = await extract_tar(tar, self.out_dir, verify_checksums=self.config.verify_checksums,
-                                 fsync=self.config.fsync)
+        done = await extract_tar_in_pull(tar, self.out_dir,
+                                         verify_checksums=self.config.verify_checksums,
+                                         fsync=self.config.fsync)
         base = self.out_dir.resolve()
         members = tuple(p.relative_to(base).as_posix() for p in done.files)
         sizes = await anyio.to_thread.run_sync(_file_sizes, done.files)

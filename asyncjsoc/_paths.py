@@ -17,11 +17,18 @@ from pathlib import Path, PurePosixPath
 from .exceptions import UnsafePathError
 
 __all__ = [
-    "PART_SUFFIX", "SIDECAR_SUFFIX", "STATE_DIRNAME", "Placer", "resolve_inside", "safe_relpath",
+    "PART_SUFFIX", "SIDECAR_SUFFIX", "STATE_DIRNAME", "Placer", "output_lock_path",
+    "resolve_inside", "safe_relpath",
 ]
 
 STATE_DIRNAME = ".asyncjsoc"
 """The directory under the output directory that holds asyncjsoc's own state."""
+
+
+def output_lock_path(out_dir: Path) -> Path:
+    """The lock file of an output directory: a pull holds it exclusively while it writes
+    there (it is its default state database's lock), ``extract`` shared."""
+    return out_dir / STATE_DIRNAME / "state.sqlite.lock"
 
 PART_SUFFIX = ".part"
 """Suffix of a file that is still being downloaded (its resume sidecar, where one is needed,

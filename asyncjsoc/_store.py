@@ -157,7 +157,8 @@ STATE_FILE_SUFFIXES = ("", "-wal", "-shm", "-journal", ".lock")
 
 
 def lock_path(state_path: Path) -> Path:
-    """The lock file a run holds while it uses the state database ``state_path``."""
+    """The lock file a run holds while it uses the state database ``state_path``; for the
+    default state of an output directory, its :func:`~asyncjsoc._paths.output_lock_path`."""
     return state_path.with_name(state_path.name + ".lock")
 
 
@@ -169,6 +170,17 @@ def _state_place_hint(exc: OSError, directory: Path) -> str:
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return f"{directory} is not writable here: fix its permissions, {elsewhere}"
     return f"check {directory}, {elsewhere}"
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
 
 
 def take_lock(path: Path, user_of: str) -> int:
@@ -204,7 +216,10 @@ def take_lock(path: Path, user_of: str) -> int:
                 hint="close it first (leave its `async with` block), or use a different "
                      "output directory",
             ) from None
-        who = f"pid {holder}" if holder.isdigit() else "starting just now"
+        # A run holding the lock wrote its pid; `extract` shares it without writing one, so
+        # a pid left by an earlier run may be there: name it only if it is alive.
+        who = (f"pid {holder}" if holder.isdigit() and _alive(int(holder))
+               else "an `extract`, or a run starting just now")
         raise StateLockedError(
             f"another asyncjsoc run is using {user_of} ({who})",
             hint="wait for it to finish, or use a different output directory",

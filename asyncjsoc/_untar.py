@@ -20,6 +20,11 @@ directory the way the downloader writes files:
   ``fetch --extract``) is refused for that tar, touching nothing, rather than deleting,
   overwriting or renaming the first one's part file; a part file nobody holds was left by a
   killed run and is replaced;
+- in an output directory of a pull (one with asyncjsoc's ``.asyncjsoc`` state directory),
+  :func:`extract_tar` shares the directory's lock with other unpackers and is refused
+  (:class:`~asyncjsoc.exceptions.StateLockedError`) while a pull holds it, and a pull
+  cannot start there while it unpacks: a pull's downloads write ``NAME.part`` files too,
+  without that claim (a pull with ``extract_tars`` unpacks its own tars under its lock);
 - a member whose final name already holds a byte-identical file was unpacked by an earlier
   run and is kept; a different file in its way (another size or other bytes: a user's file,
   or another export's file of the same name) is an error, never overwritten and never taken
@@ -46,11 +51,17 @@ from typing import IO
 import anyio.to_thread
 
 from ._durable import NOFOLLOW, disk_errors, fsync_dir
-from ._paths import PART_SUFFIX, resolve_inside, safe_relpath
+from ._paths import PART_SUFFIX, output_lock_path, resolve_inside, safe_relpath
 from ._verify import _verify_fits_sync
-from .exceptions import FileBusyError, IntegrityError, LocalError, UnsafePathError
+from .exceptions import (
+    FileBusyError,
+    IntegrityError,
+    LocalError,
+    StateLockedError,
+    UnsafePathError,
+)
 
-__all__ = ["ExtractResult", "extract_tar", "extract_tar_sync"]
+__all__ = ["ExtractResult", "extract_tar", "extract_tar_in_pull", "extract_tar_sync"]
 
 _CHUNK = 1 << 20
 """Bytes copied per read from a member."""
@@ -129,6 +140,9 @@ async def extract_tar(tar_path: str | Path, out_dir: str | Path | None = None, *
     FileBusyError
         Another process is unpacking one of its members into ``out_dir`` right now (that
         member's part file is left to it; the members before it are on disk).
+    StateLockedError
+        A pull (``asyncjsoc fetch``, a :class:`~asyncjsoc.Client`) is writing into
+        ``out_dir``; nothing was written.
     LocalError
         A different file is in the way of a member (nothing was written), or ``tar_path``
         is not a file.
@@ -146,12 +160,72 @@ def extract_tar_sync(tar_path: str | Path, out_dir: str | Path | None = None, *,
     """:func:`extract_tar`, blocking (for scripts without an event loop)."""
     tar_path = Path(tar_path)
     out = Path(out_dir) if out_dir is not None else tar_path.parent
+    _check_tar_file(tar_path)
+    with _sharing_output(out):
+        return _extract(tar_path, out, verify_checksums=verify_checksums, fsync=fsync,
+                        remove=remove)
+
+
+async def extract_tar_in_pull(tar_path: Path, out_dir: Path, *, verify_checksums: bool,
+                              fsync: bool) -> ExtractResult:
+    """:func:`extract_tar` for the pull that holds ``out_dir``'s lock (``extract_tars``):
+    the same unpacking, without taking the lock it already holds."""
+    return await anyio.to_thread.run_sync(
+        lambda: _extract(tar_path, out_dir, verify_checksums=verify_checksums, fsync=fsync,
+                         remove=False))
+
+
+def _check_tar_file(tar_path: Path) -> None:
+    """Refuse a path that is not an uncompressed tar file, before anything is written."""
     if not tar_path.is_file():
         what = ("a directory" if tar_path.is_dir() else "not a regular file"
                 if tar_path.exists() else "no such file")
         raise LocalError(f"{tar_path}: {what}", hint="pass the path of a downloaded export "
                          "tar (REQUESTID.tar in the pull's output directory)")
     _refuse_compressed(tar_path)
+
+
+@contextlib.contextmanager
+def _sharing_output(out: Path) -> Iterator[None]:
+    """Hold a shared ``flock`` on ``out``'s lock file (:func:`output_lock_path`) while
+    unpacking, so no pull writes there meanwhile; refused while a pull holds it.
+
+    Only where a pull has been: a directory without asyncjsoc's state directory is left
+    without one (a tar unpacked into a new directory leaves its files only), so a pull
+    started there while a tar is being unpacked is not held back. Where the lock file cannot
+    be opened (not writable) the unpacking goes ahead without it, and fails on its first
+    write if ``out`` is not writable, naming the file.
+    """
+    path = output_lock_path(out)
+    if not path.parent.is_dir():
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | NOFOLLOW, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise StateLockedError(
+                f"an asyncjsoc pull is writing into {out}{who}; nothing was extracted",
+                hint="wait for it to finish (with --extract a pull unpacks its own tars), "
+                     "or extract into another directory (--out)") from None
+        except OSError:
+            pass  # no locks on this file system: as if it had no lock file
+        yield
+    finally:
+        os.close(fd)
+
+
+def _extract(tar_path: Path, out: Path, *, verify_checksums: bool, fsync: bool,
+             remove: bool) -> ExtractResult:
+    """Unpack ``tar_path`` into ``out`` (see :func:`extract_tar`), the lock being held."""
+    _check_tar_file(tar_path)
     with _damaged(tar_path), tarfile.open(tar_path, "r:") as tar:
         members = _plan(tar, tar_path, out)
         directories: set[Path] = set()

@@ -450,3 +450,11 @@ async def test_an_empty_state_file_is_taken(tmp_path: Path) -> None:
     async with StateStore(path, fingerprint="fp1") as store:
         await store.save_plan(PLAN)
     assert path.read_bytes().startswith(b"SQLite format 3\x00")
+
+
+def test_the_output_lock_is_the_default_state_lock(tmp_path: Path) -> None:
+    """extract shares the lock a pull holds: both name the same file."""
+    from asyncjsoc._paths import output_lock_path
+    from asyncjsoc._store import default_state_path, lock_path
+
+    assert output_lock_path(tmp_path) == lock_path(default_state_path(tmp_path))

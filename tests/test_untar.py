@@ -475,3 +475,58 @@ def test_a_write_error_names_the_file_and_what_to_do(tmp_path: Path) -> None:
     assert "run the same command again" in hint
     assert not (tmp_path / "out" / "big.bin").exists()
     assert not (tmp_path / "out" / "big.bin.part").exists()
+
+
+def test_a_pull_output_directory_is_not_unpacked_into_while_a_pull_holds_it(
+        tmp_path: Path) -> None:
+    """A pull's downloads write NAME.part files without the unpackers' claim, so an extract
+    into the directory of a running pull is refused, touching nothing; after it, it works."""
+    from asyncjsoc._store import OutputLock
+    from asyncjsoc.exceptions import StateLockedError
+
+    tar = _tar(tmp_path / "JSOC_20240101_001.tar", MEMBERS)
+    out = tmp_path / "out"
+    with OutputLock(out):
+        with pytest.raises(StateLockedError, match="pull is writing into") as info:
+            extract_tar_sync(tar, out)
+        assert f"pid {os.getpid()}" in info.value.message
+        assert _tree(out) == {".asyncjsoc", ".asyncjsoc/state.sqlite.lock"}
+    done = extract_tar_sync(tar, out)
+    assert done.new == len(MEMBERS)
+
+
+def test_no_pull_starts_in_a_directory_while_a_tar_is_unpacked_there(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While extract writes members into a pull's output directory, a pull starting there
+    is refused (a stale pid in the lock file is not named); two unpackers share the lock."""
+    from asyncjsoc import _untar
+    from asyncjsoc._paths import output_lock_path
+    from asyncjsoc._store import OutputLock
+    from asyncjsoc.exceptions import StateLockedError
+
+    tar = _tar(tmp_path / "JSOC_20240101_001.tar", MEMBERS)
+    other = _tar(tmp_path / "JSOC_20240101_002.tar", [("other.txt", b"x")])
+    out = tmp_path / "out"
+    with OutputLock(out):  # a pull that has been here and finished, leaving its pid...
+        pass
+    output_lock_path(out).write_text("999999999\n")  # ...of a process long gone
+    seen: list[str] = []
+    original = _untar._write_member
+
+    def write_member(*args: object, **kwargs: object) -> None:
+        if not seen:
+            try:
+                with OutputLock(out):
+                    seen.append("a pull got in")
+            except StateLockedError as exc:
+                seen.append(exc.message)
+            seen.append(str(extract_tar_sync(other, out).new))  # a second unpacker
+        original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_untar, "_write_member", write_member)
+    assert extract_tar_sync(tar, out).new == len(MEMBERS)
+    assert seen[0].endswith("(an `extract`, or a run starting just now)")
+    assert "999999999" not in seen[0]
+    assert seen[1] == "1"
+    with OutputLock(out):  # free again once unpacked
+        pass
