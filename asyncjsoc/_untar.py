@@ -13,7 +13,9 @@ directory the way the downloader writes files:
   of the tar, so a small hostile tar cannot expand into a full disk (no gzip bomb, no sparse
   member declaring terabytes);
 - each member is written to ``NAME.part``, its FITS ``CHECKSUM``/``DATASUM`` checked,
-  fsynced, then renamed: a final name means a complete, verified file;
+  fsynced, then renamed without replacing anything (:func:`_rename_noreplace`): a final name
+  means a complete, verified file, and a file another run put under that name meanwhile is
+  kept (refused unless it holds the member's bytes);
 - a part file belongs to the process writing it, which holds a ``flock`` on it from its
   creation to its rename (see :func:`_claim_part`): another run unpacking the same member
   into the same directory at the same time (``asyncjsoc extract`` twice, or beside a
@@ -39,6 +41,7 @@ unpacks each tar as it arrives, records it as unpacked, and only then deletes it
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
@@ -423,7 +426,18 @@ def _write_member(tar: tarfile.TarFile, member: _Member, tar_path: Path, *, veri
                                  f"while {member.info.name!r} was unpacked into it",
                                  hint="let it finish, then extract again")
             with _disk_errors():
-                os.replace(part, dest)
+                placed = _rename_noreplace(part, dest)
+            if not placed:  # appeared since _present looked: another run unpacked it
+                if not (dest.is_file() and not dest.is_symlink()
+                        and _same_bytes(tar, member.info, dest)):
+                    raise LocalError(
+                        f"{dest}: appeared while {tar_path.name} was being unpacked, and is "
+                        f"not the file it holds under that name; it was left as it is",
+                        hint="another run unpacked a different file of that name into this "
+                             "directory: extract into another directory (--out); when two "
+                             "exports' files share a name, put every prime key and {segment} "
+                             "in filenamefmt")
+                _drop_own_part(part, fd)
             done = True
         finally:
             if not done:
@@ -456,6 +470,34 @@ def _fill_part(source: IO[bytes], fd: int, member: _Member, part: Path,
         if fsync:
             with _disk_errors(part):
                 os.fsync(fd)
+
+
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
+                            errno.EMLINK, errno.ENOSYS})
+"""``link`` errors of file systems without hard links (FAT, some network shares)."""
+
+
+def _rename_noreplace(part: Path, dest: Path) -> bool:
+    """Give ``part`` the name ``dest`` unless ``dest`` exists; whether it did.
+
+    A hard link then the unlink of ``part``: ``link`` never replaces an existing name, so a
+    member another run unpacked meanwhile under the same name (another tar's file of that
+    name) is not overwritten, as ``os.replace`` would. Where hard links are not supported,
+    an existence check then ``os.replace`` (a window between them remains there).
+    """
+    try:
+        os.link(part, dest, follow_symlinks=False)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        if os.path.lexists(dest):
+            return False
+        os.replace(part, dest)
+        return True
+    os.unlink(part)
+    return True
 
 
 _CLAIM_TRIES = 3

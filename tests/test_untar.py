@@ -530,3 +530,55 @@ def test_no_pull_starts_in_a_directory_while_a_tar_is_unpacked_there(
     assert seen[1] == "1"
     with OutputLock(out):  # free again once unpacked
         pass
+
+
+@pytest.mark.parametrize("same", [False, True])
+def test_a_member_another_run_unpacked_meanwhile_is_never_overwritten(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, same: bool) -> None:
+    """Two tars holding different files of one name, unpacked at once: the file the other
+    run put there while this one wrote its part file is kept, and this run says so; the
+    same bytes put there by another run of the same tar are simply taken."""
+    from asyncjsoc import _untar
+
+    name, body = MEMBERS[0]
+    theirs = body if same else _fits_bytes(99)
+    tar = _tar(tmp_path / "JSOC_20240101_001.tar", [(name, body)])
+    out = tmp_path / "out"
+    original = _untar._fill_part
+
+    def fill_part(*args: object, **kwargs: object) -> None:
+        original(*args, **kwargs)  # type: ignore[arg-type]
+        (out / name).write_bytes(theirs)  # the other run renames its file in meanwhile
+
+    monkeypatch.setattr(_untar, "_fill_part", fill_part)
+    if same:
+        extract_tar_sync(tar, out)
+    else:
+        with pytest.raises(LocalError, match="appeared while") as info:
+            extract_tar_sync(tar, out)
+        assert "another directory" in (info.value.hint or "")
+    assert (out / name).read_bytes() == theirs
+    assert _tree(out) == {name}
+
+
+def test_without_hard_links_a_name_is_still_not_replaced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a file system without hard links (link fails with EPERM), the part file is
+    renamed only if the name is free."""
+    import errno
+
+    from asyncjsoc import _untar
+
+    def no_links(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    part, dest = tmp_path / "a.fits.part", tmp_path / "a.fits"
+    part.write_bytes(b"new")
+    dest.write_bytes(b"old")
+    assert _untar._rename_noreplace(part, dest) is False
+    assert (part.read_bytes(), dest.read_bytes()) == (b"new", b"old")
+    dest.unlink()
+    assert _untar._rename_noreplace(part, dest) is True
+    assert dest.read_bytes() == b"new"
+    assert not part.exists()
