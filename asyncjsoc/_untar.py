@@ -164,6 +164,10 @@ def extract_tar_sync(tar_path: str | Path, out_dir: str | Path | None = None, *,
     tar_path = Path(tar_path)
     out = Path(out_dir) if out_dir is not None else tar_path.parent
     _check_tar_file(tar_path)
+    if os.path.lexists(out) and not out.is_dir():
+        raise LocalError(f"{out}: not a directory, so {_NOTHING_WRITTEN}",
+                         hint="pass the directory to unpack into (--out), or leave it out to "
+                              "unpack beside the tar")
     with _sharing_output(out):
         return _extract(tar_path, out, verify_checksums=verify_checksums, fsync=fsync,
                         remove=remove)
@@ -449,27 +453,28 @@ def _fill_part(source: IO[bytes], fd: int, member: _Member, part: Path,
                tar_path: Path, *, verify: bool, fsync: bool) -> None:
     """Copy the member's bytes into the claimed part file ``fd``, check them, sync them."""
     dest = member.dest
-    with os.fdopen(fd, "wb", closefd=False) as sink:
-        written = 0
-        while chunk := source.read(_CHUNK):
-            with _disk_errors(part):
-                sink.write(chunk)  # buffered: writes it all, or raises
-            written += len(chunk)
+    written = 0
+    # Unbuffered writes of 1 MiB pieces: a buffered writer would keep a tail to flush on
+    # close, where a full disk escaped as a bare OSError instead of a DiskError.
+    while chunk := source.read(_CHUNK):
+        view = memoryview(chunk)
         with _disk_errors(part):
-            sink.flush()  # the check below reads the part file back
-        if written != member.info.size:
-            raise IntegrityError(
-                f"{tar_path.name}: member {member.info.name!r} is cut short ({written} of "
-                f"{member.info.size} bytes)", hint=_DAMAGED_HINT)
-        if verify:
-            try:
-                _verify_fits_sync(part, dest.name)
-            except IntegrityError as exc:
-                raise IntegrityError(f"{tar_path.name}: {exc.message}",
-                                     hint=_DAMAGED_HINT) from None
-        if fsync:
-            with _disk_errors(part):
-                os.fsync(fd)
+            while view:
+                view = view[os.write(fd, view):]
+        written += len(chunk)
+    if written != member.info.size:
+        raise IntegrityError(
+            f"{tar_path.name}: member {member.info.name!r} is cut short ({written} of "
+            f"{member.info.size} bytes)", hint=_DAMAGED_HINT)
+    if verify:
+        try:
+            _verify_fits_sync(part, dest.name)
+        except IntegrityError as exc:
+            raise IntegrityError(f"{tar_path.name}: {exc.message}",
+                                 hint=_DAMAGED_HINT) from None
+    if fsync:
+        with _disk_errors(part):
+            os.fsync(fd)
 
 
 _NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,

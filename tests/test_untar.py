@@ -452,10 +452,13 @@ def test_a_part_file_is_replaced_only_once_its_writer_is_dead(tmp_path: Path) ->
     assert _tree(out) == {name}
 
 
-def test_a_write_error_names_the_file_and_what_to_do(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", [300_000, 104_000])
+def test_a_write_error_names_the_file_and_what_to_do(tmp_path: Path, size: int) -> None:
     """A write that fails (here over a file-size limit, as a full disk would) is a
-    DiskError naming the file written, with a hint that fits both extract and fetch."""
-    tar_path = _tar(tmp_path / "t.tar", [("big.bin", b"\x01" * 300_000)])
+    DiskError naming the file written, with a hint that fits both extract and fetch; also
+    when only the member's last few KiB do not fit (a buffered writer kept them for its
+    close, which raised a bare OSError)."""
+    tar_path = _tar(tmp_path / "t.tar", [("big.bin", b"\x01" * size)])
     code = textwrap.dedent(f"""
         import resource, signal
         from asyncjsoc import extract_tar_sync
@@ -582,3 +585,15 @@ def test_without_hard_links_a_name_is_still_not_replaced(
     assert _untar._rename_noreplace(part, dest) is True
     assert dest.read_bytes() == b"new"
     assert not part.exists()
+
+
+def test_a_file_given_as_the_output_directory_is_refused(tmp_path: Path) -> None:
+    """out_dir naming a file (or a dangling symlink) is one LocalError, nothing written."""
+    tar = _tar(tmp_path / "JSOC_20240101_001.tar", MEMBERS)
+    (tmp_path / "notadir").write_bytes(b"mine")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for target in (tmp_path / "notadir", tmp_path / "dangling"):
+        with pytest.raises(LocalError, match="not a directory"):
+            extract_tar_sync(tar, target)
+    assert (tmp_path / "notadir").read_bytes() == b"mine"
+    assert not (tmp_path / "nowhere").exists()
