@@ -394,7 +394,8 @@ class ExportScheduler:
                 queue_send.close()
             emails = len(self._config.emails) or 1
             lookahead = anyio.Semaphore(min(emails, self._config.max_pending_exports) + 1)
-            async with anyio.create_task_group() as tg, queue_receive:
+            # Both ends closed on every exit (a cancelled pull leaves the sender open).
+            async with queue_send, anyio.create_task_group() as tg, queue_receive:
                 async for chunk in queue_receive:
                     await lookahead.acquire()
                     tg.start_soon(self._chunk_task, chunk, lookahead, jobs)

@@ -883,3 +883,21 @@ async def test_files_found_complete_without_a_record_count_as_already_present(
     assert len(again.files) == len(first.files)
     assert not [e for e in events if isinstance(e, FileDone)]
     assert len([e for e in events if isinstance(e, FileSkipped)]) == len(first.files)
+
+
+async def test_leaving_a_pull_early_leaves_no_stream_unclosed(tmp_path: Path) -> None:
+    """Breaking out of a pull (or cancelling it) closes the scheduler's chunk queue: no
+    ResourceWarning for an unclosed stream (suites run with -W error fail on one)."""
+    import gc
+    import warnings
+
+    async with emulator() as emu:
+        config = fast_config(emu, max_files_per_export=2)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            async with Client(config, tmp_path) as client, client.pull(QUERY) as pull:
+                async for _ in pull:
+                    break
+            gc.collect()
+        unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+        assert unclosed == []
