@@ -57,7 +57,7 @@ from asyncjsoc._events import (
 )
 from asyncjsoc._privacy import mask_email as _mask_address
 from asyncjsoc._privacy import mask_emails
-from asyncjsoc.exceptions import JsocError, LocalError, UnsafePathError
+from asyncjsoc.exceptions import ExportFailedError, JsocError, LocalError, UnsafePathError
 
 __all__ = [
     "NO_RECORDS",
@@ -473,8 +473,10 @@ def describe(event: Event, view: PullView, *, mask: bool = True) -> str | None:
 
 def _needs_the_user(error: JsocError) -> bool:
     """Whether a rerun alone would fail the same way: a file or directory in the way, a
-    name refused as unsafe (a damaged transfer, a full disk or the network may pass)."""
-    return isinstance(error, UnsafePathError) or type(error) is LocalError
+    name refused as unsafe, a failed export the JSOC hands back to the same request for
+    24 h (a damaged transfer, a full disk or the network may pass)."""
+    return (isinstance(error, UnsafePathError) or type(error) is LocalError
+            or (isinstance(error, ExportFailedError) and error.handed_back))
 
 
 def _closing_hint(failures: list[Failure]) -> str:
@@ -483,7 +485,7 @@ def _closing_hint(failures: list[Failure]) -> str:
         return "fix what the errors above name, then rerun the same command"
     if any(f.fix_first for f in failures):
         return ("rerun the same command to retry what failed; errors about a file in the "
-                "way or an unsafe name need fixing first")
+                "way, an unsafe name or a failed export handed back need fixing first")
     return "rerun the same command to retry what failed"
 
 

@@ -515,6 +515,7 @@ class ExportScheduler:
             if reused is not None:
                 return reused
         resubmits = 0
+        failed_ids: set[str] = set()
         while True:
             lost: ExportFailedError | ExportExpiredError | None = None
             async with self._pool.slot() as slot:
@@ -524,6 +525,8 @@ class ExportScheduler:
                     # The address lapsed mid-run: drop it and take another slot.
                     self._pool.drop(slot.email, exc.server_message or exc.message)
                     continue
+                if status.request_id in failed_ids:
+                    raise _same_failed_export(status.request_id)
                 now = self._clock()
                 if status.request_id:
                     self.request_ids.append(status.request_id)
@@ -553,6 +556,8 @@ class ExportScheduler:
                 # often transient on the real JSOC, so submit it again, a bounded number of
                 # times, after a pause (outside the slot: the failed export is not pending).
                 resubmits += 1
+                if isinstance(lost, ExportFailedError) and lost.request_id:
+                    failed_ids.add(lost.request_id)
                 await self._store.forget_export(chunk.index)
                 if isinstance(lost, ExportExpiredError):
                     self._reexports += 1
@@ -919,6 +924,20 @@ def _stray_error(status: ExportStatus, stray: Sequence[str]) -> ExportFailedErro
         status=status.status, request_id=status.request_id,
         hint="ask for these segments again a day after that export, or with a different "
              "filenamefmt (which makes it a new request)")
+
+
+def _same_failed_export(request_id: str) -> ExportFailedError:
+    """The error for a resubmission answered with the id of the export that just failed.
+
+    The JSOC answers a request identical to one of the last 24 h with that request's id
+    (protocol notes §5), even when that export failed: asking again cannot help until then.
+    """
+    return ExportFailedError(
+        f"export {request_id} failed, and the JSOC hands that failed export back to the same "
+        "request for 24 h (it spots a repeated request by its records and options)",
+        status=4, request_id=request_id, handed_back=True,
+        hint="run the pull again a day later, or change the request so that it is a new one "
+             "(another filenamefmt, or another --method); other chunks are not affected")
 
 
 def _worth_resubmitting(error: ExportFailedError | ExportExpiredError) -> bool:

@@ -165,6 +165,9 @@ class ExportFailedError(ServerRefusedError):
 
     ``transient`` is true for failures the server is known to recover from by itself (such
     as "Cant save new export-request hash."), so the same request may simply be sent again.
+    ``handed_back`` is true when asking again got the same failed export back (the JSOC
+    answers a request repeated within 24 h with the earlier request's id): a rerun of the
+    same request cannot succeed before then.
     """
 
     def __init__(
@@ -175,6 +178,7 @@ class ExportFailedError(ServerRefusedError):
         server_message: str | None = None,
         request_id: str | None = None,
         transient: bool = False,
+        handed_back: bool = False,
         hint: str | None = None,
     ) -> None:
         super().__init__(
@@ -182,6 +186,7 @@ class ExportFailedError(ServerRefusedError):
             hint=hint,
         )
         self.transient = transient
+        self.handed_back = handed_back
 
 
 class ExportExpiredError(ServerRefusedError):

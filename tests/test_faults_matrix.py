@@ -439,6 +439,31 @@ async def test_failed_export_is_submitted_again(tmp_path: Path) -> None:
                          complete=True)
 
 
+async def test_a_failed_export_handed_back_again_is_not_waited_for_twice(
+        tmp_path: Path) -> None:
+    """Within 24 h the JSOC answers the same request with the id of the export that failed:
+    the resubmission sees that id and stops with a hint, instead of polling the failed
+    export again and again (each rerun too)."""
+    async with emulator(export_failure_rate=1.0, seed=3) as emu:
+        config = fast_config(emu)
+        for _run in range(2):
+            before = len(emu.audit.entries)
+            async with Client(config, tmp_path) as client:
+                result = await client.fetch(SHORT_QUERY)
+            assert not result.ok
+            errors = {type(f.error) for f in result.failed}
+            assert errors == {ExportFailedError}
+            error = result.failed[0].error
+            assert isinstance(error, ExportFailedError)
+            assert "hands that failed export back" in error.message
+            assert "a day later" in (error.hint or "")
+            ops = [e.op for e in emu.audit.entries[before:]]
+            assert ops.count("jsoc_fetch/exp_request") == 2  # the first, and one resubmission
+            rids = {e.params.get("requestid") for e in emu.audit.entries[before:]
+                    if e.op == "jsoc_fetch/exp_status"}
+            assert len(rids) == 1  # always the one failed export
+
+
 async def test_a_block_met_by_a_file_download_ends_the_pull(tmp_path: Path) -> None:
     """An IP block answered to a file GET ends the pull, as one answered to a CGI call does:
     the pull does not wait the block out (600 s here) and press on against a server that

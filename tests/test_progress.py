@@ -402,8 +402,13 @@ def test_an_expired_export_is_not_a_failure_in_the_summary() -> None:
     ([LocalError("x.fits is in the way"), UnsafePathError("y.fits: link out of --out")],
      "fix what the errors above name, then rerun the same command\n"),
     ([LocalError("x.fits is in the way"), IntegrityError("bad sum")],
-     "rerun the same command to retry what failed; errors about a file in the way or an "
-     "unsafe name need fixing first\n"),
+     "rerun the same command to retry what failed; errors about a file in the way, an "
+     "unsafe name or a failed export handed back need fixing first\n"),
+    ([ExportFailedError("export JSOC_1 failed, and the JSOC hands it back", status=4,
+                        handed_back=True)],
+     "fix what the errors above name, then rerun the same command\n"),
+    ([ExportFailedError("export JSOC_1 failed", status=4)],
+     "rerun the same command to retry what failed\n"),
 ])
 def test_the_closing_line_says_when_a_rerun_alone_is_not_enough(
         errors: list[JsocError], closing: str) -> None:
