@@ -184,8 +184,9 @@ class PullResult:
 
     @property
     def bytes(self) -> int:
-        """Bytes fetched by this run."""
-        return sum(f.bytes for f in self.files)
+        """Bytes fetched by this run: the sizes of :attr:`files` less what was on disk
+        already (the start of a resumed part file, a file found complete)."""
+        return sum(f.bytes - f.resumed_from for f in self.files)
 
     def __repr__(self) -> str:
         # Counts, not contents: a pull may hold a million files, and ``asyncio.run`` formats

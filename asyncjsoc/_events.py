@@ -247,7 +247,8 @@ class FileFailed(Event):
 
 @dataclass(frozen=True, slots=True)
 class PullFinished(Event):
-    """The pull ended: ``ok`` is true only when every file arrived."""
+    """The pull ended: ``ok`` is true only when every file arrived; ``bytes`` were fetched
+    by this run (:attr:`PullResult.bytes <asyncjsoc.PullResult.bytes>`)."""
 
     files: int
     failed: int

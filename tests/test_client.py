@@ -901,3 +901,25 @@ async def test_leaving_a_pull_early_leaves_no_stream_unclosed(tmp_path: Path) ->
             gc.collect()
         unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
         assert unclosed == []
+
+
+async def test_bytes_count_only_what_this_run_fetched(tmp_path: Path) -> None:
+    """Files found complete without a record (the state removed) are in ``files`` but not
+    in ``bytes``: PullResult.bytes and PullFinished.bytes match what the server sent."""
+    import shutil
+
+    async with emulator() as emu:
+        config = fast_config(emu)
+        async with Client(config, tmp_path) as client:
+            first = await client.fetch(QUERY)
+        assert first.bytes == sum(f.bytes for f in first.files) > 0
+        shutil.rmtree(tmp_path / ".asyncjsoc")
+        sent_before = sum(s.bytes_sent for s in emu.audit.file_stats.values())
+        events: list[Event] = []
+        async with Client(config, tmp_path, reporter=events.append) as client:
+            again = await client.fetch(QUERY)
+        sent = sum(s.bytes_sent for s in emu.audit.file_stats.values()) - sent_before
+        assert len(again.files) == 8
+        assert again.bytes == sent == 0
+        finished = [e for e in events if isinstance(e, PullFinished)]
+        assert [e.bytes for e in finished] == [0]
