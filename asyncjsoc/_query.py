@@ -14,10 +14,12 @@ series not in the table, only the time range may be given and it goes in the fir
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
+from typing import SupportsIndex
 
 from asyncjsoc._jobfile import JobList, parse_job_lines, read_job_file
 from asyncjsoc._models import SeriesInfo
@@ -57,9 +59,10 @@ KNOWN_PRIMEKEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
 ``hmi.sharp_*`` and ``hmi.mharp_*`` are ``HARPNUM, T_REC``; ``hmi.M_*``, ``hmi.V_*``,
 ``hmi.Ic_*``, ``hmi.Lw_*`` are ``T_REC, CAMERA``; ``aia.lev1*`` are ``T_REC, WAVELNTH``."""
 
-PrimeKeyValue = int | str | range | Sequence[int | str]
+PrimeKeyValue = SupportsIndex | str | range | Sequence[SupportsIndex | str]
 """A prime-key constraint for :meth:`Query.build`: ``7302``, ``"7300-7310"``,
-``range(7300, 7311)``, ``[171, 193]``."""
+``range(7300, 7311)``, ``[171, 193]``; integers may be numpy's (anything with
+``__index__``)."""
 
 _SERIES = re.compile(r"[A-Za-z][A-Za-z0-9_]*\.[A-Za-z0-9_]+")
 _SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -337,6 +340,8 @@ def _primekey_items(key: str, value: PrimeKeyValue) -> tuple[Item, ...]:
     """The bracket items for one prime-key constraint."""
     if isinstance(value, bool):
         raise InvalidInputError(f"bad value {value!r} for {key}")
+    if isinstance(value, SupportsIndex) and not isinstance(value, int):
+        value = operator.index(value)  # numpy's integer scalars, e.g. from a pandas column
     if isinstance(value, int):
         if value < 0:
             raise InvalidInputError(f"bad value {value!r} for {key}: negative")
@@ -358,7 +363,7 @@ def _primekey_items(key: str, value: PrimeKeyValue) -> tuple[Item, ...]:
     if isinstance(value, Sequence) and value:
         items: list[Item] = []
         for v in value:
-            if isinstance(v, int | str) and not isinstance(v, bool):
+            if isinstance(v, SupportsIndex | str) and not isinstance(v, bool):
                 items.extend(_primekey_items(key, v))
             else:
                 raise InvalidInputError(f"bad value {v!r} in the list for {key}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import calendar
 import math
+import numbers
 import re
 import sys
 import warnings
@@ -363,7 +364,7 @@ def parse_duration(value: DurationLike) -> float:
                 seconds = float(int(num) * _UNITS[unit])
             else:
                 seconds = float(num) * _UNITS[unit]
-    elif isinstance(value, (int, float)):
+    elif isinstance(value, numbers.Real):  # int, float, and numpy's scalars
         seconds = float(value)
     elif isinstance(value, timedelta):
         seconds = value.total_seconds()

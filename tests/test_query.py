@@ -202,3 +202,23 @@ def test_a_backwards_range_is_refused_by_the_library_too(text: str) -> None:
     with pytest.raises(InvalidInputError, match="runs backwards") as caught:
         Query.from_recordset(text)
     assert caught.value.hint is not None
+
+
+def test_numpy_integers_and_numbers_are_taken_like_python_ones() -> None:
+    """Prime keys and cadences from numpy or pandas (np.int64, np.float64) build the same
+    query as Python ints and floats; a numpy float prime key is still refused."""
+    import numpy as np
+
+    from asyncjsoc.exceptions import InvalidInputError
+
+    def build(harp: object, cadence: object) -> str:
+        return str(Query.build("hmi.sharp_cea_720s", start="2018.09.08_00:00_TAI",
+                               end="2018.09.08_01:00_TAI", cadence=cadence,
+                               primekeys={"HARPNUM": harp}, segments=["Br"]))  # type: ignore[dict-item]
+
+    plain = build(7302, 720)
+    assert build(np.int64(7302), np.int64(720)) == plain
+    assert build(np.int32(7302), np.float64(720.0)) == plain
+    assert build([np.int64(7302), np.uint16(7303)], 720) == build([7302, 7303], 720)
+    with pytest.raises(InvalidInputError, match="bad value"):
+        build(np.float64(7302.0), 720)
