@@ -247,10 +247,11 @@ class Pull:
         return self
 
     async def __anext__(self) -> FileResult:
-        """The next verified file; stops when every file is settled."""
+        """The next verified file; stops when every file is settled, or once the pull's
+        ``async with`` block has been left."""
         try:
             return await receive_soon(self._results)
-        except anyio.EndOfStream:
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
             raise StopAsyncIteration from None
 
     @property
@@ -532,6 +533,12 @@ class Client:
         api, downloader = self._require_open()
         query = _as_query(query)
         store = await self._open_store()
+        if self._pull_lock.locked() and self._pull_lock.statistics().owner == (
+                anyio.get_current_task()):
+            raise RuntimeError(
+                "this Client is already running a pull in this task (a fetch() or pull() "
+                "inside a pull() block would wait for itself): finish the first pull, or run "
+                "the other in another task, where it waits its turn")
         async with self._pull_lock:
             # The output directory may have changed since the last pull: look at it afresh.
             downloader.forget_directories()

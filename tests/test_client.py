@@ -923,3 +923,25 @@ async def test_bytes_count_only_what_this_run_fetched(tmp_path: Path) -> None:
         assert again.bytes == sent == 0
         finished = [e for e in events if isinstance(e, PullFinished)]
         assert [e.bytes for e in finished] == [0]
+
+
+async def test_a_pull_inside_a_pull_of_the_same_task_is_a_clear_error(tmp_path: Path) -> None:
+    """fetch() inside a pull() block of the same Client and task would wait for itself: it
+    is refused in words, and the outer pull goes on to finish."""
+    async with emulator() as emu, Client(fast_config(emu), tmp_path) as client:
+        async with client.pull(QUERY) as pull:
+            with pytest.raises(RuntimeError, match="already running a pull in this task"):
+                await client.fetch(QUERY)
+            got = [f async for f in pull]
+        assert len(got) == 8
+        assert pull.result is not None
+        assert pull.result.ok
+
+
+async def test_iterating_a_pull_after_its_block_just_ends(tmp_path: Path) -> None:
+    """A Pull iterated after its ``async with`` block was left yields nothing more."""
+    async with emulator() as emu, Client(fast_config(emu), tmp_path) as client:
+        async with client.pull(QUERY) as pull:
+            async for _ in pull:
+                break
+        assert [f async for f in pull] == []
