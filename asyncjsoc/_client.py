@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import inspect
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -304,7 +305,8 @@ class Client:
     Raises
     ------
     InvalidInputError
-        When ``out_dir`` names an existing file.
+        When ``out_dir`` names an existing file, or ``reporter`` is an ``async def``
+        function (events are reported without awaiting).
 
     Examples
     --------
@@ -322,6 +324,13 @@ class Client:
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise InvalidInputError(f"out_dir {str(self.out_dir)!r} is a file, not a directory",
                                     hint="give a directory (it is created if missing)")
+        if reporter is not None and _is_async_callable(reporter):
+            # Called and never awaited, it would get no event at all, silently.
+            raise InvalidInputError(
+                "reporter must be a plain function: the engine calls it without awaiting",
+                hint="use `def`, not `async def`; to hand events to async code, put them on "
+                     "a queue (anyio.create_memory_object_stream, send_nowait) and read it "
+                     "in a task")
         self._report: Reporter = reporter if reporter is not None else NullReporter()
         self._stack: contextlib.AsyncExitStack | None = None
         self._entered = False
@@ -851,6 +860,13 @@ class Client:
                           bytes=outcome.bytes, request_id=remote.request_id, url=remote.url,
                           resumed_from=outcome.resumed_from,
                           members=self._member_paths(members)), None
+
+
+def _is_async_callable(function: object) -> bool:
+    """Whether calling ``function`` returns a coroutine (an ``async def`` function, or an
+    object whose ``__call__`` is one)."""
+    call = type(function).__dict__.get("__call__") if not inspect.isroutine(function) else None
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(call)
 
 
 def _as_query(query: Query | str) -> Query:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -945,3 +946,27 @@ async def test_iterating_a_pull_after_its_block_just_ends(tmp_path: Path) -> Non
             async for _ in pull:
                 break
         assert [f async for f in pull] == []
+
+
+def test_an_async_reporter_is_refused_in_words(tmp_path: Path) -> None:
+    """An ``async def`` reporter would be called and never awaited (no event, silently): it
+    is refused when the Client is made; plain functions and callables are taken."""
+
+    async def async_reporter(event: Event) -> None:
+        raise AssertionError("never awaited")
+
+    class AsyncCallable:
+        async def __call__(self, event: Event) -> None:
+            raise AssertionError("never awaited")
+
+    class PlainCallable:
+        def __call__(self, event: Event) -> None:
+            pass
+
+    for bad in (async_reporter, AsyncCallable()):
+        with pytest.raises(InvalidInputError, match="reporter must be a plain function"):
+            Client(ClientConfig(), tmp_path, reporter=bad)  # type: ignore[arg-type]
+    seen: list[Event] = []
+    good: list[Callable[[Event], None]] = [print, PlainCallable(), seen.append]
+    for reporter in good:
+        Client(ClientConfig(), tmp_path, reporter=reporter)
