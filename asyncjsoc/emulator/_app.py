@@ -93,6 +93,8 @@ class Emulator:
         self._held_changed = asyncio.Condition()
         self.files_held = 0
         """File GETs waiting at the gate right now (see :meth:`hold_files`)."""
+        self.files_sending = 0
+        """File bodies being sent right now (see :meth:`wait_files_sent`)."""
         self.app = self._build_app()
 
     # -- public helpers for tests -----------------------------------------------------------------
@@ -114,6 +116,12 @@ class Emulator:
         """Return once at least ``n`` file GETs wait at the gate of :meth:`hold_files`."""
         async with self._held_changed:
             await self._held_changed.wait_for(lambda: self.files_held >= n)
+
+    async def wait_files_sent(self) -> None:
+        """Return once no file body is being sent (each one finished, cut, or met a client
+        that hung up)."""
+        async with self._held_changed:
+            await self._held_changed.wait_for(lambda: self.files_sending == 0)
 
     def file_bytes(self, path_or_url: str) -> bytes:
         """Exactly the bytes served for a file URL or path (KeyError when it would be a 404)."""
@@ -507,40 +515,48 @@ class Emulator:
         step = CHUNK
         if knobs.bandwidth:
             step = max(1, min(CHUNK, int(knobs.bandwidth // 20)))
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        while pos < stop:
-            if pos == stall:
-                stats.stalled += 1
-                await _stay_silent(request, knobs.stall_seconds)
-            n = min(step, stop - pos)
-            if stall is not None and pos < stall:
-                n = min(n, stall - pos)
-            piece: bytes | memoryview = body[pos : pos + n]
-            if flip is not None and pos <= flip < pos + n:
-                changed = bytearray(piece)
-                changed[flip - pos] ^= 0xFF
-                piece = bytes(changed)
-            await resp.write(piece)
-            pos += n
-            stats.bytes_sent += n
-            if knobs.bandwidth:
-                ahead = (pos - start) / knobs.bandwidth - (loop.time() - t0)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-        if cut is not None:
-            transport = request.transport
-            if transport is not None:
-                if abort:
-                    transport.abort()
-                else:
-                    transport.close()
-            return resp
-        if junk:
-            await resp.write(junk)
-        if end == size - 1:
-            stats.complete += 1
-        await resp.write_eof()
+        self.files_sending += 1
+        try:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            while pos < stop:
+                if pos == stall:
+                    stats.stalled += 1
+                    await _stay_silent(request, knobs.stall_seconds)
+                n = min(step, stop - pos)
+                if stall is not None and pos < stall:
+                    n = min(n, stall - pos)
+                piece: bytes | memoryview = body[pos : pos + n]
+                if flip is not None and pos <= flip < pos + n:
+                    changed = bytearray(piece)
+                    changed[flip - pos] ^= 0xFF
+                    piece = bytes(changed)
+                await resp.write(piece)
+                pos += n
+                stats.bytes_sent += n
+                if knobs.bandwidth:
+                    ahead = (pos - start) / knobs.bandwidth - (loop.time() - t0)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+            if cut is not None:
+                transport = request.transport
+                if transport is not None:
+                    if abort:
+                        transport.abort()
+                    else:
+                        transport.close()
+                return resp
+            if junk:
+                await resp.write(junk)
+            if end == size - 1:
+                stats.complete += 1
+            await resp.write_eof()
+        except ConnectionResetError:
+            pass  # the client hung up mid-body (cancelled, or gave up): nothing to report
+        finally:
+            self.files_sending -= 1
+            async with self._held_changed:
+                self._held_changed.notify_all()
         return resp
 
 

@@ -213,3 +213,24 @@ async def test_hold_files_keeps_gets_waiting_until_released(emulator: Emulator) 
             emulator.release_files()
     assert answers == [200, 200]
     assert emulator.files_held == 0
+
+
+async def test_a_client_hanging_up_mid_file_is_not_logged_as_an_error(
+        emulator: Emulator, caplog: pytest.LogCaptureFixture) -> None:
+    """A client that closes its connection mid-body (a cancelled download) is routine: the
+    emulator logs no 'Error handling request' traceback for it."""
+    import logging
+
+    emulator.knobs.file_size = 4 << 20
+    emulator.knobs.bandwidth = 2_000_000  # ~2 s for the file: the hang-up comes mid-body
+    path = await sums_path(emulator)
+    caplog.set_level(logging.DEBUG, logger="aiohttp")
+    async with aiohttp.ClientSession() as s, s.get(emulator.url + path) as r:
+        await r.content.readexactly(64 * 1024)
+        r.connection.transport.abort()  # type: ignore[union-attr]
+    stats = emulator.audit.file_stats[path]
+    with anyio.fail_after(10):
+        await emulator.wait_files_sent()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
+    assert stats.complete == 0
