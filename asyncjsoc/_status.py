@@ -252,7 +252,8 @@ def _open_modes(path: Path) -> tuple[str, ...]:
 
 
 def _lock_holder(lock: Path) -> int | None:
-    """The pid holding a ``flock`` on ``lock``, from ``/proc/locks`` (Linux).
+    """The pid holding an exclusive ``flock`` on ``lock`` (a pull), from ``/proc/locks``
+    (Linux).
 
     Asking the kernel this way takes no lock: trying to take the lock, even a shared one
     for an instant, could make a run starting at that moment think another holds it.
@@ -265,7 +266,9 @@ def _lock_holder(lock: Path) -> int | None:
     wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     for line in table.splitlines():
         fields = line.split()
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted:
+        # Only an exclusive (WRITE) lock is a pull; `extract` holds it shared (READ).
+        if (len(fields) >= 6 and fields[1] == "FLOCK" and fields[3] == "WRITE"
+                and fields[5] == wanted):
             try:
                 return int(fields[4])
             except ValueError:

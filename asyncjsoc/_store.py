@@ -227,9 +227,22 @@ def take_lock(path: Path, user_of: str) -> int:
     except OSError as exc:
         os.close(fd)
         raise StateError(f"cannot lock {path}: {exc}") from exc
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    except OSError as exc:  # a full disk, a quota: the pid needs a block
+        os.close(fd)  # and with it the lock
+        raise StateError(f"cannot write to the state lock {path}: {exc.strerror or exc}",
+                         hint=_state_place_hint(exc, path.parent)) from exc
     return fd
+
+
+def release_lock(fd: int) -> None:
+    """Release a lock taken with :func:`take_lock`: its pid is erased first, so nobody
+    later reads it as the holder's (an ``extract`` shares the lock without writing one)."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+    os.close(fd)
 
 
 class OutputLock:
@@ -251,7 +264,7 @@ class OutputLock:
 
     def __exit__(self, *exc_info: object) -> None:
         if self._fd is not None:
-            os.close(self._fd)
+            release_lock(self._fd)
             self._fd = None
 
 
@@ -607,7 +620,7 @@ class StateStore:
     def _release_lock(self) -> None:
         """Drop the flock (closing the descriptor releases it)."""
         if self._lock_fd is not None:
-            os.close(self._lock_fd)
+            release_lock(self._lock_fd)
             self._lock_fd = None
 
     # -- plumbing ---------------------------------------------------------------------------

@@ -41,12 +41,14 @@ unpacks each tar as it arrives, records it as unpacked, and only then deletes it
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import os
 import stat
+import sys
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
@@ -144,11 +146,12 @@ async def extract_tar(tar_path: str | Path, out_dir: str | Path | None = None, *
         Another process is unpacking one of its members into ``out_dir`` right now (that
         member's part file is left to it; the members before it are on disk).
     StateLockedError
-        A pull (``asyncjsoc fetch``, a :class:`~asyncjsoc.Client`) is writing into
-        ``out_dir``; nothing was written.
+        A pull of another process (``asyncjsoc fetch``, a :class:`~asyncjsoc.Client`) is
+        writing into ``out_dir``; nothing was written.
     LocalError
-        A different file is in the way of a member (nothing was written), or ``tar_path``
-        is not a file.
+        A different file is in the way of a member (nothing was written), or appeared
+        under a member's name while the tar was unpacked (another run's; the members
+        before it are on disk), or ``tar_path`` or ``out_dir`` is not what it must be.
     DiskError
         A file could not be written (disk full, permissions).
     """
@@ -197,7 +200,9 @@ def _sharing_output(out: Path) -> Iterator[None]:
     """Hold a shared ``flock`` on ``out``'s lock file (:func:`output_lock_path`) while
     unpacking, so no pull writes there meanwhile; refused while a pull holds it.
 
-    Only where a pull has been: a directory without asyncjsoc's state directory is left
+    Not against this process's own lock (an open :class:`~asyncjsoc.Client` of the same
+    program: unpacking the tars it fetched is the program's own business). Only where a
+    pull has been: a directory without asyncjsoc's state directory is left
     without one (a tar unpacked into a new directory leaves its files only), so a pull
     started there while a tar is being unpacked is not held back. Where the lock file cannot
     be opened (not writable) the unpacking goes ahead without it, and fails on its first
@@ -213,17 +218,21 @@ def _sharing_output(out: Path) -> Iterator[None]:
         yield
         return
     try:
+        holder: str | None = None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        except OSError:
+            pass  # no locks on this file system: as if it had no lock file
+        # An open Client of this very program may hold it (say, a url-tar fetch whose tars
+        # the program now unpacks): its pulls and this are one program's doing.
+        if holder is not None and holder != str(os.getpid()):
             who = f" (pid {holder})" if holder.isdigit() else ""
             raise StateLockedError(
                 f"an asyncjsoc pull is writing into {out}{who}; nothing was extracted",
                 hint="wait for it to finish (with --extract a pull unpacks its own tars), "
-                     "or extract into another directory (--out)") from None
-        except OSError:
-            pass  # no locks on this file system: as if it had no lock file
+                     "or extract into another directory (--out)")
         yield
     finally:
         os.close(fd)
@@ -240,9 +249,9 @@ def _extract(tar_path: Path, out: Path, *, verify_checksums: bool, fsync: bool,
         for member in members:
             if member.present:
                 continue
-            _write_member(tar, member, tar_path, verify=verify_checksums, fsync=fsync)
+            if _write_member(tar, member, tar_path, verify=verify_checksums, fsync=fsync):
+                new += 1
             directories.add(member.dest.parent)
-            new += 1
     if fsync:
         for directory in sorted(directories):
             fsync_dir(directory)
@@ -378,12 +387,22 @@ def _present(tar: tarfile.TarFile, member: _Member, tar_path: Path,
         return False
     if (dest.is_file() and not dest.is_symlink() and st.st_size == size
             and _same_bytes(tar, member.info, dest)):
+        _drop_second_name(dest.with_name(dest.name + PART_SUFFIX), st)
         return True
     raise LocalError(
         f"{dest}: already exists and is not the file {tar_path.name} holds under that name "
         f"(another file of that name, {st.st_size} bytes); {_NOTHING_WRITTEN}",
         hint="move that file away, or extract into another directory (--out); when two "
              "exports' files share a name, put every prime key and {segment} in filenamefmt")
+
+
+def _drop_second_name(part: Path, dest_stat: os.stat_result) -> None:
+    """Remove ``part`` if it is another name of the finished file (a crash between the
+    link and the unlink of :func:`_rename_noreplace` left both)."""
+    with contextlib.suppress(OSError):
+        st = os.lstat(part)
+        if (st.st_dev, st.st_ino) == (dest_stat.st_dev, dest_stat.st_ino):
+            part.unlink()
 
 
 def _same_bytes(tar: tarfile.TarFile, info: tarfile.TarInfo, path: Path) -> bool:
@@ -399,8 +418,9 @@ def _same_bytes(tar: tarfile.TarFile, info: tarfile.TarInfo, path: Path) -> bool
 
 
 def _write_member(tar: tarfile.TarFile, member: _Member, tar_path: Path, *, verify: bool,
-                  fsync: bool) -> None:
-    """Copy one member to ``NAME.part``, check it, make it durable, give it its name.
+                  fsync: bool) -> bool:
+    """Copy one member to ``NAME.part``, check it, make it durable, give it its name;
+    ``False`` when another run gave the name the same bytes first (this copy is dropped).
 
     The part file is claimed (:func:`_claim_part`) before anything is written and held
     until it is renamed or deleted, so no other process touches it meanwhile.
@@ -430,7 +450,7 @@ def _write_member(tar: tarfile.TarFile, member: _Member, tar_path: Path, *, veri
                                  f"while {member.info.name!r} was unpacked into it",
                                  hint="let it finish, then extract again")
             with _disk_errors():
-                placed = _rename_noreplace(part, dest)
+                placed = _rename_noreplace(part, dest, fd)
             if not placed:  # appeared since _present looked: another run unpacked it
                 if not (dest.is_file() and not dest.is_symlink()
                         and _same_bytes(tar, member.info, dest)):
@@ -447,6 +467,7 @@ def _write_member(tar: tarfile.TarFile, member: _Member, tar_path: Path, *, veri
             if not done:
                 _drop_own_part(part, fd)
             os.close(fd)  # releases the claim, after the rename or the unlink
+    return placed
 
 
 def _fill_part(source: IO[bytes], fd: int, member: _Member, part: Path,
@@ -482,14 +503,48 @@ _NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.
 """``link`` errors of file systems without hard links (FAT, some network shares)."""
 
 
-def _rename_noreplace(part: Path, dest: Path) -> bool:
-    """Give ``part`` the name ``dest`` unless ``dest`` exists; whether it did.
+def _load_renameat2() -> Callable[..., int] | None:
+    """libc's ``renameat2`` (Linux, glibc 2.28+), or ``None`` where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                         ctypes.c_uint]
+    function.restype = ctypes.c_int
+    found: Callable[..., int] = function
+    return found
 
-    A hard link then the unlink of ``part``: ``link`` never replaces an existing name, so a
-    member another run unpacked meanwhile under the same name (another tar's file of that
-    name) is not overwritten, as ``os.replace`` would. Where hard links are not supported,
-    an existence check then ``os.replace`` (a window between them remains there).
+
+_renameat2 = _load_renameat2()
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def _rename_noreplace(part: Path, dest: Path, fd: int) -> bool:
+    """Give the claimed part file ``fd`` (named ``part``) the name ``dest`` unless ``dest``
+    exists; whether it did.
+
+    A file another run unpacked meanwhile under the same name (another tar's file of that
+    name) is never replaced, as ``os.replace`` would. On Linux one atomic
+    ``renameat2(RENAME_NOREPLACE)``; elsewhere, or where the file system does not support
+    it, a hard link then the unlink of ``part`` (if it still names ``fd``: the unpackers
+    leave a locked part file alone, whatever its link count); where there are no hard links
+    either, an existence check then ``os.replace`` (a window between them remains there).
+    A crash between the link and the unlink leaves ``part`` beside ``dest``, one file:
+    :func:`_present` removes that name on the next run.
     """
+    if _renameat2 is not None:
+        if _renameat2(_AT_FDCWD, os.fsencode(part), _AT_FDCWD, os.fsencode(dest),
+                      _RENAME_NOREPLACE) == 0:
+            return True
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            return False
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), str(dest))
     try:
         os.link(part, dest, follow_symlinks=False)
     except FileExistsError:
@@ -501,7 +556,7 @@ def _rename_noreplace(part: Path, dest: Path) -> bool:
             return False
         os.replace(part, dest)
         return True
-    os.unlink(part)
+    _drop_own_part(part, fd)
     return True
 
 
@@ -555,10 +610,14 @@ def _drop_stale_part(part: Path) -> bool:
         st = os.lstat(part)
     except FileNotFoundError:
         return True
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+    if not stat.S_ISREG(st.st_mode):
         with contextlib.suppress(FileNotFoundError):
             part.unlink()  # planted, never an unpacker's: delete the name, not its target
         return True
+    # A regular file with more than one link may be planted (a hard link to another file:
+    # deleted by name below, never written) or an unpacker's, mid-way through giving its
+    # part file its final name by a link (held: left alone). Opening it to try the lock
+    # writes nothing either way.
     try:
         # For writing: where flock is emulated with POSIX locks (NFS), an exclusive lock
         # needs a descriptor open for writing. Opening does not change the file, and

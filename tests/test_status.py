@@ -227,3 +227,24 @@ async def test_errors_are_shown_with_emails_masked(
     assert main(["status", str(out), "--json"]) == EXIT_FAILED
     doc = json.loads(capsys.readouterr().out)
     assert doc["failed_exports"][0]["error"].startswith("User j***@example.org")
+
+
+@pytest.mark.skipif(not LOCKS_LISTED, reason="status tells a running pull from /proc/locks")
+async def test_an_extract_sharing_the_lock_is_not_a_running_pull(tmp_path: Path) -> None:
+    """`extract` holds the output lock shared while it unpacks: status does not call that
+    a pull running now. A pull that ended erased its pid from the lock file."""
+    import fcntl
+
+    from asyncjsoc._paths import output_lock_path
+
+    out = tmp_path / "out"
+    async with emulator() as emu, Client(fast_config(emu), out) as c:
+        assert (await c.fetch(RS)).ok
+    lock = output_lock_path(out)
+    assert lock.read_text() == ""
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # as extract holds it
+        assert read_status(out).running_pid is None
+    finally:
+        os.close(fd)

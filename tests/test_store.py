@@ -458,3 +458,33 @@ def test_the_output_lock_is_the_default_state_lock(tmp_path: Path) -> None:
     from asyncjsoc._store import default_state_path, lock_path
 
     assert output_lock_path(tmp_path) == lock_path(default_state_path(tmp_path))
+
+
+def test_a_lock_whose_pid_cannot_be_written_is_not_kept(tmp_path: Path) -> None:
+    """Writing the pid into the lock file fails (a full disk; here a file-size limit): a
+    StateError, and the lock is released, not held for the life of the process."""
+    import subprocess
+    import sys
+    import textwrap
+
+    lock = tmp_path / "state.sqlite.lock"
+    code = textwrap.dedent(f"""
+        import fcntl, os, resource, signal
+        from pathlib import Path
+        from asyncjsoc._store import take_lock
+        from asyncjsoc.exceptions import StateError
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+        try:
+            take_lock(Path({str(lock)!r}), "out")
+        except StateError as exc:
+            print("StateError:", exc.message)
+        fd = os.open({str(lock)!r}, os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again: no BlockingIOError
+        print("free")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    first, second = done.stdout.splitlines()
+    assert first.startswith(f"StateError: cannot write to the state lock {lock}")
+    assert second == "free"

@@ -483,19 +483,47 @@ def test_a_write_error_names_the_file_and_what_to_do(tmp_path: Path, size: int) 
 def test_a_pull_output_directory_is_not_unpacked_into_while_a_pull_holds_it(
         tmp_path: Path) -> None:
     """A pull's downloads write NAME.part files without the unpackers' claim, so an extract
-    into the directory of a running pull is refused, touching nothing; after it, it works."""
-    from asyncjsoc._store import OutputLock
+    into the directory of another process's running pull is refused, touching nothing;
+    after it, it works."""
     from asyncjsoc.exceptions import StateLockedError
 
     tar = _tar(tmp_path / "JSOC_20240101_001.tar", MEMBERS)
     out = tmp_path / "out"
-    with OutputLock(out):
+    code = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from asyncjsoc._store import OutputLock
+        with OutputLock(Path({str(out)!r})):
+            print("held", flush=True)
+            sys.stdin.readline()
+    """)
+    pull = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert pull.stdin is not None
+    assert pull.stdout is not None
+    try:
+        assert pull.stdout.readline() == "held\n"
         with pytest.raises(StateLockedError, match="pull is writing into") as info:
             extract_tar_sync(tar, out)
-        assert f"pid {os.getpid()}" in info.value.message
+        assert f"(pid {pull.pid})" in info.value.message
         assert _tree(out) == {".asyncjsoc", ".asyncjsoc/state.sqlite.lock"}
+    finally:
+        pull.stdin.close()
+        pull.wait(timeout=30)
+        pull.stdout.close()
     done = extract_tar_sync(tar, out)
     assert done.new == len(MEMBERS)
+
+
+def test_this_process_own_open_client_does_not_block_an_extract(tmp_path: Path) -> None:
+    """The lock held by this very process (an open Client that fetched the tar) is no bar:
+    unpacking what it fetched is the program's own business."""
+    from asyncjsoc._store import OutputLock
+
+    tar = _tar(tmp_path / "JSOC_20240101_001.tar", MEMBERS)
+    out = tmp_path / "out"
+    with OutputLock(out):
+        assert extract_tar_sync(tar, out).new == len(MEMBERS)
 
 
 def test_no_pull_starts_in_a_directory_while_a_tar_is_unpacked_there(
@@ -516,7 +544,7 @@ def test_no_pull_starts_in_a_directory_while_a_tar_is_unpacked_there(
     seen: list[str] = []
     original = _untar._write_member
 
-    def write_member(*args: object, **kwargs: object) -> None:
+    def write_member(*args: object, **kwargs: object) -> bool:
         if not seen:
             try:
                 with OutputLock(out):
@@ -524,7 +552,7 @@ def test_no_pull_starts_in_a_directory_while_a_tar_is_unpacked_there(
             except StateLockedError as exc:
                 seen.append(exc.message)
             seen.append(str(extract_tar_sync(other, out).new))  # a second unpacker
-        original(*args, **kwargs)  # type: ignore[arg-type]
+        return original(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(_untar, "_write_member", write_member)
     assert extract_tar_sync(tar, out).new == len(MEMBERS)
@@ -555,7 +583,7 @@ def test_a_member_another_run_unpacked_meanwhile_is_never_overwritten(
 
     monkeypatch.setattr(_untar, "_fill_part", fill_part)
     if same:
-        extract_tar_sync(tar, out)
+        assert extract_tar_sync(tar, out).new == 0  # the other run wrote it
     else:
         with pytest.raises(LocalError, match="appeared while") as info:
             extract_tar_sync(tar, out)
@@ -566,8 +594,8 @@ def test_a_member_another_run_unpacked_meanwhile_is_never_overwritten(
 
 def test_without_hard_links_a_name_is_still_not_replaced(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a file system without hard links (link fails with EPERM), the part file is
-    renamed only if the name is free."""
+    """Without renameat2 and on a file system without hard links (link fails with EPERM),
+    the part file is renamed only if the name is free."""
     import errno
 
     from asyncjsoc import _untar
@@ -575,25 +603,81 @@ def test_without_hard_links_a_name_is_still_not_replaced(
     def no_links(*args: object, **kwargs: object) -> None:
         raise OSError(errno.EPERM, "Operation not permitted")
 
+    monkeypatch.setattr(_untar, "_renameat2", None)
     monkeypatch.setattr(os, "link", no_links)
     part, dest = tmp_path / "a.fits.part", tmp_path / "a.fits"
     part.write_bytes(b"new")
     dest.write_bytes(b"old")
-    assert _untar._rename_noreplace(part, dest) is False
-    assert (part.read_bytes(), dest.read_bytes()) == (b"new", b"old")
-    dest.unlink()
-    assert _untar._rename_noreplace(part, dest) is True
+    fd = os.open(part, os.O_RDONLY)
+    try:
+        assert _untar._rename_noreplace(part, dest, fd) is False
+        assert (part.read_bytes(), dest.read_bytes()) == (b"new", b"old")
+        dest.unlink()
+        assert _untar._rename_noreplace(part, dest, fd) is True
+    finally:
+        os.close(fd)
     assert dest.read_bytes() == b"new"
     assert not part.exists()
 
 
-def test_a_file_given_as_the_output_directory_is_refused(tmp_path: Path) -> None:
-    """out_dir naming a file (or a dangling symlink) is one LocalError, nothing written."""
-    tar = _tar(tmp_path / "JSOC_20240101_001.tar", MEMBERS)
-    (tmp_path / "notadir").write_bytes(b"mine")
-    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
-    for target in (tmp_path / "notadir", tmp_path / "dangling"):
-        with pytest.raises(LocalError, match="not a directory"):
-            extract_tar_sync(tar, target)
-    assert (tmp_path / "notadir").read_bytes() == b"mine"
-    assert not (tmp_path / "nowhere").exists()
+@pytest.mark.parametrize("renameat2", [True, False])
+def test_a_name_is_given_without_replacing_either_way(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, renameat2: bool) -> None:
+    """renameat2(RENAME_NOREPLACE) where libc has it, else link + unlink: an existing name
+    is never replaced, a free one is taken, and no second name is left behind."""
+    from asyncjsoc import _untar
+
+    if renameat2 and _untar._renameat2 is None:
+        pytest.skip("no renameat2 here")
+    if not renameat2:
+        monkeypatch.setattr(_untar, "_renameat2", None)
+    part, dest = tmp_path / "a.fits.part", tmp_path / "a.fits"
+    part.write_bytes(b"new")
+    dest.write_bytes(b"old")
+    fd = os.open(part, os.O_RDONLY)
+    try:
+        assert _untar._rename_noreplace(part, dest, fd) is False
+        assert dest.read_bytes() == b"old"
+        dest.unlink()
+        assert _untar._rename_noreplace(part, dest, fd) is True
+    finally:
+        os.close(fd)
+    assert dest.read_bytes() == b"new"
+    assert not part.exists()
+    assert dest.stat().st_nlink == 1
+
+
+def test_a_part_file_held_mid_link_is_left_to_its_writer(tmp_path: Path) -> None:
+    """A held part file with two links (its writer between link and unlink) is not taken
+    for a planted hard link and deleted; an unheld one is (by name only)."""
+    import fcntl
+
+    from asyncjsoc import _untar
+
+    part, dest = tmp_path / "a.fits.part", tmp_path / "a.fits"
+    part.write_bytes(b"member")
+    os.link(part, dest)
+    fd = os.open(part, os.O_WRONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert _untar._drop_stale_part(part) is False  # busy: its writer holds it
+        assert part.exists()
+    finally:
+        os.close(fd)
+    assert _untar._drop_stale_part(part) is True  # nobody holds it: the name goes
+    assert not part.exists()
+    assert dest.read_bytes() == b"member"
+
+
+def test_a_second_name_left_by_a_crash_mid_link_is_removed(tmp_path: Path) -> None:
+    """A run killed between link and unlink leaves NAME.part as a second name of NAME:
+    the next run finds the member complete and removes that name."""
+    name, body = MEMBERS[0]
+    tar = _tar(tmp_path / "JSOC_20240101_001.tar", [(name, body)])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).write_bytes(body)
+    os.link(out / name, out / (name + ".part"))
+    assert extract_tar_sync(tar, out).new == 0
+    assert _tree(out) == {name}
+    assert (out / name).read_bytes() == body
