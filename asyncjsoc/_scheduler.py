@@ -22,7 +22,9 @@ The JSOC's refusals are policy here, not errors:
 * transient status 4 ("Cant save new export-request hash.") → back off and retry;
 * legacy status 6 while polling → still pending, a bounded number of times;
 * status 4, too many 6s or status 5 while staging → submit the export again, a bounded
-  number of times (``MAX_RESUBMITS``);
+  number of times (``MAX_RESUBMITS``); a resubmission answered with the id of the export
+  that just failed with 4 (the JSOC's 24 h duplicate check) ends the chunk with
+  ``ExportFailedError.handed_back``;
 * status 5 or HTTP 404 on a file → request the missing records again; a url-tar export's
   lost tar held all of its chunk's records, so the whole chunk is requested again, and the
   tar's partial download is deleted (the new export's tar has another name).
@@ -556,7 +558,10 @@ class ExportScheduler:
                 # often transient on the real JSOC, so submit it again, a bounded number of
                 # times, after a pause (outside the slot: the failed export is not pending).
                 resubmits += 1
-                if isinstance(lost, ExportFailedError) and lost.request_id:
+                # Only a real failure (4): an id handed back after status 6 ("not visible
+                # yet") is an export the JSOC knows, worth polling again.
+                if (isinstance(lost, ExportFailedError) and lost.status == 4
+                        and lost.request_id):
                     failed_ids.add(lost.request_id)
                 await self._store.forget_export(chunk.index)
                 if isinstance(lost, ExportExpiredError):

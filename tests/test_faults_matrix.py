@@ -464,6 +464,21 @@ async def test_a_failed_export_handed_back_again_is_not_waited_for_twice(
             assert len(rids) == 1  # always the one failed export
 
 
+async def test_an_export_handed_back_after_status_6_is_polled_again(tmp_path: Path) -> None:
+    """Status 6 ("not visible yet") polled past the client's patience is resubmitted; the
+    JSOC hands back the same id, which is an export it knows, not a failure: it is polled
+    again and the pull completes."""
+    async with emulator(status6_polls=5, seed=3) as emu:
+        config = fast_config(emu, status6_retries=2)
+        async with Client(config, tmp_path) as client:
+            result = await client.fetch(SHORT_QUERY)
+        assert result.ok, [str(f.error) for f in result.failed]
+        assert len(result.files) == 4
+        requests = [e for e in emu.audit.entries if e.op == "jsoc_fetch/exp_request"]
+        assert len(requests) >= 2  # resubmitted after the status-6 polls ran out
+        assert len(set(result.exports)) == 1  # and handed back the same export
+
+
 async def test_a_block_met_by_a_file_download_ends_the_pull(tmp_path: Path) -> None:
     """An IP block answered to a file GET ends the pull, as one answered to a CGI call does:
     the pull does not wait the block out (600 s here) and press on against a server that
