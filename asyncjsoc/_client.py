@@ -118,7 +118,8 @@ class FileResult:
     url
         Where it was fetched from.
     resumed_from
-        Bytes that were already on disk from an interrupted attempt.
+        Bytes of it that were on disk before this run fetched it and were kept: the start of
+        a part file an interrupted run left, or all of it for a file found complete.
     reused
         True for a file finished by an earlier run and found intact on disk: it was not
         fetched again (see :attr:`PullResult.reused`).
@@ -858,7 +859,7 @@ class Client:
                else FileDone(relpath, outcome.bytes))
         return FileResult(path=outcome.path, relpath=relpath, record=remote.record,
                           bytes=outcome.bytes, request_id=remote.request_id, url=remote.url,
-                          resumed_from=outcome.resumed_from,
+                          resumed_from=outcome.carried_over,
                           members=self._member_paths(members)), None
 
 

@@ -137,12 +137,18 @@ class DownloadOutcome:
         (0 when it was fetched from the start).
     attempts
         HTTP requests made for this file, retries included.
+    carried_over
+        Bytes of the file that were on disk before this download began and were kept: the
+        start of a part file an earlier run left (the lowest offset any attempt started
+        from), or the whole file when a final file was taken as it is. ``bytes -
+        carried_over`` is what this download fetched.
     """
 
     path: Path
     bytes: int
     resumed_from: int
     attempts: int
+    carried_over: int = 0
 
 
 class _Restart(TransportError):
@@ -613,7 +619,8 @@ class Downloader:
         if final_size is not None and remote.expected_size in (None, final_size) and (
                 remote.expected_size is not None
                 or await self._adoptable(remote.url, dest, final_size)):
-            return DownloadOutcome(dest, final_size, resumed_from=final_size, attempts=0)
+            return DownloadOutcome(dest, final_size, resumed_from=final_size, attempts=0,
+                                   carried_over=final_size)
         return await self._download(remote, dest, prepared, on_progress)
 
     async def discard_part(self, out_dir: Path, relpath: str) -> None:
@@ -696,13 +703,15 @@ class Downloader:
             if on_progress is not None:
                 on_progress(done, total)
 
+        starts: list[int] = []  # the offset each attempt started from
+
         async def attempt() -> DownloadOutcome:
             nonlocal attempts
             attempts += 1
             size, resumed_from = await self._attempt(remote, dest, part, meta, progress,
-                                                     first.pop() if first else None)
+                                                     first.pop() if first else None, starts)
             return DownloadOutcome(path=dest, bytes=size, resumed_from=resumed_from,
-                                   attempts=attempts)
+                                   attempts=attempts, carried_over=min(starts, default=0))
 
         try:
             return await self._retrying(attempt, part, answered, prepared[0])
@@ -737,8 +746,11 @@ class Downloader:
 
     async def _attempt(self, remote: RemoteFile, dest: Path, part: Path, meta: Path,
                        on_progress: ProgressCallback | None,
-                       prepared: _Prepared | None = None) -> tuple[int, int]:
-        """One GET: resume or restart the part file, then finish it. Returns (size, offset)."""
+                       prepared: _Prepared | None = None,
+                       starts: list[int] | None = None) -> tuple[int, int]:
+        """One GET: resume or restart the part file, then finish it. Returns (size, offset);
+        the offset it started from (0 once the server sent the whole file) is appended to
+        ``starts``, whatever happens."""
         url = remote.url
         if prepared is None:
             prepared = await self._quick(_prepare_part, dest, part, meta)
@@ -763,6 +775,8 @@ class Downloader:
                 fd, got.fd = got.fd, None
                 size = await self._seal(fd, part)  # closes fd, whatever happens
         finally:
+            if starts is not None:
+                starts.append(got.offset)
             if got.fd is not None:  # failed or cancelled before sealing: keep what arrived
                 with anyio.CancelScope(shield=True):
                     await _in_thread(os.close, got.fd, where=part)

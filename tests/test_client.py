@@ -970,3 +970,17 @@ def test_an_async_reporter_is_refused_in_words(tmp_path: Path) -> None:
     good: list[Callable[[Event], None]] = [print, PlainCallable(), seen.append]
     for reporter in good:
         Client(ClientConfig(), tmp_path, reporter=reporter)
+
+
+async def test_bytes_count_a_file_resumed_within_the_run_once(tmp_path: Path) -> None:
+    """Connections cut mid-file are resumed within the run: those files' bytes were all
+    fetched by this run and count in full (the start of the last attempt is not subtracted)."""
+    async with emulator(drop_rate=0.5, file_size=700 * 2880, seed=5) as emu:
+        async with Client(fast_config(emu), tmp_path) as client:
+            result = await client.fetch(QUERY)
+        assert result.ok
+        resumed = [p for p, s in emu.audit.file_stats.items()
+                   if any(r is not None for r in s.ranges)]
+        assert resumed  # the seed cuts some transfers: they were resumed with a Range
+        assert result.bytes == sum(f.bytes for f in result.files)
+        assert all(f.resumed_from == 0 for f in result.files)

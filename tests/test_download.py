@@ -208,6 +208,7 @@ async def test_cancel_keeps_part_and_resume_fetches_only_the_rest(
     outcome = await _downloader(session, inline_io=inline_io).download(remote, dest)
     assert dest.read_bytes() == expected
     assert outcome.resumed_from == n
+    assert outcome.carried_over == n  # an earlier download's bytes, kept
     assert _leftovers(dest) == ["f.fits"]
     assert _attribute(dest) is None
     ranges = emulator.audit.ranges(path)
@@ -353,6 +354,7 @@ async def test_a_body_that_goes_silent_is_abandoned_and_resumed(
     assert emulator.audit.file_stats[path].stalled == 1
     assert outcome.attempts == 2
     assert 0 < outcome.resumed_from < len(expected)
+    assert outcome.carried_over == 0  # resumed within this download: all fetched by it
     assert emulator.audit.ranges(path) == [None, f"bytes={outcome.resumed_from}-"]
     assert dest.read_bytes() == expected
     assert emulator.audit.bytes_sent(path) == len(expected)  # nothing sent twice
