@@ -212,26 +212,37 @@ def _run(work: Callable[[], Awaitable[int]]) -> int:
 
 
 async def _with_signals(work: Callable[[], Awaitable[int]]) -> int:
-    """Await ``work`` in a task group next to a signal watcher that cancels it."""
+    """Await ``work`` next to a signal watcher that cancels it on SIGINT or SIGTERM.
+
+    The watcher keeps the signals until ``work`` has returned: a second Ctrl-C (or a
+    SIGINT that a wrapper forwards as the terminal sends its own) arriving while ``work``
+    saves its state is noted, not raised as ``KeyboardInterrupt`` in the middle of that.
+    """
     received: list[signal.Signals] = []
     result = EXIT_FAILED
     error: Exception | None = None
+    work_scope = anyio.CancelScope()
     async with anyio.create_task_group() as tg:
 
         async def watch(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-            """Cancel everything on the first SIGINT or SIGTERM."""
+            """Cancel ``work`` on the first signal; hold the others until it has ended."""
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 task_status.started()
                 async for signum in signals:
                     received.append(signum)
-                    tg.cancel_scope.cancel()
-                    return
+                    if len(received) == 1:
+                        work_scope.cancel()
+                    elif len(received) == 2:
+                        sys.stderr.write("asyncjsoc: already stopping: saving the state, "
+                                         "then exiting\n")
+                        sys.stderr.flush()
 
         await tg.start(watch)
-        try:
-            result = await work()
-        except Exception as exc:  # re-raised below, outside the group, unwrapped
-            error = exc
+        with work_scope:
+            try:
+                result = await work()
+            except Exception as exc:  # re-raised below, outside the group, unwrapped
+                error = exc
         tg.cancel_scope.cancel()
     if received:
         return _SIGNAL_EXIT.get(received[0], EXIT_INTERRUPTED)

@@ -185,3 +185,34 @@ def test_second_concurrent_run_is_refused(emulator: Emulator, tmp_path: Path) ->
     assert first.returncode == 0, first_err
     assert len(list(out.glob("*.fits"))) == N_FILES
     assert list(out.glob("*.part*")) == []
+
+
+_TWO_SIGNALS = """
+import os, signal, sys
+import anyio
+from asyncjsoc.cli import _run
+
+async def work() -> int:
+    os.kill(os.getpid(), signal.SIGINT)  # the first: cancels this work
+    try:
+        await anyio.sleep(30)
+    finally:
+        with anyio.CancelScope(shield=True):  # saving the state, as fetch does
+            os.kill(os.getpid(), signal.SIGINT)  # the second, in the middle of that
+            await anyio.sleep(0.1)
+            print("state saved", flush=True)
+    return 0
+
+sys.exit(_run(work))
+"""
+
+
+def test_a_second_signal_while_stopping_does_not_break_the_shutdown() -> None:
+    """A second SIGINT arriving while the first one's shutdown saves the state is held, not
+    raised as KeyboardInterrupt inside it: the shutdown finishes and the exit code is 130."""
+    done = subprocess.run([sys.executable, "-c", _TWO_SIGNALS], capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout == "state saved\n"
+    assert done.returncode == 130
+    assert "Traceback" not in done.stderr
+    assert "already stopping" in done.stderr
