@@ -102,14 +102,23 @@ Scalar = TimeValue | IntValue | NumberValue | WordValue
 
 @dataclass(frozen=True, slots=True)
 class Range:
-    """``start-end``, both ends included, optionally subsampled ``@cadence`` (seconds)."""
+    """``start-end``, both ends included, optionally subsampled ``@cadence``: seconds for
+    a time range; for a range of numbers, a whole number of index steps (``7300-7310@2``),
+    kept as written in ``step_text``."""
 
     start: Scalar
     end: Scalar
     cadence: float | None = None
+    step_text: str = field(default="", compare=False)
 
     def __str__(self) -> str:
-        """``a-b`` or ``a-b@96m``."""
+        """``a-b``, ``a-b@96m`` or ``7300-7310@2``."""
+        if self.step_text:
+            return f"{self.start}-{self.end}@{self.step_text}"
+        if (self.cadence is not None and self.cadence.is_integer()
+                and not isinstance(self.start, TimeValue)
+                and not isinstance(self.end, TimeValue)):
+            return f"{self.start}-{self.end}@{int(self.cadence)}"  # an index step: no unit
         return f"{self.start}-{self.end}{_at(self.cadence)}"
 
 
@@ -438,6 +447,10 @@ class _Parser:
             self.pos += 1
             self.skip_space()
             end = self.scalar(opened)
+            if not isinstance(start, TimeValue) and not isinstance(end, TimeValue):
+                step = self.index_step()
+                return Range(start, end, None if step is None else float(step),
+                             "" if step is None else str(step))
             return Range(start, end, self.cadence())
         if char == "/":
             if not isinstance(start, TimeValue):
@@ -458,6 +471,21 @@ class _Parser:
         self.pos += 1
         self.skip_space()
         return self.duration("a cadence after '@' such as 12s, 96m, 6h or 1d")
+
+    def index_step(self) -> int | None:
+        """An optional ``@N`` after a range of numbers: every N-th value (no unit)."""
+        self.skip_space()
+        if self.peek() != "@":
+            return None
+        self.pos += 1
+        self.skip_space()
+        at = self.pos
+        match = re.compile(r"\d+(?![\w.])").match(self.text, self.pos)
+        if match is None or int(match.group()) < 1:
+            raise self.fail(f"expected a whole number of steps after '@' in a range of "
+                            f"numbers (7300-7310@2), found {self._found()}", at)
+        self.pos = match.end()
+        return int(match.group())
 
     def duration(self, what: str) -> float:
         """A duration token such as ``96m``."""

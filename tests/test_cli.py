@@ -288,6 +288,19 @@ def test_plan_json_and_text(emulator: Emulator, capsys: pytest.CaptureFixture[st
     assert not [e for e in emulator.audit.entries if e.op == "jsoc_fetch/exp_request"]
 
 
+def test_plan_sends_an_index_step_as_written(emulator: Emulator,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """``[7300-7310@2]`` (every 2nd HARP number, DRMS's skip) reaches the server as written
+    and is counted there; it was sent as ``@2s`` and refused."""
+    rs = "hmi.sharp_cea_720s[7300-7310@2][2018.09.08_00:00_TAI/2h]{Br}"
+    assert main(["plan", rs, "--server", emulator.url, "--json"]) == EXIT_OK
+    (plan,) = _json(capsys.readouterr().out)["plans"]
+    sent = {e.params.get("ds") for e in emulator.audit.entries if e.op == "jsoc_info/rs_summary"}
+    assert sent
+    assert all("[7300-7310@2]" in ds for ds in sent if ds)
+    assert plan["records"] > 0
+
+
 def test_plan_and_fetch_say_when_the_query_matches_nothing(
     emulator: Emulator, capsys: pytest.CaptureFixture[str], tmp_path: Path,
 ) -> None:

@@ -19,6 +19,7 @@ from asyncjsoc._recordset import (
     Range,
     Recnums,
     RecordSet,
+    Scalar,
     Select,
     Skip,
     Span,
@@ -173,9 +174,20 @@ _scalars = (_times | st.integers(min_value=0, max_value=10**12).map(IntValue)
             .map(NumberValue)
             | st.builds(lambda a, b: a + b, st.sampled_from("aZ_q"),
                         st.text("abcXYZ019_", max_size=6)).map(WordValue))
+
+
+def _range(start: Scalar, end: Scalar, cadence: float | None, step: int | None) -> Range:
+    """A time range with a cadence in seconds, or a range of numbers with an index step."""
+    if isinstance(start, TimeValue) or isinstance(end, TimeValue):
+        return Range(start, end, cadence)
+    return Range(start, end, None if step is None else float(step),
+                 "" if step is None else str(step))
+
+
 _items: st.SearchStrategy[Item] = (
     _scalars
-    | st.builds(Range, _scalars, _scalars, st.none() | _durations)
+    | st.builds(_range, _scalars, _scalars, st.none() | _durations,
+                st.none() | st.integers(min_value=1, max_value=10**6))
     | st.builds(Span, _times, _durations, st.none() | _durations))
 _sql = st.text(st.characters(codec="ascii", exclude_characters="?!\x00"), min_size=1,
                max_size=20).map(str.strip).filter(bool)
@@ -242,3 +254,21 @@ def test_a_primekey_value_cut_short_says_so(text: str) -> None:
     with pytest.raises(RecordSetSyntaxError, match="a value is missing at the end") as caught:
         parse_items(text)
     assert "[" not in caught.value.message
+
+
+@pytest.mark.parametrize("text", [
+    "hmi.sharp_cea_720s[7300-7310@2][2018.09.08_00:00:00_TAI/2h]",
+    "aia.lev1_euv_12s[2014.01.01_00:00:00_TAI/1m][94-171@2]{image}",
+])
+def test_an_index_step_on_a_range_of_numbers_goes_as_written(text: str) -> None:
+    """``[7300-7310@2]`` is every 2nd value (DRMS's skip, no unit): it is sent as written,
+    not as a cadence of 2 seconds (``@2s``, which DRMS refuses)."""
+    assert str(parse_recordset(text)) == text
+    assert str(Range(IntValue(7300), IntValue(7310), 2.0)) == "7300-7310@2"
+
+
+@pytest.mark.parametrize("bad", ["7300-7310@2s", "7300-7310@0", "7300-7310@", "7300-7310@1.5"])
+def test_an_index_step_must_be_a_whole_number(bad: str) -> None:
+    """A unit or a fraction after '@' in a range of numbers is refused where it is."""
+    with pytest.raises(RecordSetSyntaxError, match="whole number of steps"):
+        parse_recordset(f"hmi.sharp_cea_720s[{bad}]")
