@@ -183,7 +183,8 @@ class Last:
 
 @dataclass(frozen=True, slots=True)
 class Recnums:
-    """``[:#123]``, ``[:#1-5,9]``: records by record number (spec kept as text)."""
+    """``[:#123]``, ``[:#1-#5,#9]``: records by record number (the text after ``:#`` kept as
+    written)."""
 
     spec: str
 
@@ -267,7 +268,12 @@ _SERIES = re.compile(r"[A-Za-z][A-Za-z0-9_]*\.[A-Za-z0-9_]+")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NUMBER = re.compile(r"\d+\.\d+(?:[eE][+-]?\d+)?|\d+[eE][+-]?\d+")
 _INT = re.compile(r"\d+")
-_RECNUMS = re.compile(r"\d+(?:-\d+)?(?:,\d+(?:-\d+)?)*")
+_RECNUM_ITEM = r"(?:\^|\$|\d+(?:-#?\d+|/\d+)?(?:@\d+)?)"
+# After ":#": the first item's '#' is consumed; every later one carries its own, as DRMS
+# requires ([:#5-#9,#12], [:#5/3], [:#^]).
+_RECNUMS = re.compile(rf"{_RECNUM_ITEM}(?:\s*,\s*#{_RECNUM_ITEM})*")
+_SLOT_INDEX = re.compile(r"#\d+(?![\w.])")
+"""A prime key's slot index (``[#13300000]``, ``[#13300000-#13300002]``): sent as written."""
 # Concrete on purpose: a placeholder such as "end@cadence" reads as an email address, and
 # error texts are shown through mask_emails.
 _SYNTAX_HINT = ("record sets look like hmi.sharp_cea_720s[7302][2018.09.08_00:00_TAI/1d@96m]"
@@ -413,6 +419,8 @@ class _Parser:
             if m is None:
                 raise self.fail("expected record numbers after ':#'")
             self.pos = m.end()
+            if self.peek() == ",":
+                raise self.fail("each record number starts with '#': [:#1-#5,#9]")
             self.expect("]", "']' after the record numbers", opened)
             return Recnums(m.group(0))
         items = [self.item(opened)]
@@ -422,6 +430,11 @@ class _Parser:
                 self.pos += 1
                 items.append(self.item(opened))
                 continue
+            if self.peek() == "=" and len(items) == 1 and isinstance(items[0], WordValue):
+                raise self.fail(
+                    f"'{items[0]}=...' brackets are not read here: give the prime keys' "
+                    "values in their order, one bracket each ([7302][2018.09.08_00:00_TAI]), "
+                    f"or use a where clause ([? {items[0]}=... ?])")
             self.expect("]", "',' or ']'", opened)
             return Select(tuple(items))
 
@@ -509,7 +522,7 @@ class _Parser:
         if found is not None:
             self.pos = found[1]
             return TimeValue(found[0])
-        for pattern in (_NUMBER, _INT, _NAME):
+        for pattern in (_NUMBER, _INT, _NAME, _SLOT_INDEX):
             m = pattern.match(self.text, self.pos)
             if m is not None:
                 self.pos = m.end()

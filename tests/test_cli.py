@@ -301,6 +301,16 @@ def test_plan_sends_an_index_step_as_written(emulator: Emulator,
     assert plan["records"] > 0
 
 
+@pytest.mark.parametrize("rs", ["hmi.M_45s[#13300000-#13300002]",
+                                "hmi.M_45s[:#4994397-#4994398]"])
+def test_plan_reads_drms_index_forms(emulator: Emulator, capsys: pytest.CaptureFixture[str],
+                                     rs: str) -> None:
+    """Slot indices and record numbers with '#' are planned (the server counts them)."""
+    assert main(["plan", rs, "--server", emulator.url, "--json"]) == EXIT_OK
+    (plan,) = _json(capsys.readouterr().out)["plans"]
+    assert plan["records"] >= 2
+
+
 def test_plan_and_fetch_say_when_the_query_matches_nothing(
     emulator: Emulator, capsys: pytest.CaptureFixture[str], tmp_path: Path,
 ) -> None:

@@ -64,7 +64,7 @@ def test_sharp_example_typed() -> None:
         ("hmi.sharp_720s[7300-7310][]", "hmi.sharp_720s[7300-7310][]"),
         (" hmi.M_45s[$] ", "hmi.M_45s[$]"),
         ("hmi.M_45s[^][2]", "hmi.M_45s[^][2]"),
-        ("hmi.M_45s[:#1-5,9]{magnetogram}", "hmi.M_45s[:#1-5,9]{magnetogram}"),
+        ("hmi.M_45s[:#1-#5,#9]{magnetogram}", "hmi.M_45s[:#1-#5,#9]{magnetogram}"),
         ("hmi.M_45s[![QUALITY<0]!]", "hmi.M_45s[! [QUALITY<0] !]"),
         ("hmi.M_45s[]{}", "hmi.M_45s[]{}"),
         ("hmi.x[a_b][1.50][3E2]", "hmi.x[a_b][1.50][3E2]"),  # numbers go as written
@@ -192,7 +192,7 @@ _items: st.SearchStrategy[Item] = (
 _sql = st.text(st.characters(codec="ascii", exclude_characters="?!\x00"), min_size=1,
                max_size=20).map(str.strip).filter(bool)
 _filters = (st.lists(_items, min_size=1, max_size=4).map(lambda x: Select(tuple(x)))
-            | st.sampled_from([Skip(), First(), Last(), Recnums("5-9,12")])
+            | st.sampled_from([Skip(), First(), Last(), Recnums("5-#9,#12")])
             | st.builds(Where, _sql, st.booleans()))
 _names = st.builds(lambda a, b: a + b, st.sampled_from("Bm_x"), st.text("rpt_err01", max_size=6))
 
@@ -272,3 +272,28 @@ def test_an_index_step_must_be_a_whole_number(bad: str) -> None:
     """A unit or a fraction after '@' in a range of numbers is refused where it is."""
     with pytest.raises(RecordSetSyntaxError, match="whole number of steps"):
         parse_recordset(f"hmi.sharp_cea_720s[{bad}]")
+
+
+@pytest.mark.parametrize("text", [
+    "hmi.M_45s[#13300000-#13300002]",
+    "hmi.M_45s[#13300000]",
+    "hmi.M_45s[:#4994397-#4994398]",
+    "hmi.M_45s[:#4994397,#4994399]",
+    "hmi.M_45s[:#^]",
+    "hmi.M_45s[:#5/3]",
+])
+def test_drms_index_forms_go_as_written(text: str) -> None:
+    """Slot indices (``[#n]``) and record numbers, each with its '#' as DRMS wants them,
+    are read and sent as written."""
+    assert str(parse_recordset(text)) == text
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("hmi.M_45s[:#4994397,4994399]", "each record number starts with '#'"),
+    ("hmi.sharp_cea_720s[HARPNUM=7302]", "'HARPNUM=...' brackets are not read here"),
+])
+def test_forms_drms_refuses_or_we_do_not_read_say_so(text: str, words: str) -> None:
+    """A record-number list missing a '#' (DRMS refuses it) and name=value brackets are
+    refused with what to write instead."""
+    with pytest.raises(RecordSetSyntaxError, match=re.escape(words)):
+        parse_recordset(text)
