@@ -88,7 +88,13 @@ def read_job_file(path: str | PathLike[str]) -> JobList:
         raise JobFileError(f"byte 0x{data[exc.start]:02x} is not text (UTF-8)", path=name,
                            line_number=number, line=_printable_line(data, exc.start),
                            hint=_HINT) from None
-    return parse_job_lines(text.splitlines(), source=name)
+    # Lines end at \n (\r\n, or a lone \r): not at the form feeds, U+2028 and the like that
+    # str.splitlines also breaks at, which would cut a comment in two and shift the
+    # line numbers of errors.
+    return parse_job_lines(_LINE_ENDS.split(text), source=name)
+
+
+_LINE_ENDS = re.compile(r"\r\n|\r|\n")
 
 
 def _printable_line(data: bytes, at: int) -> str:

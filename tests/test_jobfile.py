@@ -99,3 +99,21 @@ def test_a_byte_that_is_not_utf8_names_its_line(tmp_path: Path, data: bytes,
     assert "not text (UTF-8)" in info.value.message
     assert "\ufffd" in info.value.line
     assert "\r" not in info.value.line
+
+
+@pytest.mark.parametrize(("data", "number", "line"), [
+    ("# flare list\u2028from paper\n7020.20170524_222400_TAI\nbad\n", 3, "bad"),
+    ("7020.20170524_222400_TAI\n\x0c\nbad\n", 3, "bad"),
+    ("7020.20170524_222400_TAI\r\n# a\x1ccomment\r\nbad\r\n", 3, "bad"),
+    ("7020.20170524_222400_TAI\rbad\r", 2, "bad"),
+])
+def test_lines_end_only_at_newlines(tmp_path: Path, data: str, number: int,
+                                    line: str) -> None:
+    """A form feed, U+2028 or the like inside a line does not cut it in two: a comment
+    stays whole, and errors name the line as an editor counts it (\\n, \\r\\n or \\r)."""
+    path = tmp_path / "jobs.txt"
+    path.write_text(data, newline="")
+    with pytest.raises(JobFileError) as info:
+        read_job_file(path)
+    assert info.value.line_number == number
+    assert info.value.line == line
