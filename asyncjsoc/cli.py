@@ -683,6 +683,7 @@ async def _fetch(config: Any, queries: list[Any], out: Path, args: argparse.Name
                  *, title: str | None = None) -> int:
     """Pull every query into ``out`` with a display; print the summary (and JSON)."""
     from asyncjsoc._client import Client
+    from asyncjsoc._store import default_state_path
     from asyncjsoc.events import Planned
 
     def hint(event: Any) -> str | None:
@@ -705,10 +706,10 @@ async def _fetch(config: Any, queries: list[Any], out: Path, args: argparse.Name
                 results.append(await client.fetch(query))
     except anyio.get_cancelled_exc_class():
         display.close()
-        display.note(
-            f"interrupted: {display.view.files_done} files done; state saved, "
-            "rerun the same command to resume"
-        )
+        state_path = config.state_path or default_state_path(out)
+        saved = ("state saved, rerun the same command to resume" if state_path.exists()
+                 else "nothing was started yet, rerun the same command")
+        display.note(f"interrupted: {display.view.files_done} files done; {saved}")
         if args.json:  # a script reading stdout still gets its one object
             _emit_json({"ok": False, "interrupted": True, "error": "interrupted",
                         "hint": "rerun the same command to resume",
@@ -752,6 +753,9 @@ async def _extract_all(tars: Sequence[Path], out: Path | None, args: argparse.Na
                 message = message.removeprefix(prefix)
             _print_error(f"cannot extract {tar}: {message}", exc.hint, debug=args.debug)
             rows.append({"tar": str(tar), "error": exc.message})
+            if isinstance(exc, StateLockedError):  # the same for every tar: say it once
+                rows += [{"tar": str(t), "error": exc.message} for t in tars[len(rows):]]
+                break
             continue
         kept = len(done.files) - done.new
         sys.stderr.write(
@@ -770,6 +774,9 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
     tars: list[Path] = []
     for given in args.tars:
+        if not given.exists():
+            raise UsageError(f"no such file or directory: {str(given)!r}",
+                             "pass tar files, or the output directory of a url-tar pull")
         if given.is_dir():
             found = sorted(given.glob("*.tar"))
             if not found:
@@ -916,9 +923,16 @@ async def _plan(config: Any, queries: list[Any], args: argparse.Namespace) -> in
             log(event)
 
     plans = []
-    async with _scratch_client(config, counting) as client:
-        for query in queries:
-            plans.append(await client.plan(query))
+    try:
+        async with _scratch_client(config, counting) as client:
+            for query in queries:
+                plans.append(await client.plan(query))
+    except anyio.get_cancelled_exc_class():
+        sys.stderr.write("interrupted: the plan was not finished (nothing was exported)\n")
+        if args.json:  # a script reading stdout still gets its one object
+            _emit_json({"ok": False, "interrupted": True, "error": "interrupted",
+                        "hint": "run the same command again"}, sys.stdout)
+        raise
     if args.json:
         _emit_json({"plans": [_plan_json(p) for p in plans]}, sys.stdout)
         return EXIT_OK

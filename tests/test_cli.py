@@ -753,6 +753,8 @@ def test_extract_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     empty.mkdir()
     assert main(["extract", str(empty)]) == EXIT_USAGE
     _one_line_error(capsys.readouterr().err, "no .tar file", "empty")
+    assert main(["extract", str(tmp_path / "missing.tar")]) == EXIT_USAGE
+    _one_line_error(capsys.readouterr().err, "no such file or directory", "missing.tar")
 
 
 def test_quick_export_counts_in_the_closing_line(emulator: Emulator, tmp_path: Path,
@@ -805,3 +807,46 @@ def test_the_write_check_of_out_uses_a_name_of_its_own(tmp_path: Path) -> None:
     (out / ".asyncjsoc-write-test").mkdir(parents=True)  # in the way of a fixed probe name
     assert cli._out_dir(out) == out
     assert sorted(p.name for p in out.iterdir()) == [".asyncjsoc-write-test"]
+
+
+def test_extract_beside_another_process_pull_says_so_once(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`extract DIR` into the output directory of another process's running pull: one
+    error line for all its tars (not one per tar), nothing unpacked, exit 1."""
+    import io
+    import subprocess
+    import sys
+    import tarfile
+    import textwrap
+
+    pulled = tmp_path / "pulled"
+    pulled.mkdir()
+    for n in (1, 2, 3):
+        with tarfile.open(pulled / f"JSOC_{n}.tar", "w") as tar:
+            info = tarfile.TarInfo(f"file{n}.txt")
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    code = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from asyncjsoc._store import OutputLock
+        with OutputLock(Path({str(pulled)!r})):
+            print("held", flush=True)
+            sys.stdin.readline()
+    """)
+    pull = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert pull.stdin is not None
+    assert pull.stdout is not None
+    try:
+        assert pull.stdout.readline() == "held\n"
+        assert main(["extract", str(pulled), "--json"]) == EXIT_FAILED
+    finally:
+        pull.stdin.close()
+        pull.wait(timeout=30)
+        pull.stdout.close()
+    out, err = capsys.readouterr()
+    assert err.count("pull is writing into") == 1
+    assert len(json.loads(out)["extracted"]) == 3
+    assert sorted(p.name for p in pulled.iterdir()) == [
+        ".asyncjsoc", "JSOC_1.tar", "JSOC_2.tar", "JSOC_3.tar"]

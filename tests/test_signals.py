@@ -216,3 +216,53 @@ def test_a_second_signal_while_stopping_does_not_break_the_shutdown() -> None:
     assert done.returncode == 130
     assert "Traceback" not in done.stderr
     assert "already stopping" in done.stderr
+
+
+def test_an_interrupted_plan_still_prints_its_json(emulator: Emulator) -> None:
+    """`plan --json` stopped by Ctrl-C prints one object saying so (and a line on stderr),
+    like fetch: a script reading stdout is not left with nothing."""
+    emulator.knobs.cgi_delay = 0.5  # each CGI answer takes 0.5 s: the plan is mid-way below
+    proc = subprocess.Popen([EXE, "plan", RS, "--server", emulator.url, "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env())
+    try:
+        _wait_for(lambda: len(emulator.audit.entries) >= 1, proc, "a planning request")
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    assert "interrupted: the plan was not finished" in stderr
+    doc = json.loads(stdout)
+    assert (doc["ok"], doc["interrupted"]) == (False, True)
+
+
+def test_a_fetch_interrupted_before_its_state_exists_does_not_claim_it_was_saved(
+        tmp_path: Path) -> None:
+    """Ctrl-C while the server has not answered the first request, before any state was
+    written: the closing line does not say 'state saved' (status would find none)."""
+    import socket
+
+    out = tmp_path / "out"
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        silent.settimeout(20)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        proc = subprocess.Popen([EXE, "fetch", RS, "--server", url, "--email", EMAIL,
+                                 "--out", str(out), "--no-progress"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=_env())
+        try:
+            conn, _ = silent.accept()  # the client's first request is on its way
+            with conn:
+                proc.send_signal(signal.SIGINT)
+                _, stderr = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 130, stderr
+    assert not (out / ".asyncjsoc" / "state.sqlite").exists()
+    assert "nothing was started yet" in stderr
+    assert "state saved" not in stderr
