@@ -301,10 +301,18 @@ class EmailPool:
         ]
         first = self._emails[0] if self._emails else ""
         code = self._statuses[first].code if first in self._statuses else None
+        pending = [e for e in self._emails if e not in self._dropped
+                   and e in self._statuses and self._statuses[e].code == 3]
+        if pending and len(pending) == len(self._emails):
+            hint = ("the registration is waiting for its confirmation: answer the e-mail the "
+                    "JSOC sent to the address (within 15 minutes of registering; after that, "
+                    f"register again at {REGISTER_URL}), then try again")
+        else:
+            hint = (f"register the address at {REGISTER_URL} (confirm the reply within 15 "
+                    "minutes), then try again")
         raise EmailNotRegisteredError(
             "no usable notify email: " + "; ".join(reasons),
             email=first,
             status=code,
-            hint=f"register the address at {REGISTER_URL} (confirm the reply within 15 "
-            "minutes), then try again",
+            hint=hint,
         )

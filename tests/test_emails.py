@@ -88,6 +88,24 @@ async def test_all_bad_raises_with_register_hint() -> None:
     pool.close()
 
 
+async def test_a_pending_registration_is_told_to_confirm_not_to_register() -> None:
+    """An address whose registration waits for its confirmation: the hint says to answer
+    the JSOC's e-mail, not to register again (a mix with unknown addresses keeps the
+    register hint)."""
+    pool = EmailPool(FakeChecker(set(), pending={"p@x.org"}), ["p@x.org"], max_pending=8)
+    with pytest.raises(EmailNotRegisteredError) as info:
+        await pool.check()
+    assert "waiting for its confirmation" in (info.value.hint or "")
+    assert (info.value.hint or "").startswith("the registration")
+    pool.close()
+    mixed = EmailPool(FakeChecker(set(), pending={"p@x.org"}), ["p@x.org", "u@x.org"],
+                      max_pending=8)
+    with pytest.raises(EmailNotRegisteredError) as info:
+        await mixed.check()
+    assert (info.value.hint or "").startswith("register the address")
+    mixed.close()
+
+
 async def test_no_email_is_invalid_input() -> None:
     """A pool without addresses cannot export."""
     pool = EmailPool(FakeChecker(set()), [], max_pending=8)
