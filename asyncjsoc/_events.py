@@ -152,11 +152,13 @@ class ExportExpired(Event):
 
 @dataclass(frozen=True, slots=True)
 class ExportFailed(Event):
-    """A chunk could not be exported; its records are reported as failed."""
+    """A chunk could not be exported; its records are reported as failed. ``n_files`` is
+    how many files of the plan it would have given (0 when not known)."""
 
     chunk: int
     request_id: str | None
     error: JsocError
+    n_files: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -195,6 +195,7 @@ class PullView:
         self.files_done = 0
         self.files_skipped = 0
         self.files_failed = 0
+        self.files_not_exported = 0  # files of chunks whose export failed
         self.bytes_done = 0
         self.bytes_skipped = 0  # of bytes_done: files complete from an earlier run
         self.known_sizes: list[int] = []
@@ -292,12 +293,13 @@ class PullView:
                     row.state = "expired"
                     self._free_slot(row)
                 self.reexported += 1
-            case ExportFailed(chunk=chunk, request_id=rid, error=error):
+            case ExportFailed(chunk=chunk, request_id=rid, error=error, n_files=n_files):
                 row = self.exports.get(chunk)
                 if row is not None:
                     row.state = "failed"
                     row.error = error.message
                     self._free_slot(row)
+                self.files_not_exported += 1 if self.tar_exports and n_files else n_files
                 what = f"export {rid or f'chunk {chunk + 1}'}"
                 self.failures.append(Failure(what, error.message))
             case ChunkSplit(chunk=chunk, parts=parts):
@@ -361,7 +363,7 @@ class PullView:
             average = self.estimated_bytes / self.n_files
         else:
             return None
-        unknown = max(0, self.n_files - len(sizes) - self.files_failed)
+        unknown = max(0, self.n_files - len(sizes) - self.files_failed - self.files_not_exported)
         return int(sum(sizes) + unknown * average)
 
     def in_flight(self) -> list[ExportRow]:
@@ -860,6 +862,8 @@ def render_summary(
     rows: list[tuple[str, str]] = [
         ("files", f"{new} downloaded, {view.files_skipped} already present, "
                   f"{view.files_failed} failed"
+                  + (f", {view.files_not_exported} not exported"
+                     if view.files_not_exported else "")
                   + (f" (of {view.n_files} planned)" if view.n_files is not None else "")),
         # Files already on disk took no transfer: the rate counts this run's bytes only.
         ("data", f"{format_bytes(fetched)} in {_format_seconds(elapsed)} "

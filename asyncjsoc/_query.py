@@ -153,6 +153,11 @@ class Query:
             raise InvalidInputError(
                 f"{text!r} asks for no segment ({{}}): there would be no file to download",
                 hint="name the segments, e.g. {Br,Bp}, or leave the braces out for all of them")
+        # A subset given twice selects the same records twice: the plan would count them
+        # twice and the export list each file twice. It is kept once.
+        unique = tuple(dict.fromkeys(parsed.subsets))
+        if len(unique) < len(parsed.subsets):
+            parsed = RecordSet(unique)
         return cls(parsed.series, parsed.segments, parsed)
 
     @classmethod

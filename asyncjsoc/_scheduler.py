@@ -911,8 +911,11 @@ class ExportScheduler:
         self, chunk: Chunk, ds: str, error: JsocError, request_id: str | None
     ) -> None:
         """Record that a chunk (or its re-export ``ds``) could not be exported."""
+        if request_id is None and isinstance(error, ServerRefusedError):
+            request_id = error.request_id  # the export that failed, if the error names it
         self._fail(Failure(ds, error, None, request_id), file=False)
-        self._report(ExportFailed(chunk.index, request_id, error))
+        self._report(ExportFailed(chunk.index, request_id, error,
+                                  chunk.n_files if ds == chunk.recordset else 0))
         await self._store.set_chunk_state(chunk.index, "failed", error=error.message)
         self._failed += 1
 

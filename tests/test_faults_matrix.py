@@ -514,3 +514,31 @@ async def test_a_block_met_by_a_file_download_ends_the_pull(tmp_path: Path) -> N
         served = {p.rsplit("/", 1)[-1]: emu.file_bytes(p) for p in emu.audit.file_stats}
         for name, path in kept.items():
             assert path.read_bytes() == served[Path(name).name]
+
+
+async def test_a_failed_export_names_its_request_and_counts_its_files(tmp_path: Path) -> None:
+    """The ExportFailed event names the export that failed and how many files the chunk
+    would have given; the summary counts them as not exported (it said '0 failed')."""
+    import io
+
+    from asyncjsoc._progress import PullView, render_summary
+    from asyncjsoc.events import ExportFailed
+
+    async with emulator(export_failure_rate=1.0, seed=3) as emu:
+        view = PullView(("a@example.org",))
+        events: list[Event] = []
+
+        def reporter(event: Event) -> None:
+            events.append(event)
+            view.apply(event)
+
+        async with Client(fast_config(emu), tmp_path, reporter=reporter) as client:
+            result = await client.fetch(SHORT_QUERY)
+    assert not result.ok
+    (failed,) = [e for e in events if isinstance(e, ExportFailed)]
+    assert failed.request_id is not None
+    assert failed.request_id.startswith("JSOC_")
+    assert failed.n_files == 4
+    out = io.StringIO()
+    render_summary(None, view, out_dir=str(tmp_path), stream=out)
+    assert "0 failed, 4 not exported (of 4 planned)" in out.getvalue()

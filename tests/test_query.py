@@ -222,3 +222,13 @@ def test_numpy_integers_and_numbers_are_taken_like_python_ones() -> None:
     assert build([np.int64(7302), np.uint16(7303)], 720) == build([7302, 7303], 720)
     with pytest.raises(InvalidInputError, match="bad value"):
         build(np.float64(7302.0), 720)
+
+
+def test_a_subset_given_twice_is_kept_once() -> None:
+    """The same record set twice (two identical arguments) selects its records once: the
+    plan would count them twice and the export list each file twice."""
+    one = "hmi.M_45s[2012.01.01_00:00:00_TAI/2m]{magnetogram}"
+    other = "hmi.M_45s[2012.01.02_00:00:00_TAI/2m]{magnetogram}"
+    q = Query.from_recordset(f"{one},{other},{one}")
+    assert q.recordset() == f"{one},{other}"
+    assert Query.from_recordset(f"{one},{one}").recordset() == one
