@@ -866,8 +866,12 @@ class Client:
 def _is_async_callable(function: object) -> bool:
     """Whether calling ``function`` returns a coroutine (an ``async def`` function, or an
     object whose ``__call__`` is one)."""
-    call = type(function).__dict__.get("__call__") if not inspect.isroutine(function) else None
-    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(call)
+    if inspect.isroutine(function):
+        return inspect.iscoroutinefunction(function)
+    # The class's __call__, inherited ones included (looked up on the type, as a call does)
+    call = next((vars(base)["__call__"] for base in type(function).__mro__
+                 if "__call__" in vars(base)), None)
+    return inspect.iscoroutinefunction(call)
 
 
 def _as_query(query: Query | str) -> Query:

@@ -345,8 +345,16 @@ def _primekey_items(key: str, value: PrimeKeyValue) -> tuple[Item, ...]:
     """The bracket items for one prime-key constraint."""
     if isinstance(value, bool):
         raise InvalidInputError(f"bad value {value!r} for {key}")
+    if not isinstance(value, int | str | range) and callable(getattr(value, "tolist", None)):
+        # numpy scalars and arrays, pandas Series: their Python equivalents
+        value = value.tolist()  # type: ignore[union-attr]
+    if isinstance(value, bool) or (isinstance(value, list) and not value):
+        raise InvalidInputError(f"bad value {value!r} for {key}")
     if isinstance(value, SupportsIndex) and not isinstance(value, int):
-        value = operator.index(value)  # numpy's integer scalars, e.g. from a pandas column
+        try:
+            value = operator.index(value)
+        except TypeError:
+            raise InvalidInputError(f"bad value {value!r} for {key}") from None
     if isinstance(value, int):
         if value < 0:
             raise InvalidInputError(f"bad value {value!r} for {key}: negative")

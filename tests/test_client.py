@@ -963,7 +963,10 @@ def test_an_async_reporter_is_refused_in_words(tmp_path: Path) -> None:
         def __call__(self, event: Event) -> None:
             pass
 
-    for bad in (async_reporter, AsyncCallable()):
+    class InheritsAsyncCall(AsyncCallable):
+        pass
+
+    for bad in (async_reporter, AsyncCallable(), InheritsAsyncCall()):
         with pytest.raises(InvalidInputError, match="reporter must be a plain function"):
             Client(ClientConfig(), tmp_path, reporter=bad)  # type: ignore[arg-type]
     seen: list[Event] = []

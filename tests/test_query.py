@@ -222,6 +222,10 @@ def test_numpy_integers_and_numbers_are_taken_like_python_ones() -> None:
     assert build([np.int64(7302), np.uint16(7303)], 720) == build([7302, 7303], 720)
     with pytest.raises(InvalidInputError, match="bad value"):
         build(np.float64(7302.0), 720)
+    assert build(np.array([7302, 7303]), 720) == build([7302, 7303], 720)  # a column's values
+    for bad in (np.array([[7302, 7303]]), np.array([], dtype=int)):
+        with pytest.raises(InvalidInputError, match="bad value"):
+            build(bad, 720)
 
 
 def test_a_subset_given_twice_is_kept_once() -> None:
