@@ -258,6 +258,11 @@ def _parts_of(time: Time, scale: Literal["tai", "utc"]) -> TimeParts:
         iso = copy.isot  # e.g. 2016-12-31T23:59:60.000000 during a leap second
     date, clock = iso.split("T")
     y, mo, d = (int(x) for x in date.split("-"))
+    if not 1 <= y <= 9999:  # 9999.12.31_23:59:59_UTC is already in year 10000 in TAI
+        raise InvalidInputError(
+            f"a time that reads {iso.rstrip('0').rstrip('.')} in {scale.upper()} is outside "
+            "the years DRMS writes (0001 to 9999)",
+            hint="use an earlier end time: no data are that late")
     hms, _, micro = clock.partition(".")
     h, mi, s = (int(x) for x in hms.split(":"))
     zone: Zone = "TAI" if scale == "tai" else "UTC"

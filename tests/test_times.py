@@ -189,3 +189,14 @@ def test_importing_the_package_leaves_astropy_time_unloaded() -> None:
                           check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "2010.07.25_13:30:34_TAI"  # TAI - UTC = 34 s in 2010
+
+
+def test_a_utc_time_that_is_year_10000_in_tai_is_refused_in_words() -> None:
+    """9999.12.31_23:59:59_UTC is 10000.01.01_00:00:36 in TAI, which DRMS cannot read: a
+    clear error before anything is sent, not the server's 'invalid end time'."""
+    from asyncjsoc._times import to_tai_parts
+    from asyncjsoc.exceptions import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match=r"10000-01-01T00:00:36 in TAI is outside"):
+        to_tai_parts("9999.12.31_23:59:59_UTC")
+    assert str(to_tai_parts("9999.12.31_23:59:00_UTC")).startswith("9999.12.31_23:59:3")
