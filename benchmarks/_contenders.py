@@ -96,6 +96,31 @@ def run_raw_aiohttp(spec: Spec) -> Result:
     return {"bytes_moved": asyncio.run(main())}
 
 
+# ---------------------------------------------------------------- disk-write control
+
+
+def run_disk_write(spec: Spec) -> Result:
+    """No network: write ``files`` files of ``size`` bytes from memory in 1 MiB writes
+    (fsync each if asked). A control: the kernel's cost of putting those bytes in files on
+    this machine, and how much it varies from run to run."""
+    out = Path(spec["out"])
+    n, size = int(spec["files"]), int(spec["size"])
+    fsync = bool(spec.get("options", {}).get("fsync", False))
+    block = b"\x01" * READ_SIZE
+    out.mkdir(parents=True, exist_ok=True)
+    total = 0
+    for i in range(n):
+        with open(out / f"f{i:05d}.fits", "wb") as fh:
+            left = size
+            while left > 0:
+                left -= fh.write(block[:min(left, READ_SIZE)])
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        total += size
+    return {"bytes_moved": total}
+
+
 # ---------------------------------------------------------------- parfive
 
 
@@ -444,6 +469,7 @@ CONTENDERS: dict[str, Callable[[Spec], Result]] = {
     "parfive-tuned": run_parfive_tuned,
     "parfive-sunpy": run_parfive_sunpy,
     "raw-aiohttp": run_raw_aiohttp,
+    "disk-write": run_disk_write,
     "curl": run_curl,
     "aria2c": run_aria2c,
 }

@@ -461,6 +461,10 @@ def _download_rows(ctx: Ctx, emu: Emulator, urls_file: Path, query: dict[str, An
         "aria2c": ("aria2c", {"connections": conns} | common),
         "drms (serial)": ("drms", {"chunks": [query["ds"]], "method": "url_quick",
                                    "protocol": "as-is"}),
+        "disk writes only": ("disk-write", {"files": n, "size": emu.knobs["file_size"]}),
+        "disk writes only + fsync": ("disk-write", {"files": n,
+                                                    "size": emu.knobs["file_size"],
+                                                    "options": {"fsync": True}}),
     }
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
     for _ in range(repeats):
@@ -514,7 +518,8 @@ def s2_bandwidth(ctx: Ctx) -> dict[str, Any]:
     everyone = ["asyncjsoc", "asyncjsoc, no fsync", "asyncjsoc+verify", "asyncjsoc-cli",
                 "raw-aiohttp",
                 "raw-aiohttp+fsync", "parfive-default", "parfive-tuned", "parfive sunpy-mode",
-                "curl", "aria2c", "drms (serial)"]
+                "curl", "aria2c", "drms (serial)", "disk writes only",
+                "disk writes only + fsync"]
     with Emulator(knobs) as emu:
         # Cap off.
         q = hmi_query(0, n_off)
@@ -658,6 +663,12 @@ def s2_bandwidth(ctx: Ctx) -> dict[str, Any]:
         "written back during it. Anything else running on the machine counts as well.",
         "`parfive sunpy-mode` is what sunpy's JSOC client runs: max_conn=1, max_splits=1, "
         "parfive's default 1 KiB reads.",
+        "`disk writes only` (and `+ fsync`) are controls, not contenders: the same number of "
+        "files of the same size written from memory in 1 MiB writes, no network. Their CPU "
+        "s/GB is what the kernel alone charges for putting 1 GB in files on this machine, and "
+        "its range over the runs is the machine's own noise (on this VM the same writes cost "
+        "more or less system time from run to run, by which pages the kernel hands out), "
+        "against which the contenders' CPU differences are to be read.",
         f"Cap on uses the first {n_on} files (≈{n_on * size / MB:.0f} MB) to keep the run "
         "short.",
     ]
