@@ -17,6 +17,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -429,7 +430,8 @@ def _download_rows(ctx: Ctx, emu: Emulator, urls_file: Path, query: dict[str, An
     """The download-engine contenders on one staged URL list, at ``conns`` connections.
 
     With ``repeats`` > 1 every contender runs that many times, round-robin (so a slow spell
-    of the machine hits all of them alike), and its row is the run with the median MB/s,
+    of the machine hits all of them alike; each round after the first in a shuffled order),
+    and its row is the run with the median MB/s,
     with every run's MB/s in ``mb_s_runs``; its CPU s/GB is the median over the runs too.
     """
     n = len(json.loads(urls_file.read_text()))
@@ -467,8 +469,16 @@ def _download_rows(ctx: Ctx, emu: Emulator, urls_file: Path, query: dict[str, An
                                                     "options": {"fsync": True}}),
     }
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name in contenders:
+    # Each round in its own (seeded) order: on a VM the CPU a run is charged for writing
+    # depends on the memory the run before it left behind (the control rows show the same
+    # writes costing 0.2 or 1.7 s/GB), so a fixed order would give each contender the same
+    # predecessor, and the same bias, every round.
+    order = random.Random(len(contenders))
+    for round_ in range(repeats):
+        names = list(contenders)
+        if round_:
+            order.shuffle(names)
+        for name in names:
             contender, fields_ = plan[name]
             fields_ = dict(fields_)
             fields_.setdefault("expect_files", n)
@@ -637,7 +647,9 @@ def s2_bandwidth(ctx: Ctx) -> dict[str, Any]:
     notes = [
         "One emulator for the whole scenario (url_quick/as-is exports hold no server state); its "
         "body cache is warmed first so every contender is served from memory.",
-        *([f"Cap off, each contender at 2 connections ran {REPEATS} times, round-robin; its "
+        *([f"Cap off, each contender at 2 connections ran {REPEATS} times, round-robin (each "
+           f"round after the first in a shuffled, seeded order, so no contender always "
+           f"follows the same one); its "
            f"row is its median run (by MB/s), except CPU s/GB, which is the median of its "
            f"runs' CPU s/GB (and machine CPU s/GB). Range of MB/s over the runs: {spread}. "
            f"Range of CPU s/GB: {cpu_spread}. Range of machine CPU s/GB: {machine_spread}."]
