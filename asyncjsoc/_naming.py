@@ -79,6 +79,46 @@ def disambiguated_relpath(relpath: str, record: str) -> str:
 _SEGMENT_OF_RECORD = re.compile(r"\{([^{}]*)\}\s*$")
 
 
+def missing_segments(ds: str, files: Iterable[ExportFile], filenamefmt: str) -> list[str]:
+    """Segments ``ds`` asked for of which an export holds not one file (lower case).
+
+    The other half of :func:`stray_segments`: asking for ``{Br,Bp}`` after ``{Br}`` gets the
+    ``Br`` export back, with no ``Bp`` file at all. A segment a record lacks still has its
+    row (``NoDataFile``), so a segment with no row is a handed-back export. Only decided
+    when every subset asks for the same segments and every file's segment can be told;
+    otherwise nothing is reported, so this never refuses a good export.
+    """
+    try:
+        subsets = parse_recordset(ds).subsets
+    except InvalidInputError:
+        return []
+    asked = {frozenset(s.lower() for s in subset.segments or ()) for subset in subsets}
+    if len(asked) != 1:
+        return []
+    (wanted,) = asked
+    if not wanted:  # all segments
+        return []
+    by_name = filenamefmt.endswith("{segment}")
+    seen: set[str] = set()
+    rows = 0
+    for f in files:
+        rows += 1
+        match = _SEGMENT_OF_RECORD.search(f.record)
+        if match is not None:
+            seen.add(match.group(1).strip().lower())
+            continue
+        if not by_name:
+            return []
+        name = "." + f.filename.rsplit("/", 1)[-1].lower()
+        found = [s for s in wanted if f".{s}." in name or f".{s}_" in name]
+        if len(found) != 1:
+            return []  # cannot tell (NoDataFile, or two candidates)
+        seen.add(found[0])
+    if not rows:
+        return []
+    return sorted(wanted - seen)
+
+
 def stray_segments(ds: str, files: Iterable[ExportFile], filenamefmt: str) -> list[str]:
     """Files of an export that hold a segment ``ds`` did not ask for (their names).
 

@@ -66,7 +66,12 @@ from asyncjsoc._events import (
 )
 from asyncjsoc._handoff import send_soon
 from asyncjsoc._models import Chunk, ExportFile, ExportStatus, Plan, RemoteFile, SeriesInfo
-from asyncjsoc._naming import disambiguated_relpath, quick_relpath, stray_segments
+from asyncjsoc._naming import (
+    disambiguated_relpath,
+    missing_segments,
+    quick_relpath,
+    stray_segments,
+)
 from asyncjsoc._paths import safe_relpath
 from asyncjsoc._plan import split_chunk
 from asyncjsoc._polling import StagingTimes, StatusApi, wait_export_ready
@@ -476,6 +481,12 @@ class ExportScheduler:
                          stray_segments(ds, status.files, self._filenamefmt or ""))
                 if stray:
                     await self._fail_chunk(chunk, ds, _stray_error(status, stray), request_id)
+                    return
+                missing = ([] if status.tarfile else
+                           missing_segments(ds, status.files, self._filenamefmt or ""))
+                if missing:
+                    await self._fail_chunk(chunk, ds, _missing_error(status, missing),
+                                           request_id)
                     return
                 remotes, refused = await self._register(chunk, status,
                                                         full=ds == chunk.recordset)
@@ -929,6 +940,18 @@ def _stray_error(status: ExportStatus, stray: Sequence[str]) -> ExportFailedErro
         f"not ask for ({shown}{more}): the JSOC handed back an export it made earlier for the "
         "same records with other segments (within 24 h it spots a repeated request by its "
         "records, not its segments); none of its files is taken",
+        status=status.status, request_id=status.request_id,
+        hint="ask for these segments again a day after that export, or with a different "
+             "filenamefmt (which makes it a new request)")
+
+
+def _missing_error(status: ExportStatus, missing: Sequence[str]) -> ExportFailedError:
+    """The error of an export holding no file of some segments the request asked for."""
+    return ExportFailedError(
+        f"export {status.request_id or '(quick)'} holds no file of segments this request "
+        f"asked for ({', '.join(missing)}): the JSOC handed back an export it made earlier "
+        "for the same records with fewer segments (within 24 h it spots a repeated request "
+        "by its records, not its segments); none of its files is taken",
         status=status.status, request_id=status.request_id,
         hint="ask for these segments again a day after that export, or with a different "
              "filenamefmt (which makes it a new request)")

@@ -13,6 +13,7 @@ from asyncjsoc._models import ExportFile, ExportStatus, KeywordInfo, SeriesInfo
 from asyncjsoc._naming import (
     default_filenamefmt,
     disambiguated_relpath,
+    missing_segments,
     quick_relpath,
     stray_segments,
 )
@@ -219,4 +220,43 @@ async def test_an_earlier_export_of_other_segments_is_never_taken(tmp_path: Path
     error = second.failed[0].error
     assert "did not ask for" in error.message
     assert first.exports[0] in error.message
+    assert not list((tmp_path / "b").rglob("*.fits"))
+
+
+def test_missing_segments_are_told_only_when_every_file_says_its_segment() -> None:
+    """A segment asked for with no file at all is reported; NoDataFile rows, mixed subsets,
+    all segments, or names that cannot be told report nothing (never refuse a good one)."""
+    ds = "hmi.sharp_cea_720s[7302][2018.09.08_00:00_TAI]{Br,Bp}"
+    br = ExportFile("hmi.sharp_cea_720s[7302][2018.09.08_00:00:00_TAI]",
+                    "hmi.sharp_cea_720s.7302.20180908_000000_TAI.Br.fits")
+    bp = ExportFile("hmi.sharp_cea_720s[7302][2018.09.08_00:00:00_TAI]",
+                    "hmi.sharp_cea_720s.7302.20180908_000000_TAI.Bp.fits")
+    nodata = ExportFile("hmi.sharp_cea_720s[7302][2018.09.08_00:00:00_TAI]", "NoDataFile")
+    assert missing_segments(ds, [br], SHARP_FMT) == ["bp"]
+    assert missing_segments(ds, [br, bp], SHARP_FMT) == []
+    assert missing_segments(ds, [br, nodata], SHARP_FMT) == []
+    assert missing_segments(ds, [], SHARP_FMT) == []
+    assert missing_segments("hmi.sharp_cea_720s[7302][2018.09.08_00:00_TAI]", [br],
+                            SHARP_FMT) == []
+    assert missing_segments(ds + ",hmi.sharp_cea_720s[7303][2018.09.08_00:00_TAI]{Br}", [br],
+                            SHARP_FMT) == []
+    assert missing_segments(ds, [br], "{HARPNUM}.{segment}.x") == []
+
+
+async def test_an_earlier_export_of_fewer_segments_is_never_taken(tmp_path: Path) -> None:
+    """{Br,Bp} asked within 24 h of {Br} for the same records gets the {Br} export back,
+    with no Bp file: the chunk fails with the reason (before: the Br files only, exit 0)."""
+    records = "hmi.sharp_cea_720s[7302][2018.09.08_00:00_TAI/1h@12m]"
+    async with emulator() as emu:
+        async with Client(fast_config(emu), tmp_path / "a") as client:
+            first = await client.fetch(records + "{Br}")
+        async with Client(fast_config(emu), tmp_path / "b") as client:
+            second = await client.fetch(records + "{Br,Bp}")
+    assert first.ok
+    assert not second.ok
+    assert second.files == ()
+    error = second.failed[0].error
+    assert "holds no file of segments this request asked for (bp)" in error.message
+    assert first.exports[0] in error.message
+    assert "a day after" in (error.hint or "")
     assert not list((tmp_path / "b").rglob("*.fits"))
