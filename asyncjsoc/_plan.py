@@ -41,6 +41,7 @@ from asyncjsoc._recordset import (
     Item,
     NumberValue,
     Range,
+    Recnums,
     RecordSet,
     Select,
     Skip,
@@ -352,6 +353,19 @@ def _check_integer_keys(subset: Subset, info: SeriesInfo) -> None:
                         "not written as an integer", hint=hint)
 
 
+def _has_indices(subset: Subset) -> bool:
+    """Whether ``subset`` selects by record number or by a prime key's slot index (``#n``)."""
+    for flt in subset.filters:
+        if isinstance(flt, Recnums):
+            return True
+        if isinstance(flt, Select):
+            for item in flt.items:
+                ends = (item.start, item.end) if isinstance(item, Range) else (item,)
+                if any(isinstance(v, WordValue) and v.text.startswith("#") for v in ends):
+                    return True
+    return False
+
+
 def _positional_keys(subset: Subset, info: SeriesInfo) -> dict[int, str]:
     """Filter index → prime-key name for the positional brackets."""
     out: dict[int, str] = {}
@@ -565,10 +579,15 @@ class _Planner:
         else:
             found = _find_axis(piece.subset, self.info)
             if found is None:
+                hint = "add a time range (start-end or start/duration) to the record set"
+                if _has_indices(piece.subset):
+                    hint = ("slot indices (#n) and record numbers ([:#n]) are not cut by "
+                            "asyncjsoc: select by time instead (start-end), or raise the "
+                            "cap (--max-files-per-export) if the server allows it")
                 raise InvalidInputError(
                     f"{piece.subset} selects {piece.n} records, more than "
                     f"{self.max_records} per export, and has nothing left to split along",
-                    hint="add a time range (start-end or start/duration) to the record set")
+                    hint=hint)
             axis, lo, hi = found, 0, found.size
         want = math.ceil(piece.n * _OVERSPLIT / self.max_records)
         bounds = _bounds(lo, hi, max(2, want))

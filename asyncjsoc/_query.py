@@ -408,7 +408,8 @@ def _where_clauses(where: Sequence[str] | str | None, info: SeriesInfo | None
 
 def _check_segments(segments: Sequence[str] | None, info: SeriesInfo | None
                     ) -> tuple[str, ...] | None:
-    """Validated segment names, duplicates dropped, order kept."""
+    """Validated segment names, duplicates dropped (DRMS segment names are case-insensitive:
+    ``Br`` and ``br`` are one), order kept."""
     if segments is None:
         return None
     if isinstance(segments, str):
@@ -421,7 +422,7 @@ def _check_segments(segments: Sequence[str] | None, info: SeriesInfo | None
             available = ", ".join(s.name for s in info.segments)
             raise InvalidInputError(f"{info.name} has no segment {name!r}",
                                     hint=f"its segments are {available}")
-        if name not in names:
+        if name.lower() not in (n.lower() for n in names):
             names.append(name)
     if not names:
         raise InvalidInputError("an empty segment list selects nothing; pass None for all")

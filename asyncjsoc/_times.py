@@ -337,6 +337,16 @@ def match_duration(text: str, pos: int = 0) -> tuple[float, int] | None:
     return parse_duration(m.group(0)), m.end()
 
 
+def _numpy_timedelta_seconds(value: object) -> float | None:
+    """Seconds of a ``numpy.timedelta64`` (``None`` for NaT or one without a unit)."""
+    import numpy as np
+
+    assert isinstance(value, np.timedelta64)
+    if np.isnat(value) or np.datetime_data(value.dtype)[0] == "generic":
+        return None
+    return float(value / np.timedelta64(1, "us")) / 1e6
+
+
 def parse_duration(value: DurationLike) -> float:
     """Turn a cadence or duration into a positive number of seconds.
 
@@ -369,6 +379,8 @@ def parse_duration(value: DurationLike) -> float:
                 seconds = float(int(num) * _UNITS[unit])
             else:
                 seconds = float(num) * _UNITS[unit]
+    elif type(value).__name__ == "timedelta64":  # numpy's: a Real by registration
+        seconds = _numpy_timedelta_seconds(value)
     elif isinstance(value, numbers.Real):  # int, float, and numpy's scalars
         seconds = float(value)
     elif isinstance(value, timedelta):

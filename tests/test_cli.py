@@ -311,6 +311,19 @@ def test_plan_reads_drms_index_forms(emulator: Emulator, capsys: pytest.CaptureF
     assert plan["records"] >= 2
 
 
+@pytest.mark.parametrize("rs", ["hmi.sharp_cea_720s[7302][#1125720-#1125840]{Br}",
+                                "hmi.M_45s[:#12147285-#12147400]"])
+def test_an_index_range_over_the_cap_says_what_to_do(
+        emulator: Emulator, capsys: pytest.CaptureFixture[str], rs: str) -> None:
+    """Slot-index and record-number ranges are not cut: over the cap, the hint says so
+    (it said to add a time range, which the slot range already is)."""
+    assert main(["plan", rs, "--server", emulator.url, "--max-files-per-export", "50"]) \
+        == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "nothing left to split along" in err
+    assert "slot indices (#n) and record numbers ([:#n]) are not cut" in err
+
+
 def test_plan_and_fetch_say_when_the_query_matches_nothing(
     emulator: Emulator, capsys: pytest.CaptureFixture[str], tmp_path: Path,
 ) -> None:

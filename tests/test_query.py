@@ -236,3 +236,26 @@ def test_a_subset_given_twice_is_kept_once() -> None:
     q = Query.from_recordset(f"{one},{other},{one}")
     assert q.recordset() == f"{one},{other}"
     assert Query.from_recordset(f"{one},{one}").recordset() == one
+
+
+def test_a_segment_given_twice_in_another_case_is_kept_once() -> None:
+    """DRMS segment names are case-insensitive: ['Br', 'br'] is one segment (the plan
+    counted two files per record and fetched one)."""
+    q = Query.build("hmi.sharp_cea_720s", start="2018.09.08_00:00_TAI",
+                    end="2018.09.08_01:00_TAI", segments=["Br", "br", "Bp", "BR"])
+    assert q.recordset().endswith("{Br,Bp}")
+
+
+def test_a_numpy_timedelta_cadence_is_read_in_seconds() -> None:
+    """np.timedelta64 is registered as a real number, but float() refuses it: it is read by
+    its unit (a raw TypeError before); NaT or a unitless one is refused in words."""
+    import numpy as np
+
+    from asyncjsoc._times import parse_duration
+    from asyncjsoc.exceptions import InvalidInputError
+
+    assert parse_duration(np.timedelta64(12, "m")) == 720.0
+    assert parse_duration(np.timedelta64(1500, "ms")) == 1.5
+    for bad in (np.timedelta64("NaT"), np.timedelta64(5)):
+        with pytest.raises(InvalidInputError, match="invalid cadence or duration"):
+            parse_duration(bad)
