@@ -267,11 +267,15 @@ class Pull:
         return self._pool
 
 
-def pull_fingerprint(query: Query, config: ClientConfig) -> str:
-    """A digest of what decides a pull's files: the record set, server and export options."""
+def pull_fingerprint(query: Query, config: ClientConfig, *, legacy: bool = False) -> str:
+    """A digest of what decides a pull's files: the record set, server and export options.
+
+    The record set is :meth:`Query.identity`, so equivalent spellings resume one pull;
+    ``legacy`` gives the digest earlier versions stored (:meth:`Query.canonical`: numbers
+    only), which a resumed pull accepts and replaces.
+    """
     fields = {
-        # Canonical numbers: the fingerprint of a pull stays what earlier versions stored.
-        "recordset": query.canonical(),
+        "recordset": query.canonical() if legacy else query.identity(),
         "server": config.server,
         "method": config.export_method,
         "protocol": config.protocol,
@@ -589,6 +593,10 @@ class Client:
     async def _prepare(self, query: Query, store: StateStore) -> Plan:
         """The plan of ``query``: the stored one when resuming the same pull, else a new one."""
         fingerprint = pull_fingerprint(query, self.config)
+        stored = await store.stored_fingerprint()
+        if stored is not None and stored != fingerprint and stored == pull_fingerprint(
+                query, self.config, legacy=True):
+            await store.replace_fingerprint(fingerprint)  # stored by an earlier version
         await store.check_fingerprint(fingerprint)
         stored = await store.stored_fingerprint()
         plan: Plan | None = None

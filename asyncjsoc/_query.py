@@ -37,6 +37,7 @@ from asyncjsoc._recordset import (
     TimeValue,
     Where,
     canonical_recordset,
+    identity_recordset,
     is_time_item,
     parse_items,
     parse_recordset,
@@ -108,6 +109,12 @@ class Query:
         :func:`~asyncjsoc._recordset.canonical_recordset`): what identifies the selection
         in a pull's state, however its numbers were written."""
         return canonical_recordset(self.parsed)
+
+    def identity(self) -> str:
+        """:meth:`canonical` with the spellings DRMS does not tell apart folded (see
+        :func:`~asyncjsoc._recordset.identity_recordset`): series and segment case, segment
+        order, spaces in record-number lists. What a pull's state is keyed by."""
+        return identity_recordset(self.parsed)
 
     def __str__(self) -> str:
         """Same as :meth:`recordset`."""

@@ -42,6 +42,7 @@ __all__ = [
     "Where",
     "WordValue",
     "canonical_recordset",
+    "identity_recordset",
     "is_time_item",
     "parse_items",
     "parse_recordset",
@@ -305,6 +306,22 @@ def canonical_recordset(rs: RecordSet) -> str:
             else f for f in sub.filters))
         for sub in rs.subsets)
     return str(replace(rs, subsets=subsets))
+
+
+def identity_recordset(rs: RecordSet) -> str:
+    """:func:`canonical_recordset` with what DRMS does not tell apart folded too: series
+    and segment names in lower case (DRMS reads both case-insensitively), segments in one
+    order, no spaces inside record-number lists. Two spellings of one selection give one
+    text; different selections never do."""
+    subsets = []
+    for sub in parse_recordset(canonical_recordset(rs)).subsets:
+        filters = tuple(Recnums("".join(f.spec.split())) if isinstance(f, Recnums) else f
+                        for f in sub.filters)
+        segments = (None if sub.segments is None
+                    else tuple(sorted({s.lower() for s in sub.segments})))
+        subsets.append(replace(sub, series=sub.series.lower(), filters=filters,
+                               segments=segments))
+    return str(replace(rs, subsets=tuple(subsets)))
 
 
 class _Parser:

@@ -722,6 +722,14 @@ class StateStore:
         if stored is not None and stored != fingerprint and not self.reset:
             raise self._mismatch()
 
+    async def replace_fingerprint(self, fingerprint: str) -> None:
+        """Store ``fingerprint`` in place of the stored one, keeping the plan and progress
+        (the same pull, identified as an earlier version did)."""
+        def write(conn: sqlite3.Connection) -> None:
+            self._meta_set(conn, "fingerprint", fingerprint)
+
+        await self._run(write)
+
     def _mismatch(self) -> StateMismatchError:
         """The error for a store that belongs to a different pull."""
         return StateMismatchError(

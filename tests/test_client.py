@@ -987,3 +987,36 @@ async def test_bytes_count_a_file_resumed_within_the_run_once(tmp_path: Path) ->
         assert resumed  # the seed cuts some transfers: they were resumed with a Range
         assert result.bytes == sum(f.bytes for f in result.files)
         assert all(f.resumed_from == 0 for f in result.files)
+
+
+async def test_a_pull_stored_by_an_earlier_version_resumes_and_is_rekeyed(
+        tmp_path: Path) -> None:
+    """A state keyed by the earlier fingerprint (numbers folded only: 'hmi.M_45s' as
+    written) is the same pull: the rerun resumes it, exports nothing, and stores the new key."""
+    from asyncjsoc import Query
+    from asyncjsoc._client import pull_fingerprint
+
+    async with emulator() as emu:
+        config = fast_config(emu)
+        async with Client(config, tmp_path) as client:
+            first = await client.fetch(QUERY)
+        assert first.ok
+        query = Query.from_recordset(QUERY)
+        old = pull_fingerprint(query, config, legacy=True)
+        new = pull_fingerprint(query, config)
+        assert old != new  # the series is written 'hmi.M_45s': case folded in the new key
+        state = tmp_path / ".asyncjsoc" / "state.sqlite"
+        with sqlite3.connect(state) as conn:
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'fingerprint'", (old,))
+        conn.close()
+        requests = emu.audit.count("jsoc_fetch/exp_request")
+        async with Client(config, tmp_path) as client:
+            again = await client.fetch(QUERY)
+        assert again.ok
+        assert again.files == ()
+        assert len(again.reused) == 8
+        assert emu.audit.count("jsoc_fetch/exp_request") == requests
+        with sqlite3.connect(state) as conn:
+            (stored,) = conn.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
+        conn.close()
+        assert stored == new

@@ -259,3 +259,38 @@ def test_a_numpy_timedelta_cadence_is_read_in_seconds() -> None:
     for bad in (np.timedelta64("NaT"), np.timedelta64(5)):
         with pytest.raises(InvalidInputError, match="invalid cadence or duration"):
             parse_duration(bad)
+
+
+@pytest.mark.parametrize(("one", "other"), [
+    ("hmi.sharp_cea_720s[7302][2018.09.08_00:00_TAI/3h]{Br}",
+     "hmi.sharp_cea_720s[7302][2018.09.08_00:00_TAI/3h]{br}"),
+    ("hmi.sharp_cea_720s[7302][2018.09.08_00:00_TAI/3h]{Br}",
+     "HMI.SHARP_CEA_720S[7302][2018.09.08_00:00_TAI/3h]{Br}"),
+    ("hmi.sharp_cea_720s[7302][2018.09.08_00:00_TAI/3h]{Br,Bp}",
+     "hmi.sharp_cea_720s[7302][2018.09.08_00:00_TAI/3h]{Bp,Br}"),
+    ("hmi.M_45s[:#12147285 , #12147289]", "hmi.M_45s[:#12147285,#12147289]"),
+])
+def test_spellings_drms_does_not_tell_apart_are_one_pull(one: str, other: str) -> None:
+    """Series and segment case, segment order and spaces in record-number lists do not
+    change the selection: one fingerprint, so the second spelling resumes the first's pull."""
+    config = ClientConfig(emails=("a@example.org",))
+    a, b = Query.from_recordset(one), Query.from_recordset(other)
+    assert a.identity() == b.identity()
+    assert pull_fingerprint(a, config) == pull_fingerprint(b, config)
+
+
+@pytest.mark.parametrize(("one", "other"), [
+    ("hmi.sharp_cea_720s[7302][2018.09.08_00:00_TAI/3h]{Br}",
+     "hmi.sharp_cea_720s[7302][2018.09.08_00:00_TAI/3h]{Bp}"),
+    ("hmi.sharp_cea_720s[7302][2018.09.08_00:00_TAI/3h]{Br}",
+     "hmi.sharp_cea_720s[7302][2018.09.08_00:00_TAI/3h]"),
+    ("hmi.sharp_cea_720s[7300-7310@2]", "hmi.sharp_cea_720s[7300-7310]"),
+    ("hmi.M_45s[:#12147285,#12147289]", "hmi.M_45s[:#12147285-#12147289]"),
+    ("hmi.x[? A>1 ?]", "hmi.x[? a>1 ?]"),
+])
+def test_different_selections_keep_different_fingerprints(one: str, other: str) -> None:
+    """Folding never merges two selections: other segments, all segments, a step, a list
+    against a range, where clauses (kept as written) stay apart."""
+    config = ClientConfig(emails=("a@example.org",))
+    assert pull_fingerprint(Query.from_recordset(one), config) != pull_fingerprint(
+        Query.from_recordset(other), config)
