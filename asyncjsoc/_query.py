@@ -162,7 +162,15 @@ class Query:
                 hint="name the segments, e.g. {Br,Bp}, or leave the braces out for all of them")
         # A subset given twice selects the same records twice: the plan would count them
         # twice and the export list each file twice. It is kept once.
-        unique = tuple(dict.fromkeys(parsed.subsets))
+        # (Compared as DRMS reads them: {Br} and {br} are one, see identity_recordset.)
+        seen: set[str] = set()
+        kept: list[Subset] = []
+        for sub in parsed.subsets:
+            key = identity_recordset(RecordSet((sub,)))
+            if key not in seen:
+                seen.add(key)
+                kept.append(sub)
+        unique = tuple(kept)
         if len(unique) < len(parsed.subsets):
             parsed = RecordSet(unique)
         return cls(parsed.series, parsed.segments, parsed)
