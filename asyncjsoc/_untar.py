@@ -57,7 +57,7 @@ import anyio.to_thread
 
 from ._durable import NOFOLLOW, disk_errors, fsync_dir
 from ._paths import PART_SUFFIX, output_lock_path, resolve_inside, safe_relpath
-from ._verify import _verify_fits_sync
+from ._verify import _verify_fits_sync, _zeros
 from .exceptions import (
     FileBusyError,
     IntegrityError,
@@ -316,6 +316,31 @@ def _disk_errors(path: Path | None = None) -> contextlib.AbstractContextManager[
                        "again: files already extracted are kept", path)
 
 
+def _check_end(tar: tarfile.TarFile, tar_path: Path) -> None:
+    """Refuse a tar whose members do not end in its end-of-archive zeros.
+
+    ``tarfile`` takes a damaged header after the first member, or a tar cut exactly where
+    a member ends, for the end of the archive: the members after it would be silently
+    left out. So the bytes after the last member it read must be at least one zero block,
+    and zeros to the end of the file (the scan that :func:`~asyncjsoc._verify._zeros` does).
+    """
+    end = tar.offset
+    size = tar_path.stat().st_size
+    with tar_path.open("rb") as f:
+        def read(offset: int, n: int) -> bytes:
+            f.seek(offset)
+            return f.read(n)
+
+        if end + tarfile.BLOCKSIZE > size:
+            raise IntegrityError(f"{tar_path.name}: cut short (no end-of-archive block after "
+                                 f"its {len(tar.getmembers())} members); {_NOTHING_WRITTEN}",
+                                 hint=_DAMAGED_HINT)
+        if not _zeros(read, end, size):
+            raise IntegrityError(f"{tar_path.name}: a tar header is damaged (data after the "
+                                 f"last member that could be read); {_NOTHING_WRITTEN}",
+                                 hint=_DAMAGED_HINT)
+
+
 def _plan(tar: tarfile.TarFile, tar_path: Path, out: Path) -> list[_Member]:
     """Every regular file of ``tar`` with its destination; refuses the tar (before anything
     is written) for a member that is not a file or a directory, an unsafe or repeated name,
@@ -324,7 +349,9 @@ def _plan(tar: tarfile.TarFile, tar_path: Path, out: Path) -> list[_Member]:
     seen: set[str] = set()
     parents: dict[str, str] = {}  # every directory the members need -> one member in it
     tar_itself = tar_path.resolve()
-    for info in tar.getmembers():
+    infos = tar.getmembers()
+    _check_end(tar, tar_path)
+    for info in infos:
         if info.isdir():
             continue
         if not info.isfile() or info.issparse():

@@ -166,7 +166,10 @@ def _verify_tar(name: str, size: int, source: IO[bytes], read: RawReader) -> Non
             end = tar.offset
     except tarfile.TarError as exc:
         raise IntegrityError(f"{name}: not a readable tar file ({exc})", hint=_HINT) from exc
-    if end > size or not _zeros(read, end, size):
+    if end + tarfile.BLOCKSIZE > size:  # a tar cut where a member ends reads as complete
+        raise IntegrityError(f"{name}: cut short (no end-of-archive block after its last "
+                             "member)", hint=_HINT)
+    if not _zeros(read, end, size):
         raise IntegrityError(f"{name}: a tar header is damaged (data after the last member "
                              "that tarfile could read)", hint=_HINT)
 

@@ -681,3 +681,48 @@ def test_a_second_name_left_by_a_crash_mid_link_is_removed(tmp_path: Path) -> No
     assert extract_tar_sync(tar, out).new == 0
     assert _tree(out) == {name}
     assert (out / name).read_bytes() == body
+
+
+def _damaged_copies(tmp_path: Path) -> dict[str, Path]:
+    """A good five-member tar, one with a bit flipped in its fourth member's header, and
+    one cut exactly where its third member ends (no end-of-archive blocks)."""
+    members = [(f"m{i}.fits", _fits_bytes(i)) for i in range(5)]
+    good = _tar(tmp_path / "good.tar", members)
+    data = good.read_bytes()
+    with tarfile.open(good) as tar:
+        infos = tar.getmembers()
+    header = bytearray(data)
+    header[infos[3].offset + 5] ^= 0x20
+    (tmp_path / "header.tar").write_bytes(bytes(header))
+    (tmp_path / "cut.tar").write_bytes(data[:infos[3].offset])
+    return {"header": tmp_path / "header.tar", "cut": tmp_path / "cut.tar"}
+
+
+@pytest.mark.parametrize(("kind", "words"), [("header", "a tar header is damaged"),
+                                             ("cut", "cut short")])
+def test_a_tar_tarfile_reads_as_shorter_is_refused_whole(tmp_path: Path, kind: str,
+                                                         words: str) -> None:
+    """tarfile takes a damaged header after the first member, or a cut at a member's end,
+    for the end of the archive: unpacking stopped there and called it done (3 of 5 files,
+    exit 0; with --remove the rest were gone). The tar is refused before anything is
+    written, with or without checksums."""
+    tar = _damaged_copies(tmp_path)[kind]
+    for verify in (True, False):
+        out = tmp_path / f"out-{verify}"
+        with pytest.raises(IntegrityError, match=words):
+            extract_tar_sync(tar, out, verify_checksums=verify, remove=True)
+        assert not out.exists() or _tree(out) == set()
+    assert tar.exists()
+
+
+@pytest.mark.parametrize(("kind", "words"), [("header", "a tar header is damaged"),
+                                             ("cut", "cut short")])
+async def test_a_downloaded_tar_tarfile_reads_as_shorter_fails_its_check(
+        tmp_path: Path, kind: str, words: str) -> None:
+    """The check a url-tar download gets before its final name catches both too (a tar cut
+    at a member's end passed it)."""
+    from asyncjsoc._verify import verify_fits
+
+    tar = _damaged_copies(tmp_path)[kind]
+    with pytest.raises(IntegrityError, match=words):
+        await verify_fits(tar)
