@@ -156,15 +156,27 @@ async def extract_tar(tar_path: str | Path, out_dir: str | Path | None = None, *
         A file could not be written (disk full, permissions).
     """
     return await anyio.to_thread.run_sync(
-        lambda: extract_tar_sync(tar_path, out_dir, verify_checksums=verify_checksums,
-                                 fsync=fsync, remove=remove))
+        lambda: _extract_sharing(Path(tar_path), out_dir, verify_checksums=verify_checksums,
+                                 fsync=fsync, remove=remove,
+                                 between=anyio.from_thread.check_cancelled))
 
 
 def extract_tar_sync(tar_path: str | Path, out_dir: str | Path | None = None, *,
                      verify_checksums: bool = True, fsync: bool = True,
                      remove: bool = False) -> ExtractResult:
     """:func:`extract_tar`, blocking (for scripts without an event loop)."""
-    tar_path = Path(tar_path)
+    return _extract_sharing(Path(tar_path), out_dir, verify_checksums=verify_checksums,
+                            fsync=fsync, remove=remove)
+
+
+def _nothing() -> None:
+    """Go on (the default between members)."""
+
+
+def _extract_sharing(tar_path: Path, out_dir: str | Path | None, *, verify_checksums: bool,
+                     fsync: bool, remove: bool,
+                     between: Callable[[], None] = _nothing) -> ExtractResult:
+    """Check the arguments, take the output directory's lock shared, unpack."""
     out = Path(out_dir) if out_dir is not None else tar_path.parent
     _check_tar_file(tar_path)
     if os.path.lexists(out) and not out.is_dir():
@@ -173,7 +185,7 @@ def extract_tar_sync(tar_path: str | Path, out_dir: str | Path | None = None, *,
                               "unpack beside the tar")
     with _sharing_output(out):
         return _extract(tar_path, out, verify_checksums=verify_checksums, fsync=fsync,
-                        remove=remove)
+                        remove=remove, between=between)
 
 
 async def extract_tar_in_pull(tar_path: Path, out_dir: Path, *, verify_checksums: bool,
@@ -182,7 +194,7 @@ async def extract_tar_in_pull(tar_path: Path, out_dir: Path, *, verify_checksums
     the same unpacking, without taking the lock it already holds."""
     return await anyio.to_thread.run_sync(
         lambda: _extract(tar_path, out_dir, verify_checksums=verify_checksums, fsync=fsync,
-                         remove=False))
+                         remove=False, between=anyio.from_thread.check_cancelled))
 
 
 def _check_tar_file(tar_path: Path) -> None:
@@ -239,24 +251,39 @@ def _sharing_output(out: Path) -> Iterator[None]:
 
 
 def _extract(tar_path: Path, out: Path, *, verify_checksums: bool, fsync: bool,
-             remove: bool) -> ExtractResult:
-    """Unpack ``tar_path`` into ``out`` (see :func:`extract_tar`), the lock being held."""
+             remove: bool, between: Callable[[], None] = _nothing) -> ExtractResult:
+    """Unpack ``tar_path`` into ``out`` (see :func:`extract_tar`), the lock being held.
+
+    ``between`` runs before each member is written: from an event loop's worker thread it
+    raises the cancellation of the awaiting task (Ctrl-C), so a stop lands between two
+    members, not after the whole tar; the members written so far are complete.
+    """
     _check_tar_file(tar_path)
-    with _damaged(tar_path), tarfile.open(tar_path, "r:") as tar:
-        members = _plan(tar, tar_path, out)
-        directories: set[Path] = set()
-        new = 0
-        for member in members:
-            if member.present:
-                continue
-            if _write_member(tar, member, tar_path, verify=verify_checksums, fsync=fsync):
-                new += 1
-            directories.add(member.dest.parent)
+    directories: set[Path] = set()
+    try:
+        with _damaged(tar_path), tarfile.open(tar_path, "r:") as tar:
+            members = _plan(tar, tar_path, out)
+            new = 0
+            for member in members:
+                if member.present:
+                    continue
+                between()
+                if _write_member(tar, member, tar_path, verify=verify_checksums,
+                                 fsync=fsync):
+                    new += 1
+                directories.add(member.dest.parent)
+    except BaseException:
+        if fsync:  # stopped part-way: what was renamed stays renamed, as far as it can
+            for directory in sorted(directories):
+                with contextlib.suppress(OSError):
+                    fsync_dir(directory)
+        raise
     if fsync:
         for directory in sorted(directories):
             fsync_dir(directory)
     if remove:
-        with _disk_errors():
+        # (Another run removing it first is not an error: its files are out either way.)
+        with _disk_errors(), contextlib.suppress(FileNotFoundError):
             tar_path.unlink()
         if fsync:
             fsync_dir(tar_path.parent)

@@ -734,12 +734,12 @@ async def _fetch(config: Any, queries: list[Any], out: Path, args: argparse.Name
 
 
 async def _extract_all(tars: Sequence[Path], out: Path | None, args: argparse.Namespace,
-                       ) -> tuple[list[dict[str, Any]], bool]:
+                       rows: list[dict[str, Any]]) -> bool:
     """Unpack each tar (one line each on stderr); a tar that fails is reported and the
-    others still unpacked. Returns the JSON rows and whether every tar was unpacked."""
+    others still unpacked. Appends the JSON rows to ``rows``; returns whether every tar was
+    unpacked."""
     from asyncjsoc._untar import extract_tar
 
-    rows: list[dict[str, Any]] = []
     ok = True
     for tar in tars:
         try:
@@ -765,7 +765,7 @@ async def _extract_all(tars: Sequence[Path], out: Path | None, args: argparse.Na
         rows.append({"tar": str(tar), "files": [str(f) for f in done.files], "new": done.new,
                      "removed": done.removed})
     sys.stderr.flush()
-    return rows, ok
+    return ok
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
@@ -787,7 +787,17 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             tars.append(given)
 
     async def work() -> int:
-        rows, ok = await _extract_all(tars, out, args)
+        rows: list[dict[str, Any]] = []
+        try:
+            ok = await _extract_all(tars, out, args, rows)
+        except anyio.get_cancelled_exc_class():
+            done = sum(1 for r in rows if "files" in r)
+            sys.stderr.write(f"interrupted: {done} of {len(tars)} tar(s) unpacked; the files "
+                             "out so far are complete, run the same command again to finish\n")
+            if args.json:  # a script reading stdout still gets its one object
+                _emit_json({"ok": False, "interrupted": True, "error": "interrupted",
+                            "extracted": rows}, sys.stdout)
+            raise
         if args.json:
             _emit_json({"ok": ok, "extracted": rows}, sys.stdout)
         return EXIT_OK if ok else EXIT_FAILED

@@ -266,3 +266,37 @@ def test_a_fetch_interrupted_before_its_state_exists_does_not_claim_it_was_saved
     assert not (out / ".asyncjsoc" / "state.sqlite").exists()
     assert "nothing was started yet" in stderr
     assert "state saved" not in stderr
+
+
+def test_an_interrupted_extract_stops_between_members_and_says_so(tmp_path: Path) -> None:
+    """Ctrl-C during `extract`: it stops at the next member (it went on to the end of the
+    tar, then exited 130 after printing success), says how far it got, and --json prints
+    its object."""
+    import io
+    import tarfile
+
+    body = b"\0" * 20_000
+    tar_path = tmp_path / "JSOC_20240101_001.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        for i in range(3000):
+            info = tarfile.TarInfo(f"f{i:04d}.bin")
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([EXE, "extract", str(tar_path), "--out", str(out), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env())
+    try:
+        _wait_for(lambda: out.exists() and any(out.glob("*.bin")), proc, "a first member")
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    assert "interrupted: 0 of 1 tar(s) unpacked" in stderr
+    assert "extracted" not in stderr
+    assert json.loads(stdout)["interrupted"] is True
+    assert 0 < len(list(out.glob("*.bin"))) < 3000
+    assert not list(out.glob("*.part"))

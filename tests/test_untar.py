@@ -726,3 +726,52 @@ async def test_a_downloaded_tar_tarfile_reads_as_shorter_fails_its_check(
     tar = _damaged_copies(tmp_path)[kind]
     with pytest.raises(IntegrityError, match=words):
         await verify_fits(tar)
+
+
+async def test_a_cancelled_extract_stops_between_members(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (a cancelled extract_tar) lands between two members, not after the whole
+    tar: the members written are complete, the rest are not started, the tar is kept."""
+    import anyio
+    import anyio.from_thread
+
+    from asyncjsoc import _untar
+
+    members = [(f"m{i}.fits", _fits_bytes(i)) for i in range(6)]
+    tar = _tar(tmp_path / "JSOC_20240101_001.tar", members)
+    out = tmp_path / "out"
+    original = _untar._write_member
+    with anyio.CancelScope() as scope:
+
+        def write_member(*args: object, **kwargs: object) -> bool:
+            done = original(*args, **kwargs)  # type: ignore[arg-type]
+            anyio.from_thread.run_sync(scope.cancel)  # Ctrl-C arrives during the first
+            return done
+
+        monkeypatch.setattr(_untar, "_write_member", write_member)
+        await extract_tar(tar, out, remove=True)
+    assert scope.cancelled_caught
+    assert _tree(out) == {"m0.fits"}
+    assert (out / "m0.fits").read_bytes() == members[0][1]
+    assert tar.exists()
+
+
+def test_a_tar_another_run_removed_first_is_not_a_disk_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two `extract --remove` of one tar: the one that finds it gone has its files out all
+    the same, and succeeds (it reported a disk error: 'No such file')."""
+    from asyncjsoc import _untar
+
+    tar = _tar(tmp_path / "JSOC_20240101_001.tar", MEMBERS)
+    original = _untar._write_member
+
+    def write_member(*args: object, **kwargs: object) -> bool:
+        done = original(*args, **kwargs)  # type: ignore[arg-type]
+        tar.unlink(missing_ok=True)  # the other run finished and removed it meanwhile
+        return done
+
+    monkeypatch.setattr(_untar, "_write_member", write_member)
+    done = extract_tar_sync(tar, tmp_path / "out", remove=True)
+    assert done.removed
+    assert done.new == len(MEMBERS)
+    assert not tar.exists()
