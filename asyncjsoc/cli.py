@@ -755,6 +755,7 @@ async def _extract_all(tars: Sequence[Path], out: Path | None, args: argparse.Na
             rows.append({"tar": str(tar), "error": exc.message})
             if isinstance(exc, StateLockedError):  # the same for every tar: say it once
                 rows += [{"tar": str(t), "error": exc.message} for t in tars[len(rows):]]
+                rows[-1]["busy"] = True  # exit 2, as fetch does for a directory in use
                 break
             continue
         kept = len(done.files) - done.new
@@ -798,9 +799,10 @@ def _cmd_extract(args: argparse.Namespace) -> int:
                 _emit_json({"ok": False, "interrupted": True, "error": "interrupted",
                             "extracted": rows}, sys.stdout)
             raise
+        busy = any(r.pop("busy", False) for r in rows)
         if args.json:
             _emit_json({"ok": ok, "extracted": rows}, sys.stdout)
-        return EXIT_OK if ok else EXIT_FAILED
+        return EXIT_OK if ok else EXIT_USAGE if busy else EXIT_FAILED
 
     return _run(work)
 

@@ -825,7 +825,8 @@ def test_the_write_check_of_out_uses_a_name_of_its_own(tmp_path: Path) -> None:
 def test_extract_beside_another_process_pull_says_so_once(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`extract DIR` into the output directory of another process's running pull: one
-    error line for all its tars (not one per tar), nothing unpacked, exit 1."""
+    error line for all its tars (not one per tar), nothing unpacked, exit 2 (as `fetch`
+    exits into a directory another run uses)."""
     import io
     import subprocess
     import sys
@@ -853,7 +854,7 @@ def test_extract_beside_another_process_pull_says_so_once(
     assert pull.stdout is not None
     try:
         assert pull.stdout.readline() == "held\n"
-        assert main(["extract", str(pulled), "--json"]) == EXIT_FAILED
+        assert main(["extract", str(pulled), "--json"]) == EXIT_USAGE  # as fetch would
     finally:
         pull.stdin.close()
         pull.wait(timeout=30)
