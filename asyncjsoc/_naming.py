@@ -109,8 +109,7 @@ def missing_segments(ds: str, files: Iterable[ExportFile], filenamefmt: str) -> 
             continue
         if not by_name:
             return []
-        name = "." + f.filename.rsplit("/", 1)[-1].lower()
-        found = [s for s in wanted if f".{s}." in name or f".{s}_" in name]
+        found = _segments_in_name(f.filename, wanted)
         if len(found) != 1:
             return []  # cannot tell (NoDataFile, or two candidates)
         seen.add(found[0])
@@ -147,8 +146,14 @@ def stray_segments(ds: str, files: Iterable[ExportFile], filenamefmt: str) -> li
         if match is not None:
             if match.group(1).strip().lower() not in wanted:
                 stray.append(f.filename)
-        elif by_name:
-            name = "." + f.filename.rsplit("/", 1)[-1].lower()
-            if not any(f".{s}." in name or f".{s}_" in name for s in wanted):
-                stray.append(f.filename)
+        elif by_name and not _segments_in_name(f.filename, wanted):
+            stray.append(f.filename)
     return stray
+
+
+def _segments_in_name(filename: str, segments: Iterable[str]) -> list[str]:
+    """Which of ``segments`` (lower case) an exported file's name says it holds: its
+    segment's stored file name starts with the segment name (``.Br.fits``,
+    ``.image_lev1.fits`` for ``image``)."""
+    name = "." + filename.rsplit("/", 1)[-1].lower()
+    return [s for s in segments if f".{s}." in name or f".{s}_" in name]

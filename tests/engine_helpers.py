@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +85,28 @@ def xattrs_work_in(directory: Path) -> bool:
     finally:
         probe.unlink()
     return True
+
+
+@contextmanager
+def output_locked_elsewhere(out_dir: Path) -> Iterator[int]:
+    """Another process holds ``out_dir``'s output lock (as a running pull does) for the
+    block; yields its pid."""
+    code = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from asyncjsoc._store import OutputLock
+        with OutputLock(Path({str(out_dir)!r})):
+            print("held", flush=True)
+            sys.stdin.readline()
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdin is not None
+    assert holder.stdout is not None
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield holder.pid
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+        holder.stdout.close()

@@ -828,10 +828,9 @@ def test_extract_beside_another_process_pull_says_so_once(
     error line for all its tars (not one per tar), nothing unpacked, exit 2 (as `fetch`
     exits into a directory another run uses)."""
     import io
-    import subprocess
-    import sys
     import tarfile
-    import textwrap
+
+    from engine_helpers import output_locked_elsewhere
 
     pulled = tmp_path / "pulled"
     pulled.mkdir()
@@ -840,25 +839,8 @@ def test_extract_beside_another_process_pull_says_so_once(
             info = tarfile.TarInfo(f"file{n}.txt")
             info.size = 1
             tar.addfile(info, io.BytesIO(b"x"))
-    code = textwrap.dedent(f"""
-        import sys
-        from pathlib import Path
-        from asyncjsoc._store import OutputLock
-        with OutputLock(Path({str(pulled)!r})):
-            print("held", flush=True)
-            sys.stdin.readline()
-    """)
-    pull = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    assert pull.stdin is not None
-    assert pull.stdout is not None
-    try:
-        assert pull.stdout.readline() == "held\n"
+    with output_locked_elsewhere(pulled):
         assert main(["extract", str(pulled), "--json"]) == EXIT_USAGE  # as fetch would
-    finally:
-        pull.stdin.close()
-        pull.wait(timeout=30)
-        pull.stdout.close()
     out, err = capsys.readouterr()
     assert err.count("pull is writing into") == 1
     assert len(json.loads(out)["extracted"]) == 3

@@ -77,6 +77,21 @@ def _wait_for(predicate: Any, proc: subprocess.Popen[str], what: str) -> None:
         time.sleep(0.01)
 
 
+def _interrupt(argv: list[str], ready: Any, what: str) -> tuple[int, str, str]:
+    """Run ``argv``, send SIGINT once ``ready()`` holds; its exit code, stdout, stderr."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env())
+    try:
+        _wait_for(ready, proc, what)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, stdout, stderr
+
+
 def _parts(out: Path) -> dict[str, int]:
     """Partial downloads: final name → bytes in its ``.part`` file."""
     return {p.name.removesuffix(".part"): p.stat().st_size for p in out.glob("*.part")}
@@ -222,18 +237,10 @@ def test_an_interrupted_plan_still_prints_its_json(emulator: Emulator) -> None:
     """`plan --json` stopped by Ctrl-C prints one object saying so (and a line on stderr),
     like fetch: a script reading stdout is not left with nothing."""
     emulator.knobs.cgi_delay = 0.5  # each CGI answer takes 0.5 s: the plan is mid-way below
-    proc = subprocess.Popen([EXE, "plan", RS, "--server", emulator.url, "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env())
-    try:
-        _wait_for(lambda: len(emulator.audit.entries) >= 1, proc, "a planning request")
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, stderr
+    returncode, stdout, stderr = _interrupt(
+        [EXE, "plan", RS, "--server", emulator.url, "--json"],
+        lambda: len(emulator.audit.entries) >= 1, "a planning request")
+    assert returncode == 130, stderr
     assert "interrupted: the plan was not finished" in stderr
     doc = json.loads(stdout)
     assert (doc["ok"], doc["interrupted"]) == (False, True)
@@ -283,18 +290,10 @@ def test_an_interrupted_extract_stops_between_members_and_says_so(tmp_path: Path
             info.size = len(body)
             tar.addfile(info, io.BytesIO(body))
     out = tmp_path / "out"
-    proc = subprocess.Popen([EXE, "extract", str(tar_path), "--out", str(out), "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env())
-    try:
-        _wait_for(lambda: out.exists() and any(out.glob("*.bin")), proc, "a first member")
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, stderr
+    returncode, stdout, stderr = _interrupt(
+        [EXE, "extract", str(tar_path), "--out", str(out), "--json"],
+        lambda: out.exists() and any(out.glob("*.bin")), "a first member")
+    assert returncode == 130, stderr
     assert "interrupted: 0 of 1 tar(s) unpacked" in stderr
     assert "extracted" not in stderr
     assert json.loads(stdout)["interrupted"] is True
