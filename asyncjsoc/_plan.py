@@ -1,4 +1,4 @@
-"""Split a query into export-sized chunks, counting records instead of listing them.
+"""Split a query into export-sized chunks, counting records rather than listing them.
 
 The JSOC refuses exports over a size cap and the project assumes a files-per-request cap
 (AIA 15 000, HMI 30 000; protocol doc §13). :func:`make_plan` cuts a :class:`Query` into
@@ -18,7 +18,10 @@ How a query is cut, per comma-separated subset:
   last piece keeping the original end), then a value list (partitioned), then an integer
   range (``7300-7310`` halves). Adjacent pieces are merged back while they fit. A time range
   that is *full* (one record in every slot it spans) is cut without counting its pieces:
-  their counts follow by arithmetic (see :func:`_slot_capacity`).
+  their counts follow by arithmetic (see :func:`_slot_capacity`). A piece of at most
+  :data:`LIST_MAX_RECORDS` records with a time range on a slotted key is instead cut at its
+  records' own slot times, from one ``rs_list`` of them (:meth:`_Planner.by_listing`): one
+  request where counting would cost one per chunk.
 
 Pieces are then packed into chunks (comma-joined subsets) up to the cap and a record-set
 length limit (long ``ds`` strings do not fit in a URL).
@@ -70,10 +73,17 @@ piece is longer it still goes alone): a ``ds`` travels in a URL query string."""
 
 _OVERSPLIT = 1.0  # even pieces sized at the cap; the over-cap ones are cut again
 _MAX_EXPLODE = 100_000  # beyond this many value combinations a subset is counted instead
+LIST_MAX_RECORDS = 50_000
+"""Largest over-cap piece whose slot times are listed (one ``rs_list``) instead of cut and
+counted slice by slice: about 30 bytes of answer per record, so at most 1.5 MB."""
 
 
 class PlanningApi(Protocol):
-    """What planning needs from the JSOC: series metadata and record counts."""
+    """What planning needs from the JSOC: series metadata and record counts.
+
+    An API that also has ``rs_list`` (:class:`KeyListingApi`, as ``JsocApi`` does) lets the
+    planner list the slot times of a small over-cap piece instead of counting its slices.
+    """
 
     async def series_info(self, series: str) -> SeriesInfo:
         """``series_struct`` of a series, typed."""
@@ -81,6 +91,21 @@ class PlanningApi(Protocol):
 
     async def count(self, ds: str) -> int:
         """How many records a record set selects (``rs_summary``)."""
+        ...
+
+
+class _KeyValues(Protocol):
+    """The part of an ``rs_list`` answer key listing reads."""
+
+    @property
+    def keywords(self) -> dict[str, list[str]]: ...
+
+
+class KeyListingApi(Protocol):
+    """What listing a piece's slot times needs: ``rs_list`` with keyword names."""
+
+    async def rs_list(self, ds: str, *, keys: Iterable[str] = ...) -> _KeyValues:
+        """Keyword values of the records ``ds`` selects."""
         ...
 
 
@@ -353,6 +378,20 @@ def _check_integer_keys(subset: Subset, info: SeriesInfo) -> None:
                         "not written as an integer", hint=hint)
 
 
+def _slotted_span(subset: Subset, info: SeriesInfo) -> tuple[int, str] | None:
+    """The first time range or span without a cadence on a slotted prime key: its filter
+    index and the key's name; ``None`` when there is none."""
+    keys = _positional_keys(subset, info)
+    for index, f in enumerate(subset.filters):
+        if not isinstance(f, Select) or len(f.items) != 1:
+            continue
+        item = f.items[0]
+        if (isinstance(item, Range | Span) and isinstance(item.start, TimeValue)
+                and item.cadence is None and _step_of(info, keys.get(index)) is not None):
+            return index, keys[index]
+    return None
+
+
 def _has_indices(subset: Subset) -> bool:
     """Whether ``subset`` selects by record number or by a prime key's slot index (``#n``)."""
     for flt in subset.filters:
@@ -592,6 +631,10 @@ class _Planner:
         want = math.ceil(piece.n * _OVERSPLIT / self.max_records)
         bounds = _bounds(lo, hi, max(2, want))
         known = _full_counts(axis, bounds, piece.n)
+        if None in known:
+            listed = await self.by_listing(piece)
+            if listed is not None:
+                return listed
         out: list[_Piece] = []
         for (a, b), n in zip(bounds, known, strict=True):
             sub = axis.subset(a, b)
@@ -599,6 +642,63 @@ class _Planner:
                 n = await self.count([sub])
             out.extend(await self.split(_Piece(sub, n, True, (axis, a, b))))
         return self.merge(out)
+
+    async def by_listing(self, piece: _Piece) -> list[_Piece] | None:
+        """Cut a small over-cap piece at its records' own slot times, from one listing.
+
+        Counting slices costs one ``rs_summary`` per chunk-sized slice; for a piece of at
+        most :data:`LIST_MAX_RECORDS` records one ``rs_list`` of its slot times (the first
+        time range or span without a cadence, on a slotted prime key) tells where every
+        record is. The records are grouped in time order, never splitting a slot (records
+        of one slot differ in another prime key, such as ``CAMERA``), and each group is
+        written as the inclusive range from its first to its last slot time. Those times
+        are slot times the server itself printed, so no boundary depends on how DRMS rounds
+        a time to a slot, and the groups' counts are exact: together the ranges select
+        exactly the listed records. ``None`` (count slices instead) when the API cannot
+        list, the piece has no such filter, a value is not a time, the listing does not
+        hold ``piece.n`` records, or one slot alone is over the cap.
+        """
+        rs_list = getattr(self.api, "rs_list", None)
+        if rs_list is None or piece.n > LIST_MAX_RECORDS:
+            return None
+        found = _slotted_span(piece.subset, self.info)
+        if found is None:
+            return None
+        index, key = found
+        answer = await rs_list(str(piece.subset), keys=(key,))
+        self.counts += 1
+        if self.on_count is not None:
+            self.on_count(self.counts)
+        values = next((v for k, v in answer.keywords.items() if k.lower() == key.lower()), None)
+        if values is None or len(values) != piece.n:
+            return None
+        try:
+            times = sorted(to_tai_parts(v).to_datetime() for v in values)
+        except (InvalidInputError, ValueError):
+            return None
+        slots: list[tuple[datetime, int]] = []
+        for t in times:
+            if slots and slots[-1][0] == t:
+                slots[-1] = (t, slots[-1][1] + 1)
+            else:
+                slots.append((t, 1))
+        groups: list[list[tuple[datetime, int]]] = [[]]
+        for slot in slots:
+            if slot[1] > self.max_records:
+                return None
+            if sum(n for _, n in groups[-1]) + slot[1] > self.max_records:
+                groups.append([])
+            groups[-1].append(slot)
+        out: list[_Piece] = []
+        for group in groups:
+            first = TimeValue(TimeParts.from_datetime(group[0][0]))
+            last = TimeValue(TimeParts.from_datetime(group[-1][0]))
+            item: Item = first if len(group) == 1 else Range(first, last)
+            filters = list(piece.subset.filters)
+            filters[index] = Select((item,))
+            out.append(_Piece(replace(piece.subset, filters=tuple(filters)),
+                              sum(n for _, n in group)))
+        return out
 
     def merge(self, pieces: list[_Piece]) -> list[_Piece]:
         """Join adjacent slices of the same axis while the sum stays within the cap."""

@@ -568,7 +568,8 @@ async def test_plans_cover_exactly_on_the_emulator() -> None:
 )
 async def test_full_ranges_on_the_emulator(times: str, full: bool) -> None:
     """hmi.M_45s with CAMERA pinned: a full range costs one count, and every chunk's count
-    is what the emulator lists; with CAMERA free, every piece is counted."""
+    is what the emulator lists; with CAMERA free (or a range that is not full), the piece's
+    slot times are listed once instead of every slice being counted."""
     from asyncjsoc._api import JsocApi
     from asyncjsoc._http import TransportConfig, create_session
     from asyncjsoc._ratelimit import TokenBucket
@@ -585,10 +586,9 @@ async def test_full_ranges_on_the_emulator(times: str, full: bool) -> None:
             emu.audit.clear()
             plan = await make_plan(api, query, max_files_per_export=5)
             counts = emu.audit.count("jsoc_info/rs_summary")
-            if pinned and full:
-                assert counts == 1
-            else:
-                assert counts >= 1 + len(plan.chunks)
+            listings = emu.audit.count("jsoc_info/rs_list")
+            assert counts == 1
+            assert listings == (0 if pinned and full else 1)
             assert plan.n_records == await api.count(query.recordset())
             seen: set[str] = set()
             for chunk in plan.chunks:
@@ -599,6 +599,74 @@ async def test_full_ranges_on_the_emulator(times: str, full: bool) -> None:
                 seen |= got
             listing = await api.rs_list(query.recordset(), keys=("T_REC",))
             assert seen == set(listing.keywords["T_REC"])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("ds", "keys", "cap", "min_chunks"),
+    [
+        # Seven records (wavelengths) in every 12 s slot, times in UTC ISO form: a chunk of
+        # 15 files holds two whole slots.
+        ("aia.lev1_euv_12s[2012-01-01T00:00:00Z/240s]", ("T_REC", "WAVELNTH"), 15, 10),
+        # Every HARP of a day: slots hold from zero to many records.
+        ("hmi.sharp_cea_720s[][2014.01.01_00:00:00_TAI/1d]{Br}", ("HARPNUM", "T_REC"), 60, 2),
+    ],
+)
+async def test_small_pieces_are_cut_from_one_listing(
+    ds: str, keys: tuple[str, str], cap: int, min_chunks: int
+) -> None:
+    """An over-cap piece of a few records costs one count and one listing of its slot
+    times, however many chunks it makes; the chunks' counts are exact and together they
+    select exactly the query's records."""
+    from asyncjsoc._api import JsocApi
+    from asyncjsoc._http import TransportConfig, create_session
+    from asyncjsoc._ratelimit import TokenBucket
+    from asyncjsoc.emulator import Knobs, run_emulator
+
+    async with (
+        run_emulator(Knobs()) as emu,
+        create_session(TransportConfig(), TokenBucket(1000.0, 100)) as session,
+    ):
+        api = JsocApi(session, emu.url)
+        query = Query.from_recordset(ds)
+        plan = await make_plan(api, query, max_files_per_export=cap)
+        assert emu.audit.count("jsoc_info/rs_summary") == 1
+        assert emu.audit.count("jsoc_info/rs_list") == 1
+        assert len(plan.chunks) >= min_chunks
+
+        async def records(recordset: str) -> set[tuple[str, str]]:
+            listing = await api.rs_list(recordset, keys=keys)
+            return set(zip(*(listing.keywords[k] for k in keys), strict=True))
+
+        want = await records(query.recordset())
+        seen: set[tuple[str, str]] = set()
+        for chunk in plan.chunks:
+            got = await records(chunk.recordset)
+            assert len(got) == chunk.n_records == await api.count(chunk.recordset)
+            assert 0 < chunk.n_files <= cap
+            assert not got & seen
+            seen |= got
+        assert seen == want
+
+
+@pytest.mark.anyio
+async def test_a_slot_over_the_cap_is_not_cut_by_listing() -> None:
+    """Seven AIA records share each slot: with a cap of five no chunk of whole slots fits,
+    so the listing gives way to counting, which says what is wrong."""
+    from asyncjsoc._api import JsocApi
+    from asyncjsoc._http import TransportConfig, create_session
+    from asyncjsoc._ratelimit import TokenBucket
+    from asyncjsoc.emulator import Knobs, run_emulator
+
+    async with (
+        run_emulator(Knobs()) as emu,
+        create_session(TransportConfig(), TokenBucket(1000.0, 100)) as session,
+    ):
+        api = JsocApi(session, emu.url)
+        query = Query.from_recordset("aia.lev1_euv_12s[2012-01-01T00:00:00Z/60s]")
+        with pytest.raises(InvalidInputError, match="nothing left to split along"):
+            await make_plan(api, query, max_files_per_export=5)
+        assert emu.audit.count("jsoc_info/rs_list") == 1
 
 
 @pytest.mark.anyio
