@@ -140,7 +140,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
     for sc in scenarios:
         ax = flat[i]
         i += 1
-        rows = [r for r in sc["rows"] if r.get("wall_s") is not None]
+        rows = [r for r in sc["rows"]
+                if r.get("wall_s") is not None and r.get("chart", True)]
         labels = [r["label"] for r in rows]
         values = [r["wall_s"] for r in rows]
         colours = ["tab:green" if r["label"].startswith("asyncjsoc") else
