@@ -7,7 +7,8 @@ Time strings come in the shapes the JSOC uses (protocol doc §8-§9):
 * the compact ``:A`` layouts of both, ``20170524_222400_TAI`` and ``2010-07-30T133009Z``.
 
 The zone suffix is ``_TAI``, ``_UTC``/``_UT`` or ``Z``; **no suffix means UTC**. Parsing a string
-into its parts (:func:`match_time`) is pure text work; only the conversion to
+into its parts (:func:`match_time`) is pure text work, except that a second 60 (``23:59:60``
+UTC) is checked against ERFA's leap-second table; the conversion to
 :class:`astropy.time.Time` knows about leap seconds.
 
 Durations (cadences) are ``12s``, ``96m``, ``6h``, ``1d``, a bare number of seconds, an astropy
@@ -25,7 +26,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Literal, TypeAlias, TypeGuard
 
 if TYPE_CHECKING:
@@ -184,7 +185,27 @@ def _parts_from_match(m: re.Match[str], style: Style) -> TimeParts:
     leap = second == 60 and zone == "UTC" and hour == 23 and minute == 59
     if hour > 23 or minute > 59 or (second > 59 and not leap):
         raise InvalidInputError(f"invalid time of day in {text!r}", hint=_TIME_FORMS)
+    if leap and not _has_leap_second(year, month, day):
+        raise InvalidInputError(
+            f"{text!r}: UTC had no leap second at the end of {year:04d}-{month:02d}-{day:02d}",
+            hint="second 60 exists only on the days a leap second was added (such as "
+                 "2016-12-31); write 23:59:59 or the next day's 00:00:00")
     return TimeParts(year, month, day, hour, minute, second, frac, zone, style)
+
+
+def _has_leap_second(year: int, month: int, day: int) -> bool:
+    """Whether UTC added a leap second at the end of this day (ERFA's table); ``False``
+    past the table's end, where no leap second is known."""
+    import erfa  # type: ignore[import-untyped]
+
+    following = date(year, month, day) + timedelta(days=1)
+    if following.year > 9999:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 'dubious year' past the table: then no step
+        before = erfa.dat(year, month, day, 0.0)
+        after = erfa.dat(following.year, following.month, following.day, 0.0)
+    return bool(after - before == 1.0)
 
 
 def parse_time_parts(text: str) -> TimeParts:

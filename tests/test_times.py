@@ -12,6 +12,7 @@ from astropy.time import Time, TimeDelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from asyncjsoc._recordset import parse_recordset
 from asyncjsoc._times import (
     TimeParts,
     format_duration,
@@ -101,6 +102,21 @@ def test_bad_times_raise_our_error(bad: str) -> None:
     """Malformed times raise InvalidInputError, never astropy's errors."""
     with pytest.raises(InvalidInputError):
         parse_time(bad)
+
+
+@pytest.mark.parametrize(
+    "text", ["2018.06.30_23:59:60_UTC", "2018-06-30T23:59:60Z", "2040-12-31T23:59:60Z",
+             "1960-12-31T23:59:60Z"])
+def test_second_60_only_on_leap_second_days(text: str) -> None:
+    """23:59:60 UTC on a day without a leap second (or past the table) is refused in words,
+    not read as the next day's first second with an ERFA warning; real ones still read."""
+    with pytest.raises(InvalidInputError, match="no leap second") as caught:
+        to_tai_parts(text)
+    assert "23:59:59" in (caught.value.hint or "")
+    with pytest.raises(InvalidInputError, match="no leap second"):
+        parse_recordset(f"hmi.M_45s[{text}]")
+    assert str(to_tai_parts("1972-06-30T23:59:60Z")) == "1972.07.01_00:00:10_TAI"
+    assert str(to_tai_parts("2012.06.30_23:59:60.5_UTC")) == "2012.07.01_00:00:34.5_TAI"
 
 
 def test_bad_time_types() -> None:
