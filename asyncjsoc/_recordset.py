@@ -267,6 +267,8 @@ class RecordSet:
 
 _SERIES = re.compile(r"[A-Za-z][A-Za-z0-9_]*\.[A-Za-z0-9_]+")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ISO_DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}(?![\dT])")
+"""An ISO date without a time, which DRMS does not read as a time (protocol doc §9)."""
 _NUMBER = re.compile(r"\d+\.\d+(?:[eE][+-]?\d+)?|\d+[eE][+-]?\d+")
 _INT = re.compile(r"\d+")
 _RECNUM_ITEM = r"(?:\^|\$|\d+(?:-#?\d+|/\d+)?(?:@\d+)?)"
@@ -539,6 +541,12 @@ class _Parser:
         if found is not None:
             self.pos = found[1]
             return TimeValue(found[0])
+        date = _ISO_DATE_ONLY.match(self.text, self.pos)
+        if date is not None:  # else read as the integer range 2012-01 and refused later
+            raise self.fail(
+                f"the ISO time {date.group(0)!r} needs at least the hour in a record set",
+                at, hint=f"write {date.group(0)}T00:00Z (UTC), or "
+                         f"{date.group(0).replace('-', '.')}_00:00_TAI")
         for pattern in (_NUMBER, _INT, _NAME, _SLOT_INDEX):
             m = pattern.match(self.text, self.pos)
             if m is not None:

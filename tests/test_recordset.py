@@ -291,9 +291,12 @@ def test_drms_index_forms_go_as_written(text: str) -> None:
 @pytest.mark.parametrize(("text", "words"), [
     ("hmi.M_45s[:#4994397,4994399]", "each record number starts with '#'"),
     ("hmi.sharp_cea_720s[HARPNUM=7302]", "'HARPNUM=...' brackets are not read here"),
+    ("hmi.M_45s[2012-01-01/1d]", "the ISO time '2012-01-01' needs at least the hour"),
+    ("hmi.sharp_cea_720s[7302][2012-01-01]", "the ISO time '2012-01-01' needs at least"),
 ])
 def test_forms_drms_refuses_or_we_do_not_read_say_so(text: str, words: str) -> None:
-    """A record-number list missing a '#' (DRMS refuses it) and name=value brackets are
-    refused with what to write instead."""
-    with pytest.raises(RecordSetSyntaxError, match=re.escape(words)):
+    """A record-number list missing a '#' (DRMS refuses it), name=value brackets and ISO
+    dates without an hour are refused with what to write instead."""
+    with pytest.raises(RecordSetSyntaxError, match=re.escape(words)) as caught:
         parse_recordset(text)
+    assert caught.value.hint
