@@ -18,10 +18,10 @@ How a query is cut, per comma-separated subset:
   last piece keeping the original end), then a value list (partitioned), then an integer
   range (``7300-7310`` halves). Adjacent pieces are merged back while they fit. A time range
   that is *full* (one record in every slot it spans) is cut without counting its pieces:
-  their counts follow by arithmetic (see :func:`_slot_capacity`). A piece of at most
-  :data:`LIST_MAX_RECORDS` records with a time range on a slotted key is instead cut at its
-  records' own slot times, from one ``rs_list`` of them (:meth:`_Planner.by_listing`): one
-  request where counting would cost one per chunk.
+  their counts follow by arithmetic (see :func:`_slot_capacity`). A piece of more than two
+  chunks' worth and at most :data:`LIST_MAX_RECORDS` records, with a time range on a slotted
+  key, is instead cut at its records' own slot times, from one ``rs_list`` of them
+  (:meth:`_Planner.by_listing`): one request where counting would cost one per chunk.
 
 Pieces are then packed into chunks (comma-joined subsets) up to the cap and a record-set
 length limit (long ``ds`` strings do not fit in a URL).
@@ -30,6 +30,7 @@ length limit (long ``ds`` strings do not fit in a URL).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -55,7 +56,7 @@ from asyncjsoc._recordset import (
     WordValue,
     parse_recordset,
 )
-from asyncjsoc._times import TimeParts, to_tai_parts
+from asyncjsoc._times import TimeParts, tai_datetime, to_tai_parts
 from asyncjsoc.exceptions import InvalidInputError
 
 __all__ = [
@@ -609,8 +610,13 @@ class _Planner:
                 out.append(_Atom(template, vary_index, value, n))
         return out
 
-    async def split(self, piece: _Piece) -> list[_Piece]:
-        """Cut a counted piece until every part is within the cap, then merge neighbours."""
+    async def split(self, piece: _Piece, listable: bool = True) -> list[_Piece]:
+        """Cut a counted piece until every part is within the cap, then merge neighbours.
+
+        ``listable`` is false inside a piece whose listing did not give a plan (one slot
+        over the cap, or a listing that did not match the count): its slices are only
+        counted, not listed again at every level.
+        """
         if piece.n <= self.max_records:
             return [piece]
         if piece.axis is not None and piece.axis[2] - piece.axis[1] >= 2:
@@ -631,23 +637,25 @@ class _Planner:
         want = math.ceil(piece.n * _OVERSPLIT / self.max_records)
         bounds = _bounds(lo, hi, max(2, want))
         known = _full_counts(axis, bounds, piece.n)
-        if None in known:
+        if None in known and listable and piece.n > 2 * self.max_records:
             listed = await self.by_listing(piece)
             if listed is not None:
                 return listed
+            listable = False
         out: list[_Piece] = []
         for (a, b), n in zip(bounds, known, strict=True):
             sub = axis.subset(a, b)
             if n is None:
                 n = await self.count([sub])
-            out.extend(await self.split(_Piece(sub, n, True, (axis, a, b))))
+            out.extend(await self.split(_Piece(sub, n, True, (axis, a, b)), listable))
         return self.merge(out)
 
     async def by_listing(self, piece: _Piece) -> list[_Piece] | None:
         """Cut a small over-cap piece at its records' own slot times, from one listing.
 
-        Counting slices costs one ``rs_summary`` per chunk-sized slice; for a piece of at
-        most :data:`LIST_MAX_RECORDS` records one ``rs_list`` of its slot times (the first
+        Counting slices costs one ``rs_summary`` per chunk-sized slice; for a piece of more
+        than two chunks' worth and at most :data:`LIST_MAX_RECORDS` records (where it saves
+        requests) one ``rs_list`` of its slot times (the first
         time range or span without a cadence, on a slotted prime key) tells where every
         record is. The records are grouped in time order, never splitting a slot (records
         of one slot differ in another prime key, such as ``CAMERA``), and each group is
@@ -672,32 +680,33 @@ class _Planner:
         values = next((v for k, v in answer.keywords.items() if k.lower() == key.lower()), None)
         if values is None or len(values) != piece.n:
             return None
+        # Records of one slot share its string (seven AIA wavelengths, many HARPs): each
+        # distinct string is converted once.
+        per_slot: dict[datetime, int] = {}
         try:
-            times = sorted(to_tai_parts(v).to_datetime() for v in values)
+            for text, n in Counter(values).items():
+                t = tai_datetime(text)
+                per_slot[t] = per_slot.get(t, 0) + n
         except (InvalidInputError, ValueError):
             return None
-        slots: list[tuple[datetime, int]] = []
-        for t in times:
-            if slots and slots[-1][0] == t:
-                slots[-1] = (t, slots[-1][1] + 1)
-            else:
-                slots.append((t, 1))
-        groups: list[list[tuple[datetime, int]]] = [[]]
-        for slot in slots:
-            if slot[1] > self.max_records:
+        # (first slot, last slot, records), in time order
+        groups: list[tuple[datetime, datetime, int]] = []
+        for t in sorted(per_slot):
+            n = per_slot[t]
+            if n > self.max_records:
                 return None
-            if sum(n for _, n in groups[-1]) + slot[1] > self.max_records:
-                groups.append([])
-            groups[-1].append(slot)
+            if groups and groups[-1][2] + n <= self.max_records:
+                groups[-1] = (groups[-1][0], t, groups[-1][2] + n)
+            else:
+                groups.append((t, t, n))
         out: list[_Piece] = []
-        for group in groups:
-            first = TimeValue(TimeParts.from_datetime(group[0][0]))
-            last = TimeValue(TimeParts.from_datetime(group[-1][0]))
-            item: Item = first if len(group) == 1 else Range(first, last)
+        for first_t, last_t, n in groups:
+            first = TimeValue(TimeParts.from_datetime(first_t))
+            item: Item = (first if first_t == last_t
+                          else Range(first, TimeValue(TimeParts.from_datetime(last_t))))
             filters = list(piece.subset.filters)
             filters[index] = Select((item,))
-            out.append(_Piece(replace(piece.subset, filters=tuple(filters)),
-                              sum(n for _, n in group)))
+            out.append(_Piece(replace(piece.subset, filters=tuple(filters)), n))
         return out
 
     def merge(self, pieces: list[_Piece]) -> list[_Piece]:

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from typing import TYPE_CHECKING, Literal, TypeAlias, TypeGuard
 
 if TYPE_CHECKING:
@@ -196,16 +197,49 @@ def _parts_from_match(m: re.Match[str], style: Style) -> TimeParts:
 def _has_leap_second(year: int, month: int, day: int) -> bool:
     """Whether UTC added a leap second at the end of this day (ERFA's table); ``False``
     past the table's end, where no leap second is known."""
-    import erfa  # type: ignore[import-untyped]
-
     following = date(year, month, day) + timedelta(days=1)
     if following.year > 9999:
         return False
+    before = _tai_minus_utc(year, month, day)
+    after = _tai_minus_utc(following.year, following.month, following.day)
+    return after - before == 1.0
+
+
+@lru_cache(maxsize=4096)
+def _tai_minus_utc(year: int, month: int, day: int) -> float:
+    """TAI - UTC in seconds at the start of a day (ERFA's leap-second table)."""
+    import erfa  # type: ignore[import-untyped]
+
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # 'dubious year' past the table: then no step
-        before = erfa.dat(year, month, day, 0.0)
-        after = erfa.dat(following.year, following.month, following.day, 0.0)
-    return bool(after - before == 1.0)
+        warnings.simplefilter("ignore")  # 'dubious year' past the table: its last value
+        return float(erfa.dat(year, month, day, 0.0))
+
+
+def tai_datetime(text: str) -> datetime:
+    """A JSOC time string as a naive TAI datetime, to the microsecond.
+
+    As ``to_tai_parts(text).to_datetime()``, but UTC times from 1972 on (whole-second
+    TAI - UTC offsets, leap seconds included) are converted with ERFA's table directly,
+    without building an astropy ``Time`` per value: planning converts every slot time of
+    a listing (tens of thousands of UTC times for AIA).
+
+    Raises
+    ------
+    InvalidInputError
+        When the string is not a JSOC time.
+    """
+    parts = parse_time_parts(text)
+    if parts.zone == "TAI" or parts.year < 1972 or len(parts.frac) > 6:
+        return to_tai_parts(parts).to_datetime()
+    leap = parts.second == 60
+    utc = datetime(parts.year, parts.month, parts.day, parts.hour, parts.minute,
+                   59 if leap else parts.second, int(parts.frac.ljust(6, "0")))
+    offset = _tai_minus_utc(parts.year, parts.month, parts.day)
+    try:
+        return utc + timedelta(seconds=offset + (1 if leap else 0))
+    except OverflowError:
+        raise InvalidInputError(f"{text!r} is after year 9999 in TAI",
+                                hint=_TIME_FORMS) from None
 
 
 def parse_time_parts(text: str) -> TimeParts:

@@ -650,9 +650,11 @@ async def test_small_pieces_are_cut_from_one_listing(
 
 
 @pytest.mark.anyio
-async def test_a_slot_over_the_cap_is_not_cut_by_listing() -> None:
+async def test_a_slot_over_the_cap_is_listed_once_then_counted() -> None:
     """Seven AIA records share each slot: with a cap of five no chunk of whole slots fits,
-    so the listing gives way to counting, which says what is wrong."""
+    so the listing gives way to counting, which says what is wrong. With three pinned
+    wavelengths and a cap of two, counting cuts along the wavelength list instead; the
+    slices of the piece whose listing failed are not listed again."""
     from asyncjsoc._api import JsocApi
     from asyncjsoc._http import TransportConfig, create_session
     from asyncjsoc._ratelimit import TokenBucket
@@ -667,6 +669,38 @@ async def test_a_slot_over_the_cap_is_not_cut_by_listing() -> None:
         with pytest.raises(InvalidInputError, match="nothing left to split along"):
             await make_plan(api, query, max_files_per_export=5)
         assert emu.audit.count("jsoc_info/rs_list") == 1
+
+        for ds, cap, n in (
+                ("aia.lev1_euv_12s[2012-01-01T00:00:00Z/2m][171,193,211]{image}", 2, 30),
+                # one-slot slices of seven records, over twice the cap: listable themselves
+                ("aia.lev1_euv_12s[2012-01-01T00:00:00Z/1m][94-335]", 3, 35)):
+            emu.audit.clear()
+            plan = await make_plan(api, Query.from_recordset(ds), max_files_per_export=cap)
+            assert emu.audit.count("jsoc_info/rs_list") == 1
+            assert plan.n_records == n
+            for chunk in plan.chunks:
+                assert chunk.n_records == await api.count(chunk.recordset) <= cap
+
+
+@pytest.mark.anyio
+async def test_a_piece_of_two_chunks_is_counted_not_listed() -> None:
+    """Listing pays only where it saves requests: a piece of at most two chunks' worth is
+    cut and counted as before."""
+    from asyncjsoc._api import JsocApi
+    from asyncjsoc._http import TransportConfig, create_session
+    from asyncjsoc._ratelimit import TokenBucket
+    from asyncjsoc.emulator import Knobs, run_emulator
+
+    async with (
+        run_emulator(Knobs()) as emu,
+        create_session(TransportConfig(), TokenBucket(1000.0, 100)) as session,
+    ):
+        api = JsocApi(session, emu.url)
+        query = Query.from_recordset("hmi.M_45s[2012.01.01_00:00:00_TAI/450s]{magnetogram}")
+        plan = await make_plan(api, query, max_files_per_export=5)
+        assert [c.n_records for c in plan.chunks] == [5, 5]
+        assert emu.audit.count("jsoc_info/rs_list") == 0
+        assert emu.audit.count("jsoc_info/rs_summary") == 3
 
 
 @pytest.mark.anyio

@@ -21,6 +21,7 @@ from asyncjsoc._times import (
     parse_duration,
     parse_time,
     parse_time_parts,
+    tai_datetime,
     to_tai_parts,
 )
 from asyncjsoc.exceptions import InvalidInputError
@@ -117,6 +118,28 @@ def test_second_60_only_on_leap_second_days(text: str) -> None:
         parse_recordset(f"hmi.M_45s[{text}]")
     assert str(to_tai_parts("1972-06-30T23:59:60Z")) == "1972.07.01_00:00:10_TAI"
     assert str(to_tai_parts("2012.06.30_23:59:60.5_UTC")) == "2012.07.01_00:00:34.5_TAI"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.datetimes(min_value=datetime(1972, 1, 1), max_value=datetime(2035, 12, 31)),
+       st.sampled_from(["hmi_utc", "iso", "tai"]))
+def test_tai_datetime_agrees_with_astropy(when: datetime, form: str) -> None:
+    """The ERFA-table conversion planning uses gives astropy's TAI, to the microsecond."""
+    parts = TimeParts.from_datetime(when, zone="TAI" if form == "tai" else "UTC",
+                                    style="iso" if form == "iso" else "hmi")
+    assert tai_datetime(str(parts)) == to_tai_parts(str(parts)).to_datetime()
+
+
+@pytest.mark.parametrize(("text", "tai"), [
+    ("2016-12-31T23:59:60Z", "2017.01.01_00:00:36_TAI"),
+    ("2016.12.31_23:59:60.25_UTC", "2017.01.01_00:00:36.25_TAI"),
+    ("2017-01-01T00:00:00Z", "2017.01.01_00:00:37_TAI"),
+    ("2015.06.30_23:59:59_UTC", "2015.07.01_00:00:34_TAI"),
+    ("1965-01-01T00:00:00Z", str(to_tai_parts("1965-01-01T00:00:00Z"))),
+])
+def test_tai_datetime_across_leap_seconds(text: str, tai: str) -> None:
+    """Leap seconds, the seconds around them, and a pre-1972 time (astropy's path)."""
+    assert tai_datetime(text) == to_tai_parts(tai).to_datetime()
 
 
 def test_bad_time_types() -> None:
