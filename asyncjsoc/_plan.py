@@ -37,6 +37,9 @@ from datetime import datetime, timedelta
 from itertools import pairwise, product
 from typing import Protocol
 
+import anyio
+import anyio.to_thread
+
 from asyncjsoc._models import Chunk, Plan, SeriesInfo
 from asyncjsoc._query import Query
 from asyncjsoc._recordset import (
@@ -379,6 +382,32 @@ def _check_integer_keys(subset: Subset, info: SeriesInfo) -> None:
                         "not written as an integer", hint=hint)
 
 
+def _slot_groups(values: Sequence[str], max_records: int
+                 ) -> list[tuple[datetime, datetime, int]] | None:
+    """Slot-time strings grouped in time order, at most ``max_records`` records a group and
+    never splitting a slot: (first slot, last slot, records) each, as TAI datetimes.
+    ``None`` when a value is not a time or one slot alone is over ``max_records``."""
+    # Records of one slot share its string (seven AIA wavelengths, many HARPs): each
+    # distinct string is converted once.
+    per_slot: dict[datetime, int] = {}
+    try:
+        for text, n in Counter(values).items():
+            t = tai_datetime(text)
+            per_slot[t] = per_slot.get(t, 0) + n
+    except (InvalidInputError, ValueError):
+        return None
+    groups: list[tuple[datetime, datetime, int]] = []
+    for t in sorted(per_slot):
+        n = per_slot[t]
+        if n > max_records:
+            return None
+        if groups and groups[-1][2] + n <= max_records:
+            groups[-1] = (groups[-1][0], t, groups[-1][2] + n)
+        else:
+            groups.append((t, t, n))
+    return groups
+
+
 def _slotted_span(subset: Subset, info: SeriesInfo) -> tuple[int, str] | None:
     """The first time range or span without a cadence on a slotted prime key: its filter
     index and the key's name; ``None`` when there is none."""
@@ -680,25 +709,10 @@ class _Planner:
         values = next((v for k, v in answer.keywords.items() if k.lower() == key.lower()), None)
         if values is None or len(values) != piece.n:
             return None
-        # Records of one slot share its string (seven AIA wavelengths, many HARPs): each
-        # distinct string is converted once.
-        per_slot: dict[datetime, int] = {}
-        try:
-            for text, n in Counter(values).items():
-                t = tai_datetime(text)
-                per_slot[t] = per_slot.get(t, 0) + n
-        except (InvalidInputError, ValueError):
+        # Tens of thousands of times to read: off the event loop, which may be someone's.
+        groups = await anyio.to_thread.run_sync(_slot_groups, values, self.max_records)
+        if groups is None:
             return None
-        # (first slot, last slot, records), in time order
-        groups: list[tuple[datetime, datetime, int]] = []
-        for t in sorted(per_slot):
-            n = per_slot[t]
-            if n > self.max_records:
-                return None
-            if groups and groups[-1][2] + n <= self.max_records:
-                groups[-1] = (groups[-1][0], t, groups[-1][2] + n)
-            else:
-                groups.append((t, t, n))
         out: list[_Piece] = []
         for first_t, last_t, n in groups:
             first = TimeValue(TimeParts.from_datetime(first_t))
