@@ -462,7 +462,8 @@ def describe(event: Event, view: PullView, *, mask: bool = True) -> str | None:
             kept = f" ({files - new} already there)" if new < files else ""
             return f"unpacked {relpath}: {files} files{kept}; tar deleted"
         case FileFailed(relpath=relpath, error=error):
-            return f"FAILED {relpath}: {_mask_text(error.message, mask)}"
+            message = _without_name(error.message, relpath)
+            return f"FAILED {relpath}: {_mask_text(message, mask)}"
         case PullFinished(files=files, failed=failed, bytes=n, ok=ok):
             verdict = "done" if ok else "finished with failures"
             return (
@@ -494,6 +495,13 @@ def _closing_hint(failures: list[Failure]) -> str:
 def _identity(text: str) -> str:
     """Return ``text`` unchanged."""
     return text
+
+
+def _without_name(message: str, relpath: str) -> str:
+    """``message`` without a leading ``NAME: `` that repeats the file's own name (unpacking
+    errors start with the tar's name, which the line already shows)."""
+    prefix = relpath.rsplit("/", 1)[-1] + ": "
+    return message[len(prefix):] if message.startswith(prefix) else message
 
 
 def _mask_text(text: str, mask: bool) -> str:

@@ -42,6 +42,7 @@ from asyncjsoc._progress import (
 )
 from asyncjsoc.exceptions import (
     ExportFailedError,
+    FileBusyError,
     IntegrityError,
     JsocError,
     LocalError,
@@ -268,9 +269,13 @@ def test_rich_reporter_prints_failures_above_display() -> None:
     rep = RichReporter(console, emails=EMAILS)
     rep(Backoff(4.0, "HTTP 503"))
     rep(FileFailed("x.fits", "rec[x]", IntegrityError("checksum mismatch")))
+    # Unpacking errors start with the tar's name: the line names it once.
+    rep(FileFailed("d/JSOC_1.tar", "JSOC_1", FileBusyError(
+        "JSOC_1.tar: a.fits is being unpacked by another process")))
     text = buf.getvalue()
     assert "backing off 4.0 s: HTTP 503" in text
     assert "FAILED x.fits: checksum mismatch" in text
+    assert "FAILED d/JSOC_1.tar: a.fits is being unpacked by another process" in text
 
 
 def test_rich_reporter_live_start_and_close() -> None:
