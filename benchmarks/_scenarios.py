@@ -782,10 +782,16 @@ def s3_small_files(ctx: Ctx) -> dict[str, Any]:
         ]
         # The full-size rows run REPEATS times, round-robin, and report their median run;
         # the others (the slow contenders on the first slow_n files) run once.
+        # Each round after the first in a seeded shuffled order, as for bandwidth (see
+        # _download_rows): no contender always follows the same one.
         repeats = 1 if ctx.quick else REPEATS
         found: dict[str, list[dict[str, Any]]] = {label: [] for label, *_ in runs}
+        order = random.Random(len(runs))
         for round_ in range(repeats):
-            for label, contender, fields_, expect in runs:
+            this_round = list(runs)
+            if round_:
+                order.shuffle(this_round)
+            for label, contender, fields_, expect in this_round:
                 if round_ and expect != n:
                     continue
                 found[label].append(ctx.run(label, contender, emu, expect_files=expect,
@@ -821,7 +827,8 @@ def s3_small_files(ctx: Ctx) -> dict[str, Any]:
     notes = [
         bound + " `client CPU ceiling` = 1000 ÷ CPU ms per file: the files/s the client "
         "could sustain on one core of its own if the server were infinitely fast.",
-        *([f"The rows on all {n:,} files ran {REPEATS} times, round-robin; each is its "
+        *([f"The rows on all {n:,} files ran {REPEATS} times, round-robin (each round "
+           "after the first in a shuffled, seeded order); each is its "
            f"median run (by files/s), except CPU ms/file, which is the median of its runs'. "
            f"Range over the runs: {spread}."] if spread else []),
         f"{conns} connections for every contender that takes a number (drms is serial, "
