@@ -56,8 +56,9 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class PlanCounting(Event):
-    """Planning is counting the query's records, one ``jsoc_info`` call per count; sent
-    after each count. Years of data take many counts, at the request rate."""
+    """Planning is counting the query's records, one ``jsoc_info`` call per count (or per
+    listing of a piece's slot times); sent after each such call, with the number made so
+    far. Years of data take many, at the request rate."""
 
     counts: int
 

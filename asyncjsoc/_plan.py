@@ -59,7 +59,7 @@ from asyncjsoc._recordset import (
     WordValue,
     parse_recordset,
 )
-from asyncjsoc._times import TimeParts, tai_datetime, to_tai_parts
+from asyncjsoc._times import TimeParts, fast_tai_datetime, to_tai_parts
 from asyncjsoc.exceptions import InvalidInputError
 
 __all__ = [
@@ -163,7 +163,8 @@ async def make_plan(
     max_recordset_chars
         Keep each chunk's record set under this length where possible.
     on_count
-        Called after each ``count`` call with the number made so far (for progress).
+        Called after each planning request (a ``count``, or a listing of slot times) with
+        the number made so far (for progress).
 
     Returns
     -------
@@ -386,13 +387,16 @@ def _slot_groups(values: Sequence[str], max_records: int
                  ) -> list[tuple[datetime, datetime, int]] | None:
     """Slot-time strings grouped in time order, at most ``max_records`` records a group and
     never splitting a slot: (first slot, last slot, records) each, as TAI datetimes.
-    ``None`` when a value is not a time or one slot alone is over ``max_records``."""
+    ``None`` when a value is not a time, needs astropy to convert (UTC before 1972), or one
+    slot alone is over ``max_records``. Runs in a worker thread."""
     # Records of one slot share its string (seven AIA wavelengths, many HARPs): each
     # distinct string is converted once.
     per_slot: dict[datetime, int] = {}
     try:
         for text, n in Counter(values).items():
-            t = tai_datetime(text)
+            t = fast_tai_datetime(text)
+            if t is None:
+                return None
             per_slot[t] = per_slot.get(t, 0) + n
     except (InvalidInputError, ValueError):
         return None
@@ -666,11 +670,11 @@ class _Planner:
         want = math.ceil(piece.n * _OVERSPLIT / self.max_records)
         bounds = _bounds(lo, hi, max(2, want))
         known = _full_counts(axis, bounds, piece.n)
-        if None in known and listable and piece.n > 2 * self.max_records:
+        if None in known and listable and self.listable(piece):
             listed = await self.by_listing(piece)
             if listed is not None:
                 return listed
-            listable = False
+            listable = False  # listed, and no good: its slices would fail alike
         out: list[_Piece] = []
         for (a, b), n in zip(bounds, known, strict=True):
             sub = axis.subset(a, b)
@@ -678,6 +682,14 @@ class _Planner:
                 n = await self.count([sub])
             out.extend(await self.split(_Piece(sub, n, True, (axis, a, b)), listable))
         return self.merge(out)
+
+    def listable(self, piece: _Piece) -> bool:
+        """Whether :meth:`by_listing` would list ``piece``: the API can list, the piece has
+        more than two chunks' worth of records (where listing saves requests) and at most
+        :data:`LIST_MAX_RECORDS`, and a cadence-free time range on a slotted key."""
+        return (hasattr(self.api, "rs_list")
+                and 2 * self.max_records < piece.n <= LIST_MAX_RECORDS
+                and _slotted_span(piece.subset, self.info) is not None)
 
     async def by_listing(self, piece: _Piece) -> list[_Piece] | None:
         """Cut a small over-cap piece at its records' own slot times, from one listing.
@@ -687,19 +699,19 @@ class _Planner:
         requests) one ``rs_list`` of its slot times (the first
         time range or span without a cadence, on a slotted prime key) tells where every
         record is. The records are grouped in time order, never splitting a slot (records
-        of one slot differ in another prime key, such as ``CAMERA``), and each group is
-        written as the inclusive range from its first to its last slot time. Those times
-        are slot times the server itself printed, so no boundary depends on how DRMS rounds
-        a time to a slot, and the groups' counts are exact: together the ranges select
-        exactly the listed records. ``None`` (count slices instead) when the API cannot
-        list, the piece has no such filter, a value is not a time, the listing does not
-        hold ``piece.n`` records, or one slot alone is over the cap.
+        of one slot differ in another prime key, such as ``CAMERA``). The groups tile the
+        piece's whole range, as counted slices do: each runs from its first slot time to
+        the next group's first (``t/d``, end excluded), the first from the range's own
+        start and the last to its own end, so records added later anywhere in the range
+        are still in some chunk. Inner boundaries are slot times the server itself
+        printed, so none depends on how DRMS rounds a time to a slot, and the groups'
+        counts are exact. ``None`` (count slices instead) when :meth:`listable` says no, a
+        value is not a time (or is UTC before 1972), the listing does not hold ``piece.n``
+        records, or one slot alone is over the cap.
         """
         rs_list = getattr(self.api, "rs_list", None)
-        if rs_list is None or piece.n > LIST_MAX_RECORDS:
-            return None
         found = _slotted_span(piece.subset, self.info)
-        if found is None:
+        if rs_list is None or found is None or not self.listable(piece):
             return None
         index, key = found
         answer = await rs_list(str(piece.subset), keys=(key,))
@@ -713,11 +725,26 @@ class _Planner:
         groups = await anyio.to_thread.run_sync(_slot_groups, values, self.max_records)
         if groups is None:
             return None
+        whole = piece.subset.filters[index]
+        assert isinstance(whole, Select)
+        original = whole.items[0]
+        assert isinstance(original, Range | Span)
+        assert isinstance(original.start, TimeValue)
         out: list[_Piece] = []
-        for first_t, last_t, n in groups:
-            first = TimeValue(TimeParts.from_datetime(first_t))
-            item: Item = (first if first_t == last_t
-                          else Range(first, TimeValue(TimeParts.from_datetime(last_t))))
+        for i, (first_t, _, n) in enumerate(groups):
+            start = original.start if i == 0 else TimeValue(TimeParts.from_datetime(first_t))
+            item: Item
+            if i + 1 < len(groups):
+                begin = (to_tai_parts(original.start.parts).to_datetime() if i == 0
+                         else first_t)
+                seconds = (groups[i + 1][0] - begin).total_seconds()
+                item = Span(start, seconds)
+            elif isinstance(original, Range):
+                item = Range(start, original.end)
+            else:
+                end = (to_tai_parts(original.start.parts).to_datetime()
+                       + timedelta(seconds=original.duration))
+                item = Span(start, (end - first_t).total_seconds())
             filters = list(piece.subset.filters)
             filters[index] = Select((item,))
             out.append(_Piece(replace(piece.subset, filters=tuple(filters)), n))

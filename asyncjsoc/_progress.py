@@ -191,7 +191,7 @@ class PullView:
         self.tar_exports = False
         self.n_records: int | None = None
         self.estimated_bytes: int | None = None
-        self.plan_counts = 0  # jsoc_info counts made while planning (PlanCounting)
+        self.plan_counts = 0  # jsoc_info requests made while planning (PlanCounting)
         self.files_done = 0
         self.files_skipped = 0
         self.files_failed = 0
@@ -409,8 +409,8 @@ def describe(event: Event, view: PullView, *, mask: bool = True) -> str | None:
     show = mask_email if mask else _identity
     match event:
         case PlanCounting(counts=counts):
-            return (f"planning: {counts} record counts so far (one jsoc_info request each; "
-                    "a long time range takes many)")
+            return (f"planning: {counts} jsoc_info requests so far (record counts and "
+                    "listings; a long time range takes many)")
         case Planned(plan=plan):
             if not plan.n_records:
                 return f"planned {plan.series}: {NO_RECORDS}, so there is nothing to export"
@@ -748,7 +748,7 @@ class RichReporter:
             return "downloading"
         if view.n_files is None:
             counts = view.plan_counts
-            return f"planning ({counts} record counts)" if counts else "planning"
+            return f"planning ({counts} jsoc_info requests)" if counts else "planning"
         return "working"
 
     def _exports_table(self) -> Table | None:

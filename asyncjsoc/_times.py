@@ -197,9 +197,9 @@ def _parts_from_match(m: re.Match[str], style: Style) -> TimeParts:
 def _has_leap_second(year: int, month: int, day: int) -> bool:
     """Whether UTC added a leap second at the end of this day (ERFA's table); ``False``
     past the table's end, where no leap second is known."""
+    if (year, month, day) == (9999, 12, 31):
+        return False  # the day after is past what datetime holds, and past any table
     following = date(year, month, day) + timedelta(days=1)
-    if following.year > 9999:
-        return False
     before = _tai_minus_utc(year, month, day)
     after = _tai_minus_utc(following.year, following.month, following.day)
     return after - before == 1.0
@@ -207,39 +207,59 @@ def _has_leap_second(year: int, month: int, day: int) -> bool:
 
 @lru_cache(maxsize=4096)
 def _tai_minus_utc(year: int, month: int, day: int) -> float:
-    """TAI - UTC in seconds at the start of a day (ERFA's leap-second table)."""
+    """TAI - UTC in seconds at the start of a day (ERFA's leap-second table; past its end,
+    the last value). ERFA's ufunc reports a dubious year in a status it returns, not as a
+    warning: this runs in worker threads too, where changing the warning filters is not
+    safe."""
     import erfa  # type: ignore[import-untyped]
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # 'dubious year' past the table: its last value
-        return float(erfa.dat(year, month, day, 0.0))
+    value, _status = erfa.ufunc.dat(year, month, day, 0.0)
+    return float(value)
 
 
-def tai_datetime(text: str) -> datetime:
-    """A JSOC time string as a naive TAI datetime, to the microsecond.
-
-    As ``to_tai_parts(text).to_datetime()``, but UTC times from 1972 on (whole-second
-    TAI - UTC offsets, leap seconds included) are converted with ERFA's table directly,
-    without building an astropy ``Time`` per value: planning converts every slot time of
-    a listing (tens of thousands of UTC times for AIA).
+def fast_tai_datetime(text: str) -> datetime | None:
+    """:func:`tai_datetime` where it needs no astropy: TAI times, and UTC times from 1972
+    on (whole-second TAI - UTC offsets from ERFA's table, leap seconds included), to the
+    microsecond; ``None`` for the rest (earlier UTC, finer fractions). Safe in a worker
+    thread.
 
     Raises
     ------
     InvalidInputError
-        When the string is not a JSOC time.
+        When the string is not a JSOC time, or is past year 9999 in TAI.
     """
     parts = parse_time_parts(text)
-    if parts.zone == "TAI" or parts.year < 1972 or len(parts.frac) > 6:
-        return to_tai_parts(parts).to_datetime()
+    if len(parts.frac) > 6 or (parts.zone == "UTC" and parts.year < 1972):
+        return None
+    micro = int(parts.frac.ljust(6, "0"))
+    if parts.zone == "TAI":
+        return datetime(parts.year, parts.month, parts.day, parts.hour, parts.minute,
+                        parts.second, micro)
     leap = parts.second == 60
     utc = datetime(parts.year, parts.month, parts.day, parts.hour, parts.minute,
-                   59 if leap else parts.second, int(parts.frac.ljust(6, "0")))
+                   59 if leap else parts.second, micro)
     offset = _tai_minus_utc(parts.year, parts.month, parts.day)
     try:
         return utc + timedelta(seconds=offset + (1 if leap else 0))
     except OverflowError:
         raise InvalidInputError(f"{text!r} is after year 9999 in TAI",
                                 hint=_TIME_FORMS) from None
+
+
+def tai_datetime(text: str) -> datetime:
+    """A JSOC time string as a naive TAI datetime, to the microsecond.
+
+    As ``to_tai_parts(text).to_datetime()``, but without building an astropy ``Time`` where
+    :func:`fast_tai_datetime` can do without (planning converts every slot time of a
+    listing: tens of thousands of UTC times for AIA).
+
+    Raises
+    ------
+    InvalidInputError
+        When the string is not a JSOC time.
+    """
+    fast = fast_tai_datetime(text)
+    return fast if fast is not None else to_tai_parts(text).to_datetime()
 
 
 def parse_time_parts(text: str) -> TimeParts:

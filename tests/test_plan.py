@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import time
 from datetime import datetime, timedelta
+from itertools import pairwise
 
 import anyio
 import pytest
@@ -648,6 +649,21 @@ async def test_small_pieces_are_cut_from_one_listing(
             seen |= got
         assert seen == want
 
+        # The chunks tile the query's whole span, gaps and ends included (not only from the
+        # first to the last record), so records that appear later are in some chunk.
+        def span_of(recordset: str) -> tuple[datetime, datetime]:
+            (sub,) = parse_recordset(recordset).subsets
+            for f in sub.filters:
+                if isinstance(f, Select) and isinstance(f.items[0], Span):
+                    start = to_tai_parts(f.items[0].start.parts).to_datetime()
+                    return start, start + timedelta(seconds=f.items[0].duration)
+            raise AssertionError(recordset)
+
+        spans = [span_of(c.recordset) for c in plan.chunks]
+        assert spans[0][0] == span_of(query.recordset())[0]
+        assert spans[-1][1] == span_of(query.recordset())[1]
+        assert all(a[1] == b[0] for a, b in pairwise(spans))
+
 
 @pytest.mark.anyio
 async def test_a_slot_over_the_cap_is_listed_once_then_counted() -> None:
@@ -701,6 +717,41 @@ async def test_a_piece_of_two_chunks_is_counted_not_listed() -> None:
         assert [c.n_records for c in plan.chunks] == [5, 5]
         assert emu.audit.count("jsoc_info/rs_list") == 0
         assert emu.audit.count("jsoc_info/rs_summary") == 3
+
+
+class _Listing:
+    """The part of an rs_list answer the planner reads."""
+
+    def __init__(self, keywords: dict[str, list[str]]) -> None:
+        self.keywords = keywords
+
+
+class ListingApi(CountingApi):
+    """CountingApi that can also list T_REC (slot arithmetic, enumerated)."""
+
+    def __init__(self, harps: dict[int, tuple[int, int]]) -> None:
+        super().__init__(harps)
+        self.listed: list[int] = []
+
+    async def rs_list(self, ds: str, *, keys: tuple[str, ...] = ()) -> _Listing:
+        """T_REC of every record ``ds`` selects."""
+        assert keys == ("T_REC",)
+        found = sorted(self.records(ds))
+        self.listed.append(len(found))
+        return _Listing({"T_REC": [slot_time(k) for _, k in found]})
+
+
+@pytest.mark.anyio
+async def test_slices_of_a_piece_too_big_to_list_are_listed() -> None:
+    """A piece over LIST_MAX_RECORDS is not listed, but its slices still may be: three
+    HARPs over the first third of the range make 60,000 records, and the counted slices
+    holding them (30,000 each, over twice the cap of 10,000) are each listed once."""
+    api = ListingApi({7000: (0, 19999), 7001: (0, 19999), 7002: (0, 19999)})
+    plan = await make_plan(api, sharp_query(0, 59999), max_files_per_export=10_000)
+    assert api.listed == [30_000, 30_000]
+    assert plan.n_records == 60_000
+    for chunk in plan.chunks:
+        assert chunk.n_records == await api.count(chunk.recordset) <= 10_000
 
 
 @pytest.mark.anyio

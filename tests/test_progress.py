@@ -374,13 +374,13 @@ def test_long_planning_is_logged_every_few_seconds_and_shown_live() -> None:
         now[0] = at
         rep(PlanCounting(counts))
     lines = out.getvalue().splitlines()
-    assert [line.split(" ", 1)[1].split(" record counts")[0] for line in lines] == [
+    assert [line.split(" ", 1)[1].split(" jsoc_info requests")[0] for line in lines] == [
         "planning: 3", "planning: 6"]
     console, _buf = _rich_console()
     live = RichReporter(console, emails=EMAILS)
     assert live._headline() == "planning"
     live(PlanCounting(7))
-    assert live._headline() == "planning (7 record counts)"
+    assert live._headline() == "planning (7 jsoc_info requests)"
     live(Planned(_plan()))
     assert "record counts" not in live._headline()
     live.close()
