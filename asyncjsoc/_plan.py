@@ -670,7 +670,7 @@ class _Planner:
         want = math.ceil(piece.n * _OVERSPLIT / self.max_records)
         bounds = _bounds(lo, hi, max(2, want))
         known = _full_counts(axis, bounds, piece.n)
-        if None in known and listable and self.listable(piece):
+        if None in known and listable and self.worth_listing(piece):
             listed = await self.by_listing(piece)
             if listed is not None:
                 return listed
@@ -683,7 +683,7 @@ class _Planner:
             out.extend(await self.split(_Piece(sub, n, True, (axis, a, b)), listable))
         return self.merge(out)
 
-    def listable(self, piece: _Piece) -> bool:
+    def worth_listing(self, piece: _Piece) -> bool:
         """Whether :meth:`by_listing` would list ``piece``: the API can list, the piece has
         more than two chunks' worth of records (where listing saves requests) and at most
         :data:`LIST_MAX_RECORDS`, and a cadence-free time range on a slotted key."""
@@ -705,13 +705,13 @@ class _Planner:
         start and the last to its own end, so records added later anywhere in the range
         are still in some chunk. Inner boundaries are slot times the server itself
         printed, so none depends on how DRMS rounds a time to a slot, and the groups'
-        counts are exact. ``None`` (count slices instead) when :meth:`listable` says no, a
+        counts are exact. ``None`` (count slices instead) when :meth:`worth_listing` says no, a
         value is not a time (or is UTC before 1972), the listing does not hold ``piece.n``
         records, or one slot alone is over the cap.
         """
         rs_list = getattr(self.api, "rs_list", None)
         found = _slotted_span(piece.subset, self.info)
-        if rs_list is None or found is None or not self.listable(piece):
+        if rs_list is None or found is None or not self.worth_listing(piece):
             return None
         index, key = found
         answer = await rs_list(str(piece.subset), keys=(key,))
