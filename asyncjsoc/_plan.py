@@ -85,8 +85,9 @@ counted slice by slice: about 30 bytes of answer per record, so at most 1.5 MB."
 class PlanningApi(Protocol):
     """What planning needs from the JSOC: series metadata and record counts.
 
-    An API that also has ``rs_list`` (:class:`KeyListingApi`, as ``JsocApi`` does) lets the
-    planner list the slot times of a small over-cap piece instead of counting its slices.
+    An API that also has ``rs_list(ds, keys=...)``, answering with ``keywords`` (name to
+    values), as ``JsocApi`` does, lets the planner list the slot times of a small over-cap
+    piece instead of counting its slices.
     """
 
     async def series_info(self, series: str) -> SeriesInfo:
@@ -95,21 +96,6 @@ class PlanningApi(Protocol):
 
     async def count(self, ds: str) -> int:
         """How many records a record set selects (``rs_summary``)."""
-        ...
-
-
-class _KeyValues(Protocol):
-    """The part of an ``rs_list`` answer key listing reads."""
-
-    @property
-    def keywords(self) -> dict[str, list[str]]: ...
-
-
-class KeyListingApi(Protocol):
-    """What listing a piece's slot times needs: ``rs_list`` with keyword names."""
-
-    async def rs_list(self, ds: str, *, keys: Iterable[str] = ...) -> _KeyValues:
-        """Keyword values of the records ``ds`` selects."""
         ...
 
 
@@ -383,10 +369,9 @@ def _check_integer_keys(subset: Subset, info: SeriesInfo) -> None:
                         "not written as an integer", hint=hint)
 
 
-def _slot_groups(values: Sequence[str], max_records: int
-                 ) -> list[tuple[datetime, datetime, int]] | None:
+def _slot_groups(values: Sequence[str], max_records: int) -> list[tuple[datetime, int]] | None:
     """Slot-time strings grouped in time order, at most ``max_records`` records a group and
-    never splitting a slot: (first slot, last slot, records) each, as TAI datetimes.
+    never splitting a slot: (first slot as a TAI datetime, records) each.
     ``None`` when a value is not a time, needs astropy to convert (UTC before 1972), or one
     slot alone is over ``max_records``. Runs in a worker thread."""
     # Records of one slot share its string (seven AIA wavelengths, many HARPs): each
@@ -400,15 +385,15 @@ def _slot_groups(values: Sequence[str], max_records: int
             per_slot[t] = per_slot.get(t, 0) + n
     except (InvalidInputError, ValueError):
         return None
-    groups: list[tuple[datetime, datetime, int]] = []
+    groups: list[tuple[datetime, int]] = []
     for t in sorted(per_slot):
         n = per_slot[t]
         if n > max_records:
             return None
-        if groups and groups[-1][2] + n <= max_records:
-            groups[-1] = (groups[-1][0], t, groups[-1][2] + n)
+        if groups and groups[-1][1] + n <= max_records:
+            groups[-1] = (groups[-1][0], groups[-1][1] + n)
         else:
-            groups.append((t, t, n))
+            groups.append((t, n))
     return groups
 
 
@@ -670,8 +655,9 @@ class _Planner:
         want = math.ceil(piece.n * _OVERSPLIT / self.max_records)
         bounds = _bounds(lo, hi, max(2, want))
         known = _full_counts(axis, bounds, piece.n)
-        if None in known and listable and self.worth_listing(piece):
-            listed = await self.by_listing(piece)
+        listing = self.listing_key(piece) if None in known and listable else None
+        if listing is not None:
+            listed = await self.by_listing(piece, *listing)
             if listed is not None:
                 return listed
             listable = False  # listed, and no good: its slices would fail alike
@@ -683,15 +669,18 @@ class _Planner:
             out.extend(await self.split(_Piece(sub, n, True, (axis, a, b)), listable))
         return self.merge(out)
 
-    def worth_listing(self, piece: _Piece) -> bool:
-        """Whether :meth:`by_listing` would list ``piece``: the API can list, the piece has
-        more than two chunks' worth of records (where listing saves requests) and at most
-        :data:`LIST_MAX_RECORDS`, and a cadence-free time range on a slotted key."""
-        return (hasattr(self.api, "rs_list")
-                and 2 * self.max_records < piece.n <= LIST_MAX_RECORDS
-                and _slotted_span(piece.subset, self.info) is not None)
+    def listing_key(self, piece: _Piece) -> tuple[int, str] | None:
+        """Where :meth:`by_listing` would list ``piece`` (the index of its cadence-free time
+        range on a slotted key, and that key), or ``None`` when it is not worth it: the API
+        cannot list, or the piece has at most two chunks' worth of records (listing saves
+        no request) or more than :data:`LIST_MAX_RECORDS`."""
+        if not hasattr(self.api, "rs_list"):
+            return None
+        if not 2 * self.max_records < piece.n <= LIST_MAX_RECORDS:
+            return None
+        return _slotted_span(piece.subset, self.info)
 
-    async def by_listing(self, piece: _Piece) -> list[_Piece] | None:
+    async def by_listing(self, piece: _Piece, index: int, key: str) -> list[_Piece] | None:
         """Cut a small over-cap piece at its records' own slot times, from one listing.
 
         Counting slices costs one ``rs_summary`` per chunk-sized slice; for a piece of more
@@ -705,16 +694,12 @@ class _Planner:
         start and the last to its own end, so records added later anywhere in the range
         are still in some chunk. Inner boundaries are slot times the server itself
         printed, so none depends on how DRMS rounds a time to a slot, and the groups'
-        counts are exact. ``None`` (count slices instead) when :meth:`worth_listing` says no, a
-        value is not a time (or is UTC before 1972), the listing does not hold ``piece.n``
-        records, or one slot alone is over the cap.
+        counts are exact. ``index`` and ``key`` are what :meth:`listing_key` found. ``None``
+        (count slices instead) when a value is not a time (or is UTC before 1972), the
+        listing does not hold ``piece.n`` records, or one slot alone is over the cap.
         """
-        rs_list = getattr(self.api, "rs_list", None)
-        found = _slotted_span(piece.subset, self.info)
-        if rs_list is None or found is None or not self.worth_listing(piece):
-            return None
-        index, key = found
-        answer = await rs_list(str(piece.subset), keys=(key,))
+        answer = await self.api.rs_list(  # type: ignore[attr-defined]  # see listing_key
+            str(piece.subset), keys=(key,))
         self.counts += 1
         if self.on_count is not None:
             self.on_count(self.counts)
@@ -730,21 +715,19 @@ class _Planner:
         original = whole.items[0]
         assert isinstance(original, Range | Span)
         assert isinstance(original.start, TimeValue)
+        origin = to_tai_parts(original.start.parts).to_datetime()
         out: list[_Piece] = []
-        for i, (first_t, _, n) in enumerate(groups):
-            start = original.start if i == 0 else TimeValue(TimeParts.from_datetime(first_t))
+        for i, (first_t, n) in enumerate(groups):
+            begin, start = ((origin, original.start) if i == 0
+                            else (first_t, TimeValue(TimeParts.from_datetime(first_t))))
             item: Item
             if i + 1 < len(groups):
-                begin = (to_tai_parts(original.start.parts).to_datetime() if i == 0
-                         else first_t)
-                seconds = (groups[i + 1][0] - begin).total_seconds()
-                item = Span(start, seconds)
+                item = Span(start, (groups[i + 1][0] - begin).total_seconds())
             elif isinstance(original, Range):
                 item = Range(start, original.end)
             else:
-                end = (to_tai_parts(original.start.parts).to_datetime()
-                       + timedelta(seconds=original.duration))
-                item = Span(start, (end - first_t).total_seconds())
+                end = origin + timedelta(seconds=original.duration)
+                item = Span(start, (end - begin).total_seconds())
             filters = list(piece.subset.filters)
             filters[index] = Select((item,))
             out.append(_Piece(replace(piece.subset, filters=tuple(filters)), n))

@@ -218,10 +218,12 @@ def _tai_minus_utc(year: int, month: int, day: int) -> float:
 
 
 def fast_tai_datetime(text: str) -> datetime | None:
-    """:func:`tai_datetime` where it needs no astropy: TAI times, and UTC times from 1972
-    on (whole-second TAI - UTC offsets from ERFA's table, leap seconds included), to the
-    microsecond; ``None`` for the rest (earlier UTC, finer fractions). Safe in a worker
-    thread.
+    """A JSOC time string as a naive TAI datetime, to the microsecond, where that needs no
+    astropy: TAI times, and UTC times from 1972 on (whole-second TAI - UTC offsets from
+    ERFA's table, leap seconds included); ``None`` for the rest (earlier UTC, finer
+    fractions: ``to_tai_parts`` reads those). Planning reads every slot time of a listing
+    (tens of thousands of UTC times for AIA) this way, in a worker thread, where it is
+    safe.
 
     Raises
     ------
@@ -245,21 +247,6 @@ def fast_tai_datetime(text: str) -> datetime | None:
         raise InvalidInputError(f"{text!r} is after year 9999 in TAI",
                                 hint=_TIME_FORMS) from None
 
-
-def tai_datetime(text: str) -> datetime:
-    """A JSOC time string as a naive TAI datetime, to the microsecond.
-
-    As ``to_tai_parts(text).to_datetime()``, but without building an astropy ``Time`` where
-    :func:`fast_tai_datetime` can do without (planning converts every slot time of a
-    listing: tens of thousands of UTC times for AIA).
-
-    Raises
-    ------
-    InvalidInputError
-        When the string is not a JSOC time.
-    """
-    fast = fast_tai_datetime(text)
-    return fast if fast is not None else to_tai_parts(text).to_datetime()
 
 
 def parse_time_parts(text: str) -> TimeParts:

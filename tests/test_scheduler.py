@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from engine_helpers import QUERY, emulator, fast_config, fetch_with_files_held
 
-from asyncjsoc._client import Client
+from asyncjsoc._client import Client, PullResult
 from asyncjsoc._events import Event, ExportSubmitted, ExportWaiting, FileDone
 from asyncjsoc._models import ExportFile, ExportStatus, KeywordInfo, SeriesInfo
 from asyncjsoc._naming import (
@@ -202,17 +202,25 @@ def test_stray_segments_are_told_by_record_or_by_name() -> None:
     assert stray_segments(ds, [wrong], "{HARPNUM}.{segment}.x") == []
 
 
-async def test_an_earlier_export_of_other_segments_is_never_taken(tmp_path: Path) -> None:
-    """The JSOC's duplicate check ignores segments: {Bp,Bt} asked within 24 h of {Br} for
-    the same records gets the {Br} export back. Its files are not taken: the chunk fails
-    with the reason, and nothing lands in the output directory (before: the Br files,
-    exit 0)."""
+async def _after_an_export_of_br(tmp_path: Path,
+                                 segments: str) -> tuple[PullResult, PullResult]:
+    """Fetch a few SHARP records' {Br} into ``a``, then the same records' ``segments``
+    into ``b`` within the emulator's 24 h: the two results."""
     records = "hmi.sharp_cea_720s[7302][2018.09.08_00:00_TAI/1h@12m]"
     async with emulator() as emu:
         async with Client(fast_config(emu), tmp_path / "a") as client:
             first = await client.fetch(records + "{Br}")
         async with Client(fast_config(emu), tmp_path / "b") as client:
-            second = await client.fetch(records + "{Bp,Bt}")
+            second = await client.fetch(records + segments)
+    return first, second
+
+
+async def test_an_earlier_export_of_other_segments_is_never_taken(tmp_path: Path) -> None:
+    """The JSOC's duplicate check ignores segments: {Bp,Bt} asked within 24 h of {Br} for
+    the same records gets the {Br} export back. Its files are not taken: the chunk fails
+    with the reason, and nothing lands in the output directory (before: the Br files,
+    exit 0)."""
+    first, second = await _after_an_export_of_br(tmp_path, "{Bp,Bt}")
     assert first.ok
     assert not second.ok
     assert second.files == ()
@@ -246,12 +254,7 @@ def test_missing_segments_are_told_only_when_every_file_says_its_segment() -> No
 async def test_an_earlier_export_of_fewer_segments_is_never_taken(tmp_path: Path) -> None:
     """{Br,Bp} asked within 24 h of {Br} for the same records gets the {Br} export back,
     with no Bp file: the chunk fails with the reason (before: the Br files only, exit 0)."""
-    records = "hmi.sharp_cea_720s[7302][2018.09.08_00:00_TAI/1h@12m]"
-    async with emulator() as emu:
-        async with Client(fast_config(emu), tmp_path / "a") as client:
-            first = await client.fetch(records + "{Br}")
-        async with Client(fast_config(emu), tmp_path / "b") as client:
-            second = await client.fetch(records + "{Br,Bp}")
+    first, second = await _after_an_export_of_br(tmp_path, "{Br,Bp}")
     assert first.ok
     assert not second.ok
     assert second.files == ()
