@@ -147,6 +147,42 @@ def test_a_repeated_row_is_its_median_run_with_the_median_cpu() -> None:
     assert both["machine_cpu_s_per_gb"] == 3.0  # median of 4.0, 3.0, 2.8, 3.4, 2.6
 
 
+@pytest.mark.usefixtures("bench_modules")
+def test_the_cpu_checked_contenders_run_more_rounds_among_themselves(tmp_path: Path) -> None:
+    """``more_of`` contenders run ``more_rounds`` rounds beyond ``repeats``, the others do
+    not; every round after the first is shuffled; each row is the median over its runs."""
+    from _scenarios import _download_rows
+
+    urls = tmp_path / "urls.json"
+    urls.write_text(json.dumps([["http://x/a", "a"], ["http://x/b", "b"]]))
+    calls: list[str] = []
+
+    class RecordingCtx:
+        """Records each run and gives it a CPU per GB by its order."""
+
+        def run(self, label: str, contender: str, emu: object, **fields: Any) -> dict[str, Any]:
+            calls.append(label)
+            return {"ok": True, "label": label, "mb_s": 100.0 + len(calls),
+                    "cpu_s_per_gb": float(len(calls))}
+
+    class FakeEmulator:
+        def __init__(self) -> None:
+            self.knobs = {"file_size": 1}
+
+    names = ["asyncjsoc", "raw-aiohttp", "drms (serial)", "parfive-default"]
+    rows = _download_rows(RecordingCtx(), FakeEmulator(), urls, {"ds": "x"},  # type: ignore[arg-type]
+                          conns=2, suffix="", contenders=names, repeats=2, more_rounds=3,
+                          more_of=("asyncjsoc", "drms (serial)", "not running here"))
+    counts = {name: calls.count(name) for name in names}
+    assert counts == {"asyncjsoc": 5, "raw-aiohttp": 2, "drms (serial)": 5,
+                      "parfive-default": 2}
+    assert calls[:4] == names  # the first round in the given order
+    assert set(calls[8:]) == {"asyncjsoc", "drms (serial)"}  # the extra rounds
+    by_label = {r["label"]: r for r in rows}
+    assert len(by_label["asyncjsoc"]["cpu_s_per_gb_runs"]) == 5
+    assert len(by_label["raw-aiohttp"]["cpu_s_per_gb_runs"]) == 2
+
+
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads /proc (Linux)")
 @pytest.mark.usefixtures("bench_modules")
 def test_machine_and_process_cpu_readers_see_this_process_work() -> None:
