@@ -482,7 +482,8 @@ def _download_rows(ctx: Ctx, emu: Emulator, urls_file: Path, query: dict[str, An
     and its row is the run with the median MB/s,
     with every run's MB/s in ``mb_s_runs``; its CPU s/GB is the median over the runs too.
     Then the contenders in ``more_of`` (those a CPU check compares) run ``more_rounds``
-    further rounds among themselves, in the same way.
+    further rounds among themselves, in the same way; these count for the CPU medians only
+    (a row's MB/s is still its median over the rounds every contender ran).
     """
     n = len(json.loads(urls_file.read_text()))
     common = {"urls_file": str(urls_file), "expect_files": n}
@@ -536,27 +537,31 @@ def _download_rows(ctx: Ctx, emu: Emulator, urls_file: Path, query: dict[str, An
             if name == "parfive sunpy-mode":
                 contender = "parfive-sunpy"
             runs[name].append(ctx.run(f"{name}{suffix}", contender, emu, **fields_))
-    return [_median_run(found, also=("cpu_s_per_gb", "machine_cpu_s_per_gb"))
+    return [_median_run(found, also=("cpu_s_per_gb", "machine_cpu_s_per_gb"), first=repeats)
             for found in runs.values()]
 
 
 def _median_run(found: list[dict[str, Any]], key: str = "mb_s", *,
-                also: str | tuple[str, ...] = ()) -> dict[str, Any]:
+                also: str | tuple[str, ...] = (), first: int | None = None) -> dict[str, Any]:
     """The run with the median ``key`` (a failed run, if any failed), with every run's
     ``key`` in ``<key>_runs``.
 
     ``also`` names further measures (CPU per unit of work) that are each replaced by their own
     median over the runs, with every run's value in ``<measure>_runs``: the CPU time of the
     run with the median speed is one sample of a noisy quantity, not its median.
+    With ``first``, the median ``key`` run is chosen among the first ``first`` runs only (the
+    rounds every contender ran, so speeds are compared over the same rounds), while the
+    ``also`` measures are medians over every run.
     """
     if len(found) == 1:
         return found[0]
     failed = [r for r in found if not r.get("ok")]
     if failed:
         return failed[0]
-    ordered = sorted(found, key=lambda r: r.get(key) or 0.0)
+    pool = found[:first] if first else found
+    ordered = sorted(pool, key=lambda r: r.get(key) or 0.0)
     row = dict(ordered[(len(ordered) - 1) // 2])
-    row[f"{key}_runs"] = [r.get(key) for r in found]
+    row[f"{key}_runs"] = [r.get(key) for r in pool]
     for measure in (also,) if isinstance(also, str) else also:
         values = [r[measure] for r in found if r.get(measure) is not None]
         if values:
@@ -724,8 +729,9 @@ def s2_bandwidth(ctx: Ctx) -> dict[str, Any]:
            f"({REPEATS + CPU_MORE_ROUNDS} runs each), as one contender's CPU s/GB moves "
            f"more between runs than the gaps the checks decide. At 20 MB/s each contender "
            f"ran once, and those {1 + CPU_MORE_ROUNDS_CAPPED} times. A row is its "
-           f"contender's median run (by MB/s), except CPU s/GB, which is the median of its "
-           f"runs' CPU s/GB (and machine CPU s/GB). Range of MB/s over the runs: {spread}. "
+           f"contender's median run by MB/s over the rounds every contender ran, except "
+           f"CPU s/GB, which is the median of all its runs' CPU s/GB (and machine CPU "
+           f"s/GB). Range of MB/s over those rounds: {spread}. "
            f"Range of CPU s/GB: {cpu_spread}. Range of machine CPU s/GB: {machine_spread}."]
           if spread else []),
         "asyncjsoc rows lift the request-rate limit (`requests_per_second=10000`) and turn "

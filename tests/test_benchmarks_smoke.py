@@ -179,7 +179,13 @@ def test_the_cpu_checked_contenders_run_more_rounds_among_themselves(tmp_path: P
     assert calls[:4] == names  # the first round in the given order
     assert set(calls[8:]) == {"asyncjsoc", "drms (serial)"}  # the extra rounds
     by_label = {r["label"]: r for r in rows}
-    assert len(by_label["asyncjsoc"]["cpu_s_per_gb_runs"]) == 5
+    aj = by_label["asyncjsoc"]
+    order = [i + 1 for i, label in enumerate(calls) if label == "asyncjsoc"]  # run numbers
+    assert aj["cpu_s_per_gb_runs"] == [float(i) for i in order]
+    assert aj["cpu_s_per_gb"] == float(order[2])  # the median over all five runs
+    # MB/s is compared over the rounds every contender ran: the row is one of those two runs.
+    assert aj["mb_s_runs"] == [100.0 + order[0], 100.0 + order[1]]
+    assert aj["mb_s"] == 100.0 + order[0]
     assert len(by_label["raw-aiohttp"]["cpu_s_per_gb_runs"]) == 2
 
 
