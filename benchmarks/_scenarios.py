@@ -883,7 +883,7 @@ def s3_small_files(ctx: Ctx) -> dict[str, Any]:
         f"{conns} connections for every contender that takes a number (drms is serial, "
         "parfive-default is 5×5).",
         f"Rows marked ({slow_n}) are timed on the first {slow_n} files only, to keep the "
-        "whole benchmark short (about 20 minutes on 2 cores); files/s is still comparable.",
+        "whole benchmark short (about 23 minutes on 2 cores); files/s is still comparable.",
         "asyncjsoc rows lift the request-rate limit (its default 5 req/s would cap it at "
         "5 files/s, by design).",
         "Every run's files stay on disk until the scenario ends: on ext4 without a journal "
