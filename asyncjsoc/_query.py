@@ -24,6 +24,7 @@ from typing import SupportsIndex
 from asyncjsoc._jobfile import JobList, parse_job_lines, read_job_file
 from asyncjsoc._models import SeriesInfo
 from asyncjsoc._recordset import (
+    SEGMENT_WORD_HINT,
     Filter,
     IntValue,
     Item,
@@ -432,7 +433,8 @@ def _check_segments(segments: Sequence[str] | None, info: SeriesInfo | None
     names: list[str] = []
     for name in segments:
         if not isinstance(name, str) or _SEGMENT.fullmatch(name) is None:
-            raise InvalidInputError(f"bad segment name {name!r}")
+            hint = SEGMENT_WORD_HINT if isinstance(name, str) and name.startswith("**") else None
+            raise InvalidInputError(f"bad segment name {name!r}", hint=hint)
         if info is not None and info.segment(name) is None:
             available = ", ".join(s.name for s in info.segments)
             raise InvalidInputError(f"{info.name} has no segment {name!r}",

@@ -326,6 +326,13 @@ def identity_recordset(rs: RecordSet) -> str:
     return str(replace(rs, subsets=tuple(subsets)))
 
 
+_JSOC_INFO_WORD = re.compile(r"\*\*[A-Za-z]*\*\*")
+SEGMENT_WORD_HINT = ("to get every segment, leave out the segment list; to name some, list "
+                     "them, e.g. {Br,Bp,Bt}")
+"""The hint for ``**ALL**`` and the like given as a segment (they are words of jsoc_info's
+``seg`` parameter, not segment names)."""
+
+
 class _Parser:
     """A hand-written recursive-descent parser keeping track of the offset for errors."""
 
@@ -579,6 +586,10 @@ class _Parser:
             if m is None:
                 if self.peek() == "":
                     raise self.fail("unbalanced '{': missing '}'", opened)
+                word = _JSOC_INFO_WORD.match(self.text, self.pos)
+                if word is not None:  # **ALL**, **NONE**: jsoc_info's words, not record-set syntax
+                    raise self.fail(f"{word.group(0)!r} is not a segment name",
+                                    hint=SEGMENT_WORD_HINT)
                 raise self.fail(f"bad segment name starting at {self._found()}")
             if m.group(0).lower() not in (n.lower() for n in names):
                 names.append(m.group(0))

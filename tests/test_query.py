@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -172,6 +173,22 @@ def test_an_empty_segment_list_is_refused() -> None:
     with pytest.raises(InvalidInputError, match=r"asks for no segment") as caught:
         Query.from_recordset("hmi.sharp_cea_720s[7302][2018.09.08_00:00_TAI]{}")
     assert "{Br,Bp}" in (caught.value.hint or "")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Query.from_recordset("hmi.sharp_cea_720s[7302][2018.09.08_00:00_TAI]{**ALL**}"),
+    lambda: Query.from_recordset("hmi.sharp_cea_720s[7302]{Br, **NONE**}"),
+    lambda: Query.build("hmi.sharp_cea_720s", start="2018.09.08_00:00_TAI",
+                        end="2018.09.08_01:00_TAI", segments=["**ALL**"]),
+])
+def test_jsoc_info_segment_words_are_refused_with_the_fix(make: Callable[[], Query]) -> None:
+    """``**ALL**`` and ``**NONE**`` are words of jsoc_info's ``seg`` parameter, not segment
+    names: refused, naming the word, with how to ask for every segment or some."""
+    with pytest.raises(InvalidInputError) as caught:
+        make()
+    message = str(caught.value)
+    assert "**ALL**" in message or "**NONE**" in message
+    assert "leave out the segment list" in (caught.value.hint or "")
 
 
 @pytest.mark.parametrize(("written", "canonical"), [
