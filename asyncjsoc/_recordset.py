@@ -327,8 +327,8 @@ def identity_recordset(rs: RecordSet) -> str:
 
 
 _JSOC_INFO_WORD = re.compile(r"\*\*[A-Za-z]*\*\*")
-SEGMENT_WORD_HINT = ("to get every segment, leave out the segment list; to name some, list "
-                     "them, e.g. {Br,Bp,Bt}")
+SEGMENT_WORD_HINT = ("to get every segment, leave out the segment list ({...}, --segments, "
+                     "segments=); to name some, list them, e.g. {Br,Bp,Bt}")
 """The hint for ``**ALL**`` and the like given as a segment (they are words of jsoc_info's
 ``seg`` parameter, not segment names)."""
 
