@@ -24,7 +24,6 @@ from typing import SupportsIndex
 from asyncjsoc._jobfile import JobList, parse_job_lines, read_job_file
 from asyncjsoc._models import SeriesInfo
 from asyncjsoc._recordset import (
-    SEGMENT_WORD_HINT,
     Filter,
     IntValue,
     Item,
@@ -42,6 +41,7 @@ from asyncjsoc._recordset import (
     is_time_item,
     parse_items,
     parse_recordset,
+    segment_word_hint,
 )
 from asyncjsoc._times import DurationLike, TimeLike, parse_duration, to_tai_parts
 from asyncjsoc.exceptions import InvalidInputError, RecordSetSyntaxError
@@ -433,7 +433,7 @@ def _check_segments(segments: Sequence[str] | None, info: SeriesInfo | None
     names: list[str] = []
     for name in segments:
         if not isinstance(name, str) or _SEGMENT.fullmatch(name) is None:
-            hint = SEGMENT_WORD_HINT if isinstance(name, str) and name.startswith("**") else None
+            hint = segment_word_hint(name) if isinstance(name, str) else None
             raise InvalidInputError(f"bad segment name {name!r}", hint=hint)
         if info is not None and info.segment(name) is None:
             available = ", ".join(s.name for s in info.segments)

@@ -327,10 +327,14 @@ def identity_recordset(rs: RecordSet) -> str:
 
 
 _JSOC_INFO_WORD = re.compile(r"\*\*[A-Za-z]*\*\*")
-SEGMENT_WORD_HINT = ("to get every segment, leave out the segment list ({...}, --segments, "
-                     "segments=); to name some, list them, e.g. {Br,Bp,Bt}")
-"""The hint for ``**ALL**`` and the like given as a segment (they are words of jsoc_info's
-``seg`` parameter, not segment names)."""
+_SEGMENT_WORD_HINT = ("to get every segment, leave out the segment list ({...}, --segments, "
+                      "segments=); to name some, list them, e.g. {Br,Bp,Bt}")
+
+
+def segment_word_hint(name: str) -> str | None:
+    """The fix to offer when a segment is given as ``**ALL**``, ``**NONE**`` or the like
+    (words of jsoc_info's ``seg`` parameter, not segment names); ``None`` for other names."""
+    return _SEGMENT_WORD_HINT if _JSOC_INFO_WORD.match(name) else None
 
 
 class _Parser:
@@ -589,7 +593,7 @@ class _Parser:
                 word = _JSOC_INFO_WORD.match(self.text, self.pos)
                 if word is not None:  # **ALL**, **NONE**: jsoc_info's words, not record-set syntax
                     raise self.fail(f"{word.group(0)!r} is not a segment name",
-                                    hint=SEGMENT_WORD_HINT)
+                                    hint=_SEGMENT_WORD_HINT)
                 raise self.fail(f"bad segment name starting at {self._found()}")
             if m.group(0).lower() not in (n.lower() for n in names):
                 names.append(m.group(0))

@@ -248,7 +248,6 @@ def fast_tai_datetime(text: str) -> datetime | None:
                                 hint=_TIME_FORMS) from None
 
 
-
 def parse_time_parts(text: str) -> TimeParts:
     """Parse a whole string as a JSOC time into its parts (no conversion).
 
